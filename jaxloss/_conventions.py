@@ -1,0 +1,239 @@
+"""The conventions every jaxloss loss follows, in one place.
+
+Each public loss does the same four things, with the helpers below:
+
+1. ``as_float`` / ``as_labels``: turn each input into an array once, check its dtype, and
+   promote bf16/f16 to float32 (``compute_dtype``) so low precision is never silently
+   computed in low precision.
+2. ``broadcast_shape`` and ``check_*``: validate shapes, ``reduction``, ``where``,
+   ``weights`` and hyperparameters given as Python numbers, at trace time, with a message
+   that names the argument and shows what came in.
+3. ``keep``: replace masked-out inputs by a harmless value *before* the unsafe
+   operation ("double where"), so masked elements get exactly zero gradient even when
+   their inputs are NaN or inf.
+4. ``reduce``: apply ``where``/``weights`` and ``reduction``; a mean over nothing is 0.
+
+See ``docs/conventions.md`` for the user-facing statement of these rules.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REDUCTIONS = ("none", "sum", "mean")
+
+Array = jax.Array
+ArrayLike = Any
+
+
+def _describe(x: Any) -> str:
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"an array of shape {tuple(shape)} and dtype {dtype}"
+    return f"{type(x).__name__} {x!r}"
+
+
+def compute_dtype(*arrays: Array) -> jnp.dtype:
+    """The dtype a loss computes and returns in: float32, or float64 for float64 input."""
+    # result_type on the arrays themselves honours weak types: a Python-number
+    # hyperparameter never promotes float32 inputs to float64 under jax_enable_x64.
+    floats = [a for a in arrays if jnp.issubdtype(a.dtype, jnp.floating)]
+    dtype = jnp.result_type(*floats) if floats else jnp.float32
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def as_float(name: str, x: ArrayLike, *, allow_int: bool = False) -> Array:
+    """``x`` as a floating array; integers only where ``allow_int`` (e.g. targets, counts)."""
+    if x is None:
+        raise TypeError(f"`{name}` is required, got None.")
+    try:
+        arr = jnp.asarray(x)
+    except TypeError as err:
+        raise TypeError(f"`{name}` must be an array or a number, got {_describe(x)}.") from err
+    if jnp.issubdtype(arr.dtype, jnp.floating):
+        return arr
+    if allow_int and (jnp.issubdtype(arr.dtype, jnp.integer) or arr.dtype == jnp.bool_):
+        return arr.astype(jnp.float32)
+    raise TypeError(
+        f"`{name}` must be a floating-point array, got {_describe(arr)}. "
+        f"Cast it first, e.g. `{name}.astype(jnp.float32)`."
+    )
+
+
+def as_labels(name: str, x: ArrayLike) -> Array:
+    """``x`` as an integer array of class ids."""
+    arr = jnp.asarray(x)
+    if not jnp.issubdtype(arr.dtype, jnp.integer):
+        raise TypeError(f"`{name}` must be an integer array of class ids, got {_describe(arr)}.")
+    return arr
+
+
+def cast(dtype: jnp.dtype, *arrays: Array) -> tuple[Array, ...]:
+    return tuple(a.astype(dtype) for a in arrays)
+
+
+def broadcast_shape(**named: Any) -> tuple[int, ...]:
+    """The common broadcast shape of the named arrays (``None`` entries are skipped)."""
+    shapes = {k: tuple(jnp.shape(v)) for k, v in named.items() if v is not None}
+    try:
+        return tuple(jnp.broadcast_shapes(*shapes.values()))
+    except ValueError:
+        listing = ", ".join(f"`{k}` {s}" for k, s in shapes.items())
+        raise ValueError(
+            f"Shapes do not broadcast: {listing}. Every argument must broadcast to one shape."
+        ) from None
+
+
+def _is_concrete_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_positive(name: str, value: Any, *, allow_none: bool = False) -> None:
+    """Reject a non-positive (or non-finite) hyperparameter given as a Python number."""
+    if value is None:
+        if allow_none:
+            return
+        raise TypeError(f"`{name}` is required, got None.")
+    if _is_concrete_number(value) and not (np.isfinite(value) and value > 0):
+        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}.")
+
+
+def check_in_range(name: str, value: Any, low: float, high: float) -> None:
+    """Reject a Python-number hyperparameter outside the closed interval [low, high]."""
+    if _is_concrete_number(value) and not (low <= value <= high):
+        raise ValueError(f"`{name}` must be in [{low}, {high}], got {value!r}.")
+
+
+def check_exclusive(**named: Any) -> None:
+    given = [k for k, v in named.items() if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"Pass at most one of {', '.join(f'`{k}`' for k in named)}; got {given}.")
+
+
+def check_reduction(reduction: Any) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
+
+
+def _check_broadcastable(name: str, x: Array, shape: Sequence[int]) -> None:
+    try:
+        out = jnp.broadcast_shapes(x.shape, tuple(shape))
+    except ValueError:
+        out = None
+    if out != tuple(shape):
+        raise ValueError(
+            f"`{name}` of shape {x.shape} does not broadcast to the loss shape {tuple(shape)}."
+        )
+
+
+def check_where(where: ArrayLike | None, shape: Sequence[int]) -> Array | None:
+    """Validate the boolean mask ``where`` (True = keep) against the loss shape."""
+    if where is None:
+        return None
+    where = jnp.asarray(where)
+    if where.dtype != jnp.bool_:
+        raise TypeError(
+            f"`where` must be a boolean mask (True = keep), got {_describe(where)}. "
+            "Use e.g. `where=mask.astype(bool)` or `where=labels != pad_id`."
+        )
+    _check_broadcastable("where", where, shape)
+    return where
+
+
+def check_weights(weights: ArrayLike | None, shape: Sequence[int]) -> Array | None:
+    """Validate non-negative ``weights`` against the loss shape."""
+    if weights is None:
+        return None
+    weights = jnp.asarray(weights)
+    if not jnp.issubdtype(weights.dtype, jnp.number) or jnp.iscomplexobj(weights):
+        raise TypeError(f"`weights` must be a numeric array, got {_describe(weights)}.")
+    _check_broadcastable("weights", weights, shape)
+    if not isinstance(weights, jax.core.Tracer):
+        if bool(np.any(np.asarray(weights) < 0)):
+            raise ValueError("`weights` must be non-negative; got a negative entry.")
+    return weights
+
+
+def prepare(
+    shape: Sequence[int], where: ArrayLike | None, weights: ArrayLike | None, reduction: Any
+) -> tuple[Array | None, Array | None]:
+    """Validate the three convention arguments of a loss whose per-element shape is ``shape``."""
+    check_reduction(reduction)
+    return check_where(where, shape), check_weights(weights, shape)
+
+
+def float_inputs(
+    where: ArrayLike | None,
+    weights: ArrayLike | None,
+    reduction: Any,
+    /,
+    *,
+    allow_int: Sequence[str] = (),
+    **named: ArrayLike | None,
+) -> tuple[list[Array | None], Array | None, Array | None]:
+    """Validate and convert the floating inputs of an elementwise loss in one call.
+
+    Each named input (``None`` passes through) becomes an array of the compute dtype
+    (``compute_dtype``); their shapes must broadcast together, and ``where``/``weights``
+    must broadcast to that shape. Returns ``(arrays, where, weights)`` with the arrays in
+    the order given.
+    """
+    arrays = {
+        k: None if v is None else as_float(k, v, allow_int=k in allow_int) for k, v in named.items()
+    }
+    present = [a for a in arrays.values() if a is not None]
+    dtype = compute_dtype(*present)
+    shape = broadcast_shape(**arrays)
+    where, weights = prepare(shape, where, weights, reduction)
+    return [None if a is None else a.astype(dtype) for a in arrays.values()], where, weights
+
+
+def keep(where: Array | None, x: Array | None, fill: float) -> Array | None:
+    """``x`` with masked-out entries replaced by ``fill``, so their gradient is exactly 0.
+
+    Masking only the *output* of an unsafe function still propagates NaN into the
+    gradient (0 · NaN = NaN); masking its input first does not.
+    """
+    if where is None or x is None:
+        return x
+    shape = jnp.broadcast_shapes(where.shape, x.shape)
+    return jnp.where(where, jnp.broadcast_to(x, shape), jnp.asarray(fill, x.dtype))
+
+
+def reduce(
+    loss: Array,
+    *,
+    where: Array | None = None,
+    weights: Array | None = None,
+    reduction: str = "none",
+) -> Array:
+    """Apply the mask, the weights and the reduction to an elementwise loss.
+
+    ``"none"`` returns the loss with masked-out entries set to 0 (times ``weights``);
+    ``"sum"`` returns Σ w·ℓ over kept entries; ``"mean"`` returns Σ w·ℓ / Σ w over kept
+    entries, which is 0 (with zero gradient) when nothing is kept.
+    """
+    check_reduction(reduction)
+    w = None
+    if weights is not None:
+        w = jnp.broadcast_to(weights.astype(loss.dtype), loss.shape)
+    if where is not None:
+        mask = jnp.broadcast_to(where, loss.shape)
+        loss = jnp.where(mask, loss, 0)
+        w = jnp.where(mask, 1 if w is None else w, 0).astype(loss.dtype)
+    if w is not None:
+        loss = loss * w
+    if reduction == "none":
+        return loss
+    total = jnp.sum(loss)
+    if reduction == "sum":
+        return total
+    count = jnp.sum(w) if w is not None else jnp.asarray(loss.size, loss.dtype)
+    return jnp.where(count > 0, total / jnp.where(count > 0, count, 1), 0).astype(loss.dtype)

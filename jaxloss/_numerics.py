@@ -1,0 +1,50 @@
+"""Safe numerical primitives shared by every loss family.
+
+A numerical fix is made here once. Constants are Python floats so they stay weakly
+typed and never promote a float32 computation to float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+LOG_2 = math.log(2.0)
+LOG_PI = math.log(math.pi)
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def log_base_factor(base: float | None) -> float:
+    """1 / ln(base): multiply a quantity in nats by this to express it in ``base`` units."""
+    if base is None:
+        return 1.0
+    if isinstance(base, bool) or not isinstance(base, (int, float)):
+        raise TypeError(f"`base` must be None (nats) or a positive number, got {base!r}.")
+    if not (base > 0 and base != 1 and math.isfinite(base)):
+        raise ValueError(f"`base` must be positive, finite and not 1, got {base!r}.")
+    return 1.0 / math.log(base)
+
+
+def log_cosh(x: jax.Array) -> jax.Array:
+    """log(cosh x) without overflow: logaddexp(x, −x) − log 2 (smooth at every x)."""
+    return jnp.logaddexp(x, -x) - LOG_2
+
+
+def scale_and_log_scale(
+    scale: jax.Array | None, log_scale: jax.Array | None, dtype: jnp.dtype
+) -> tuple[jax.Array, jax.Array]:
+    """(1/σ, log σ) from whichever of ``scale`` or ``log_scale`` was given (default σ = 1).
+
+    With ``log_scale`` the inverse scale is exp(−log σ), which is finite and has a finite
+    gradient for every finite ``log_scale``; dividing by exp(log σ) would overflow first.
+    """
+    if log_scale is not None:
+        log_scale = log_scale.astype(dtype)
+        return jnp.exp(-log_scale), log_scale
+    if scale is not None:
+        scale = scale.astype(dtype)
+        return 1.0 / scale, jnp.log(scale)
+    one = jnp.ones((), dtype)
+    return one, jnp.zeros((), dtype)

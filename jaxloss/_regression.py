@@ -1,0 +1,392 @@
+"""Regression losses, each the negative log-likelihood of a noise model.
+
+Squared error is the Gaussian NLL with a fixed scale up to an affine map, absolute error
+the Laplace NLL, and so on; the ``*_nll`` functions give the exact negative
+log-densities with learned (heteroscedastic) scales.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import gammaln
+
+from jaxloss import _conventions as C
+from jaxloss import _numerics as N
+
+ArrayLike = C.ArrayLike
+
+
+def squared_error(
+    predictions: ArrayLike,
+    targets: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Squared error, the Gaussian negative log-likelihood up to constants.
+
+        ℓ = (ŷ − y)²
+
+    Minimizing it is maximum likelihood under y ~ N(ŷ, σ²) with σ fixed: see
+    `gaussian_nll`, which equals ℓ / (2σ²) + log σ + ½ log 2π.
+
+    Args:
+      predictions: ŷ, floating array of any shape.
+      targets: y, array broadcastable with ``predictions`` (integers are cast).
+      where: optional boolean mask broadcastable to the loss; True keeps an element.
+      weights: optional non-negative weights broadcastable to the loss.
+      reduction: ``"none"`` (per element), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
+
+    Returns:
+      The broadcast shape of the inputs for ``"none"``, else a scalar; float32, or
+      float64 for float64 inputs (bf16/f16 are computed and returned in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.squared_error(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0]))
+      Array([1., 4.], dtype=float32)
+      >>> jaxloss.squared_error(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0]), reduction="mean")
+      Array(2.5, dtype=float32)
+    """
+    (predictions, targets), where, weights = C.float_inputs(
+        where, weights, reduction, allow_int=("targets",), predictions=predictions, targets=targets
+    )
+    diff = C.keep(where, predictions - targets, 0.0)
+    return C.reduce(jnp.square(diff), where=where, weights=weights, reduction=reduction)
+
+
+def absolute_error(
+    predictions: ArrayLike,
+    targets: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Absolute error, the Laplace negative log-likelihood up to constants.
+
+        ℓ = |ŷ − y|
+
+    Its gradient at ŷ = y is the subgradient 0.
+
+    Args:
+      predictions: ŷ, floating array of any shape.
+      targets: y, array broadcastable with ``predictions`` (integers are cast).
+      where, weights, reduction: as in `squared_error`.
+
+    Returns:
+      As in `squared_error`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.absolute_error(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0]))
+      Array([1., 2.], dtype=float32)
+    """
+    (predictions, targets), where, weights = C.float_inputs(
+        where, weights, reduction, allow_int=("targets",), predictions=predictions, targets=targets
+    )
+    diff = C.keep(where, predictions - targets, 0.0)
+    return C.reduce(jnp.abs(diff), where=where, weights=weights, reduction=reduction)
+
+
+def huber(
+    predictions: ArrayLike,
+    targets: ArrayLike,
+    *,
+    delta: float = 1.0,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Huber loss: quadratic near zero, linear in the tails.
+
+        ℓ = ½ r²             if |r| ≤ δ
+        ℓ = δ (|r| − ½ δ)    otherwise,       r = ŷ − y
+
+    (the convention of Huber 1964 and optax; PyTorch's ``HuberLoss`` is the same,
+    ``SmoothL1Loss`` is this divided by δ). Continuous with a continuous first derivative.
+
+    Args:
+      predictions: ŷ, floating array of any shape.
+      targets: y, array broadcastable with ``predictions`` (integers are cast).
+      delta: δ > 0, where the quadratic turns linear.
+      where, weights, reduction: as in `squared_error`.
+
+    Returns:
+      As in `squared_error`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.huber(jnp.array([0.5, 3.0]), jnp.array([0.0, 0.0]), delta=1.0)
+      Array([0.125, 2.5  ], dtype=float32)
+    """
+    C.check_positive("delta", delta)
+    (predictions, targets, delta), where, weights = C.float_inputs(
+        where,
+        weights,
+        reduction,
+        allow_int=("targets", "delta"),
+        predictions=predictions,
+        targets=targets,
+        delta=delta,
+    )
+    r = jnp.abs(C.keep(where, predictions - targets, 0.0))
+    # min(|r|, δ) splits |r| into its quadratic and linear parts without a branch:
+    # ½q² + δ(|r| − q) equals both pieces of the definition and is finite everywhere.
+    quad = jnp.minimum(r, delta)
+    loss = 0.5 * jnp.square(quad) + delta * (r - quad)
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def log_cosh(
+    predictions: ArrayLike,
+    targets: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Log-cosh loss: ≈ ½r² for small residuals, ≈ |r| − log 2 for large ones.
+
+        ℓ = log cosh(ŷ − y)
+
+    Computed as logaddexp(r, −r) − log 2, which never overflows (cosh does at |r| ≈ 89
+    in float32) and is smooth everywhere; its gradient is tanh(r).
+
+    Args:
+      predictions: ŷ, floating array of any shape.
+      targets: y, array broadcastable with ``predictions`` (integers are cast).
+      where, weights, reduction: as in `squared_error`.
+
+    Returns:
+      As in `squared_error`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.log_cosh(jnp.array([0.0, 1000.0]), jnp.array([0.0, 0.0]))
+      Array([  0.   , 999.307], dtype=float32)
+    """
+    (predictions, targets), where, weights = C.float_inputs(
+        where, weights, reduction, allow_int=("targets",), predictions=predictions, targets=targets
+    )
+    r = C.keep(where, predictions - targets, 0.0)
+    return C.reduce(N.log_cosh(r), where=where, weights=weights, reduction=reduction)
+
+
+def _location_scale_inputs(loc_name, loc, targets, scale, log_scale, where, weights, reduction):
+    """Shared validation for the location-scale NLLs (Gaussian, Laplace, Student-t)."""
+    C.check_exclusive(scale=scale, log_scale=log_scale)
+    C.check_positive("scale", scale, allow_none=True)
+    (loc, targets, scale, log_scale), where, weights = C.float_inputs(
+        where,
+        weights,
+        reduction,
+        allow_int=("targets", "scale", "log_scale"),
+        **{loc_name: loc},
+        targets=targets,
+        scale=scale,
+        log_scale=log_scale,
+    )
+    residual = C.keep(where, targets - loc, 0.0)
+    scale = C.keep(where, scale, 1.0)
+    log_scale = C.keep(where, log_scale, 0.0)
+    inv_scale, log_scale = N.scale_and_log_scale(scale, log_scale, residual.dtype)
+    return residual * inv_scale, log_scale, where, weights
+
+
+def gaussian_nll(
+    mean: ArrayLike,
+    targets: ArrayLike,
+    *,
+    scale: ArrayLike | None = None,
+    log_scale: ArrayLike | None = None,
+    full: bool = True,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Negative log-density of y under N(μ, σ²), per element.
+
+        ℓ = (y − μ)² / (2σ²) + log σ + ½ log 2π
+
+    With σ fixed this is `squared_error` / (2σ²) plus a constant, so both have the
+    same minimizer and the gradient in μ is the squared error's divided by 2σ². A learned,
+    per-element σ (heteroscedastic regression) is best given as ``log_scale`` = log σ: the
+    loss is then finite with a finite gradient for every finite input.
+
+    Args:
+      mean: μ, floating array of any shape.
+      targets: y, broadcastable with ``mean`` (integers are cast).
+      scale: σ > 0, scalar or array broadcastable with ``mean``. Default 1.
+      log_scale: log σ instead of ``scale`` (at most one of the two).
+      full: include the constant ½ log 2π (the exact NLL); ``False`` drops only it.
+      where, weights, reduction: as in `squared_error`.
+
+    Returns:
+      The broadcast shape of all inputs for ``"none"``, else a scalar; float32, or
+      float64 for float64 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.gaussian_nll(jnp.array([0.0]), jnp.array([2.0]), scale=2.0)
+      Array([2.1120857], dtype=float32)
+      >>> jaxloss.gaussian_nll(jnp.array([0.0]), jnp.array([2.0]), log_scale=jnp.log(2.0))
+      Array([2.1120857], dtype=float32)
+
+    References:
+      The Gaussian NLL as the maximum-likelihood reading of squared error: Bishop,
+      *Pattern Recognition and Machine Learning* (2006), §1.2.5; Nix & Weigend,
+      "Estimating the mean and variance of the target probability distribution" (1994).
+    """
+    z, log_scale, where, weights = _location_scale_inputs(
+        "mean", mean, targets, scale, log_scale, where, weights, reduction
+    )
+    loss = 0.5 * jnp.square(z) + log_scale
+    if full:
+        loss = loss + N.HALF_LOG_2PI
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def laplace_nll(
+    loc: ArrayLike,
+    targets: ArrayLike,
+    *,
+    scale: ArrayLike | None = None,
+    log_scale: ArrayLike | None = None,
+    full: bool = True,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Negative log-density of y under Laplace(μ, b), per element.
+
+        ℓ = |y − μ| / b + log b + log 2
+
+    Absolute error as a likelihood: with b fixed, ℓ = |y − μ| / b + const, and its
+    minimizer is the conditional median.
+
+    Args:
+      loc: μ, floating array of any shape.
+      targets: y, broadcastable with ``loc`` (integers are cast).
+      scale: b > 0, scalar or array broadcastable with ``loc``. Default 1.
+      log_scale: log b instead of ``scale`` (at most one of the two).
+      full: include the constant log 2 (the exact NLL); ``False`` drops only it.
+      where, weights, reduction: as in `squared_error`.
+
+    Returns:
+      As in `gaussian_nll`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.laplace_nll(jnp.array([0.0]), jnp.array([2.0]), scale=2.0)
+      Array([2.3862944], dtype=float32)
+    """
+    z, log_scale, where, weights = _location_scale_inputs(
+        "loc", loc, targets, scale, log_scale, where, weights, reduction
+    )
+    loss = jnp.abs(z) + log_scale
+    if full:
+        loss = loss + N.LOG_2
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def student_t_nll(
+    loc: ArrayLike,
+    targets: ArrayLike,
+    *,
+    df: ArrayLike,
+    scale: ArrayLike | None = None,
+    log_scale: ArrayLike | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Negative log-density of y under a Student-t(ν, μ, σ), per element: robust regression.
+
+        ℓ = log Γ(ν/2) − log Γ((ν+1)/2) + ½ log(νπ) + log σ + (ν+1)/2 · log(1 + z²/ν),
+        z = (y − μ) / σ
+
+    The loss grows like log |z| rather than z², so outliers pull the fit far less than
+    under `gaussian_nll` (which it approaches as ν → ∞).
+
+    Args:
+      loc: μ, floating array of any shape.
+      targets: y, broadcastable with ``loc`` (integers are cast).
+      df: degrees of freedom ν > 0, scalar or array broadcastable with ``loc``
+        (differentiable, so it may be learned).
+      scale: σ > 0, scalar or array. Default 1.
+      log_scale: log σ instead of ``scale`` (at most one of the two).
+      where, weights, reduction: as in `squared_error`.
+
+    Returns:
+      As in `gaussian_nll`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.student_t_nll(jnp.array([0.0]), jnp.array([1.0]), df=1.0)
+      Array([1.837877], dtype=float32)
+
+    References:
+      Lange, Little & Taylor, "Robust statistical modeling using the t distribution",
+      JASA 84 (1989).
+    """
+    C.check_positive("df", df)
+    df_arr = C.as_float("df", df, allow_int=True)
+    z, log_scale, where, weights = _location_scale_inputs(
+        "loc", loc, targets, scale, log_scale, where, weights, reduction
+    )
+    C.broadcast_shape(df=df_arr, loss=z)
+    nu = C.keep(where, df_arr.astype(z.dtype), 1.0)
+    half_nu1 = 0.5 * (nu + 1.0)
+    loss = (
+        gammaln(0.5 * nu)
+        - gammaln(half_nu1)
+        + 0.5 * (jnp.log(nu) + N.LOG_PI)
+        + log_scale
+        + half_nu1 * jnp.log1p(jnp.square(z) / nu)
+    )
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def poisson_nll(
+    log_rate: ArrayLike,
+    counts: ArrayLike,
+    *,
+    full: bool = True,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Negative log-probability of counts k under Poisson(λ = exp(log_rate)), per element.
+
+        ℓ = λ − k log λ + log k!,       log λ = log_rate
+
+    Parameterized by log λ (the canonical link), so λ > 0 always and the loss is convex.
+    ``log k!`` is computed exactly as ``gammaln(k + 1)``.
+
+    Args:
+      log_rate: log λ, floating array of any shape.
+      counts: k ≥ 0, broadcastable with ``log_rate`` (integers are cast).
+      full: include log k! (the exact NLL); ``False`` drops only it (it does not depend
+        on the prediction).
+      where, weights, reduction: as in `squared_error`.
+
+    Returns:
+      As in `squared_error`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.poisson_nll(jnp.array([0.0]), jnp.array([3]))
+      Array([2.79176], dtype=float32)
+    """
+    (log_rate, counts), where, weights = C.float_inputs(
+        where, weights, reduction, allow_int=("counts",), log_rate=log_rate, counts=counts
+    )
+    log_rate = C.keep(where, log_rate, 0.0)
+    counts = C.keep(where, counts, 0.0)
+    loss = jnp.exp(log_rate) - counts * log_rate
+    if full:
+        loss = loss + gammaln(counts + 1.0)
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)

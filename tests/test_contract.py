@@ -1,0 +1,169 @@
+"""The generic contract test: every case in the table, through every check."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxloss
+from tests import contract as K
+from tests.contract_table import CASES, NOT_IN_TABLE
+
+LOSSES = [c for c in CASES if c.conventions]
+EXTREME = [c for c in CASES if c.extreme is not None]
+
+
+def _inputs(case, seed=0):
+    return case.make(np.random.default_rng(seed))
+
+
+def _ref(case, inputs):
+    args, kwargs = inputs
+    return np.asarray(case.reference(*args, **kwargs), np.float64)
+
+
+def test_every_public_name_is_in_the_table():
+    covered = {c.name for c in CASES} | set(NOT_IN_TABLE)
+    missing = sorted(set(jaxloss.__all__) - covered)
+    assert not missing, f"public names missing from tests/contract_table.py: {missing}"
+    stale = sorted(covered - set(jaxloss.__all__))
+    assert not stale, f"table entries that are not public names: {stale}"
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_value_matches_float64_reference(case, dtype):
+    inputs = _inputs(case)
+    out = K.call(case, K.cast(inputs, dtype))
+    assert out.dtype == dtype
+    rtol, atol = (case.rtol, case.atol) if dtype == jnp.float32 else (1e-10, 1e-10)
+    np.testing.assert_allclose(np.asarray(out, np.float64), _ref(case, inputs), rtol, atol)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_jit_equals_eager(case):
+    inputs = K.cast(_inputs(case), jnp.float32)
+    args, kwargs = K.split_static(inputs)
+    jitted = jax.jit(lambda a, kw: case.fn(*a, **kw, **kwargs.static))
+    out = jitted(args, kwargs.traced)
+    np.testing.assert_allclose(out, K.call(case, inputs), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_vmap_equals_per_example_loop(case):
+    inputs = K.cast(_inputs(case), jnp.float64)
+    arg_axes, kw_axes = K.batch_axes(inputs)
+    batched = jax.vmap(lambda a, kw: case.fn(*a, **kw), in_axes=(arg_axes, kw_axes))(*inputs)
+    n = len(jax.tree.leaves(inputs[0])[0])
+    looped = jnp.stack([K.call(case, K.example(inputs, i)) for i in range(n)])
+    np.testing.assert_allclose(batched, looped, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_gradients_float64(case):
+    f, primals = K.differentiable(case, K.cast(_inputs(case), jnp.float64))
+    check_grads(f, primals, order=case.grad_order, modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("case", LOSSES, ids=str)
+def test_reductions_where_weights(case, reduction, masked, weighted):
+    inputs = _inputs(case)
+    ref = _ref(case, inputs)
+    rng = np.random.default_rng(1)
+    keep = rng.random(ref.shape) < 0.6 if masked else None
+    w = rng.random(ref.shape) * 2 if weighted else None
+    extra = {"reduction": reduction}
+    if masked:
+        extra["where"] = jnp.asarray(keep)
+    if weighted:
+        extra["weights"] = jnp.asarray(w)
+    out = K.call(case, K.cast(inputs, jnp.float64), **extra)
+    expected = K.reduce_reference(ref, keep, w, reduction)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("case", LOSSES, ids=str)
+def test_masked_out_nan_inputs_give_zero_gradient(case, reduction):
+    inputs = _inputs(case)
+    ref = _ref(case, inputs)
+    keep = np.random.default_rng(2).random(ref.shape) < 0.5
+    keep.flat[0], keep.flat[-1] = True, False
+    poisoned = K.cast(K.poison(inputs, keep), jnp.float64)
+    f, primals = K.differentiable(case, poisoned, where=jnp.asarray(keep), reduction=reduction)
+    assert any(np.isnan(np.asarray(p)).any() for p in jax.tree.leaves(primals))
+
+    def loss(*values):
+        return jnp.sum(f(*values))
+
+    expected = K.reduce_reference(ref, keep, None, reduction).sum()
+    np.testing.assert_allclose(loss(*primals), expected, rtol=1e-10, atol=1e-12)
+    grads = jax.grad(loss, argnums=tuple(range(len(primals))))(*primals)
+    for g in jax.tree.leaves(grads):
+        g = np.asarray(g)
+        assert np.isfinite(g).all()
+        if g.ndim >= keep.ndim and g.shape[: keep.ndim] == keep.shape:
+            dropped = keep.reshape(keep.shape + (1,) * (g.ndim - keep.ndim)) == 0
+            assert np.all(np.where(np.broadcast_to(dropped, g.shape), g, 0) == 0)
+
+
+@pytest.mark.parametrize("case", LOSSES, ids=str)
+def test_mean_over_nothing_is_zero_with_zero_gradient(case):
+    shape = _ref(case, _inputs(case)).shape
+    mean, primals = K.differentiable(
+        case, K.cast(_inputs(case), jnp.float64), where=jnp.zeros(shape, bool), reduction="mean"
+    )
+
+    assert float(mean(*primals)) == 0.0
+    grads = jax.grad(mean, argnums=tuple(range(len(primals))))(*primals)
+    for g in jax.tree.leaves(grads):
+        assert np.all(np.asarray(g) == 0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_low_precision_inputs_computed_in_float32(case, dtype):
+    inputs = _inputs(case)
+    low = K.cast(inputs, dtype)
+    out = K.call(case, low)
+    assert out.dtype == jnp.float32
+    assert np.isfinite(np.asarray(out)).all()
+    # Exactly the float32 computation on the same (rounded) values ...
+    upcast = K.cast(low, jnp.float32)
+    np.testing.assert_allclose(out, K.call(case, upcast), rtol=1e-6, atol=1e-6)
+    # ... and within the documented tolerance of float32 on the unrounded inputs.
+    tol = (case.lowp_tol or K.LOW_PRECISION_TOL)[dtype]
+    np.testing.assert_allclose(out, K.call(case, K.cast(inputs, jnp.float32)), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("case", EXTREME, ids=str)
+def test_extreme_inputs_stay_finite(case):
+    inputs = K.cast(case.extreme(), jnp.float32)
+    out = K.call(case, inputs)
+    assert np.isfinite(np.asarray(out)).all(), out
+    f, primals = K.differentiable(case, inputs)
+    grads = jax.grad(lambda *v: jnp.sum(f(*v)), argnums=tuple(range(len(primals))))(*primals)
+    for g in jax.tree.leaves(grads):
+        assert np.isfinite(np.asarray(g)).all(), g
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_no_retrace_on_second_call(case):
+    args, kwargs = K.split_static(K.cast(_inputs(case), jnp.float32))
+    traces = []
+
+    @jax.jit
+    def f(a, kw):
+        traces.append(1)
+        return case.fn(*a, **kw, **kwargs.static)
+
+    f(args, kwargs.traced)
+    args2, kwargs2 = K.split_static(K.cast(_inputs(case, seed=3), jnp.float32))
+    f(args2, kwargs2.traced)
+    assert len(traces) == 1
