@@ -5,6 +5,16 @@ Every loss returns the per-element loss by default and takes the keyword-only
 ``docs/conventions.md``.
 """
 
+from jaxloss._information import (
+    cross_entropy,
+    entropy,
+    entropy_from_logits,
+    gaussian_kl,
+    js_divergence,
+    kl_divergence,
+    kl_divergence_from_logits,
+    surprisal,
+)
 from jaxloss._regression import (
     absolute_error,
     gaussian_nll,
@@ -27,4 +37,13 @@ __all__ = [
     "laplace_nll",
     "student_t_nll",
     "poisson_nll",
+    # information theory (entropies and divergences, math order (p, q))
+    "surprisal",
+    "entropy",
+    "entropy_from_logits",
+    "cross_entropy",
+    "kl_divergence",
+    "kl_divergence_from_logits",
+    "js_divergence",
+    "gaussian_kl",
 ]
