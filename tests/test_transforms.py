@@ -260,10 +260,11 @@ def test_transforms_inside_nnx_optimizer_match_plain_optax():
     # A pytree mask built from the Variable-wrapped state; nnx.Optimizer hands optax the
     # pure state, which the mask must match by path.
     kernel_only = jax.tree.map(lambda x: x.ndim == 2, nnx.state(model, nnx.Param))
+    prox = optax.inject_hyperparams(T.proximal_group_lasso, static_args=("group_axis",))
     tx = optax.chain(
         T.add_penalty_gradient(jaxloss.l2_penalty, 0.01, mask=jaxloss.weight_matrix_mask),
         optax.sgd(ETA),
-        T.proximal_group_lasso(ALPHA_G, ETA, group_axis=-1, mask=kernel_only),
+        prox(alpha=ALPHA_G, learning_rate=ETA, group_axis=-1, mask=kernel_only),
     )
     start = {k: jnp.asarray(v) for k, v in nnx.to_pure_dict(nnx.state(model, nnx.Param)).items()}
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -296,13 +297,16 @@ def test_bad_transform_arguments():
         T.proximal_l1(0.1, 0.0)
     with pytest.raises(TypeError, match="`alpha` is required"):
         T.proximal_l1(None, 0.1)
-    with pytest.raises(TypeError, match="`group_axis` must be an int"):
+    with pytest.raises(TypeError, match="`group_axis` must be a Python int"):
         T.proximal_group_lasso(0.1, 0.1, group_axis=(0, 1))
     for tx in (T.add_penalty_gradient(jaxloss.l1_penalty, 0.1), T.proximal_l1(0.1, 0.1)):
         with pytest.raises(ValueError, match="needs the current parameters"):
             tx.update(GRADS, tx.init(PARAMS))
         with pytest.raises(ValueError, match="`updates` has 2 leaves but `params` has 3"):
             tx.update(GRADS["dense"], tx.init(PARAMS), PARAMS)
+    unstatic = optax.inject_hyperparams(T.proximal_group_lasso)(0.1, 0.1, group_axis=-1)
+    with pytest.raises(TypeError, match="static_args=\\('group_axis',\\)"):
+        unstatic.update(GRADS, unstatic.init(PARAMS), PARAMS)
     prox = T.proximal_group_lasso(0.1, 0.1, group_axis=1)
     with pytest.raises(ValueError, match="`group_axis`=1 is out of range for the parameter 'w'"):
         prox.update({"w": jnp.ones(3)}, prox.init(None), {"w": jnp.ones(3)})
