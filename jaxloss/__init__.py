@@ -10,6 +10,11 @@ from jaxloss._classification import (
     softmax_cross_entropy,
     z_loss,
 )
+from jaxloss._large_vocab import fused_linear_cross_entropy
+from jaxloss._parallel import (
+    vocab_parallel_cross_entropy,
+    vocab_parallel_fused_linear_cross_entropy,
+)
 from jaxloss._regression import (
     absolute_error,
     gaussian_nll,
@@ -36,4 +41,8 @@ __all__ = [
     "softmax_cross_entropy",
     "nll_loss",
     "z_loss",
+    # large-vocabulary and vocab-parallel cross-entropy
+    "fused_linear_cross_entropy",
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_fused_linear_cross_entropy",
 ]
