@@ -10,6 +10,11 @@ Sub-namespaces: ``jaxloss.transforms`` (optax gradient transformations) and
 
 from jaxloss import transforms as transforms
 from jaxloss._auxiliary import combine_losses
+from jaxloss._classification import (
+    nll_loss,
+    softmax_cross_entropy,
+    z_loss,
+)
 from jaxloss._information import (
     cross_entropy,
     entropy,
@@ -19,6 +24,11 @@ from jaxloss._information import (
     kl_divergence,
     kl_divergence_from_logits,
     surprisal,
+)
+from jaxloss._large_vocab import fused_linear_cross_entropy
+from jaxloss._parallel import (
+    vocab_parallel_cross_entropy,
+    vocab_parallel_fused_linear_cross_entropy,
 )
 from jaxloss._regression import (
     absolute_error,
@@ -73,6 +83,14 @@ __all__ = [
     "transforms",
     # auxiliary losses
     "combine_losses",
+    # classification (cross-entropies)
+    "softmax_cross_entropy",
+    "nll_loss",
+    "z_loss",
+    # large-vocabulary and vocab-parallel cross-entropy
+    "fused_linear_cross_entropy",
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_fused_linear_cross_entropy",
 ]
 
 
