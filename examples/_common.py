@@ -119,3 +119,47 @@ def save_figure(args: argparse.Namespace, fig, filename: str) -> None:
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     print(f"wrote {path}")
+
+
+def train_loop(args, step, state, steps: int, *, desc: str, chunk: int = 50, evaluate=None):
+    """Run ``step(state, t) -> (state, metrics)`` for ``steps`` steps.
+
+    The steps run jit-compiled in chunks of ``chunk`` (a ``lax.scan``), the progress bar
+    advancing per chunk. Returns the final state, the per-step metrics stacked along a
+    leading axis, and ``[(t, evaluate(state)), ...]`` after every chunk when ``evaluate``
+    is given (plus once at t = 0).
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    if steps % chunk:
+        raise ValueError(f"steps ({steps}) must be a multiple of chunk ({chunk})")
+
+    @jax.jit
+    def run(state, start):
+        return jax.lax.scan(step, state, start + jnp.arange(chunk))
+
+    history, evaluations = [], []
+    if evaluate is not None:
+        evaluations.append((0, evaluate(state)))
+    with progress(args, steps, desc) as bar:
+        for start in range(0, steps, chunk):
+            state, metrics = run(state, start)
+            history.append(jax.device_get(metrics))
+            if evaluate is not None:
+                evaluations.append((start + chunk, evaluate(state)))
+            bar.update(chunk)
+    stacked = jax.tree.map(lambda *xs: np.concatenate(xs), *history)
+    return state, stacked, evaluations
+
+
+def stack_models(models):
+    """Split equally shaped Flax NNX models; return (graphdef, parameters stacked on axis 0)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, first = nnx.split(models[0], nnx.Param)
+    states = [first] + [nnx.split(m, nnx.Param)[1] for m in models[1:]]
+    return graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states)
