@@ -55,9 +55,13 @@ def public_modules() -> list[str]:
 
 
 def _api_markdown() -> str:
+    # A submodule listed in its parent's __all__ gets its own section (whose heading is
+    # its entry), not a second copy inside the parent's.
+    modules = public_modules()
     blocks = []
-    for module in public_modules():
-        blocks.append(f"::: {module}\n    options:\n      members: {declared_all(module)!r}\n")
+    for module in modules:
+        members = [n for n in declared_all(module) if f"{module}.{n}" not in modules]
+        blocks.append(f"::: {module}\n    options:\n      members: {members!r}\n")
     return "\n".join(blocks)
 
 
