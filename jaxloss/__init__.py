@@ -5,6 +5,11 @@ Every loss returns the per-element loss by default and takes the keyword-only
 ``docs/conventions.md``.
 """
 
+from jaxloss._classification import (
+    nll_loss,
+    softmax_cross_entropy,
+    z_loss,
+)
 from jaxloss._regression import (
     absolute_error,
     gaussian_nll,
@@ -27,4 +32,8 @@ __all__ = [
     "laplace_nll",
     "student_t_nll",
     "poisson_nll",
+    # classification (cross-entropies)
+    "softmax_cross_entropy",
+    "nll_loss",
+    "z_loss",
 ]

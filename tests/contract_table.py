@@ -9,7 +9,7 @@ independent float64 numpy/scipy implementations, never jaxloss itself.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 import jaxloss
 from tests.contract import Case
@@ -151,6 +151,111 @@ CASES += [
 # --------------------------------------------------------------------------------------
 # Classification (issue 3)
 # --------------------------------------------------------------------------------------
+
+K = 5  # classes
+CLS = (N, K)
+_NEG = -np.inf
+
+
+def _logits(rng):
+    return rng.normal(size=CLS) * 2.0
+
+
+def _class_ids(rng):
+    return rng.integers(0, K, size=N)
+
+
+def _probabilities(rng):
+    return rng.dirichlet(np.ones(K), size=N)
+
+
+def _target(labels, label_smoothing=0.0):
+    t = np.eye(K)[labels] if np.issubdtype(np.asarray(labels).dtype, np.integer) else labels
+    return (1.0 - label_smoothing) * t + label_smoothing / K
+
+
+def _softmax_ce_ref(logits, labels, label_smoothing=0.0):
+    return -(_target(labels, label_smoothing) * special.log_softmax(logits, axis=-1)).sum(-1)
+
+
+def _nll_ref(log_probs, labels, label_smoothing=0.0):
+    return -(_target(labels, label_smoothing) * log_probs).sum(-1)
+
+
+# Logits of ±1e4 and ±1e9 and −inf on classes the label puts no mass on.
+_EXTREME_LOGITS = np.array(
+    [
+        [1e4, -1e4, 0.0, _NEG, _NEG],
+        [1e9, -1e9, 0.0, 5.0, _NEG],
+        [-1e9, 1e9, _NEG, 3.0, 0.0],
+    ],
+    np.float32,
+)
+_EXTREME_IDS = np.array([1, 1, 0], np.int32)
+_EXTREME_PROBS = np.array(
+    [[0.5, 0.5, 0, 0, 0], [0.2, 0.3, 0.4, 0.1, 0], [0.9, 0.0, 0, 0, 0.1]], np.float32
+)
+
+CASES += [
+    Case(
+        "softmax_cross_entropy",
+        jaxloss.softmax_cross_entropy,
+        lambda rng: ((_logits(rng), _class_ids(rng)), {}),
+        _softmax_ce_ref,
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_IDS), {}),
+        id="softmax_cross_entropy[class ids]",
+    ),
+    Case(
+        "softmax_cross_entropy",
+        jaxloss.softmax_cross_entropy,
+        lambda rng: ((_logits(rng), _probabilities(rng)), {}),
+        _softmax_ce_ref,
+        grad_args=(0, 1),
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_PROBS), {}),
+        id="softmax_cross_entropy[probabilities]",
+    ),
+    Case(
+        "softmax_cross_entropy",
+        jaxloss.softmax_cross_entropy,
+        lambda rng: ((_logits(rng), _class_ids(rng)), {"label_smoothing": 0.1}),
+        _softmax_ce_ref,
+        extreme=lambda: ((_EXTREME_LOGITS[:, :2], np.array([1, 0, 0])), {"label_smoothing": 0.1}),
+        id="softmax_cross_entropy[class ids,label_smoothing]",
+    ),
+    Case(
+        "softmax_cross_entropy",
+        jaxloss.softmax_cross_entropy,
+        lambda rng: ((_logits(rng), _probabilities(rng)), {"label_smoothing": 0.2}),
+        _softmax_ce_ref,
+        grad_args=(0, 1),
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_PROBS), {"label_smoothing": 0.2}),
+        id="softmax_cross_entropy[probabilities,label_smoothing]",
+    ),
+    Case(
+        "nll_loss",
+        jaxloss.nll_loss,
+        lambda rng: ((special.log_softmax(_logits(rng), axis=-1), _class_ids(rng)), {}),
+        _nll_ref,
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_IDS), {}),
+        id="nll_loss[class ids]",
+    ),
+    Case(
+        "nll_loss",
+        jaxloss.nll_loss,
+        lambda rng: ((special.log_softmax(_logits(rng), axis=-1), _probabilities(rng)), {}),
+        _nll_ref,
+        grad_args=(0, 1),
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_PROBS), {}),
+        id="nll_loss[probabilities]",
+    ),
+    Case(
+        "z_loss",
+        jaxloss.z_loss,
+        lambda rng: ((_logits(rng),), {}),
+        lambda z: special.logsumexp(z, axis=-1) ** 2,
+        extreme=lambda: ((_EXTREME_LOGITS,), {}),
+    ),
+]
 
 
 # --------------------------------------------------------------------------------------

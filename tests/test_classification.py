@@ -1,0 +1,363 @@
+"""Classification family: identities, label kinds, masking options, optax, bad input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from jax.extend.core import Var
+from scipy import special
+
+import jaxloss
+
+RNG = np.random.default_rng(0)
+N, K = 8, 5
+LOGITS = RNG.normal(size=(N, K)) * 2.0
+IDS = RNG.integers(0, K, size=N)
+ONE_HOT = np.eye(K)[IDS]
+PROBS = RNG.dirichlet(np.ones(K), size=N)
+KEEP = np.array([True, False, True, True, False, True, True, True])
+W = RNG.random(N) * 2.0
+CLASS_W = np.array([0.5, 2.0, 1.0, 0.0, 3.0])
+
+
+def _ce_ref(logits, target):
+    """−Σ t log softmax(z), float64, the whole family's reference."""
+    return -(target * special.log_softmax(logits, axis=-1)).sum(-1)
+
+
+# --------------------------------------------------------------------------------------
+# softmax_cross_entropy and nll_loss
+# --------------------------------------------------------------------------------------
+
+OPTIONS = [
+    {},
+    {"label_smoothing": 0.15},
+    {"class_weights": CLASS_W},
+    {"where": KEEP, "weights": W, "class_weights": CLASS_W, "label_smoothing": 0.3},
+]
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("options", OPTIONS, ids=["plain", "smoothing", "class_weights", "all"])
+def test_class_ids_equal_one_hot_labels(options, reduction):
+    by_id = jaxloss.softmax_cross_entropy(LOGITS, IDS, reduction=reduction, **options)
+    by_vector = jaxloss.softmax_cross_entropy(LOGITS, ONE_HOT, reduction=reduction, **options)
+    np.testing.assert_allclose(by_id, by_vector, rtol=1e-12, atol=1e-12)
+    g_id, g_vec = (
+        jax.grad(lambda z, y=y: jaxloss.softmax_cross_entropy(z, y, reduction="sum", **options))(
+            LOGITS
+        )
+        for y in (IDS, ONE_HOT)
+    )
+    np.testing.assert_allclose(g_id, g_vec, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("labels", [IDS, PROBS], ids=["ids", "probabilities"])
+def test_label_smoothing_mixes_in_the_uniform_distribution(labels):
+    eps = 0.25
+    target = (1 - eps) * (np.eye(K)[labels] if labels.ndim == 1 else labels) + eps / K
+    out = jaxloss.softmax_cross_entropy(LOGITS, labels, label_smoothing=eps)
+    np.testing.assert_allclose(out, _ce_ref(LOGITS, target), rtol=1e-12)
+    # ... which is what optax gets from smoothing the labels first.
+    peer = optax.losses.softmax_cross_entropy(
+        LOGITS, optax.smooth_labels(np.eye(K)[labels] if labels.ndim == 1 else labels, eps)
+    )
+    np.testing.assert_allclose(out, peer, rtol=1e-12)
+
+
+def test_label_smoothing_spreads_only_over_classes_with_a_finite_logit():
+    logits = LOGITS.copy()
+    logits[:, 3] = -np.inf
+    ids = np.where(IDS == 3, 0, IDS)
+    eps = 0.2
+    finite = np.isfinite(logits)
+    target = (1 - eps) * np.eye(K)[ids] + eps * finite / finite.sum(-1, keepdims=True)
+    log_p = np.where(finite, special.log_softmax(logits, axis=-1), 0.0)
+    expected = -(target * log_p).sum(-1)
+    for labels in (ids, np.eye(K)[ids]):
+        out = jaxloss.softmax_cross_entropy(logits, labels, label_smoothing=eps)
+        np.testing.assert_allclose(out, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("labels", [IDS, ONE_HOT], ids=["ids", "one-hot"])
+def test_class_weights_mean_follows_pytorch(labels):
+    """mean = Σ_i w_i ω_i ℓ_i / Σ_i w_i ω_i over kept examples, ω_i = class_weights[y_i]."""
+    out = jaxloss.softmax_cross_entropy(
+        LOGITS, labels, class_weights=CLASS_W, where=KEEP, weights=W, reduction="mean"
+    )
+    loss = _ce_ref(LOGITS, ONE_HOT)
+    omega = CLASS_W[IDS] * W
+    expected = (omega * loss)[KEEP].sum() / omega[KEEP].sum()
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    per_example = jaxloss.softmax_cross_entropy(LOGITS, labels, class_weights=CLASS_W)
+    np.testing.assert_allclose(per_example, CLASS_W[IDS] * loss, rtol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_ignore_index_combines_with_where_and_weights(reduction):
+    labels = np.where(np.arange(N) % 3 == 0, -100, IDS)
+    out = jaxloss.softmax_cross_entropy(
+        LOGITS, labels, ignore_index=-100, where=KEEP, weights=W, reduction=reduction
+    )
+    kept = KEEP & (labels != -100)
+    terms = np.where(kept, W * _ce_ref(LOGITS, np.eye(K)[np.where(kept, labels, 0)]), 0.0)
+    expected = {"none": terms, "sum": terms.sum(), "mean": terms.sum() / W[kept].sum()}
+    np.testing.assert_allclose(out, expected[reduction], rtol=1e-12, atol=1e-15)
+    # An ignored example's row gets exactly zero gradient, even when it holds NaN.
+    poisoned = np.where((labels == -100)[:, None], np.nan, LOGITS)
+    g = jax.grad(
+        lambda z: jaxloss.softmax_cross_entropy(z, labels, ignore_index=-100, reduction="mean")
+    )(poisoned)
+    assert np.all(np.asarray(g)[labels == -100] == 0)
+    assert np.isfinite(np.asarray(g)).all()
+
+
+def test_ignore_index_equals_dropping_the_examples():
+    labels = np.where(np.arange(N) % 3 == 0, 0, IDS)
+    out = jaxloss.softmax_cross_entropy(LOGITS, labels, ignore_index=0, reduction="mean")
+    kept = labels != 0
+    np.testing.assert_allclose(out, _ce_ref(LOGITS, np.eye(K)[labels])[kept].mean(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [K, K + 3, -1, -K - 1])
+def test_a_label_outside_the_classes_gives_nan_not_a_finite_loss(bad):
+    labels = IDS.copy()
+    labels[2] = bad
+    out = np.asarray(jaxloss.softmax_cross_entropy(LOGITS, labels))
+    assert np.isnan(out[2]) and np.isfinite(np.delete(out, 2)).all()
+    assert np.isnan(jaxloss.softmax_cross_entropy(LOGITS, labels, reduction="mean"))
+    assert np.isnan(jaxloss.nll_loss(LOGITS, labels, reduction="sum"))
+    assert np.isnan(jaxloss.softmax_cross_entropy(LOGITS, labels, class_weights=CLASS_W)[2])
+    # A masked-out example is dropped whatever its label.
+    keep = np.arange(N) != 2
+    assert np.isfinite(jaxloss.softmax_cross_entropy(LOGITS, labels, where=keep, reduction="mean"))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("kind", ["ids", "probabilities"])
+def test_minus_inf_logits_equal_clipping_value_and_gradient(kind, dtype):
+    logits = LOGITS.copy()
+    logits[:, 3] = -np.inf
+    logits[1, 0] = -np.inf
+    ids = np.where((IDS == 3) | (np.arange(N) == 1) & (IDS == 0), 2, IDS)
+    labels = ids if kind == "ids" else np.where(np.isfinite(logits), PROBS, 0.0)
+    clipped = np.maximum(logits, -1e30)
+
+    def total(z):
+        return jaxloss.softmax_cross_entropy(z, jnp.asarray(labels), reduction="sum")
+
+    masked, finite = jnp.asarray(logits, dtype), jnp.asarray(clipped, dtype)
+    np.testing.assert_array_equal(jax.jit(total)(masked), jax.jit(total)(finite))
+    g_masked, g_finite = jax.grad(total)(masked), jax.grad(total)(finite)
+    assert np.isfinite(np.asarray(g_masked)).all()
+    np.testing.assert_allclose(g_masked, g_finite, rtol=1e-6, atol=0)
+    if kind == "probabilities":  # gradient in the labels too: −log p, 0 where p = 0
+        g_y = jax.grad(lambda y: jaxloss.softmax_cross_entropy(masked, y, reduction="sum"))(
+            jnp.asarray(labels, dtype)
+        )
+        assert np.isfinite(np.asarray(g_y)).all()
+
+
+def test_mass_on_a_minus_inf_class_is_an_infinite_loss():
+    logits = np.array([[0.0, -np.inf]])
+    assert jaxloss.softmax_cross_entropy(logits, np.array([1]))[0] == np.inf
+    assert jaxloss.softmax_cross_entropy(logits, np.array([[0.5, 0.5]]))[0] == np.inf
+
+
+@pytest.mark.parametrize("labels", [IDS.reshape(2, 4), PROBS.reshape(2, 4, K)], ids=["ids", "p"])
+@pytest.mark.parametrize("axis", [0, 1, -2])
+def test_class_axis_equals_moving_it_last(axis, labels):
+    logits = LOGITS.reshape(2, 4, K)
+    moved = np.moveaxis(logits, -1, axis)
+    if labels.ndim == 3:
+        labels_moved = np.moveaxis(labels, -1, axis)
+    else:
+        labels_moved = labels
+    expected = jaxloss.softmax_cross_entropy(logits, labels, label_smoothing=0.1)
+    out = jaxloss.softmax_cross_entropy(moved, labels_moved, axis=axis, label_smoothing=0.1)
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    np.testing.assert_allclose(jaxloss.z_loss(moved, axis=axis), jaxloss.z_loss(logits), rtol=1e-12)
+
+
+def test_where_broadcasts_to_the_per_example_loss():
+    logits = LOGITS.reshape(2, 4, K)
+    keep = np.array([[True], [False]])  # drops the whole second sequence
+    out = jaxloss.softmax_cross_entropy(logits, IDS.reshape(2, 4), where=keep, reduction="mean")
+    np.testing.assert_allclose(out, _ce_ref(LOGITS, ONE_HOT)[:4].mean(), rtol=1e-12)
+
+
+@given(
+    shift=hnp.arrays(np.float64, (N, 1), elements=st.floats(-1e3, 1e3)),
+    eps=st.sampled_from([0.0, 0.1]),
+)
+def test_softmax_losses_are_translation_invariant(shift, eps):
+    for labels in (IDS, PROBS):
+        base = jaxloss.softmax_cross_entropy(LOGITS, labels, label_smoothing=eps)
+        moved = jaxloss.softmax_cross_entropy(LOGITS + shift, labels, label_smoothing=eps)
+        np.testing.assert_allclose(moved, base, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"label_smoothing": 0.2, "class_weights": CLASS_W, "where": KEEP, "reduction": "mean"}],
+    ids=["plain", "options"],
+)
+def test_nll_loss_of_log_softmax_is_softmax_cross_entropy(options):
+    log_probs = special.log_softmax(LOGITS, axis=-1)
+    for labels in (IDS, PROBS):
+        np.testing.assert_allclose(
+            jaxloss.nll_loss(log_probs, labels, **options),
+            jaxloss.softmax_cross_entropy(LOGITS, labels, **options),
+            rtol=1e-12,
+        )
+
+
+def test_integer_labels_build_no_one_hot():
+    """No [N, C] array in the forward pass depends on the labels: one gather per example."""
+    jaxpr = jax.make_jaxpr(lambda z, y: jaxloss.softmax_cross_entropy(z, y, reduction="mean"))(
+        jnp.zeros((N, K), jnp.float32), jnp.zeros(N, jnp.int32)
+    ).jaxpr
+    tainted = {jaxpr.invars[1]}
+    for eqn in jaxpr.eqns:
+        if any(isinstance(v, Var) and v in tainted for v in eqn.invars):
+            tainted.update(eqn.outvars)
+            for v in eqn.outvars:
+                assert v.aval.shape != (N, K), eqn
+    assert len(tainted) > 1
+
+
+# --------------------------------------------------------------------------------------
+# z_loss
+# --------------------------------------------------------------------------------------
+
+
+def test_z_loss_gradient_and_shift():
+    lse = special.logsumexp(LOGITS, axis=-1)
+    np.testing.assert_allclose(jaxloss.z_loss(LOGITS + 1.5), (lse + 1.5) ** 2, rtol=1e-12)
+    g = jax.grad(lambda z: jaxloss.z_loss(z, reduction="sum"))(LOGITS)
+    np.testing.assert_allclose(g, 2 * lse[:, None] * special.softmax(LOGITS, -1), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# Peer check against optax.losses
+# --------------------------------------------------------------------------------------
+
+
+def test_softmax_cross_entropy_matches_optax_on_random_inputs():
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(64, 11)) * 3
+    ids = rng.integers(0, 11, size=64)
+    probs = rng.dirichlet(np.ones(11), size=64)
+    np.testing.assert_allclose(
+        jaxloss.softmax_cross_entropy(logits, ids),
+        optax.losses.softmax_cross_entropy_with_integer_labels(logits, ids),
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(
+        jaxloss.softmax_cross_entropy(logits, probs),
+        optax.losses.softmax_cross_entropy(logits, probs),
+        rtol=1e-12,
+    )
+
+
+def test_deliberate_difference_optax_is_nan_with_minus_inf_logits():
+    logits = jnp.array([[2.0, 0.0, -jnp.inf]])
+    labels = jnp.array([[1.0, 0.0, 0.0]])
+    assert np.isnan(optax.losses.softmax_cross_entropy(logits, labels)[0])
+    ours = jaxloss.softmax_cross_entropy(logits, labels)[0]
+    np.testing.assert_allclose(ours, np.log1p(np.exp(-2.0)), rtol=1e-6)
+
+
+def test_deliberate_difference_optax_computes_bf16_in_bf16():
+    logits = jnp.asarray(RNG.normal(size=(4, 300)) * 4, jnp.bfloat16)
+    ids = jnp.asarray(RNG.integers(0, 300, size=4))
+    exact = _ce_ref(np.asarray(logits, np.float64), np.eye(300)[ids])
+    ours = jaxloss.softmax_cross_entropy(logits, ids)
+    peer = optax.losses.softmax_cross_entropy_with_integer_labels(logits, ids)
+    assert ours.dtype == jnp.float32 and peer.dtype == jnp.bfloat16
+    np.testing.assert_allclose(ours, exact, rtol=1e-6)
+    peer_error = np.abs(np.asarray(peer, np.float64) - exact)
+    assert peer_error.max() > 1e-3 * np.abs(exact).max()
+
+
+# --------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------
+
+Z = jnp.zeros((3, 4))
+BAD_CALLS = [
+    (
+        lambda: jaxloss.softmax_cross_entropy(Z, jnp.zeros(4, jnp.int32)),
+        ValueError,
+        r"Integer `labels` of shape \(4,\).*without its class axis 1, \(3,\)",
+    ),
+    (
+        lambda: jaxloss.softmax_cross_entropy(Z, jnp.zeros((3, 5))),
+        ValueError,
+        r"Probability `labels` of shape \(3, 5\) must broadcast to the shape of `logits` \(3, 4\)",
+    ),
+    (
+        lambda: jaxloss.softmax_cross_entropy(Z, jnp.zeros(3, bool)),
+        TypeError,
+        r"`labels` must be integer class ids or floating-point probabilities.*bool",
+    ),
+    (
+        lambda: jaxloss.softmax_cross_entropy(jnp.zeros((3, 4), jnp.int32), jnp.zeros(3, int)),
+        TypeError,
+        r"`logits` must be a floating-point array",
+    ),
+    (
+        lambda: jaxloss.nll_loss(Z, jnp.zeros(3, jnp.int32), axis=2),
+        ValueError,
+        r"`axis` 2 is out of range for `log_probs` of shape \(3, 4\)",
+    ),
+    (
+        lambda: jaxloss.z_loss(Z, axis=1.0),
+        TypeError,
+        r"`axis` must be an int",
+    ),
+    (
+        lambda: jaxloss.softmax_cross_entropy(Z, jnp.zeros(3, int), label_smoothing=1.5),
+        ValueError,
+        r"`label_smoothing` must be in \[0.0, 1.0\], got 1.5",
+    ),
+    (
+        lambda: jaxloss.softmax_cross_entropy(Z, jnp.zeros(3, int), class_weights=jnp.ones(3)),
+        ValueError,
+        r"`class_weights` must have shape \(4,\), one weight per class, got \(3,\)",
+    ),
+    (
+        lambda: jaxloss.softmax_cross_entropy(Z, jnp.zeros((3, 4)), ignore_index=-100),
+        ValueError,
+        r"`ignore_index` applies to integer labels",
+    ),
+    (
+        lambda: jaxloss.softmax_cross_entropy(Z, jnp.zeros(3, int), where=jnp.ones((3, 4), bool)),
+        ValueError,
+        r"`where` of shape \(3, 4\) does not broadcast to the loss shape \(3,\)",
+    ),
+    (
+        lambda: jaxloss.z_loss(jnp.zeros(())),
+        ValueError,
+        r"`logits` must have a class axis",
+    ),
+]
+
+
+@pytest.mark.parametrize("call, error, message", BAD_CALLS)
+def test_bad_input_errors_eagerly_and_under_jit(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+    with pytest.raises(error, match=message):
+        jax.jit(call)()
+
+
+def test_negative_concrete_class_weights_are_rejected():
+    with pytest.raises(ValueError, match=r"`class_weights` must be non-negative"):
+        jaxloss.softmax_cross_entropy(Z, jnp.zeros(3, int), class_weights=-jnp.ones(4))
