@@ -3,8 +3,13 @@
 Every loss returns the per-element loss by default and takes the keyword-only
 ``where=``, ``weights=`` and ``reduction=`` arguments described in
 ``docs/conventions.md``.
+
+Sub-namespaces: ``jaxloss.transforms`` (optax gradient transformations) and
+``jaxloss.flax`` (Flax helpers; imported on first use, so flax stays optional).
 """
 
+from jaxloss import transforms as transforms
+from jaxloss._auxiliary import combine_losses
 from jaxloss._classification import (
     nll_loss,
     softmax_cross_entropy,
@@ -19,6 +24,16 @@ from jaxloss._regression import (
     poisson_nll,
     squared_error,
     student_t_nll,
+)
+from jaxloss._regularization import (
+    elastic_net_penalty,
+    group_lasso_penalty,
+    l1_penalty,
+    l2_penalty,
+    path_mask,
+    penalized,
+    resolve_mask,
+    weight_matrix_mask,
 )
 from jaxloss._version import __version__ as __version__
 
@@ -36,4 +51,26 @@ __all__ = [
     "softmax_cross_entropy",
     "nll_loss",
     "z_loss",
+    # regularization: penalties over parameter pytrees, masks, the regularized objective
+    "l2_penalty",
+    "l1_penalty",
+    "elastic_net_penalty",
+    "group_lasso_penalty",
+    "resolve_mask",
+    "weight_matrix_mask",
+    "path_mask",
+    "penalized",
+    "transforms",
+    # auxiliary losses
+    "combine_losses",
 ]
+
+
+def __getattr__(name: str):
+    # `jaxloss.flax` imports flax, an optional dependency: load it on first use only (it is
+    # left out of `__all__` so that `from jaxloss import *` never needs flax).
+    if name == "flax":
+        import importlib
+
+        return importlib.import_module("jaxloss.flax")
+    raise AttributeError(f"module 'jaxloss' has no attribute {name!r}")

@@ -48,3 +48,20 @@ def scale_and_log_scale(
         return 1.0 / scale, jnp.log(scale)
     one = jnp.ones((), dtype)
     return one, jnp.zeros((), dtype)
+
+
+def safe_norm(x: jax.Array, axis, *, keepdims: bool = False) -> jax.Array:
+    """Euclidean norm over ``axis`` that is finite in value and gradient everywhere.
+
+    Scaled by m = max |x| (held constant: ‖x‖ is 1-homogeneous, so ∂/∂m of m·‖x/m‖ is 0
+    and the gradient is exact) so the squares cannot overflow before the norm does, and a
+    double where at m = 0 gives the norm 0 with gradient 0 (the zero subgradient) instead
+    of 0/0.
+    """
+    m = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
+    zero = m == 0  # NaN compares unequal, so a NaN anywhere in x still gives NaN
+    m_safe = jnp.where(zero, 1.0, m)
+    s = jnp.sum(jnp.square(x / m_safe), axis=axis, keepdims=True)
+    norm = jnp.where(zero, 0.0, m_safe * jnp.sqrt(jnp.where(zero, 1.0, s)))
+    norm = jnp.where(jnp.isinf(m), jnp.inf, norm)  # x/∞ would be NaN
+    return norm if keepdims else jnp.squeeze(norm, axis=axis)

@@ -8,6 +8,8 @@ independent float64 numpy/scipy implementations, never jaxloss itself.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import special, stats
 
@@ -261,6 +263,120 @@ CASES += [
 # --------------------------------------------------------------------------------------
 # Regularization penalties (issue 4)
 # --------------------------------------------------------------------------------------
+
+# Penalties take a parameter pytree and return a scalar (`conventions=False`). Every leaf
+# carries the leading batch axis, so the vmap check computes one penalty per example.
+# References flatten the (dict/list) trees by hand and use numpy only.
+
+
+def _params(rng):
+    return (
+        {
+            "dense": {"kernel": _normal(rng, (N, 3, 4)), "bias": _normal(rng, (N, 4))},
+            "embed": [_normal(rng, (N, 2, 3), scale=2.0)],
+        },
+    ), {}
+
+
+def _np_leaves(tree, path=""):
+    """``(path, array)`` for every leaf of a tree of dicts and lists, sorted like JAX."""
+    if isinstance(tree, dict):
+        return [kv for k in sorted(tree) for kv in _np_leaves(tree[k], f"{path}{k}/")]
+    if isinstance(tree, (list, tuple)):
+        return [kv for i, v in enumerate(tree) for kv in _np_leaves(v, f"{path}{i}/")]
+    return [(path[:-1], np.asarray(tree, np.float64))]
+
+
+def _np_penalty(term, exclude=None):
+    def reference(params, **kwargs):
+        leaves = [x for p, x in _np_leaves(params) if exclude is None or exclude not in p]
+        return np.float64(sum(term(x, **kwargs) for x in leaves))
+
+    return reference
+
+
+def _np_group_lasso(x, group_axis):
+    groups = np.moveaxis(x, group_axis, 0).reshape(x.shape[group_axis], -1)
+    return np.sqrt(groups.shape[1]) * np.sqrt((groups**2).sum(axis=1)).sum()
+
+
+def _np_elastic_net(x, l1_ratio):
+    return l1_ratio * np.abs(x).sum() + (1 - l1_ratio) * 0.5 * (x**2).sum()
+
+
+def _huge(value):
+    """Float32 parameters at which each penalty is finite, with an all-zero group."""
+    kernel = np.array([[value, 0.0], [-value, 0.0]], np.float32)
+    return lambda: (({"kernel": kernel, "bias": np.array([value, 0.0], np.float32)},), {})
+
+
+_no_bias = jaxloss.path_mask("bias", exclude=True)
+
+CASES += [
+    Case(
+        "l2_penalty",
+        jaxloss.l2_penalty,
+        _params,
+        _np_penalty(lambda x: 0.5 * (x**2).sum()),
+        conventions=False,
+        extreme=_huge(1e18),
+    ),
+    Case(
+        "l2_penalty",
+        functools.partial(jaxloss.l2_penalty, mask=_no_bias),
+        _params,
+        _np_penalty(lambda x: 0.5 * (x**2).sum(), exclude="bias"),
+        conventions=False,
+        id="l2_penalty[mask=path_mask]",
+    ),
+    Case(
+        "l1_penalty",
+        jaxloss.l1_penalty,
+        _params,
+        _np_penalty(lambda x: np.abs(x).sum()),
+        grad_order=1,
+        conventions=False,
+        extreme=_huge(1e30),
+    ),
+    Case(
+        "elastic_net_penalty",
+        jaxloss.elastic_net_penalty,
+        lambda rng: (_params(rng)[0], {"l1_ratio": 0.3}),
+        _np_penalty(_np_elastic_net),
+        grad_order=1,
+        conventions=False,
+        extreme=lambda: (_huge(1e18)()[0], {"l1_ratio": 0.3}),
+    ),
+    Case(
+        "group_lasso_penalty",
+        jaxloss.group_lasso_penalty,
+        lambda rng: (_params(rng)[0], {"group_axis": -1}),
+        _np_penalty(_np_group_lasso),
+        conventions=False,
+        # Entries of 1e30 would overflow a plain sum of squares; the scaled norm does not,
+        # and the all-zero group has the zero subgradient.
+        extreme=lambda: (_huge(1e30)()[0], {"group_axis": -1}),
+        id="group_lasso_penalty[group_axis=-1]",
+    ),
+    Case(
+        "group_lasso_penalty",
+        functools.partial(jaxloss.group_lasso_penalty, mask=_no_bias),
+        lambda rng: (_params(rng)[0], {"group_axis": -2}),
+        _np_penalty(_np_group_lasso, exclude="bias"),
+        conventions=False,
+        id="group_lasso_penalty[group_axis=-2,mask=path_mask]",
+    ),
+]
+NOT_IN_TABLE.update(
+    {
+        "resolve_mask": "tests/test_regularization.py",
+        "weight_matrix_mask": "tests/test_regularization.py",
+        "path_mask": "tests/test_regularization.py",
+        "penalized": "tests/test_regularization.py",
+        "transforms": "tests/test_transforms.py",
+        "combine_losses": "tests/test_auxiliary.py",
+    }
+)
 
 
 # --------------------------------------------------------------------------------------
