@@ -5,6 +5,8 @@
   and new sub-namespaces appear without editing the page; after rendering, every name in
   each module's ``__all__`` must have its own entry, or the build fails.
 - The benchmarks page includes every table in ``benchmarks/results/*.md``.
+- The examples page replaces ``<!-- gallery:NAME -->`` with the plots and the results
+  table of example NAME as committed in ``docs/assets/examples/NAME/``.
 - Pages may link to the tests that check a statement, as ``tests/test_x.py#test_name``:
   the test files are published with the site, and a link to a missing file or to a test
   that the file does not define fails the build.
@@ -23,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "jaxloss"
 API_MARKER = "<!-- api-reference -->"
 BENCHMARK_MARKER = "<!-- benchmark-tables -->"
+GALLERY_MARKER = re.compile(r"<!-- gallery:(\w+) -->")
 TEST_LINK = re.compile(r"\]\((?:\.\./)*(tests/[\w/]+\.py)(?:#([\w\[\]-]+))?\)")
 
 
@@ -84,6 +87,21 @@ def _benchmark_markdown() -> str:
     return "\n".join(parts)
 
 
+def _gallery_markdown(match: re.Match) -> str:
+    name = match.group(1)
+    folder = ROOT / "docs" / "assets" / "examples" / name
+    if not (folder / "results.md").exists():
+        return (
+            f'!!! note "Not run yet"\n    Run `python examples/{name}.py`; its plots and '
+            f"table land in `examples/results/{name}/`.\n"
+        )
+    plots = [
+        f"![{png.stem.replace('_', ' ')}](assets/examples/{name}/{png.name})"
+        for png in sorted(folder.glob("*.png"))
+    ]
+    return "\n\n".join([*plots, (folder / "results.md").read_text().strip()]) + "\n"
+
+
 def _check_test_links(markdown: str, page: str) -> None:
     from mkdocs.exceptions import PluginError
 
@@ -113,6 +131,7 @@ def on_page_markdown(markdown, page, config, files):
         markdown = markdown.replace(API_MARKER, _api_markdown())
     if BENCHMARK_MARKER in markdown:
         markdown = markdown.replace(BENCHMARK_MARKER, _benchmark_markdown())
+    markdown = GALLERY_MARKER.sub(_gallery_markdown, markdown)
     _check_test_links(markdown, page.file.src_uri)
     return markdown
 

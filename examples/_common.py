@@ -74,14 +74,17 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def pm(values, digits: int = 3, scale: float = 1.0) -> str:
-    """``mean ± std`` of a list of per-seed values (std with ddof=1; just the value for n=1)."""
+def pm(values, digits: int = 3, scale: float = 1.0, style: str = "f") -> str:
+    """``mean ± std`` of per-seed values (std with ddof=1; the value alone for one seed).
+
+    ``style`` is a format type: ``"f"`` fixed point, ``"e"`` scientific.
+    """
     import numpy as np
 
     v = np.asarray(values, dtype=np.float64) * scale
     if v.size == 1:
-        return f"{v[0]:.{digits}f}"
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+        return f"{v[0]:.{digits}{style}}"
+    return f"{v.mean():.{digits}{style}} ± {v.std(ddof=1):.{digits}{style}}"
 
 
 def write_results(

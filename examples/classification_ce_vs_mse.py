@@ -178,7 +178,7 @@ def main():
                 f"{lrs[best]:g}",
                 fmt_steps(s95),
                 fmt_steps(s97),
-                _common.pm(train_ce, 4),
+                _common.pm(train_ce, 1, style="e"),
                 _common.pm(test_acc, 1, 100),
                 _common.pm(test_ce, 3),
             ]

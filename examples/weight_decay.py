@@ -34,9 +34,9 @@ from sklearn.model_selection import train_test_split
 import jaxloss
 
 NAME = "weight_decay"
-SGD_ALPHAS = [0.0, 1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+SGD_ALPHAS = [0.0, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 ADAM_LR = 1e-3
-ADAMW_DECAYS = [0.0, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0]
+ADAMW_DECAYS = [0.0, 0.03, 0.1, 0.3, 1.0, 3.0]
 
 
 class MLP(nnx.Module):
@@ -198,7 +198,7 @@ def sweep(args, data, method, values, seeds, width, steps, lr):
 def main():
     args = _common.parse_args(NAME, __doc__.splitlines()[0])
     quick = args.quick
-    n_seeds, steps, width = (2, 100, 64) if quick else (3, 2000, 256)
+    n_seeds, steps, width = (2, 100, 64) if quick else (3, 1500, 128)
     data = load_data(150)
     seeds = list(range(n_seeds))
 
