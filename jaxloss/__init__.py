@@ -15,6 +15,16 @@ from jaxloss._classification import (
     softmax_cross_entropy,
     z_loss,
 )
+from jaxloss._information import (
+    cross_entropy,
+    entropy,
+    entropy_from_logits,
+    gaussian_kl,
+    js_divergence,
+    kl_divergence,
+    kl_divergence_from_logits,
+    surprisal,
+)
 from jaxloss._regression import (
     absolute_error,
     gaussian_nll,
@@ -63,6 +73,15 @@ __all__ = [
     "transforms",
     # auxiliary losses
     "combine_losses",
+    # information theory (entropies and divergences, math order (p, q))
+    "surprisal",
+    "entropy",
+    "entropy_from_logits",
+    "cross_entropy",
+    "kl_divergence",
+    "kl_divergence_from_logits",
+    "js_divergence",
+    "gaussian_kl",
 ]
 
 

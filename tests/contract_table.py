@@ -150,6 +150,222 @@ CASES += [
 # --------------------------------------------------------------------------------------
 
 
+def _simplex(rng, shape=SHAPE, zeros=False):
+    """Random probability vectors along the last axis; with ``zeros``, some exact zeros."""
+    x = rng.uniform(0.1, 1.0, size=shape)
+    if zeros:
+        x = np.where(rng.random(shape) < 0.35, 0.0, x)
+        x[..., 0] = np.where(x.sum(-1) == 0, 1.0, x[..., 0])
+    return x / x.sum(-1, keepdims=True)
+
+
+def _zeros_where_p_is_zero(rng, p):
+    """A distribution that is 0 on some (not all) of the classes where ``p`` is 0."""
+    q = _simplex(rng, p.shape)
+    q = np.where((p == 0) & (rng.random(p.shape) < 0.6), 0.0, q)
+    return q / q.sum(-1, keepdims=True)
+
+
+def _pair_with_zeros(rng):
+    p = _simplex(rng, zeros=True)
+    return (p, _zeros_where_p_is_zero(rng, p)), {}
+
+
+def _in_base(nats, base=None):
+    return nats if base is None else nats / np.log(base)
+
+
+def _ref_entropy(p, base=None):
+    return _in_base(special.entr(p).sum(-1), base)
+
+
+def _ref_cross_entropy(p, q, base=None):
+    return _in_base(-special.xlogy(p, q).sum(-1), base)
+
+
+def _ref_kl(p, q, base=None):
+    return _in_base(special.rel_entr(p, q).sum(-1), base)
+
+
+def _ref_js(p, q, base=None):
+    m = 0.5 * (p + q)
+    return _in_base(0.5 * (special.rel_entr(p, m) + special.rel_entr(q, m)).sum(-1), base)
+
+
+def _ref_gaussian_kl(mean_p, scale_p, mean_q, scale_q):
+    return (
+        np.log(scale_q / scale_p) + (scale_p**2 + (mean_p - mean_q) ** 2) / (2 * scale_q**2) - 0.5
+    )
+
+
+# Exact 0/1 probabilities: certain outcomes, zero classes, a 0 of q under a 0 of p.
+_P_EXTREME = np.array(
+    [[1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0], [1e-30, 1.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]],
+    np.float32,
+)
+_Q_EXTREME = np.array(
+    [
+        [1.0, 0.0, 0.0, 0.0],
+        [1e-30, 1.0, 0.0, 0.0],
+        [0.5, 0.5, 0.0, 0.0],
+        [1e-30, 1e-30, 1e-30, 1.0],
+    ],
+    np.float32,
+)
+# Logits of ±1e4 and ±1e9, and −inf on some classes (never all of a row).
+_LOGITS_EXTREME = np.array(
+    [
+        [1e4, -1e4, 0.0, -np.inf],
+        [1e9, -1e9, -np.inf, 0.0],
+        [-1e9, -1e9, 1e9, -np.inf],
+        [0.0, 0.0, -np.inf, -np.inf],
+    ],
+    np.float32,
+)
+# q has −inf only where p has −inf (KL finite), and ±1e9 where p > 0 (KL ≈ 1e9).
+_Q_LOGITS_EXTREME = np.array(
+    [
+        [-1e4, 1e4, -np.inf, -np.inf],
+        [-1e9, 1e9, -np.inf, 0.0],
+        [0.0, 0.0, 0.0, 1e9],
+        [1e9, -1e9, -np.inf, 0.0],
+    ],
+    np.float32,
+)
+
+
+CASES += [
+    Case(
+        "surprisal",
+        jaxloss.surprisal,
+        lambda rng: ((rng.uniform(0.1, 1.0, size=SHAPE),), {"base": 2}),
+        lambda p, base: -np.log(p) / np.log(base),
+        extreme=lambda: ((np.array([1.0, 1e-37, 0.5, 1e-7], np.float32),), {}),
+    ),
+    Case(
+        "entropy",
+        jaxloss.entropy,
+        lambda rng: ((_simplex(rng),), {}),
+        _ref_entropy,
+        extreme=lambda: ((_P_EXTREME,), {"base": 2}),
+    ),
+    Case(
+        "entropy_from_logits",
+        jaxloss.entropy_from_logits,
+        lambda rng: ((_normal(rng, scale=2.0),), {"base": 2}),
+        lambda z, base: _ref_entropy(np.exp(special.log_softmax(z, axis=-1)), base),
+        extreme=lambda: ((_LOGITS_EXTREME,), {}),
+    ),
+    Case(
+        "cross_entropy",
+        jaxloss.cross_entropy,
+        lambda rng: ((_simplex(rng), _simplex(rng)), {"base": 10}),
+        _ref_cross_entropy,
+        grad_args=(0, 1),
+        extreme=lambda: ((_P_EXTREME, _Q_EXTREME), {}),
+    ),
+    Case(
+        "cross_entropy",
+        jaxloss.cross_entropy,
+        lambda rng: ((_simplex(rng, zeros=True), _simplex(rng)), {}),
+        _ref_cross_entropy,
+        grad_args=(0, 1),
+        id="cross_entropy[zeros in p]",
+    ),
+    Case(
+        # Finite differences in p across an exact 0 of p log p are undefined (log of a
+        # negative number), so only q is differentiated here; see tests/test_information.py.
+        "cross_entropy",
+        jaxloss.cross_entropy,
+        _pair_with_zeros,
+        _ref_cross_entropy,
+        grad_args=(1,),
+        id="cross_entropy[zeros in p and q]",
+    ),
+    Case(
+        "kl_divergence",
+        jaxloss.kl_divergence,
+        lambda rng: ((_simplex(rng), _simplex(rng)), {"base": 2}),
+        _ref_kl,
+        grad_args=(0, 1),
+        extreme=lambda: ((_P_EXTREME, _Q_EXTREME), {}),
+    ),
+    Case(
+        "kl_divergence",
+        jaxloss.kl_divergence,
+        _pair_with_zeros,
+        _ref_kl,
+        grad_args=(1,),
+        id="kl_divergence[zeros in p and q]",
+    ),
+    Case(
+        "kl_divergence_from_logits",
+        jaxloss.kl_divergence_from_logits,
+        lambda rng: ((_normal(rng, scale=2.0), _normal(rng, scale=2.0)), {}),
+        lambda zp, zq: _ref_kl(
+            np.exp(special.log_softmax(zp, axis=-1)), np.exp(special.log_softmax(zq, axis=-1))
+        ),
+        grad_args=(0, 1),
+        extreme=lambda: ((_LOGITS_EXTREME, _Q_LOGITS_EXTREME), {"base": 2}),
+    ),
+    Case(
+        "js_divergence",
+        jaxloss.js_divergence,
+        lambda rng: ((_simplex(rng), _simplex(rng)), {"base": 2}),
+        _ref_js,
+        grad_args=(0, 1),
+        # Reversing the classes gives disjoint supports in the first row (JS = log 2).
+        extreme=lambda: ((_P_EXTREME, _P_EXTREME[:, ::-1]), {}),
+    ),
+    Case(
+        "gaussian_kl",
+        jaxloss.gaussian_kl,
+        lambda rng: (
+            (
+                _normal(rng),
+                np.exp(_normal(rng, scale=0.5)),
+                _normal(rng),
+                np.exp(_normal(rng, scale=0.5)),
+            ),
+            {},
+        ),
+        _ref_gaussian_kl,
+        grad_args=(0, 1, 2, 3),
+        extreme=lambda: (
+            (
+                np.array([0.0, 1e4, -1e4, 0.0], np.float32),
+                np.array([1e-18, 1e6, 1.0, 1e-18], np.float32),
+                np.array([0.0, -1e4, 1e4, 0.0], np.float32),
+                np.array([1.0, 1e-6, 1e15, 1e-18], np.float32),
+            ),
+            {},
+        ),
+        id="gaussian_kl[scale]",
+    ),
+    Case(
+        "gaussian_kl",
+        jaxloss.gaussian_kl,
+        lambda rng: (
+            (_normal(rng),),
+            {"log_scale_p": _normal(rng, scale=0.5), "log_scale_q": _normal(rng, scale=0.5)},
+        ),
+        lambda mean_p, log_scale_p, log_scale_q: _ref_gaussian_kl(
+            mean_p, np.exp(log_scale_p), 0.0, np.exp(log_scale_q)
+        ),
+        grad_kwargs=("log_scale_p", "log_scale_q"),
+        extreme=lambda: (
+            (np.array([0.0, 1e4, -1e4, 0.0], np.float32),),
+            {
+                "mean_q": np.array([0.0, -1e4, 1e4, 1e-30], np.float32),
+                "log_scale_p": np.array([-40.0, 40.0, 0.0, 1e-30], np.float32),
+                "log_scale_q": np.array([0.0, 20.0, 40.0, -1e-30], np.float32),
+            },
+        ),
+        id="gaussian_kl[log_scale, prior N(0, 1)]",
+    ),
+]
+
+
 # --------------------------------------------------------------------------------------
 # Classification (issue 3)
 # --------------------------------------------------------------------------------------

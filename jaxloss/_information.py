@@ -1,0 +1,562 @@
+"""Information theory: surprisal, entropy, cross-entropy and divergences.
+
+Arguments are in the math order ``(p, q)``, ``p`` being the reference distribution, as
+in ``scipy.stats.entropy(pk, qk)``: `kl_divergence` ``(p, q)`` is KL(p‖q) = Σ p log(p/q).
+Distributions lie along ``axis`` (default the last); the loss has the broadcast shape of
+the inputs without that axis, and ``where``/``weights`` broadcast to that per-distribution
+shape. A masked-out distribution has its whole row of inputs replaced before any log, so
+NaN or inf in it never reaches the gradient.
+
+Every quantity is in nats by default; ``base=2`` gives bits, any positive ``base`` ≠ 1
+that unit. Exact zeros follow 0 · log 0 = 0 in the value and the gradient (see
+`jaxloss._numerics.xlogy`); where the math is infinite (KL(p‖q) with p > 0 and q = 0) the
+result is +inf.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from jaxloss import _conventions as C
+from jaxloss import _numerics as N
+
+ArrayLike = C.ArrayLike
+
+
+def _normalize_axis(axis: int, shape: tuple[int, ...]) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(
+            f"`axis` must be an int (the axis that holds each distribution), got {axis!r}."
+        )
+    if not shape:
+        raise ValueError(
+            "The inputs are scalars, but distributions lie along `axis`: pass arrays with "
+            "at least one dimension."
+        )
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(
+            f"`axis` {axis} is out of range for inputs of shape {shape} "
+            f"(valid: {-len(shape)} to {len(shape) - 1})."
+        )
+    return int(axis) % len(shape)
+
+
+def _distribution_inputs(where, weights, reduction, axis, allow_int=(), **named):
+    """Validate and convert inputs whose distributions lie along ``axis``.
+
+    Returns ``(arrays, axis, where, row_where, weights)``: the arrays in the compute dtype
+    (in the order given), ``axis`` as a non-negative int, ``where``/``weights`` checked
+    against the per-distribution loss shape, and ``row_where``, the mask expanded along
+    ``axis`` so that `C.keep` replaces every input of a masked-out distribution.
+    """
+    arrays = {k: C.as_float(k, v, allow_int=k in allow_int) for k, v in named.items()}
+    dtype = C.compute_dtype(*arrays.values())
+    shape = C.broadcast_shape(**arrays)
+    axis = _normalize_axis(axis, shape)
+    loss_shape = shape[:axis] + shape[axis + 1 :]
+    where, weights = C.prepare(loss_shape, where, weights, reduction)
+    row_where = None
+    if where is not None:
+        row_where = jnp.expand_dims(jnp.broadcast_to(where, loss_shape), axis)
+    return [a.astype(dtype) for a in arrays.values()], axis, where, row_where, weights
+
+
+def _negate(x: jax.Array) -> jax.Array:
+    """−x, but +0 for x = 0: a certain outcome has zero (not −0) surprisal and entropy."""
+    return 0.0 - x
+
+
+def _p_log(p: jax.Array, log_q: jax.Array) -> jax.Array:
+    """p · log q for log-space inputs, 0 where p = 0 (even where log q = −inf)."""
+    positive = p > 0
+    return p * jnp.where(positive, log_q, 0.0)
+
+
+def surprisal(
+    probs: ArrayLike,
+    *,
+    base: float | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Surprisal (self-information) of outcomes with probabilities ``probs``, per element.
+
+        I(x) = −log p(x)
+
+    +inf where p = 0 (an impossible outcome), with gradient −1/p.
+
+    Args:
+      probs: p(x) ∈ [0, 1], floating array of any shape.
+      base: logarithm base: ``None`` for nats, ``2`` for bits, any positive number ≠ 1.
+      where: optional boolean mask broadcastable to ``probs``; True keeps an element.
+      weights: optional non-negative weights broadcastable to ``probs``.
+      reduction: ``"none"`` (per element), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
+
+    Returns:
+      The shape of ``probs`` for ``"none"``, else a scalar; float32, or float64 for
+      float64 input (bf16/f16 are computed and returned in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.surprisal(jnp.array([0.5, 0.125, 1.0]), base=2)
+      Array([1., 3., 0.], dtype=float32)
+
+    References:
+      Shannon, "A mathematical theory of communication", Bell Syst. Tech. J. 27 (1948).
+    """
+    factor = N.log_base_factor(base)
+    (probs,), where, weights = C.float_inputs(where, weights, reduction, probs=probs)
+    probs = C.keep(where, probs, 1.0)
+    loss = _negate(jnp.log(probs)) * factor
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def entropy(
+    probs: ArrayLike,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Shannon entropy of the distributions ``probs`` along ``axis``.
+
+        H(p) = −Σᵢ pᵢ log pᵢ,       0 · log 0 = 0
+
+    Exact zeros give a finite value and gradient: the −∞ one-sided derivative of
+    pᵢ log pᵢ at pᵢ = 0 is replaced by 0, elsewhere the gradient is −(log pᵢ + 1).
+    ``probs`` is not renormalized.
+
+    Args:
+      probs: p, floating array with the distributions along ``axis``.
+      axis: the axis that holds each distribution (an int).
+      base: logarithm base: ``None`` for nats, ``2`` for bits, any positive number ≠ 1.
+      where: optional boolean mask broadcastable to the loss shape (``probs.shape``
+        without ``axis``); True keeps a distribution.
+      weights: optional non-negative weights broadcastable to the loss shape.
+      reduction: ``"none"`` (per distribution), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
+
+    Returns:
+      ``probs.shape`` without ``axis`` for ``"none"``, else a scalar; float32, or
+      float64 for float64 input (bf16/f16 are computed and returned in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> p = jnp.array([[0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
+      >>> jaxloss.entropy(p, base=2)
+      Array([1., 2.], dtype=float32)
+
+    References:
+      Cover & Thomas, *Elements of Information Theory* (2nd ed., 2006), §2.1.
+    """
+    factor = N.log_base_factor(base)
+    (probs,), axis, where, row_where, weights = _distribution_inputs(
+        where, weights, reduction, axis, probs=probs
+    )
+    probs = C.keep(row_where, probs, 1.0)
+    loss = _negate(jnp.sum(N.xlogy(probs, probs), axis=axis)) * factor
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def entropy_from_logits(
+    logits: ArrayLike,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Entropy of the distributions softmax(``logits``) along ``axis``.
+
+        H = −Σᵢ pᵢ log pᵢ,       log p = log_softmax(logits)
+
+    Computed in log space, so it is exact for logits of any magnitude. A −inf logit is a
+    class with probability 0: it contributes 0 to the value and gets gradient 0, the
+    same as a finite logit so negative that its probability underflows. Log-probabilities
+    are valid logits (log_softmax leaves them unchanged), so pass them here too.
+
+    Args:
+      logits: floating array with the classes along ``axis``; −inf allowed (not on every
+        class of a kept distribution).
+      axis, base, where, weights, reduction: as in `entropy`.
+
+    Returns:
+      As in `entropy`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.entropy_from_logits(jnp.array([[0.0, 0.0, -jnp.inf], [1e9, 0.0, 0.0]]))
+      Array([0.6931472, 0.       ], dtype=float32)
+    """
+    factor = N.log_base_factor(base)
+    (logits,), axis, where, row_where, weights = _distribution_inputs(
+        where, weights, reduction, axis, logits=logits
+    )
+    logits = C.keep(row_where, logits, 0.0)
+    log_p = jax.nn.log_softmax(logits, axis=axis)
+    loss = _negate(jnp.sum(_p_log(jnp.exp(log_p), log_p), axis=axis)) * factor
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def cross_entropy(
+    p: ArrayLike,
+    q: ArrayLike,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Cross-entropy H(p, q) of the distribution ``q`` relative to the reference ``p``.
+
+        H(p, q) = −Σᵢ pᵢ log qᵢ = H(p) + KL(p‖q)
+
+    A class with pᵢ = 0 contributes 0, also where qᵢ = 0 (0 · log 0 = 0); its gradient
+    is 0 in qᵢ and −log qᵢ in pᵢ, and 0 in both where qᵢ = 0 too. The result is +inf
+    where some pᵢ > 0 has qᵢ = 0. For a model's logits use
+    ``softmax_cross_entropy`` or `kl_divergence_from_logits`.
+
+    Args:
+      p: the reference distribution, floating (or integer, e.g. one-hot) array with the
+        distributions along ``axis``.
+      q: the model distribution, floating array broadcastable with ``p``.
+      axis: the axis that holds each distribution, of the broadcast shape.
+      base: logarithm base: ``None`` for nats, ``2`` for bits, any positive number ≠ 1.
+      where: optional boolean mask broadcastable to the loss shape (the broadcast shape
+        without ``axis``); True keeps a distribution.
+      weights: optional non-negative weights broadcastable to the loss shape.
+      reduction: ``"none"`` (per distribution), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
+
+    Returns:
+      The broadcast shape of ``p`` and ``q`` without ``axis`` for ``"none"``, else a
+      scalar; float32, or float64 for float64 input.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.cross_entropy(jnp.array([1.0, 0.0]), jnp.array([0.5, 0.5]), base=2)
+      Array(1., dtype=float32)
+    """
+    factor = N.log_base_factor(base)
+    (p, q), axis, where, row_where, weights = _distribution_inputs(
+        where, weights, reduction, axis, allow_int=("p",), p=p, q=q
+    )
+    p = C.keep(row_where, p, 1.0)
+    q = C.keep(row_where, q, 1.0)
+    loss = _negate(jnp.sum(N.xlogy(p, q), axis=axis)) * factor
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def _kl_terms(p: jax.Array, q: jax.Array) -> jax.Array:
+    """Per-class p log(p/q), accurate also for p ≈ q.
+
+    p (log p − log q) carries an absolute error of ε·p·|log p| per class, while KL(p‖q)
+    is of order (p − q)²: for nearby distributions it loses every digit. Where
+    r = (p − q)/q is small the term is computed as p · log1p(r), whose error is
+    ε·p·|r|, the most the rounding of the inputs allows; elsewhere (and where q = 0)
+    as xlogy(p, p) − xlogy(p, q).
+    """
+    # `near` is decided without dividing, and the division sees only near entries:
+    # otherwise its gradient, −(p − q)/q², overflows for tiny q and meets a zero cotangent.
+    near = jnp.abs(p - q) < 0.5 * q
+    pn, qn = jnp.where(near, p, 1.0), jnp.where(near, q, 1.0)
+    near_terms = pn * jnp.log1p((pn - qn) / qn)
+    pf, qf = jnp.where(near, 1.0, p), jnp.where(near, 1.0, q)
+    far_terms = N.xlogy(pf, pf) - N.xlogy(pf, qf)
+    return jnp.where(near, near_terms, far_terms)
+
+
+def _kl_from_logits(p_logits: jax.Array, q_logits: jax.Array, axis: int) -> jax.Array:
+    """KL(softmax(p_logits)‖softmax(q_logits)) along ``axis``, accurate also for p ≈ q.
+
+    With Δ = p_logits − q_logits and c = lse(p_logits) − lse(q_logits), log(p/q) = Δ − c.
+    Subtracting two log_softmax outputs leaves an error of ε·|log p| in each log(p/q),
+    and so ruins a KL of order Δ²; for a row where every |Δ| ≤ 1 the constant is
+    computed as c = log Σ q·exp Δ = log1p(Σ q·expm1 Δ), which has only error ε·|Δ|.
+    Other rows (large Δ, or a −inf logit in one input only) use the log_softmax outputs.
+    Classes with p = 0 contribute 0 in value and gradient, even where log q = −inf.
+    """
+    log_p = jax.nn.log_softmax(p_logits, axis=axis)
+    log_q = jax.nn.log_softmax(q_logits, axis=axis)
+    p, q = jnp.exp(log_p), jnp.exp(log_q)
+    both_impossible = (p_logits == -jnp.inf) & (q_logits == -jnp.inf)
+    delta = jnp.where(both_impossible, 0.0, p_logits) - jnp.where(both_impossible, 0.0, q_logits)
+    near = jnp.all(jnp.abs(delta) <= 1.0, axis=axis, keepdims=True)
+    delta = jnp.where(near, delta, 0.0)
+    c = jnp.log1p(jnp.sum(q * jnp.expm1(delta), axis=axis, keepdims=True))
+    near_kl = jnp.sum(p * (delta - c), axis=axis)
+    far_kl = jnp.sum(_p_log(p, log_p) - _p_log(p, log_q), axis=axis)
+    return jnp.where(jnp.squeeze(near, axis), near_kl, far_kl)
+
+
+def kl_divergence(
+    p: ArrayLike,
+    q: ArrayLike,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Kullback-Leibler divergence KL(p‖q) of ``q`` from the reference ``p``.
+
+        KL(p‖q) = Σᵢ pᵢ log(pᵢ / qᵢ) = H(p, q) − H(p) ≥ 0
+
+    A class with pᵢ = 0 contributes 0, also where qᵢ = 0 (0 · log 0 = 0); its gradient
+    is 0 in qᵢ and −log qᵢ in pᵢ (the −∞ derivative of pᵢ log pᵢ at 0 is replaced by
+    0), and 0 in both where qᵢ = 0 too. KL is +inf where some pᵢ > 0 has qᵢ = 0 (q does
+    not cover p's support), as the math says. Accurate also for nearby p and q, where
+    Σ p (log p − log q) loses its digits to cancellation: where |pᵢ − qᵢ| < qᵢ/2 the
+    term is computed as pᵢ log1p((pᵢ − qᵢ)/qᵢ).
+
+    Note the argument order: ``optax.losses.kl_divergence(log_predictions, targets)``
+    takes (log q, p) and equals ``kl_divergence(targets, jnp.exp(log_predictions))``;
+    for log-probabilities use `kl_divergence_from_logits`.
+
+    Args:
+      p: the reference distribution, floating (or integer, e.g. one-hot) array with the
+        distributions along ``axis``.
+      q: the model distribution, floating array broadcastable with ``p``.
+      axis, base, where, weights, reduction: as in `cross_entropy`.
+
+    Returns:
+      As in `cross_entropy`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> p, q = jnp.array([0.5, 0.5, 0.0]), jnp.array([0.25, 0.25, 0.5])
+      >>> jaxloss.kl_divergence(p, q, base=2)
+      Array(1., dtype=float32)
+
+    References:
+      Kullback & Leibler, "On information and sufficiency", Ann. Math. Statist. 22 (1951).
+    """
+    factor = N.log_base_factor(base)
+    (p, q), axis, where, row_where, weights = _distribution_inputs(
+        where, weights, reduction, axis, allow_int=("p",), p=p, q=q
+    )
+    p = C.keep(row_where, p, 1.0)
+    q = C.keep(row_where, q, 1.0)
+    loss = jnp.sum(_kl_terms(p, q), axis=axis) * factor
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def kl_divergence_from_logits(
+    p_logits: ArrayLike,
+    q_logits: ArrayLike,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """KL(p‖q) between p = softmax(``p_logits``) and q = softmax(``q_logits``).
+
+        KL(p‖q) = Σᵢ pᵢ (log pᵢ − log qᵢ),       log p = log_softmax(p_logits), same for q
+
+    Computed in log space, for logits of any magnitude, and accurate also for nearby
+    distributions: where every |Δᵢ| ≤ 1 (Δ = p_logits − q_logits) the normalizer
+    difference is computed as log1p(Σ qᵢ expm1 Δᵢ) instead of subtracting two
+    log_softmax outputs, which would cancel.
+
+    A −inf logit is a class with probability 0: where pᵢ = 0 the class contributes 0,
+    also where qᵢ = 0 (0 · log 0 = 0), and a −inf logit receives gradient 0, the same
+    value and gradient as a finite logit so negative that its probability underflows.
+    KL is +inf where pᵢ > 0 and q's logit is −inf.
+
+    Log-probabilities are valid logits, so this is also the KL between distributions
+    given as log-probabilities: ``optax.losses.kl_divergence_with_log_targets(log_q,
+    log_p)`` (note optax's order) equals ``kl_divergence_from_logits(log_p, log_q)``.
+
+    Args:
+      p_logits: logits (or log-probabilities) of the reference distribution, floating
+        array with the classes along ``axis``; −inf allowed.
+      q_logits: logits of the model distribution, broadcastable with ``p_logits``.
+      axis, base, where, weights, reduction: as in `cross_entropy`.
+
+    Returns:
+      As in `cross_entropy`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> p_logits = jnp.array([0.0, 0.0, -jnp.inf])
+      >>> q_logits = jnp.log(jnp.array([0.25, 0.25, 0.5]))
+      >>> jaxloss.kl_divergence_from_logits(p_logits, q_logits, base=2)
+      Array(1., dtype=float32)
+    """
+    factor = N.log_base_factor(base)
+    (p_logits, q_logits), axis, where, row_where, weights = _distribution_inputs(
+        where, weights, reduction, axis, p_logits=p_logits, q_logits=q_logits
+    )
+    p_logits = C.keep(row_where, p_logits, 0.0)
+    q_logits = C.keep(row_where, q_logits, 0.0)
+    loss = _kl_from_logits(p_logits, q_logits, axis) * factor
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def _js_terms(p: jax.Array, q: jax.Array) -> jax.Array:
+    """Per-class ½[p log(p/m) + q log(q/m)], m = (p + q)/2, accurate also for p ≈ q.
+
+    With s = p + q and δ = (p − q)/s the term is s/4 · g(δ), where
+    g(δ) = (1+δ) log(1+δ) + (1−δ) log(1−δ) = log(1 − δ²) + 2δ atanh δ ≈ δ². The direct
+    form loses all digits to cancellation as p → q (each log ratio → 0); the atanh form
+    does not, but it is −inf + inf at |δ| = 1, so it is used only for |δ| < ½ and the
+    direct form (whose ratios 2p/s, 2q/s are then far from 1) elsewhere.
+    """
+    s = p + q
+    near = jnp.abs(p - q) < 0.5 * s  # |δ| < ½, decided without dividing by a tiny s
+    pn, qn = jnp.where(near, p, 1.0), jnp.where(near, q, 1.0)
+    d = (pn - qn) / (pn + qn)
+    near_terms = 0.25 * (pn + qn) * (jnp.log1p(-d * d) + 2.0 * d * jnp.arctanh(d))
+    pf, qf = jnp.where(near, 1.0, p), jnp.where(near, 1.0, q)
+    sf = pf + qf
+    far_terms = 0.5 * (_x_log_2x_over_s(pf, sf) + _x_log_2x_over_s(qf, sf))
+    return jnp.where(near, near_terms, far_terms)
+
+
+def _x_log_2x_over_s(x: jax.Array, s: jax.Array) -> jax.Array:
+    """x · log(2x/s) for 0 ≤ x ≤ s; 0 in value and gradient where x = 0.
+
+    Computed as x (log 2 + log x − log s): the ratio 2x/s has the gradient −2x/s², which
+    overflows for tiny s.
+    """
+    positive = x > 0
+    xs, ss = jnp.where(positive, x, 1.0), jnp.where(positive, s, 1.0)
+    return jnp.where(positive, xs * (N.LOG_2 + jnp.log(xs) - jnp.log(ss)), 0.0)
+
+
+def js_divergence(
+    p: ArrayLike,
+    q: ArrayLike,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Jensen-Shannon divergence between the distributions ``p`` and ``q``.
+
+        JS(p, q) = ½ KL(p‖m) + ½ KL(q‖m),       m = ½ (p + q)
+
+    Symmetric, 0 ≤ JS ≤ log 2 (1 bit), and finite for any two distributions, including
+    disjoint supports. Accurate also when p ≈ q, where the textbook form loses every
+    digit to cancellation: it is evaluated per class as ¼ (pᵢ + qᵢ) · g(δᵢ) with
+    δᵢ = (pᵢ − qᵢ)/(pᵢ + qᵢ) and g(δ) = log(1 − δ²) + 2δ atanh δ. The gradient in pᵢ
+    is ½ log(pᵢ/mᵢ); where pᵢ = 0 the term pᵢ log(pᵢ/mᵢ) = 0 · log 0 contributes 0
+    to it (its one-sided derivative is −∞) and only qᵢ log(qᵢ/mᵢ) varies, giving −½
+    (or 0 where also qᵢ = 0); likewise in q.
+
+    Args:
+      p: first distribution, floating array with the distributions along ``axis``.
+      q: second distribution, floating array broadcastable with ``p``.
+      axis, base, where, weights, reduction: as in `cross_entropy`.
+
+    Returns:
+      As in `cross_entropy`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.js_divergence(jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), base=2)
+      Array(1., dtype=float32)
+
+    References:
+      Lin, "Divergence measures based on the Shannon entropy", IEEE Trans. Inf. Theory
+      37 (1991).
+    """
+    factor = N.log_base_factor(base)
+    (p, q), axis, where, row_where, weights = _distribution_inputs(
+        where, weights, reduction, axis, p=p, q=q
+    )
+    p = C.keep(row_where, p, 1.0)
+    q = C.keep(row_where, q, 1.0)
+    loss = jnp.sum(_js_terms(p, q), axis=axis) * factor
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def gaussian_kl(
+    mean_p: ArrayLike,
+    scale_p: ArrayLike | None = None,
+    mean_q: ArrayLike = 0.0,
+    scale_q: ArrayLike | None = None,
+    *,
+    log_scale_p: ArrayLike | None = None,
+    log_scale_q: ArrayLike | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """KL(N(μp, σp²) ‖ N(μq, σq²)) in closed form, per element (diagonal normals).
+
+        KL = log(σq/σp) + (σp² + (μp − μq)²) / (2σq²) − ½
+           = ½ (expm1(u) − u + z²),       u = 2 (log σp − log σq),  z = (μp − μq) / σq
+
+    The second form is the one computed: expm1(u) − u keeps its digits when σp ≈ σq,
+    where σp²/σq² − 1 − log(σp²/σq²) would cancel. Each scale is given either as
+    ``scale_*`` (σ > 0) or, for a learned scale, as ``log_scale_*`` (log σ, finite
+    value and gradient for every finite input); the defaults are μq = 0, σp = σq = 1, so
+    the VAE term against the standard-normal prior is ``gaussian_kl(mu,
+    log_scale_p=log_sigma)`` (sum it over the latent axis for a diagonal multivariate
+    normal: the KL of independent components adds up).
+
+    Args:
+      mean_p: μp, floating array of any shape.
+      scale_p: σp > 0, broadcastable with ``mean_p``. Default 1.
+      mean_q: μq, broadcastable with ``mean_p``. Default 0.
+      scale_q: σq > 0, broadcastable with ``mean_p``. Default 1.
+      log_scale_p: log σp instead of ``scale_p`` (at most one of the two).
+      log_scale_q: log σq instead of ``scale_q`` (at most one of the two).
+      where: optional boolean mask broadcastable to the loss; True keeps an element.
+      weights: optional non-negative weights broadcastable to the loss.
+      reduction: ``"none"`` (per element), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
+
+    Returns:
+      The broadcast shape of all inputs for ``"none"``, else a scalar; float32, or
+      float64 for float64 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.gaussian_kl(jnp.array([0.0, 1.0]), jnp.array([1.0, 1.0]))
+      Array([0. , 0.5], dtype=float32)
+      >>> jaxloss.gaussian_kl(jnp.array([0.0]), log_scale_p=jnp.array([jnp.log(2.0)]))
+      Array([0.8068528], dtype=float32)
+
+    References:
+      Kingma & Welling, "Auto-encoding variational Bayes", ICLR 2014, Appendix B;
+      Cover & Thomas, *Elements of Information Theory* (2nd ed., 2006), §8.
+    """
+    C.check_exclusive(scale_p=scale_p, log_scale_p=log_scale_p)
+    C.check_exclusive(scale_q=scale_q, log_scale_q=log_scale_q)
+    C.check_positive("scale_p", scale_p, allow_none=True)
+    C.check_positive("scale_q", scale_q, allow_none=True)
+    (mean_p, mean_q, scale_p, log_scale_p, scale_q, log_scale_q), where, weights = C.float_inputs(
+        where,
+        weights,
+        reduction,
+        allow_int=("mean_q", "scale_p", "log_scale_p", "scale_q", "log_scale_q"),
+        mean_p=mean_p,
+        mean_q=mean_q,
+        scale_p=scale_p,
+        log_scale_p=log_scale_p,
+        scale_q=scale_q,
+        log_scale_q=log_scale_q,
+    )
+    diff = C.keep(where, mean_p - mean_q, 0.0)
+    dtype = diff.dtype
+    _, log_sigma_p = N.scale_and_log_scale(
+        C.keep(where, scale_p, 1.0), C.keep(where, log_scale_p, 0.0), dtype
+    )
+    inv_sigma_q, log_sigma_q = N.scale_and_log_scale(
+        C.keep(where, scale_q, 1.0), C.keep(where, log_scale_q, 0.0), dtype
+    )
+    u = 2.0 * (log_sigma_p - log_sigma_q)
+    loss = 0.5 * (jnp.expm1(u) - u + jnp.square(diff * inv_sigma_q))
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
