@@ -428,9 +428,9 @@ def _x_log_2x_over_s(x: jax.Array, s: jax.Array) -> jax.Array:
     Computed as x (log 2 + log x − log s): the ratio 2x/s has the gradient −2x/s², which
     overflows for tiny s.
     """
-    positive = x > 0
-    xs, ss = jnp.where(positive, x, 1.0), jnp.where(positive, s, 1.0)
-    return jnp.where(positive, xs * (N.LOG_2 + jnp.log(xs) - jnp.log(ss)), 0.0)
+    zero = x == 0  # not `x > 0`, which would turn a NaN input into 0
+    xs, ss = jnp.where(zero, 1.0, x), jnp.where(zero, 1.0, s)
+    return jnp.where(zero, 0.0, xs * (N.LOG_2 + jnp.log(xs) - jnp.log(ss)))
 
 
 def js_divergence(
