@@ -57,6 +57,8 @@ def path_string(path: tuple[Any, ...]) -> str:
 
 
 def _is_float(x: Any) -> bool:
+    if isinstance(x, float):
+        return True  # a Python float leaf is a (weakly typed) parameter, not a flag
     dtype = getattr(x, "dtype", None)
     return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
 
@@ -265,7 +267,8 @@ def l2_penalty(params: PyTree, *, mask: Mask = None) -> jax.Array:
 
     Args:
       params: a pytree of floating arrays of any shapes (dicts/lists of arrays, Linen
-        params, NNX ``State`` or ``Module``: only ``nnx.Param`` variables count).
+        ``variables["params"]`` (not the whole variables dict, whose ``batch_stats`` are
+        plain arrays too), NNX ``State`` or ``Module``: only ``nnx.Param`` variables count).
       mask: which leaves to penalize: ``None`` (all), a pytree of bools, or a callable
         ``(path, leaf) -> bool`` such as `weight_matrix_mask` (see `resolve_mask`).
 
@@ -353,9 +356,15 @@ def elastic_net_penalty(params: PyTree, *, l1_ratio: float = 0.5, mask: Mask = N
 
 def _check_group_axis(group_axis: Any) -> None:
     if isinstance(group_axis, bool) or not isinstance(group_axis, (int, np.integer)):
+        hint = ""
+        if isinstance(group_axis, jax.Array):
+            hint = (
+                " Under `optax.inject_hyperparams`, name it static: "
+                "`inject_hyperparams(..., static_args=('group_axis',))`."
+            )
         raise TypeError(
-            f"`group_axis` must be an int (the axis whose indices are the groups), "
-            f"got {group_axis!r}."
+            f"`group_axis` must be a Python int (the axis whose indices are the groups), "
+            f"got {C._describe(group_axis)}.{hint}"
         )
 
 

@@ -69,6 +69,9 @@ def sow_aux_loss(module: Any, name: str, value: Any) -> bool:
 
     Linen: sown into the ``"aux_loss"`` collection (`AUX_LOSS_COLLECTION`), recorded
     only when ``apply`` is given ``mutable=["aux_loss"]``; collect with `sum_aux_losses`.
+    Linen's ``init`` makes every collection mutable, so the variables it returns hold the
+    terms sown during ``init``; keep only ``{"params": variables["params"]}`` (and other
+    state collections), or ``apply`` would append to, and the sum include, those values.
 
     Each call appends the value; collection sums all of them (see the module docstring).
 

@@ -7,9 +7,10 @@
   learning rate, they make weights and whole groups exactly zero, which no subgradient
   step does.
 
-All work inside ``optax.chain``, under ``optax.inject_hyperparams`` (name callable
-arguments that are not schedules, ``penalty`` and a callable ``mask``, in its
-``static_args``) and with ``flax.nnx.Optimizer``. Masks are those of
+All work inside ``optax.chain``, under ``optax.inject_hyperparams`` and with
+``flax.nnx.Optimizer``. ``inject_hyperparams`` treats every callable argument as a
+schedule and every number as an array-valued hyperparameter, so name ``penalty``, a
+callable ``mask`` and ``group_axis`` in its ``static_args``. Masks are those of
 `jaxloss.resolve_mask`.
 """
 
@@ -237,7 +238,8 @@ def proximal_group_lasso(
     whose incoming weights have norm at most η·α·√in is removed exactly (all zeros).
     Placed last in ``optax.chain(optax.sgd(η), proximal_group_lasso(α, η, group_axis=-1))``
     it is the proximal-gradient method for ℒ + α·Ω_group. ``learning_rate`` must be the
-    η of the preceding step.
+    η of the preceding step. Under ``optax.inject_hyperparams`` pass
+    ``static_args=("group_axis",)`` (and ``"mask"`` for a callable mask).
 
     Args:
       alpha: α ≥ 0, a number or an optax schedule of the step count.

@@ -253,6 +253,7 @@ def test_dtypes_float64_bf16_and_nothing_selected():
         assert zero.dtype == jnp.float32 and float(zero) == 0.0
     ints = {"step": jnp.array(3), "key": jax.random.key(0), "w": jnp.array([2.0])}
     assert float(jaxloss.l2_penalty(ints)) == 2.0  # integer and key leaves are skipped
+    assert float(jaxloss.l1_penalty({"a": -1.5, "b": [2.0]})) == 3.5  # Python floats count
 
 
 @given(c=st.floats(-20.0, 20.0))
@@ -369,7 +370,7 @@ def test_bad_penalty_arguments(jit):
         f = functools.partial(fn, **kw)
         return jax.jit(f)(PARAMS) if jit else f(PARAMS)
 
-    with pytest.raises(TypeError, match="`group_axis` must be an int"):
+    with pytest.raises(TypeError, match="`group_axis` must be a Python int"):
         run(jaxloss.group_lasso_penalty, group_axis=1.0)
     with pytest.raises(
         ValueError, match="`group_axis`=2 is out of range for the parameter 'dense/bias'"
