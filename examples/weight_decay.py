@@ -189,14 +189,11 @@ def sweep(args, data, method, values, seeds, width, steps, lr):
     )
     shape = (len(values), len(seeds))
     test_acc, train_acc, norm, test_ce = (np.asarray(v).reshape(shape) for v in evals[-1][1])
-    curves = np.stack([np.asarray(e[1][0]).reshape(shape) for e in evals], -1)
     return {
         "test_acc": test_acc,
         "train_acc": train_acc,
         "norm": norm,
         "test_ce": test_ce,
-        "curves": curves,
-        "steps": np.array([t for t, _ in evals]),
     }
 
 
@@ -298,21 +295,21 @@ def main():
             capsize=3,
             label=method,
         )
-        best = int(np.argmax(r["test_acc"].mean(1)))
-        for i, style in [(0, ":"), (best, "-")]:
-            axes[2].plot(
-                r["steps"],
-                r["curves"][i].mean(0),
-                style,
-                color=color,
-                label=f"{method}, α = {values[i]:g}",
-            )
+        axes[2].errorbar(
+            x,
+            r["test_ce"].mean(1),
+            yerr=r["test_ce"].std(1),
+            marker="o",
+            color=color,
+            capsize=3,
+            label=method,
+        )
     axes[0].set(xscale="log", xlabel="α (leftmost point: α = 0)", ylabel="‖W‖ of the kernels")
     axes[0].set_title("weight norm after training")
     axes[1].set(xscale="log", xlabel="α (leftmost point: α = 0)", ylabel="test accuracy")
     axes[1].set_title("test accuracy after training")
-    axes[2].set(xlabel="step", ylabel="test accuracy", ylim=(0.5, 1.0))
-    axes[2].set_title("no decay (dotted) against the best α (solid)")
+    axes[2].set(xscale="log", xlabel="α (leftmost point: α = 0)", ylabel="test cross-entropy")
+    axes[2].set_title("test cross-entropy after training")
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
