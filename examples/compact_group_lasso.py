@@ -32,7 +32,7 @@ from sklearn.model_selection import train_test_split
 import jaxloss
 
 NAME = "compact_group_lasso"
-ALPHAS = [0.0, 1e-4, 3e-4, 1e-3, 2e-3, 4e-3, 8e-3]
+ALPHAS = [0.0, 3e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2]
 DENSE_WIDTHS = [4, 8, 16, 32]
 LR = 0.05
 # the outgoing weights of each hidden unit: rows of l2's and out's kernels
@@ -182,6 +182,8 @@ def main():
         label=f"group lasso on a 2×{width} MLP",
     )
     for i, a in enumerate(alphas):
+        if units[i].mean() > 0.9 * units[0].mean():
+            continue  # the unpruned points overlap
         axes[0].annotate(
             f"α={a:g}",
             (units[i].mean(), acc[i].mean()),
