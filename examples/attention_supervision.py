@@ -173,7 +173,7 @@ def main():
         notes=notes,
     )
 
-    fig = plt.figure(figsize=(15, 4.2))
+    fig = plt.figure(figsize=(15, 4.6), layout="constrained")
     grid = fig.add_gridspec(2, 3, width_ratios=[1.2, 1, 1])
     ax = fig.add_subplot(grid[:, 0])
     for color, (label, (evals, _, _)) in zip(["C1", "C0"], runs.items(), strict=True):
@@ -194,6 +194,8 @@ def main():
         ax.set_xticks(range(LENGTH))
         if row == 1:
             ax.set_xlabel("position (red ×: the marked token)")
+        else:
+            ax.set_xticklabels([])
     _common.save_figure(args, fig, "attention_supervision.png")
 
 
