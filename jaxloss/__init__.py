@@ -6,8 +6,12 @@ Every loss returns the per-element loss by default and takes the keyword-only
 """
 
 from jaxloss._classification import (
+    binary_cross_entropy,
     nll_loss,
+    sigmoid_binary_cross_entropy,
+    sigmoid_focal_loss,
     softmax_cross_entropy,
+    softmax_focal_loss,
     z_loss,
 )
 from jaxloss._regression import (
@@ -35,5 +39,9 @@ __all__ = [
     # classification (cross-entropies)
     "softmax_cross_entropy",
     "nll_loss",
+    "softmax_focal_loss",
     "z_loss",
+    "sigmoid_binary_cross_entropy",
+    "binary_cross_entropy",
+    "sigmoid_focal_loss",
 ]
