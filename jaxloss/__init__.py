@@ -11,8 +11,12 @@ Sub-namespaces: ``jaxloss.transforms`` (optax gradient transformations) and
 from jaxloss import transforms as transforms
 from jaxloss._auxiliary import combine_losses
 from jaxloss._classification import (
+    binary_cross_entropy,
     nll_loss,
+    sigmoid_binary_cross_entropy,
+    sigmoid_focal_loss,
     softmax_cross_entropy,
+    softmax_focal_loss,
     z_loss,
 )
 from jaxloss._information import (
@@ -60,7 +64,11 @@ __all__ = [
     # classification (cross-entropies)
     "softmax_cross_entropy",
     "nll_loss",
+    "softmax_focal_loss",
     "z_loss",
+    "sigmoid_binary_cross_entropy",
+    "binary_cross_entropy",
+    "sigmoid_focal_loss",
     # regularization: penalties over parameter pytrees, masks, the regularized objective
     "l2_penalty",
     "l1_penalty",
