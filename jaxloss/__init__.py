@@ -69,6 +69,15 @@ __all__ = [
     "sigmoid_binary_cross_entropy",
     "binary_cross_entropy",
     "sigmoid_focal_loss",
+    # information theory (entropies and divergences, math order (p, q))
+    "surprisal",
+    "entropy",
+    "entropy_from_logits",
+    "cross_entropy",
+    "kl_divergence",
+    "kl_divergence_from_logits",
+    "js_divergence",
+    "gaussian_kl",
     # regularization: penalties over parameter pytrees, masks, the regularized objective
     "l2_penalty",
     "l1_penalty",
@@ -81,15 +90,6 @@ __all__ = [
     "transforms",
     # auxiliary losses
     "combine_losses",
-    # information theory (entropies and divergences, math order (p, q))
-    "surprisal",
-    "entropy",
-    "entropy_from_logits",
-    "cross_entropy",
-    "kl_divergence",
-    "kl_divergence_from_logits",
-    "js_divergence",
-    "gaussian_kl",
 ]
 
 

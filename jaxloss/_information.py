@@ -61,7 +61,9 @@ def _distribution_inputs(where, weights, reduction, axis, allow_int=(), **named)
     row_where = None
     if where is not None:
         row_where = jnp.expand_dims(jnp.broadcast_to(where, loss_shape), axis)
-    return [a.astype(dtype) for a in arrays.values()], axis, where, row_where, weights
+    # Broadcast up front: ``axis`` indexes the common shape, not each input's own.
+    arrays = [jnp.broadcast_to(a.astype(dtype), shape) for a in arrays.values()]
+    return arrays, axis, where, row_where, weights
 
 
 def _negate(x: jax.Array) -> jax.Array:

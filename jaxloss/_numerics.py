@@ -52,6 +52,20 @@ def scale_and_log_scale(
     return one, jnp.zeros((), dtype)
 
 
+def xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
+    """x · log y with 0 · log y = 0 for every y ≤ 0, finite in value and gradient at x = 0.
+
+    Where x = 0 and y ≤ 0 (the 0 · log 0 of an entropy, or of a zero probability under a
+    zero-probability class), y is replaced by 1 *before* the log, so the term is exactly 0
+    and both partial derivatives are 0 there (the true one-sided derivative in x at y = 0
+    is −∞; 0 is the convention). Elsewhere the gradients are the exact ones: log y in x
+    and x / y in y; in particular the gradient in x at x = 0, y > 0 is log y.
+    ``jax.scipy.special.xlogy`` gets the value right but its gradient at (0, 0) is NaN.
+    """
+    zero = (x == 0) & (y <= 0)
+    return x * jnp.log(jnp.where(zero, jnp.ones_like(y), y))
+
+
 def safe_norm(x: jax.Array, axis, *, keepdims: bool = False) -> jax.Array:
     """Euclidean norm over ``axis`` that is finite in value and gradient everywhere.
 
@@ -67,25 +81,6 @@ def safe_norm(x: jax.Array, axis, *, keepdims: bool = False) -> jax.Array:
     norm = jnp.where(zero, 0.0, m_safe * jnp.sqrt(jnp.where(zero, 1.0, s)))
     norm = jnp.where(jnp.isinf(m), jnp.inf, norm)  # x/∞ would be NaN
     return norm if keepdims else jnp.squeeze(norm, axis=axis)
-
-
-def xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
-    """x · log y with 0 · log y = 0 for every y ≤ 0, finite in value and gradient at x = 0.
-
-    Where x = 0 and y ≤ 0 (the 0 · log 0 of an entropy, or of a zero probability under a
-    zero-probability class), y is replaced by 1 *before* the log, so the term is exactly 0
-    and both partial derivatives are 0 there (the true one-sided derivative in x at y = 0
-    is −∞; 0 is the convention). Elsewhere the gradients are the exact ones: log y in x
-    and x / y in y; in particular the gradient in x at x = 0, y > 0 is log y.
-    ``jax.scipy.special.xlogy`` gets the value right but its gradient at (0, 0) is NaN.
-    """
-    zero = (x == 0) & (y <= 0)
-    return x * jnp.log(jnp.where(zero, jnp.ones_like(y), y))
-
-
-# --------------------------------------------------------------------------------------
-# Classification primitives
-# --------------------------------------------------------------------------------------
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))

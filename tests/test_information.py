@@ -524,3 +524,17 @@ def test_bad_input_errors_eagerly_and_under_jit(call, error, message):
         call()
     with pytest.raises(error, match=message):
         jax.jit(call)()
+
+
+def test_inputs_of_different_rank_broadcast_along_the_common_axis():
+    """A shared target [L, C] against a batch [B, L, C]: axis=-1 is the same axis for both."""
+    rng = np.random.default_rng(7)
+    p_logits = rng.normal(size=(3, 4))
+    q_logits = rng.normal(size=(2, 3, 4))
+    ours = jaxloss.kl_divergence_from_logits(p_logits, q_logits)
+    p = special.softmax(p_logits, axis=-1)
+    q = special.softmax(q_logits, axis=-1)
+    np.testing.assert_allclose(ours, np.sum(p * (np.log(p) - np.log(q)), axis=-1), rtol=1e-12)
+    np.testing.assert_allclose(
+        jaxloss.kl_divergence(p, q), np.sum(p * (np.log(p) - np.log(q)), axis=-1), rtol=1e-12
+    )
