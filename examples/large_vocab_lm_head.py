@@ -67,7 +67,7 @@ def main():
     args = _common.parse_args(NAME, __doc__.splitlines()[0])
     tokens, dim = (256, 64) if args.quick else (1024, 256)
     vocabs = [1024, 4096] if args.quick else [2048, 8192, 32768, 65536]
-    repeats = 3 if args.quick else 7
+    repeats = 3 if args.quick else 5
     rng = np.random.default_rng(0)
 
     rows, numbers = [], []
