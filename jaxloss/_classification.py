@@ -171,15 +171,6 @@ def _pick(x: jax.Array, labels: jax.Array, axis: int) -> jax.Array:
     )
 
 
-def _no_mass_on_impossible(target: jax.Array, x: jax.Array, value: jax.Array) -> jax.Array:
-    """``value`` (a multiple of −log p) with 0 where the target has no mass and x = −inf.
-
-    There −log p = +inf and the term is 0·∞, which is 0 (0·log 0 = 0); replacing it
-    before the product keeps both the value and the gradient finite.
-    """
-    return jnp.where((target == 0) & (x == -jnp.inf), 0.0, value)
-
-
 def _categorical(
     name: str,
     x: ArrayLike,
@@ -211,21 +202,29 @@ def _categorical(
         weights=weights,
         reduction=reduction,
     )
-    lse = N.logsumexp(x, axis) if normalize else 0.0
     smooth = not _is_zero(label_smoothing)
+    big = jnp.finfo(x.dtype).max
     if integer:
-        loss = lse - _pick(x, labels, axis)
+        # The same operations as optax's integer-label loss (logsumexp, one gather), so
+        # the default path costs what it does; −log p is capped at the largest float,
+        # the value a −inf logit clipped to the lowest float gives (as N.log_softmax_parts).
+        lse = jax.nn.logsumexp(x, axis=axis) if normalize else 0.0
+        loss = jnp.minimum(lse - jnp.squeeze(_pick(x, labels, axis), axis), big)
         if smooth:
             finite, count = _uniform_over_finite(x, axis)
-            mean = jnp.sum(jnp.where(finite, x, 0.0), axis=axis, keepdims=True) / count
+            total = jnp.sum(jnp.where(finite, x, 0.0), axis=axis)
+            mean = total / jnp.squeeze(count, axis)
             loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse - mean)
-        loss = jnp.squeeze(loss, axis)
     else:
+        if normalize:
+            s, log_z = N.log_softmax_parts(x, axis)
+            neg_log_p = log_z - s
+        else:
+            neg_log_p = -N.finite_floor(x)
         target = labels
         if smooth:
             finite, count = _uniform_over_finite(x, axis)
             target = (1.0 - label_smoothing) * target + label_smoothing * (finite / count)
-        neg_log_p = _no_mass_on_impossible(target, x, lse - x)
         loss = jnp.sum(target * neg_log_p, axis=axis)
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
 
@@ -252,11 +251,13 @@ def softmax_cross_entropy(
     one-hot vector gives exactly the result of its class id. Integer labels gather one
     logit per example (no one-hot array is built).
 
-    A class whose logit is −inf (masked out) is handled as impossible: while the target
-    puts no mass on it, the loss and its gradient are finite and equal to those with the
-    −inf replaced by any very negative finite number. (``optax.losses.softmax_cross_entropy``
-    returns NaN there for probability labels, as 0·(−inf).) An integer label outside
-    [0, C) that is not ``ignore_index`` gives NaN, never a silent finite loss.
+    A class whose logit is −inf (masked out) is handled exactly as if its logit were the
+    lowest finite float: where the target puts no mass on it, the loss and its gradient
+    are finite and equal to those with the −inf replaced by any very negative number
+    (``optax.losses.softmax_cross_entropy`` returns NaN there, as 0·(−inf)); a target
+    with mass m on it gets the finite but enormous loss m·(largest float). An integer
+    label outside [0, C) that is not ``ignore_index`` gives NaN, never a silent finite
+    loss.
 
     Args:
       logits: z, floating array with a class axis of size C.
@@ -288,12 +289,12 @@ def softmax_cross_entropy(
       >>> import jax.numpy as jnp, jaxloss
       >>> logits = jnp.array([[2.0, 0.0, -jnp.inf], [0.0, 0.0, 0.0]])
       >>> jaxloss.softmax_cross_entropy(logits, jnp.array([0, 2]))
-      Array([0.12692809, 1.0986123 ], dtype=float32)
+      Array([0.126928, 1.098612 ], dtype=float32)
       >>> jaxloss.softmax_cross_entropy(logits, jnp.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
-      Array([0.12692809, 1.0986123 ], dtype=float32)
+      Array([0.126928, 1.098612 ], dtype=float32)
       >>> jaxloss.softmax_cross_entropy(logits, jnp.array([0, -100]), ignore_index=-100,
       ...                               reduction="mean")
-      Array(0.12692809, dtype=float32)
+      Array(0.126928, dtype=float32)
 
     References:
       Label smoothing: Szegedy et al., "Rethinking the Inception architecture for
@@ -656,23 +657,26 @@ def softmax_focal_loss(
     focal = not _is_zero(gamma)
     if focal:
         gamma = jnp.asarray(gamma, x.dtype)
-    lse = N.logsumexp(x, axis)
     classes = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis)
+    # s = x − max(x) with −inf floored to the lowest float: log p = s − log_z, and a
+    # logsumexp over a subset of s is finite even when the subset has only −inf logits.
+    s, log_z = N.log_softmax_parts(x, axis)
+    big = jnp.finfo(x.dtype).max
     if integer:
-        neg_log_p = lse - _pick(x, labels, axis)
-        loss = neg_log_p
+        loss = jnp.minimum(log_z - _pick(s, labels, axis), big)
         if focal:
-            others = jnp.where(classes == jnp.expand_dims(labels, axis), -jnp.inf, x)
-            log_not_p = N.logsumexp(others, axis) - lse
-            loss = jnp.exp(gamma * log_not_p) * neg_log_p
+            others = jnp.where(classes == jnp.expand_dims(labels, axis), -jnp.inf, s)
+            log_not_p = jax.nn.logsumexp(others, axis=axis, keepdims=True) - log_z
+            loss = jnp.exp(gamma * log_not_p) * loss
         loss = jnp.squeeze(loss, axis)
     else:
-        neg_log_p = _no_mass_on_impossible(labels, x, lse - x)
+        neg_log_p = log_z - s
         factor = 1.0
         if focal:
-            top = classes == jnp.argmax(x, axis=axis, keepdims=True)
-            log_not_top = N.logsumexp(jnp.where(top, -jnp.inf, x), axis) - lse
-            p_rest = jnp.exp(jnp.where(top, -jnp.inf, x - lse))  # each ≤ ½
+            top = classes == jnp.argmax(s, axis=axis, keepdims=True)
+            others = jnp.where(top, -jnp.inf, s)
+            log_not_top = jax.nn.logsumexp(others, axis=axis, keepdims=True) - log_z
+            p_rest = jnp.exp(others - log_z)  # each ≤ ½, so log1p(−p) does not cancel
             log_not_p = jnp.where(top, log_not_top, jnp.log1p(-p_rest))
             factor = jnp.exp(gamma * log_not_p)
         loss = jnp.sum(labels * factor * neg_log_p, axis=axis)

@@ -6,7 +6,6 @@ typed and never promote a float32 computation to float64.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -83,24 +82,32 @@ def safe_norm(x: jax.Array, axis, *, keepdims: bool = False) -> jax.Array:
     return norm if keepdims else jnp.squeeze(norm, axis=axis)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def logsumexp(x: jax.Array, axis: int) -> jax.Array:
-    """log Σ exp(x) over ``axis`` (kept as a size-1 axis), safe with −inf entries.
+@jax.custom_jvp
+def finite_floor(x: jax.Array) -> jax.Array:
+    """max(x, lowest finite float), with derivative 1: −inf becomes the lowest float.
 
-    The value is jax.nn.logsumexp's. The derivative is written out, softmax(x)·ẋ with
-    softmax(x) = exp(x − logsumexp(x)), so that a backward pass recomputes the
-    probabilities from ``x`` in the pass that writes the gradient instead of storing
-    exp(x − max) during the forward pass: one full-size array less to write and read.
-    A −inf entry has probability 0 and gets zero gradient.
+    The identity derivative is what clipping a −inf logit to a very negative number
+    gives where it matters (its probability, and so its gradient weight, is 0), and it
+    avoids the tie-splitting select and divide of ``jnp.maximum``'s derivative.
     """
-    return jax.nn.logsumexp(x, axis=axis, keepdims=True)
+    return jnp.maximum(x, jnp.finfo(x.dtype).min)
 
 
-@logsumexp.defjvp
-def _logsumexp_jvp(axis, primals, tangents):
-    (x,), (dx,) = primals, tangents
-    lse = logsumexp(x, axis)
-    return lse, jnp.sum(jnp.exp(x - lse) * dx, axis=axis, keepdims=True)
+finite_floor.defjvp(lambda primals, tangents: (finite_floor(primals[0]), tangents[0]))
+
+
+def log_softmax_parts(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """(s, log_z) with log_softmax(x) = s − log_z along ``axis`` (log_z keeps the axis).
+
+    s = x − max(x) is never −inf (see `finite_floor`), so Σ t·(log_z − s) is finite
+    where t = 0 on a −inf logit (0·log 0 = 0) without a select in the reduction, and a
+    target with mass on such a class gets the finite value of clipping the logit to the
+    lowest float. The max is a constant for the derivative (softmax is shift-invariant).
+    """
+    m = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, 0.0)  # rows of −inf stay −inf, not NaN
+    s = finite_floor(x - m)
+    return s, jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))
 
 
 @jax.custom_jvp
