@@ -29,6 +29,11 @@ from jaxloss._information import (
     kl_divergence_from_logits,
     surprisal,
 )
+from jaxloss._large_vocab import fused_linear_cross_entropy
+from jaxloss._parallel import (
+    vocab_parallel_cross_entropy,
+    vocab_parallel_fused_linear_cross_entropy,
+)
 from jaxloss._regression import (
     absolute_error,
     gaussian_nll,
@@ -90,6 +95,10 @@ __all__ = [
     "transforms",
     # auxiliary losses
     "combine_losses",
+    # large-vocabulary and vocab-parallel cross-entropy
+    "fused_linear_cross_entropy",
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_fused_linear_cross_entropy",
 ]
 
 

@@ -34,7 +34,8 @@ class Case:
       fn: the function under test, called as ``fn(*args, **kwargs)``.
       make: ``make(rng) -> (args, kwargs)`` with float64 numpy inputs (integer arrays
         for labels). Positional args and array-valued kwargs of ndim ≥ 1 carry a leading
-        batch axis of the same length (used by the vmap check); scalars do not.
+        batch axis of the same length (used by the vmap check); scalars and the inputs
+        named in ``unbatched`` do not.
       reference: ``reference(*args, **kwargs) -> np.ndarray``, an independent float64
         implementation of the *unreduced* loss (numpy/scipy, never jaxloss).
       grad_args: positions of the args to differentiate.
@@ -46,6 +47,9 @@ class Case:
         (losses do; penalties over pytrees and scalar-valued functions do not).
       rtol, atol: float32 value tolerances against the reference (float64 uses 1e-10).
       lowp_tol: overrides ``LOW_PRECISION_TOL`` for this case (documented where set).
+      unbatched: positions of args and names of kwargs that carry no batch axis (a
+        weight matrix shared by every example, as in a linear layer's loss); the vmap
+        check passes them whole to every example.
     """
 
     name: str
@@ -60,6 +64,7 @@ class Case:
     rtol: float = 2e-5
     atol: float = 2e-5
     lowp_tol: dict | None = None
+    unbatched: tuple[int | str, ...] = ()
     id: str | None = None
 
     def __str__(self) -> str:  # pytest ids
@@ -122,18 +127,27 @@ def differentiable(
     return f, primals
 
 
-def batch_axes(inputs: Inputs) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def batch_axes(
+    inputs: Inputs, unbatched: tuple[int | str, ...] = ()
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     args, kwargs = inputs
-    kw_axes = {k: (0 if np.ndim(v) >= 1 else None) for k, v in kwargs.items()}
-    return tuple(0 for _ in args), kw_axes
+    arg_axes = tuple(None if i in unbatched else 0 for i in range(len(args)))
+    kw_axes = {
+        k: (0 if np.ndim(v) >= 1 and k not in unbatched else None) for k, v in kwargs.items()
+    }
+    return arg_axes, kw_axes
 
 
-def example(inputs: Inputs, i: int) -> Inputs:
+def example(inputs: Inputs, i: int, unbatched: tuple[int | str, ...] = ()) -> Inputs:
     """The ``i``-th example of a batch of inputs (see ``batch_axes``)."""
     args, kwargs = inputs
+    arg_axes, kw_axes = batch_axes(inputs, unbatched)
     return (
-        tuple(jax.tree.map(lambda x: x[i], a) for a in args),
-        {k: (v[i] if np.ndim(v) >= 1 else v) for k, v in kwargs.items()},
+        tuple(
+            a if ax is None else jax.tree.map(lambda x: x[i], a)
+            for a, ax in zip(args, arg_axes, strict=True)
+        ),
+        {k: (v if kw_axes[k] is None else v[i]) for k, v in kwargs.items()},
     )
 
 

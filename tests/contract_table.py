@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import numpy as np
+from jax.sharding import PartitionSpec as P
 from scipy import special, stats
 
 import jaxloss
@@ -705,3 +707,141 @@ NOT_IN_TABLE.update(
 # --------------------------------------------------------------------------------------
 # Large-vocabulary and vocab-parallel cross-entropy (issue 6)
 # --------------------------------------------------------------------------------------
+
+# The fused losses take hidden [N, D] and a weight shared by every token ("unbatched"
+# for the vmap check); D and V differ from N so the NaN-poisoning of masked tokens
+# touches only their rows of `hidden`. The table's cases use reduction="none" by
+# default (the harness reduces), so the wrapper defaults to it; "sum" and "mean" (the
+# one-pass gradient) are exercised by the harness's reduction and masking checks.
+LV_D, LV_V = 4, 7
+
+
+def _fused_per_token(hidden, weight, labels, *, reduction="none", **kwargs):
+    return jaxloss.fused_linear_cross_entropy(hidden, weight, labels, reduction=reduction, **kwargs)
+
+
+def _fused_ref(
+    hidden,
+    weight,
+    labels,
+    *,
+    bias=None,
+    weight_layout="dense",
+    chunk_size=None,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    logit_soft_cap=None,
+):
+    z = hidden @ (weight if weight_layout == "dense" else weight.T)
+    if bias is not None:
+        z = z + bias
+    if logit_soft_cap is not None:
+        z = logit_soft_cap * np.tanh(z / logit_soft_cap)
+    lse = special.logsumexp(z, axis=-1)
+    target = (1.0 - label_smoothing) * np.eye(z.shape[-1])[labels] + label_smoothing / z.shape[-1]
+    return lse - (target * z).sum(-1) + z_loss * lse**2
+
+
+def _fused_make(layout="dense", **options):
+    def make(rng):
+        shape = (LV_D, LV_V) if layout == "dense" else (LV_V, LV_D)
+        hidden, weight = _normal(rng, (N, LV_D)), _normal(rng, shape)
+        kwargs = dict(options)
+        if "bias" in options:
+            kwargs["bias"] = _normal(rng, (LV_V,))
+        return (hidden, weight, rng.integers(0, LV_V, size=N)), kwargs
+
+    return make
+
+
+def _fused_extreme(**options):
+    hidden = np.array([[1e4, -1e4, 0.0, 1.0], [1e9, 0.0, -1e9, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    weight = np.linspace(-1.0, 1.0, LV_D * LV_V).reshape(LV_D, LV_V)
+    kwargs = dict(options)
+    if "bias" in options:
+        kwargs["bias"] = np.linspace(-2.0, 2.0, LV_V).astype(np.float32)
+    args = (hidden.astype(np.float32), weight.astype(np.float32), np.array([0, 3, 6]))
+    return args, kwargs
+
+
+_ALL_OPTIONS = {"bias": True, "label_smoothing": 0.1, "z_loss": 0.01, "logit_soft_cap": 2.5}
+
+# A one-device mesh in this process: vocab_parallel_* run inside shard_map exactly as on
+# a real mesh (the collectives are over one shard). tests/test_parallel.py checks them
+# on a 2 x 4 mesh of 8 host devices against the unsharded functions.
+_MESH = jax.sharding.Mesh(jax.devices()[:1], ("model",))
+_STATIC = (bool, int, float, str)
+
+
+@functools.cache
+def _sharded_program(fn, sharded_args, ndims, static):
+    """``fn`` inside shard_map over ``_MESH``, jitted once per signature (eager shard_map
+    would dispatch op by op)."""
+    specs = tuple(
+        P(*([None] * (ndim - 1)), "model") if i in sharded_args else P()
+        for i, ndim in enumerate(ndims)
+    )
+    body = lambda args, arrays: fn(*args, **arrays, **dict(static), axis_name="model")  # noqa: E731
+    return jax.jit(jax.shard_map(body, mesh=_MESH, in_specs=(specs, P()), out_specs=P()))
+
+
+def _in_shard_map(fn, sharded_args):
+    """``fn`` called inside shard_map; args in ``sharded_args`` split along their last axis."""
+
+    def wrapped(*args, **kwargs):
+        static = {k: v for k, v in kwargs.items() if isinstance(v, _STATIC) or v is None}
+        arrays = {k: v for k, v in kwargs.items() if k not in static}
+        ndims = tuple(np.ndim(a) for a in args)
+        program = _sharded_program(fn, sharded_args, ndims, tuple(sorted(static.items())))
+        return program(args, arrays)
+
+    return wrapped
+
+
+def _vocab_parallel_fused_per_token(hidden, weight, labels, *, reduction="none", **kwargs):
+    return jaxloss.vocab_parallel_fused_linear_cross_entropy(
+        hidden, weight, labels, reduction=reduction, **kwargs
+    )
+
+
+CASES += [
+    Case(
+        "fused_linear_cross_entropy",
+        _fused_per_token,
+        _fused_make(chunk_size=4),
+        _fused_ref,
+        grad_args=(0, 1),
+        unbatched=(1,),
+        extreme=lambda: _fused_extreme(),
+        id="fused_linear_cross_entropy[chunk 4 of 6]",
+    ),
+    Case(
+        "fused_linear_cross_entropy",
+        _fused_per_token,
+        _fused_make(**_ALL_OPTIONS),
+        _fused_ref,
+        grad_args=(0, 1),
+        grad_kwargs=("bias",),
+        unbatched=(1, "bias"),
+        extreme=lambda: _fused_extreme(**_ALL_OPTIONS),
+        id="fused_linear_cross_entropy[bias,smoothing,z_loss,soft_cap]",
+    ),
+    Case(
+        "vocab_parallel_cross_entropy",
+        _in_shard_map(jaxloss.vocab_parallel_cross_entropy, sharded_args=(0,)),
+        lambda rng: ((_logits(rng), _class_ids(rng)), {"label_smoothing": 0.1}),
+        _softmax_ce_ref,
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_IDS), {"label_smoothing": 0.1}),
+        id="vocab_parallel_cross_entropy[1-device mesh,label_smoothing]",
+    ),
+    Case(
+        "vocab_parallel_fused_linear_cross_entropy",
+        _in_shard_map(_vocab_parallel_fused_per_token, sharded_args=(1,)),
+        _fused_make(z_loss=0.01, chunk_size=4),
+        _fused_ref,
+        grad_args=(0, 1),
+        unbatched=(1,),
+        extreme=lambda: _fused_extreme(z_loss=0.01),
+        id="vocab_parallel_fused_linear_cross_entropy[1-device mesh]",
+    ),
+]

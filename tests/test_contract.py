@@ -55,10 +55,10 @@ def test_jit_equals_eager(case):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_vmap_equals_per_example_loop(case):
     inputs = K.cast(_inputs(case), jnp.float64)
-    arg_axes, kw_axes = K.batch_axes(inputs)
+    arg_axes, kw_axes = K.batch_axes(inputs, case.unbatched)
     batched = jax.vmap(lambda a, kw: case.fn(*a, **kw), in_axes=(arg_axes, kw_axes))(*inputs)
     n = len(jax.tree.leaves(inputs[0])[0])
-    looped = jnp.stack([K.call(case, K.example(inputs, i)) for i in range(n)])
+    looped = jnp.stack([K.call(case, K.example(inputs, i, case.unbatched)) for i in range(n)])
     np.testing.assert_allclose(batched, looped, rtol=1e-12, atol=1e-12)
 
 

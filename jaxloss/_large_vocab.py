@@ -1,0 +1,633 @@
+"""Softmax cross-entropy of a linear layer's output, without materializing the logits.
+
+A language-model head computes logits z = h·W (+ b) for N tokens over a vocabulary of V
+classes; the [N, V] logits and their gradient dominate the memory of training. Here the
+tokens are processed a chunk at a time inside a loop, so only a [chunk, V] block of
+logits ever exists, and, for a ``"sum"`` or ``"mean"`` reduction, the gradients with
+respect to h, W and b are computed in the same pass as the loss (the backward pass then
+only scales them). That takes the three matrix products of the ordinary forward and
+backward pass and nothing more.
+
+The machinery also serves the vocabulary-parallel form (`_parallel.py`): with
+``axis_name`` set, W holds one shard of the vocabulary and the three per-token
+reductions over the vocabulary (max, sum of exponentials, target logit) are completed
+across shards with collectives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+from jaxloss import _conventions as C
+
+ArrayLike = C.ArrayLike
+
+LAYOUTS = ("dense", "embedding")
+
+# Default chunk: about this many bytes for one [chunk, V] float32 block of logits, and
+# at least _MIN_CHUNK tokens, since the weight gradient is updated once per chunk (a
+# read and a write of [D, V]) and small chunks make that traffic dominate.
+_CHUNK_BYTES = 16 * 2**20
+_MIN_CHUNK = 64
+# The weight gradient is updated a block of vocabulary entries at a time, so that its
+# temporary is a [D, block] array of about this size rather than a second [D, V] array.
+_BLOCK_BYTES = 8 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The static (trace-time) description of one chunked cross-entropy computation."""
+
+    layout: str  # "dense": weight [D, V] (Flax Dense kernel); "embedding": weight [V, D]
+    chunk: int  # tokens per chunk
+    block: int  # vocabulary entries per weight-gradient update
+    n_classes: int  # the whole vocabulary, summed over shards
+    label_smoothing: float
+    z_loss: float
+    soft_cap: float | None
+    dtype: Any  # the compute dtype (float32, or float64)
+    axis_name: Any = None  # the mesh axis the vocabulary is sharded over, if any
+
+
+# --------------------------------------------------------------------------------------
+# One chunk of tokens
+# --------------------------------------------------------------------------------------
+
+
+def _psum(cfg: Config, x: jax.Array) -> jax.Array:
+    return x if cfg.axis_name is None else lax.psum(x, cfg.axis_name)
+
+
+def _pmax(cfg: Config, x: jax.Array) -> jax.Array:
+    return x if cfg.axis_name is None else lax.pmax(x, cfg.axis_name)
+
+
+def _dot(a: jax.Array, b: jax.Array, contract: tuple[int, int], dtype: Any) -> jax.Array:
+    return lax.dot_general(
+        a, b, ((contract[:1], contract[1:]), ((), ())), preferred_element_type=dtype
+    )
+
+
+def _project(cfg: Config, h: jax.Array, w: jax.Array) -> jax.Array:
+    """h·W [n, V] in the compute dtype, for either weight layout."""
+    return _dot(h, w, (1, 0) if cfg.layout == "dense" else (1, 1), cfg.dtype)
+
+
+def _logits(cfg: Config, h: jax.Array, w: jax.Array, b: jax.Array | None):
+    """(z, tanh(z/cap) or None): the chunk's logits [n, V], soft-capped if asked."""
+    z = _project(cfg, h, w)
+    if b is not None:
+        z = z + b.astype(cfg.dtype)
+    if cfg.soft_cap is None:
+        return z, None
+    t = jnp.tanh(z / cfg.soft_cap)
+    return cfg.soft_cap * t, t
+
+
+def _targets(cfg: Config, labels: jax.Array, v_local: int):
+    """(index into this shard, whether the label lives on it, whether it is a valid class)."""
+    offset = 0 if cfg.axis_name is None else lax.axis_index(cfg.axis_name) * v_local
+    local = labels - offset
+    here = (local >= 0) & (local < v_local)
+    valid = (labels >= 0) & (labels < cfg.n_classes)
+    return jnp.clip(local, 0, v_local - 1), here, valid
+
+
+def _token_losses(cfg: Config, z: jax.Array, labels: jax.Array):
+    """(lse, loss) per token of a chunk of logits.
+
+    ℓ = lse − (1 − ε)·z_y − (ε/C)·Σ_c z_c + λ·lse², and NaN for a label outside [0, C).
+    The max is only a shift for stability (lse does not depend on it), so it is taken
+    without gradient.
+    """
+    local, here, valid = _targets(cfg, labels, z.shape[1])
+    m = _pmax(cfg, lax.stop_gradient(jnp.max(z, axis=1)))
+    lse = m + jnp.log(_psum(cfg, jnp.sum(jnp.exp(z - m[:, None]), axis=1)))
+    picked = jnp.take_along_axis(z, local[:, None], axis=1)[:, 0]
+    eps = cfg.label_smoothing
+    loss = lse - (1.0 - eps) * _psum(cfg, jnp.where(here, picked, 0.0))
+    if eps:
+        loss = loss - (eps / cfg.n_classes) * _psum(cfg, jnp.sum(z, axis=1))
+    if cfg.z_loss:
+        loss = loss + cfg.z_loss * jnp.square(lse)
+    return lse, jnp.where(valid, loss, jnp.nan)
+
+
+def _dlogits(cfg: Config, z, t, lse, labels):
+    """∂ℓ/∂z per token (unscaled): softmax·(1 + 2λ·lse) − target, times the cap's 1 − t²."""
+    local, here, valid = _targets(cfg, labels, z.shape[1])
+    p = jnp.exp(z - lse[:, None])
+    if cfg.z_loss:
+        p = p * (1.0 + 2.0 * cfg.z_loss * lse)[:, None]
+    if cfg.label_smoothing:
+        p = p - cfg.label_smoothing / cfg.n_classes
+    rows = jnp.arange(z.shape[0])
+    g = p.at[rows, local].add(jnp.where(here, cfg.label_smoothing - 1.0, 0.0))
+    if t is not None:
+        g = g * (1.0 - jnp.square(t))
+    # A token with an invalid label has a NaN loss; its gradient is NaN too.
+    return g, jnp.where(valid, 1.0, jnp.nan).astype(cfg.dtype)
+
+
+def _add_weight_grad(cfg: Config, gw: jax.Array, hs: jax.Array, g: jax.Array) -> jax.Array:
+    """gw + hsᵀ·g ([D, V]; gᵀ·hs for the [V, D] layout), a vocabulary block at a time.
+
+    Adding one [D, V] product to the accumulator would need a second [D, V] temporary;
+    updating it in place block by block needs only a [D, block] one.
+    """
+    axis = 1 if cfg.layout == "dense" else 0
+
+    def update(gw, start, g_blk):
+        if cfg.layout == "dense":
+            blk = _dot(hs, g_blk, (0, 0), cfg.dtype)
+        else:
+            blk = _dot(g_blk, hs, (0, 0), cfg.dtype)
+        old = lax.dynamic_slice_in_dim(gw, start, g_blk.shape[1], axis)
+        return lax.dynamic_update_slice_in_dim(gw, old + blk, start, axis)
+
+    v = g.shape[1]
+    n_full, tail = divmod(v, cfg.block)
+    if n_full:
+
+        def body(j, gw):
+            start = j * cfg.block
+            return update(gw, start, lax.dynamic_slice_in_dim(g, start, cfg.block, 1))
+
+        gw = lax.fori_loop(0, n_full, body, gw)
+    if tail:
+        gw = update(gw, n_full * cfg.block, g[:, n_full * cfg.block :])
+    return gw
+
+
+# --------------------------------------------------------------------------------------
+# Loops over chunks of tokens
+# --------------------------------------------------------------------------------------
+
+
+def _over_chunks(n: int, chunk: int, step, carry, xs: tuple[jax.Array, ...]):
+    """``carry = step(carry, start, slices)`` over the token chunks, a ragged tail last."""
+    n_full, tail = divmod(n, chunk)
+    if n_full == 1:
+        carry = step(carry, 0, [x[:chunk] for x in xs])
+    elif n_full:
+
+        def body(i, carry):
+            start = i * chunk
+            return step(carry, start, [lax.dynamic_slice_in_dim(x, start, chunk) for x in xs])
+
+        carry = lax.fori_loop(0, n_full, body, carry)
+    if tail:
+        start = n_full * chunk
+        carry = step(carry, start, [x[start:] for x in xs])
+    return carry
+
+
+def _zeros(shape, dtype, *like) -> jax.Array:
+    """Zeros that vary over the mesh axes of every array in ``like``.
+
+    Inside ``shard_map`` a loop carry must keep its type, including the mesh axes it
+    varies over; outside, this is just ``jnp.zeros``.
+    """
+    out = jnp.zeros(shape, dtype)
+    for x in like:
+        if x is not None:
+            out = out + jnp.zeros_like(x, dtype=dtype, shape=shape)
+    return out
+
+
+def _token_zeros(cfg: Config, shape, h, w, b, labels) -> jax.Array:
+    """Zeros of a per-token result's type: it varies with the tokens, and with the weight
+    shards only before the sum over the vocabulary axis."""
+    out = _zeros(shape, cfg.dtype, h, labels)
+    if cfg.axis_name is not None:
+        out = out + lax.psum(_zeros((), cfg.dtype, w, b), cfg.axis_name)
+    return out
+
+
+def _put(buf: jax.Array, value: jax.Array, start) -> jax.Array:
+    return lax.dynamic_update_slice_in_dim(buf, value.astype(buf.dtype), start, 0)
+
+
+def _losses(cfg: Config, h, w, b, labels):
+    """(loss, lse) of every token, [N] each; only a [chunk, V] block exists at a time."""
+
+    def step(carry, start, xs):
+        loss, lse = carry
+        h_c, y_c = xs
+        lse_c, loss_c = _token_losses(cfg, _logits(cfg, h_c, w, b)[0], y_c)
+        return _put(loss, loss_c, start), _put(lse, lse_c, start)
+
+    n = h.shape[0]
+    zeros = _token_zeros(cfg, (n,), h, w, b, labels)
+    init = (zeros, zeros)
+    return _over_chunks(n, cfg.chunk, step, init, (h, labels))
+
+
+def _loss_and_grads(cfg: Config, h, w, b, labels, scale, need: tuple[bool, bool, bool]):
+    """Per-token losses and the gradients of Σ_i scale_i·ℓ_i, all in one pass.
+
+    Returns (loss [N], ∂/∂h [N, D] or None, ∂/∂W or None, ∂/∂b or None), in the compute
+    dtype. The gradient products take ∂ℓ/∂z in the matmul dtype and accumulate in the
+    compute dtype; the token weights scale the rows of h (not ∂ℓ/∂z, whose entries
+    are as small as 1/V and would underflow in float16 once scaled).
+    """
+    need_h, need_w, need_b = need
+    n, d = h.shape
+    v = w.shape[1] if cfg.layout == "dense" else w.shape[0]
+
+    def step(carry, start, xs):
+        loss, gh, gw, gb = carry
+        h_c, y_c, s_c = xs
+        z, t = _logits(cfg, h_c, w, b)
+        lse_c, loss_c = _token_losses(cfg, z, y_c)
+        g, nan_if_invalid = _dlogits(cfg, z, t, lse_c, y_c)
+        r = s_c * nan_if_invalid
+        gm = g.astype(w.dtype)
+        if need_h:
+            part = _dot(gm, w, (1, 1) if cfg.layout == "dense" else (1, 0), cfg.dtype)
+            gh = _put(gh, r[:, None] * part, start)
+        if need_w:
+            hs = (r[:, None] * h_c.astype(cfg.dtype)).astype(w.dtype)
+            gw = _add_weight_grad(cfg, gw, hs, gm)
+        if need_b:
+            gb = gb + r @ g
+        return _put(loss, loss_c, start), gh, gw, gb
+
+    everything = (h, w, b, labels, scale)
+    init = (
+        _token_zeros(cfg, (n,), h, w, b, labels),
+        _zeros((n, d), cfg.dtype, *everything) if need_h else None,
+        _zeros(w.shape, cfg.dtype, *everything) if need_w else None,
+        _zeros((v,), cfg.dtype, *everything) if need_b else None,
+    )
+    return _over_chunks(n, cfg.chunk, step, init, (h, labels, scale))
+
+
+# --------------------------------------------------------------------------------------
+# The differentiable cores
+# --------------------------------------------------------------------------------------
+
+
+def _zero(t) -> bool:
+    return t is None or isinstance(t, SymbolicZero)
+
+
+def _vdot(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.sum(a * b.astype(a.dtype))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def weighted_sum(cfg: Config, h, w, b, labels, scale):
+    """Σ_i scale_i·ℓ_i: the "sum" and "mean" reductions (``scale`` holds w_i or w_i/Σw)."""
+    return jnp.sum(scale * _losses(cfg, h, w, b, labels)[0])
+
+
+def _weighted_sum_jvp(cfg: Config, primals, tangents):
+    # The tangent map is ⟨∇h, dh⟩ + ⟨∇W, dW⟩ + ⟨∇b, db⟩ + ⟨ℓ, d scale⟩ with the gradients
+    # computed here, in the forward pass; reverse mode transposes it into a product with
+    # the output cotangent, so the backward pass does no further work on the logits.
+    h, w, b, labels, scale = primals
+    dh, dw, db, _, dscale = tangents
+    need = (not _zero(dh), not _zero(dw), b is not None and not _zero(db))
+    loss, gh, gw, gb = _loss_and_grads(cfg, h, w, b, labels, scale, need)
+    out = jnp.sum(scale * loss)
+    parts = [_vdot(g, d) for g, d in zip((gh, gw, gb), (dh, dw, db), strict=True) if g is not None]
+    tangent = _psum(cfg, sum(parts)) if parts else jnp.zeros_like(out)
+    if not _zero(dscale):
+        tangent = tangent + _vdot(loss, dscale)
+    return out, tangent
+
+
+weighted_sum.defjvp(_weighted_sum_jvp, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def per_token(cfg: Config, h, w, b, labels):
+    """ℓ_i for every token, [N]: the ``"none"`` reduction."""
+    return _losses(cfg, h, w, b, labels)[0]
+
+
+def _per_token_jvp(cfg: Config, primals, tangents):
+    # The per-token cotangent is only known in the backward pass, so the gradient cannot
+    # be formed here: the tangent map recomputes each chunk's logits (from the saved
+    # logsumexp) under jax.checkpoint, so that its transpose, too, holds only one
+    # [chunk, V] block at a time instead of saving every chunk's softmax.
+    h, w, b, labels = primals
+    dh, dw, db, _ = tangents
+    loss, lse = _losses(cfg, h, w, b, labels)
+    dh, dw, db = (None if _zero(t) else t for t in (dh, dw, db))
+    if dh is None and dw is None and db is None:
+        return loss, jnp.zeros_like(loss)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def piece(h_c, y_c, lse_c, dh_c, w, b, dw, db):
+        z, t = _logits(cfg, h_c, w, b)
+        g, nan_if_invalid = _dlogits(cfg, z, t, lse_c, y_c)
+        dz = jnp.zeros((), cfg.dtype)
+        if dh_c is not None:
+            dz = dz + _project(cfg, dh_c, w)
+        if dw is not None:
+            dz = dz + _project(cfg, h_c, dw)
+        if db is not None:
+            dz = dz + db.astype(cfg.dtype)
+        return _psum(cfg, jnp.sum(g * dz, axis=1)) * nan_if_invalid
+
+    n, chunk = h.shape[0], cfg.chunk
+    n_full, tail = divmod(n, chunk)
+    outs = []
+    if n_full == 1:
+        outs.append(
+            piece(
+                h[:chunk],
+                labels[:chunk],
+                lse[:chunk],
+                dh if dh is None else dh[:chunk],
+                w,
+                b,
+                dw,
+                db,
+            )
+        )
+    elif n_full:
+        m = n_full * chunk
+
+        def stack(x):
+            return None if x is None else x[:m].reshape((n_full, chunk) + x.shape[1:])
+
+        def body(_, xs):
+            return None, piece(*xs, w, b, dw, db)
+
+        xs = tuple(stack(x) for x in (h, labels, lse, dh))
+        outs.append(lax.scan(body, None, xs)[1].reshape(m))
+    if tail:
+        m = n_full * chunk
+        outs.append(piece(h[m:], labels[m:], lse[m:], None if dh is None else dh[m:], w, b, dw, db))
+    return loss, jnp.concatenate(outs) if len(outs) > 1 else outs[0]
+
+
+per_token.defjvp(_per_token_jvp, symbolic_zeros=True)
+
+# Called eagerly, the chunk loops would be traced and compiled on every call; jitted,
+# they are compiled once per configuration and shape (and inlined under an outer jit).
+_weighted_sum_jit = jax.jit(weighted_sum, static_argnums=0)
+_per_token_jit = jax.jit(per_token, static_argnums=0)
+
+
+# --------------------------------------------------------------------------------------
+# Input handling shared by the fused losses
+# --------------------------------------------------------------------------------------
+
+
+def _python_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a Python number (it is fixed at trace time), got {value!r}."
+        )
+    return float(value)
+
+
+def default_chunk(n_tokens: int, v_local: int) -> int:
+    """Tokens per chunk: a [chunk, V] float32 block of about 16 MiB, at least 64 tokens."""
+    chunk = max(_MIN_CHUNK, _CHUNK_BYTES // (4 * max(v_local, 1)))
+    chunk = 1 << (chunk.bit_length() - 1)  # a power of two
+    return max(1, min(chunk, n_tokens))
+
+
+def _default_block(d: int, v_local: int) -> int:
+    block = max(128, _BLOCK_BYTES // (4 * max(d, 1)))
+    return max(1, min(1 << (block.bit_length() - 1), v_local))
+
+
+def prepare(
+    hidden,
+    weight,
+    labels,
+    *,
+    bias,
+    weight_layout,
+    chunk_size,
+    ignore_index,
+    where,
+    weights,
+    label_smoothing,
+    z_loss,
+    logit_soft_cap,
+    reduction,
+    axis_name=None,
+    n_shards: int = 1,
+):
+    """Validate and flatten the inputs; returns (cfg, h, w, b, labels, keep, weights, batch)."""
+    hidden = C.as_float("hidden", hidden)
+    weight = C.as_float("weight", weight)
+    bias = None if bias is None else C.as_float("bias", bias)
+    labels = C.as_labels("labels", labels)
+    if weight_layout not in LAYOUTS:
+        raise ValueError(
+            f"`weight_layout` must be one of {LAYOUTS}, got {weight_layout!r}: 'dense' for a "
+            "[D, V] kernel (Flax Dense), 'embedding' for a [V, D] table (tied embeddings)."
+        )
+    if hidden.ndim < 1:
+        raise ValueError("`hidden` must have a feature axis (its last), got a scalar.")
+    d, batch = hidden.shape[-1], hidden.shape[:-1]
+    if weight.ndim != 2:
+        raise ValueError(f"`weight` must be a matrix, got shape {weight.shape}.")
+    d_w, v = weight.shape if weight_layout == "dense" else weight.shape[::-1]
+    if d_w != d:
+        expected = "[D, V]" if weight_layout == "dense" else "[V, D]"
+        raise ValueError(
+            f"`weight` of shape {weight.shape} does not match `hidden` of shape {hidden.shape}: "
+            f"with weight_layout={weight_layout!r} it must be {expected} with D = {d}."
+        )
+    if labels.shape != batch:
+        raise ValueError(
+            f"`labels` of shape {labels.shape} must have the shape of `hidden` without its "
+            f"feature axis, {batch}."
+        )
+    if bias is not None and bias.shape != (v,):
+        raise ValueError(f"`bias` must have shape ({v},), one entry per class, got {bias.shape}.")
+    where, weights = C.prepare(batch, where, weights, reduction)
+    eps = _python_number("label_smoothing", label_smoothing)
+    C.check_in_range("label_smoothing", eps, 0.0, 1.0)
+    lam = _python_number("z_loss", z_loss)
+    if not (np.isfinite(lam) and lam >= 0):
+        raise ValueError(f"`z_loss` must be a non-negative finite number, got {z_loss!r}.")
+    cap = None
+    if logit_soft_cap is not None:
+        cap = _python_number("logit_soft_cap", logit_soft_cap)
+        C.check_positive("logit_soft_cap", cap)
+    n = int(np.prod(batch, dtype=np.int64))
+    if chunk_size is None:
+        chunk = default_chunk(n, v)
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+        raise TypeError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}.")
+    elif chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}.")
+    else:
+        chunk = min(int(chunk_size), max(n, 1))
+
+    dtype = C.compute_dtype(*(x for x in (hidden, weight, bias) if x is not None))
+    mm = jnp.promote_types(hidden.dtype, weight.dtype)
+    cfg = Config(
+        layout=weight_layout,
+        chunk=chunk,
+        block=_default_block(d, v),
+        n_classes=v * n_shards,
+        label_smoothing=eps,
+        z_loss=lam,
+        soft_cap=cap,
+        dtype=np.dtype(dtype),
+        axis_name=axis_name,
+    )
+    keep = where
+    if ignore_index is not None:
+        valid = labels != ignore_index
+        keep = valid if keep is None else keep & valid
+    if keep is not None:
+        keep = jnp.broadcast_to(keep, batch)
+        labels = jnp.where(keep, labels, 0)  # a safe index; the token is dropped anyway
+        hidden = C.keep(keep[..., None], hidden, 0.0)
+    h = hidden.astype(mm).reshape(n, d)
+    return cfg, h, weight.astype(mm), bias, labels.reshape(n), keep, weights, batch
+
+
+def reduce(cfg, h, w, b, labels, keep, weights, batch, reduction, batch_axis_name=None):
+    """The loss with the conventions' reduction; "sum"/"mean" take the one-pass gradient."""
+    if reduction == "none":
+        loss = _per_token_jit(cfg, h, w, b, labels).reshape(batch)
+        return C.reduce(loss, where=keep, weights=weights, reduction="none")
+    w_tok = jnp.ones(batch, cfg.dtype)
+    if weights is not None:
+        w_tok = jnp.broadcast_to(weights, batch).astype(cfg.dtype)
+    if keep is not None:
+        w_tok = jnp.where(keep, w_tok, 0.0)
+    scale = w_tok
+    if reduction == "mean":
+        count = jnp.sum(w_tok)
+        if batch_axis_name is not None:
+            count = lax.psum(count, batch_axis_name)
+        scale = jnp.where(count > 0, w_tok / jnp.where(count > 0, count, 1.0), 0.0)
+    total = _weighted_sum_jit(cfg, h, w, b, labels, scale.reshape(-1))
+    if batch_axis_name is not None:
+        total = lax.psum(total, batch_axis_name)
+    return total
+
+
+# --------------------------------------------------------------------------------------
+# Public function
+# --------------------------------------------------------------------------------------
+
+
+def fused_linear_cross_entropy(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    labels: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    weight_layout: str = "dense",
+    chunk_size: int | None = None,
+    ignore_index: int | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    """Softmax cross-entropy of ``hidden @ weight (+ bias)``, never forming all the logits.
+
+        z = h·W + b                       (z = cap·tanh(z/cap) with ``logit_soft_cap``)
+        ℓ = logsumexp(z) − Σ_c t_c z_c + λ·logsumexp(z)²,     t = (1 − ε)·onehot(y) + ε/V
+
+    equal to `softmax_cross_entropy` of the materialized logits (plus λ times `z_loss`),
+    computed ``chunk_size`` tokens at a time: only a [chunk, V] block of logits exists
+    at once, never the [N, V] logits or their gradient.
+
+    Algorithm: a loop over token chunks computes each chunk's logits, logsumexp and
+    loss. Under differentiation with ``reduction="sum"`` or ``"mean"`` the same pass also
+    forms ∂/∂h, ∂/∂W and ∂/∂b (softmax minus target, multiplied back through the chunk),
+    so the backward pass only scales them: the three matrix products of the ordinary
+    computation, no recomputation. With ``reduction="none"`` the per-token cotangents
+    arrive only in the backward pass, which then recomputes each chunk's logits (one more
+    product) and uses a [D, V] temporary for the weight gradient.
+
+    Memory: the chunk's logits and softmax, 2·chunk·V floats (plus a [D, 8 MiB]-sized
+    block for the weight-gradient update), instead of the 2·N·V of the naive computation.
+    The default chunk makes a [chunk, V] float32 block about 16 MiB (at least 64 tokens).
+    Use it for language-model heads and any classifier whose N×V logits are large; for
+    small vocabularies the plain `softmax_cross_entropy` on materialized logits is as good.
+    Forward-mode and higher-order derivatives work but are not memory-efficient beyond
+    the first reverse-mode derivative.
+
+    bf16/f16 inputs enter the products in their own dtype with float32 accumulation
+    (products of bf16 numbers are exact in float32); the softmax gradient is rounded to
+    the weight's dtype before its two products, as in the naive low-precision backward.
+
+    Args:
+      hidden: h, floating array [..., D] (e.g. [N, D] or [batch, seq, D]).
+      weight: W, floating [D, V] (``weight_layout="dense"``, the Flax ``Dense`` kernel) or
+        [V, D] (``weight_layout="embedding"``, a tied input-embedding table).
+      labels: integer class ids in [0, V), of ``hidden``'s shape without D. A kept label
+        outside [0, V) gives NaN.
+      bias: optional b, floating [V].
+      weight_layout: ``"dense"`` or ``"embedding"``, the layout of ``weight``.
+      chunk_size: tokens per chunk (a Python int); default as above. Larger is faster
+        (the weight gradient is updated once per chunk) and takes more memory.
+      ignore_index: optional class id (e.g. −100) whose tokens are dropped, exactly as
+        ``where=False``.
+      where: optional boolean mask broadcastable to ``labels``; True keeps a token. A
+        dropped token's row of ``hidden`` gets exactly zero gradient, even if NaN.
+      weights: optional non-negative per-token weights broadcastable to ``labels``.
+      label_smoothing: ε ∈ [0, 1] (a Python number), the uniform mass mixed into the target.
+      z_loss: λ ≥ 0 (a Python number), the coefficient of the squared logsumexp.
+      logit_soft_cap: optional cap > 0 (a Python number): logits become cap·tanh(z/cap)
+        (Gemma 2's final-logit soft-capping).
+      reduction: ``"mean"`` (default, Σ w·ℓ / Σ w over kept tokens), ``"sum"`` or ``"none"``.
+
+    Returns:
+      A scalar for ``"sum"``/``"mean"``, else ``labels``' shape; float32, or float64 for
+      float64 inputs (bf16/f16 are computed and returned in float32).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxloss
+      >>> hidden = jnp.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+      >>> weight = jnp.array([[1.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+      >>> labels = jnp.array([0, 1, 2])
+      >>> jaxloss.fused_linear_cross_entropy(hidden, weight, labels, chunk_size=2)
+      Array(1.0184..., dtype=float32)
+      >>> logits = hidden @ weight
+      >>> jaxloss.softmax_cross_entropy(logits, labels, reduction="mean")
+      Array(1.0184..., dtype=float32)
+      >>> jax.grad(jaxloss.fused_linear_cross_entropy, argnums=1)(hidden, weight, labels).shape
+      (2, 3)
+
+    References:
+      Wijmans et al., "Cut your losses in large-vocabulary language models" (2024);
+      Hsu et al., "Liger Kernel: efficient Triton kernels for LLM training" (2024), for
+      the chunked linear cross-entropy; Chowdhery et al., "PaLM" (2022), §5, for the
+      z-loss; Gemma Team, "Gemma 2" (2024), for logit soft-capping.
+    """
+    cfg, h, w, b, y, keep, weights, batch = prepare(
+        hidden,
+        weight,
+        labels,
+        bias=bias,
+        weight_layout=weight_layout,
+        chunk_size=chunk_size,
+        ignore_index=ignore_index,
+        where=where,
+        weights=weights,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        logit_soft_cap=logit_soft_cap,
+        reduction=reduction,
+    )
+    return reduce(cfg, h, w, b, y, keep, weights, batch, reduction)

@@ -1,0 +1,240 @@
+"""Cross-entropy with the vocabulary sharded over a mesh axis, for use inside ``shard_map``.
+
+The Megatron-LM scheme: each device holds the logits (or the output weight) of one
+contiguous slice of the vocabulary. The softmax needs three reductions over the whole
+vocabulary per token: the max (a ``pmax``), the sum of exponentials (a ``psum``) and
+the target logit, found on the one shard that holds the label (a ``psum`` of a value
+that is 0 elsewhere). Each is a [tokens]-sized collective; the logits themselves never
+move, and the gradient of each shard's logits is computed on that shard.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxloss import _conventions as C
+from jaxloss import _large_vocab as LV
+from jaxloss._classification import _batch_shape, _class_axis, _class_weights
+
+ArrayLike = C.ArrayLike
+
+
+def _reduce(loss, keep, weights, reduction, batch_axis_name):
+    """The conventions' reduction, with sums taken over ``batch_axis_name`` as well."""
+    if batch_axis_name is None or reduction == "none":
+        return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
+    w = jnp.ones(loss.shape, loss.dtype)
+    if weights is not None:
+        w = jnp.broadcast_to(weights, loss.shape).astype(loss.dtype)
+    if keep is not None:
+        w = jnp.where(keep, w, 0.0)
+    terms = C.reduce(loss, where=keep, weights=weights, reduction="none")
+    total = lax.psum(jnp.sum(terms), batch_axis_name)
+    if reduction == "sum":
+        return total
+    count = lax.psum(jnp.sum(w), batch_axis_name)
+    return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
+
+
+def vocab_parallel_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis_name,
+    axis: int = -1,
+    label_smoothing: float = 0.0,
+    class_weights: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    batch_axis_name=None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Softmax cross-entropy of logits sharded along the vocabulary, inside ``shard_map``.
+
+        ℓ = logsumexp(z) − z_y,  logsumexp(z) = m + log Σ_shards Σ_c exp(z_c − m),
+        m = max over all shards,  z_y read on the shard that holds class y
+
+    Equal to `softmax_cross_entropy` of the gathered logits (same options, same
+    conventions) without gathering them: each device holds the logits of one contiguous
+    slice of the C classes, the slice of device k along ``axis_name`` being classes
+    [k·C/S, (k+1)·C/S) for S devices (what ``PartitionSpec(..., axis_name)`` gives).
+    Per token it communicates three scalars (a ``pmax`` and two ``psum``s; two more
+    with ``label_smoothing``); the gradient of each shard's logits stays on it.
+
+    Use it when the logits of a tensor-parallel output layer are sharded along the
+    vocabulary; if the weight is sharded too, `vocab_parallel_fused_linear_cross_entropy`
+    also avoids materializing the logits.
+
+    Args:
+      logits: this device's shard of z, floating, with the class axis ``axis`` holding
+        C/S classes.
+      labels: integer class ids in [0, C) (global ids, the same on every shard of
+        ``axis_name``), of the logits' shape without ``axis``.
+      axis_name: the mesh axis (a name, or a tuple of names) the classes are sharded over.
+      axis: the class axis of ``logits`` (default the last).
+      label_smoothing: ε ∈ [0, 1]: t = (1 − ε)·onehot + ε/K, K the number of classes with
+        a finite logit on all shards together (as `softmax_cross_entropy`).
+      class_weights: optional non-negative weights of this device's classes, shape
+        [C/S] (sharded like the logits): each token is weighted by its label's weight.
+      ignore_index: optional class id whose tokens are dropped, as ``where=False``.
+      where: optional boolean mask broadcastable to ``labels``; True keeps a token.
+      weights: optional non-negative per-token weights broadcastable to ``labels``.
+      batch_axis_name: optional mesh axis (or axes) the tokens are sharded over (data
+        parallelism): ``"sum"`` and ``"mean"`` then reduce over all tokens of all
+        devices along it, so ``"mean"`` is the global Σ w·ℓ / Σ w, not a mean of means.
+      reduction: ``"none"`` (per token, this device's tokens), ``"sum"`` or ``"mean"``.
+
+    Returns:
+      ``labels``' shape for ``"none"``, else a scalar; the same on every device along
+      ``axis_name``; float32, or float64 for float64 inputs.
+
+    Example:
+      >>> import functools, jax, jax.numpy as jnp, jaxloss
+      >>> from jax.sharding import PartitionSpec as P
+      >>> mesh = jax.make_mesh((1,), ("model",), (jax.sharding.AxisType.Explicit,))
+      >>> loss = jax.shard_map(
+      ...     functools.partial(jaxloss.vocab_parallel_cross_entropy, axis_name="model"),
+      ...     mesh=mesh, in_specs=(P(None, "model"), P()), out_specs=P())
+      >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+      >>> loss(logits, jnp.array([0, 2]))
+      Array([0.16984..., 1.0986123], dtype=float32)
+
+    References:
+      Shoeybi et al., "Megatron-LM: training multi-billion parameter language models
+      using model parallelism" (2019), §3.
+    """
+    x = C.as_float("logits", logits)
+    axis = _class_axis(axis, x, "logits")
+    labels = C.as_labels("labels", labels)
+    batch = _batch_shape(x, axis)
+    try:
+        labels = jnp.broadcast_to(labels, batch)
+    except ValueError:
+        raise ValueError(
+            f"`labels` of shape {labels.shape} (class ids) must broadcast to the shape of "
+            f"`logits` without its class axis {axis}, {batch}."
+        ) from None
+    C.check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    where, weights = C.prepare(batch, where, weights, reduction)
+    cw = _class_weights(class_weights, x.shape[axis])
+    dtype = C.compute_dtype(x)
+    x = jnp.moveaxis(x.astype(dtype), axis, -1)
+
+    keep = where
+    if ignore_index is not None:
+        valid = labels != ignore_index
+        keep = valid if keep is None else keep & valid
+        labels = jnp.where(valid, labels, 0)
+    if keep is not None:
+        x = C.keep(keep[..., None], x, 0.0)
+
+    v_local = x.shape[-1]
+    n_classes = v_local * lax.axis_size(axis_name)
+    local = labels - lax.axis_index(axis_name) * v_local
+    here = (local >= 0) & (local < v_local)
+    local = jnp.clip(local, 0, v_local - 1)
+    valid = (labels >= 0) & (labels < n_classes)
+
+    # The max only shifts the exponentials for stability; lse does not depend on it.
+    m = lax.pmax(lax.stop_gradient(jnp.max(x, axis=-1)), axis_name)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    lse = m + jnp.log(lax.psum(jnp.sum(jnp.exp(x - m[..., None]), axis=-1), axis_name))
+    picked = jnp.take_along_axis(x, local[..., None], axis=-1)[..., 0]
+    loss = lse - lax.psum(jnp.where(here, picked, 0.0), axis_name)
+    if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0):
+        finite = x != -jnp.inf
+        count = lax.psum(jnp.sum(finite, axis=-1).astype(dtype), axis_name)
+        total = lax.psum(jnp.sum(jnp.where(finite, x, 0.0), axis=-1), axis_name)
+        loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse - total / count)
+    loss = jnp.where(valid, loss, jnp.nan)  # a class id outside [0, C) is never silent
+    if cw is not None:
+        omega = jnp.where(here, jnp.take(cw.astype(dtype), local), 0.0)
+        omega = jnp.where(valid, lax.psum(omega, axis_name), jnp.nan)
+        weights = omega if weights is None else weights * omega
+    return _reduce(loss, keep, weights, reduction, batch_axis_name)
+
+
+def vocab_parallel_fused_linear_cross_entropy(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis_name,
+    batch_axis_name=None,
+    bias: ArrayLike | None = None,
+    weight_layout: str = "dense",
+    chunk_size: int | None = None,
+    ignore_index: int | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    logit_soft_cap: float | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    """`fused_linear_cross_entropy` with the weight sharded along the vocabulary, in ``shard_map``.
+
+        z = h·W_k (+ b_k) on device k,    ℓ as in `fused_linear_cross_entropy`
+
+    For a tensor-parallel language-model head: each device along ``axis_name`` holds
+    the columns [k·V/S, (k+1)·V/S) of the [D, V] weight (rows of a [V, D] embedding)
+    and the whole ``hidden``. Neither the logits nor a gathered weight ever exist: each
+    device computes its [chunk, V/S] block of logits a chunk at a time, and the per-token
+    max, sum of exponentials and target logit are combined across shards as in
+    `vocab_parallel_cross_entropy`. The gradient of each weight shard is computed on its
+    device; the gradient of ``hidden`` is summed over ``axis_name`` (by JAX's
+    ``shard_map`` typing: keep ``check_vma=True``, the default).
+
+    Args:
+      hidden: h, floating [..., D], the same on every device along ``axis_name``.
+      weight: this device's shard of W: [D, V/S] (``"dense"``) or [V/S, D] (``"embedding"``).
+      labels: global class ids in [0, V), of ``hidden``'s shape without D.
+      axis_name: the mesh axis (or axes) the vocabulary is sharded over.
+      batch_axis_name: optional mesh axis (or axes) the tokens are sharded over; ``"sum"``
+        and ``"mean"`` then reduce over all tokens along it (a global mean).
+      bias: optional b, this device's shard [V/S].
+      weight_layout, chunk_size, ignore_index, where, weights, label_smoothing, z_loss,
+        logit_soft_cap, reduction: as in `fused_linear_cross_entropy` (``chunk_size``
+        counts tokens; the default sizes the [chunk, V/S] block).
+
+    Returns:
+      As in `fused_linear_cross_entropy`, the same on every device along ``axis_name``.
+
+    Example:
+      >>> import functools, jax, jax.numpy as jnp, jaxloss
+      >>> from jax.sharding import PartitionSpec as P
+      >>> mesh = jax.make_mesh((1,), ("model",), (jax.sharding.AxisType.Explicit,))
+      >>> loss = jax.shard_map(
+      ...     functools.partial(jaxloss.vocab_parallel_fused_linear_cross_entropy,
+      ...                       axis_name="model"),
+      ...     mesh=mesh, in_specs=(P(), P(None, "model"), P()), out_specs=P())
+      >>> hidden = jnp.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+      >>> weight = jnp.array([[1.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+      >>> loss(hidden, weight, jnp.array([0, 1, 2]))
+      Array(1.0184..., dtype=float32)
+
+    References:
+      Shoeybi et al., "Megatron-LM" (2019), §3; Wijmans et al., "Cut your losses in
+      large-vocabulary language models" (2024).
+    """
+    cfg, h, w, b, y, keep, weights, batch = LV.prepare(
+        hidden,
+        weight,
+        labels,
+        bias=bias,
+        weight_layout=weight_layout,
+        chunk_size=chunk_size,
+        ignore_index=ignore_index,
+        where=where,
+        weights=weights,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        logit_soft_cap=logit_soft_cap,
+        reduction=reduction,
+        axis_name=axis_name,
+        n_shards=lax.axis_size(axis_name),
+    )
+    return LV.reduce(cfg, h, w, b, y, keep, weights, batch, reduction, batch_axis_name)

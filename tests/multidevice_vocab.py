@@ -1,0 +1,231 @@
+"""Sharded checks on 8 host CPU devices, run in a subprocess by tests/test_parallel.py.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice_vocab.py
+
+(the flag must be set before JAX is imported, hence the separate process). Each check
+computes a loss and its gradients with the inputs sharded over a mesh and without any
+sharding, in float64, and the script prints one JSON object: the number of devices and,
+per check, the largest relative difference between the two. The pytest test asserts on
+those numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxloss
+
+N, D, V = 16, 8, 24  # tokens, hidden size, vocabulary: 8 tokens and 6 classes per shard
+
+
+def _difference(a, b) -> float:
+    """max |a − b| / max |b| over every leaf of two pytrees (NaN-safe: NaN counts as ∞)."""
+    worst = 0.0
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if x.shape != y.shape:
+            return float("inf")
+        err = np.max(np.abs(x - y), initial=0.0)
+        worst = max(worst, float(err / max(np.max(np.abs(y), initial=0.0), 1e-300)))
+        if not np.isfinite(err):
+            return float("inf")
+    return worst
+
+
+def _put(mesh, spec, x):
+    return jax.device_put(x, NamedSharding(mesh, spec))
+
+
+def _inputs(rng):
+    logits = rng.normal(size=(N, V)) * 2.0
+    logits[3, 5] = logits[10, 20] = -np.inf  # classes a token cannot take
+    labels = rng.integers(0, V, size=N)
+    labels[[1, 12]] = -100  # ignore_index
+    labels[3] = 4
+    labels[10] = 19
+    return {
+        "logits": logits,
+        "labels": labels,
+        "where": rng.random(N) < 0.8,
+        "weights": rng.random(N) * 2.0,
+        "class_weights": rng.random(V) + 0.5,
+        "hidden": rng.normal(size=(N, D)),
+        "weight": rng.normal(size=(D, V)) / np.sqrt(D),
+        "bias": rng.normal(size=V) * 0.1,
+    }
+
+
+def check_vocab_parallel_cross_entropy(mesh, x):
+    """Logits sharded (data, model); the unsharded reference is softmax_cross_entropy."""
+    options = {"label_smoothing": 0.1, "ignore_index": -100}
+    results = {}
+    for reduction in ("none", "sum", "mean"):
+
+        def sharded(logits, labels, where, weights, class_weights, reduction=reduction):
+            local = functools.partial(
+                jaxloss.vocab_parallel_cross_entropy,
+                axis_name="model",
+                batch_axis_name="data",
+                reduction=reduction,
+                **options,
+            )
+            out = P("data") if reduction == "none" else P()
+            specs = (P("data", "model"), P("data"), P("data"), P("data"), P("model"))
+            return jax.shard_map(
+                lambda z, y, m, w, cw: local(z, y, where=m, weights=w, class_weights=cw),
+                mesh=mesh,
+                in_specs=specs,
+                out_specs=out,
+            )(logits, labels, where, weights, class_weights)
+
+        def unsharded(logits, labels, where, weights, class_weights, reduction=reduction):
+            return jaxloss.softmax_cross_entropy(
+                logits,
+                labels,
+                where=where,
+                weights=weights,
+                class_weights=class_weights,
+                reduction=reduction,
+                **options,
+            )
+
+        specs = (P("data", "model"), P("data"), P("data"), P("data"), P("model"))
+        names = ("logits", "labels", "where", "weights", "class_weights")
+        args_sharded = [_put(mesh, s, x[k]) for s, k in zip(specs, names, strict=True)]
+        args = [jnp.asarray(x[k]) for k in names]
+        cotangent = np.linspace(0.5, 1.5, N) if reduction == "none" else 1.0
+
+        def value_and_grad(f, args, cotangent=cotangent):
+            scalar = lambda z, *rest: jnp.sum(f(z, *rest) * cotangent)  # noqa: E731
+            return jax.jit(f)(*args), jax.jit(jax.grad(scalar))(*args)
+
+        results[f"vocab_parallel_cross_entropy[{reduction}]"] = _difference(
+            value_and_grad(sharded, args_sharded), value_and_grad(unsharded, args)
+        )
+    return results
+
+
+def check_vocab_parallel_fused(mesh, x):
+    """Weight sharded along V over "model", tokens over "data"; against the unsharded
+    fused_linear_cross_entropy (itself checked against materialized logits)."""
+    labels = np.where(x["labels"] >= 0, x["labels"], 7)
+    labels[[2, 9]] = -100
+    options = {
+        "chunk_size": 3,  # 8 tokens per data shard: two chunks and a tail of two
+        "ignore_index": -100,
+        "label_smoothing": 0.1,
+        "z_loss": 0.01,
+        "logit_soft_cap": 4.0,
+    }
+    results = {}
+    for layout, reduction in (("dense", "mean"), ("dense", "none"), ("embedding", "sum")):
+        weight = x["weight"] if layout == "dense" else x["weight"].T
+        w_spec = P(None, "model") if layout == "dense" else P("model", None)
+
+        def sharded(h, w, b, y, m, wt, reduction=reduction, layout=layout, w_spec=w_spec):
+            local = functools.partial(
+                jaxloss.vocab_parallel_fused_linear_cross_entropy,
+                axis_name="model",
+                batch_axis_name="data",
+                weight_layout=layout,
+                reduction=reduction,
+                **options,
+            )
+            return jax.shard_map(
+                lambda h, w, b, y, m, wt: local(h, w, y, bias=b, where=m, weights=wt),
+                mesh=mesh,
+                in_specs=(P("data", None), w_spec, P("model"), P("data"), P("data"), P("data")),
+                out_specs=P("data") if reduction == "none" else P(),
+            )(h, w, b, y, m, wt)
+
+        def unsharded(h, w, b, y, m, wt, reduction=reduction, layout=layout):
+            return jaxloss.fused_linear_cross_entropy(
+                h,
+                w,
+                y,
+                bias=b,
+                where=m,
+                weights=wt,
+                weight_layout=layout,
+                reduction=reduction,
+                **options,
+            )
+
+        values = (x["hidden"], weight, x["bias"], labels, x["where"], x["weights"])
+        specs = (P("data", None), w_spec, P("model"), P("data"), P("data"), P("data"))
+        args_sharded = [_put(mesh, s, v) for s, v in zip(specs, values, strict=True)]
+        args = [jnp.asarray(v) for v in values]
+        cotangent = np.linspace(0.5, 1.5, N) if reduction == "none" else 1.0
+
+        def value_and_grad(f, args, cotangent=cotangent):
+            scalar = lambda *a: jnp.sum(f(*a) * cotangent)  # noqa: E731
+            return jax.jit(f)(*args), jax.jit(jax.grad(scalar, argnums=(0, 1, 2)))(*args)
+
+        results[f"vocab_parallel_fused_linear_cross_entropy[{layout},{reduction}]"] = _difference(
+            value_and_grad(sharded, args_sharded), value_and_grad(unsharded, args)
+        )
+    return results
+
+
+def _fused_mean(hidden, labels, where, weights, *, weight):
+    return jaxloss.fused_linear_cross_entropy(
+        hidden, weight, labels, where=where, weights=weights, chunk_size=4
+    )
+
+
+def check_data_parallel(mesh, x):
+    """The batch sharded over all 8 devices by NamedSharding, plain jit: the mean is global."""
+    rng = np.random.default_rng(1)
+    predictions, targets = rng.normal(size=(N, 3)), rng.normal(size=(N, 3))
+    keep = rng.random((N, 3)) < 0.7
+    w = rng.random((N, 3))
+    labels = np.where(x["labels"] >= 0, x["labels"], 0)
+    logits = np.where(np.isfinite(x["logits"]), x["logits"], -30.0)
+    cases = {
+        "squared_error": (
+            lambda p, t, m, w: jaxloss.squared_error(p, t, where=m, weights=w, reduction="mean"),
+            (predictions, targets, keep, w),
+        ),
+        "softmax_cross_entropy": (
+            lambda z, y, m, w: jaxloss.softmax_cross_entropy(
+                z, y, where=m, weights=w, reduction="mean"
+            ),
+            (logits, labels, x["where"], x["weights"]),
+        ),
+        "fused_linear_cross_entropy": (
+            functools.partial(_fused_mean, weight=jnp.asarray(x["weight"])),
+            (x["hidden"], labels, x["where"], x["weights"]),
+        ),
+    }
+    results = {}
+    for name, (loss, values) in cases.items():
+        sharded = [_put(mesh, P("batch"), v) for v in values]
+        single = [jnp.asarray(v) for v in values]
+        f = jax.jit(jax.value_and_grad(loss))
+        out_sharded, out_single = f(*sharded), f(*single)
+        assert len(out_sharded[1].sharding.device_set) == 8  # it really ran sharded
+        results[f"data_parallel[{name}]"] = _difference(out_sharded, out_single)
+    return results
+
+
+def main():
+    jax.config.update("jax_enable_x64", True)
+    x = _inputs(np.random.default_rng(0))
+    report = {"device_count": jax.device_count()}
+    if jax.device_count() == 8:
+        mesh = jax.make_mesh((2, 4), ("data", "model"))
+        report.update(check_vocab_parallel_cross_entropy(mesh, x))
+        report.update(check_vocab_parallel_fused(mesh, x))
+        report.update(check_data_parallel(jax.make_mesh((8,), ("batch",)), x))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
