@@ -138,6 +138,11 @@ def main():
         notes=notes,
     )
 
+    plot(args, numbers)
+
+
+def plot(args, numbers):
+    """Memory and time against the vocabulary size, from the rows of the results."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     v = [r["vocab"] for r in numbers]
     axes[0].plot(
@@ -154,6 +159,8 @@ def main():
     axes[1].set(xscale="log", yscale="log", xlabel="vocabulary size", ylabel="ms per call")
     axes[1].set_title("time of value_and_grad (median)")
     for ax in axes:
+        ax.set_xticks(v, [f"{x:,}" for x in v])
+        ax.minorticks_off()
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     _common.save_figure(args, fig, "large_vocab_lm_head.png")
