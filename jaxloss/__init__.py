@@ -11,8 +11,12 @@ Sub-namespaces: ``jaxloss.transforms`` (optax gradient transformations) and
 from jaxloss import transforms as transforms
 from jaxloss._auxiliary import combine_losses
 from jaxloss._classification import (
+    binary_cross_entropy,
     nll_loss,
+    sigmoid_binary_cross_entropy,
+    sigmoid_focal_loss,
     softmax_cross_entropy,
+    softmax_focal_loss,
     z_loss,
 )
 from jaxloss._information import (
@@ -62,6 +66,14 @@ __all__ = [
     "laplace_nll",
     "student_t_nll",
     "poisson_nll",
+    # classification (cross-entropies)
+    "softmax_cross_entropy",
+    "nll_loss",
+    "softmax_focal_loss",
+    "z_loss",
+    "sigmoid_binary_cross_entropy",
+    "binary_cross_entropy",
+    "sigmoid_focal_loss",
     # information theory (entropies and divergences, math order (p, q))
     "surprisal",
     "entropy",
@@ -83,10 +95,6 @@ __all__ = [
     "transforms",
     # auxiliary losses
     "combine_losses",
-    # classification (cross-entropies)
-    "softmax_cross_entropy",
-    "nll_loss",
-    "z_loss",
     # large-vocabulary and vocab-parallel cross-entropy
     "fused_linear_cross_entropy",
     "vocab_parallel_cross_entropy",

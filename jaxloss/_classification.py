@@ -8,12 +8,14 @@ probability labels, so the two agree on one-hot labels by construction; the sigm
 from __future__ import annotations
 
 import operator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxloss import _conventions as C
+from jaxloss import _numerics as N
 
 ArrayLike = C.ArrayLike
 
@@ -105,6 +107,70 @@ def _uniform_over_finite(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]
     return finite, jnp.sum(finite, axis=axis, keepdims=True).astype(x.dtype)
 
 
+class _Categorical(NamedTuple):
+    """Validated inputs of a loss with a class axis (see ``_categorical_inputs``)."""
+
+    x: jax.Array  # logits or log-probabilities, masked rows replaced by 0
+    labels: jax.Array  # class ids (ignored ones replaced by 0) or probabilities
+    integer: bool
+    axis: int
+    keep: jax.Array | None  # where & (labels != ignore_index)
+    weights: jax.Array | None  # weights · class_weights[label]
+
+
+def _categorical_inputs(
+    name, x, labels, *, axis, class_weights, ignore_index, where, weights, reduction
+) -> _Categorical:
+    """Validate and convert the inputs shared by every loss with a class axis."""
+    x = C.as_float(name, x)
+    axis = _class_axis(axis, x, name)
+    labels, integer = _labels(labels, x, axis, name)
+    if ignore_index is not None and not integer:
+        raise ValueError(
+            "`ignore_index` applies to integer labels (class ids) only; with probability "
+            "labels use `where=` to drop examples."
+        )
+    where, weights = C.prepare(_batch_shape(x, axis), where, weights, reduction)
+    cw = _class_weights(class_weights, x.shape[axis])
+    dtype = C.compute_dtype(x) if integer else C.compute_dtype(x, labels)
+    x = x.astype(dtype)
+
+    keep = where
+    if ignore_index is not None:
+        valid = labels != ignore_index
+        keep = _combine(where, valid)
+        labels = jnp.where(valid, labels, 0)  # a safe index; the example is dropped anyway
+    if keep is not None:
+        row = jnp.expand_dims(keep, axis)
+        x = C.keep(row, x, 0.0)
+        if not integer:
+            labels = C.keep(row, labels, 0.0)
+    if not integer:
+        labels = labels.astype(dtype)
+
+    if cw is not None:
+        cw = cw.astype(dtype)
+        if integer:
+            omega = jnp.take(cw, labels, mode="fill", fill_value=jnp.nan)
+        else:
+            shape = (-1,) + (1,) * (x.ndim - axis - 1)
+            omega = jnp.sum(labels * cw.reshape(shape), axis=axis)
+        weights = omega if weights is None else weights * omega
+    return _Categorical(x, labels, integer, axis, keep, weights)
+
+
+def _pick(x: jax.Array, labels: jax.Array, axis: int) -> jax.Array:
+    """x at each example's class id, keeping ``axis`` with size 1; no one-hot is built.
+
+    "fill" gives NaN for an id outside [0, C) (negative ones included), so a bad label
+    can never produce a silent finite loss.
+    """
+    index = jnp.expand_dims(labels, axis)
+    return jnp.take_along_axis(
+        x, index, axis=axis, mode="fill", fill_value=jnp.nan, wrap_negative_indices=False
+    )
+
+
 def _categorical(
     name: str,
     x: ArrayLike,
@@ -124,68 +190,42 @@ def _categorical(
     With ``normalize=False`` ``x`` already holds log-probabilities and lse is taken as 0
     (`nll_loss`). Integer labels gather one entry per example; they never build a one-hot.
     """
-    x = C.as_float(name, x)
-    axis = _class_axis(axis, x, name)
-    labels, integer = _labels(labels, x, axis, name)
-    batch = _batch_shape(x, axis)
-    if ignore_index is not None and not integer:
-        raise ValueError(
-            "`ignore_index` applies to integer labels (class ids) only; with probability "
-            "labels use `where=` to drop examples."
-        )
     C.check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
-    where, weights = C.prepare(batch, where, weights, reduction)
-    cw = _class_weights(class_weights, x.shape[axis])
-    dtype = C.compute_dtype(x) if integer else C.compute_dtype(x, labels)
-    x = x.astype(dtype)
-
-    keep = where
-    if ignore_index is not None:
-        valid = labels != ignore_index
-        keep = _combine(where, valid)
-        labels = jnp.where(valid, labels, 0)  # a safe index; the example is dropped anyway
-    if keep is not None:
-        row = jnp.expand_dims(keep, axis)
-        x = C.keep(row, x, 0.0)
-        if not integer:
-            labels = C.keep(row, labels, 0.0)
-    if not integer:
-        labels = labels.astype(dtype)
-
-    lse = jax.nn.logsumexp(x, axis=axis, keepdims=True) if normalize else 0.0
+    x, labels, integer, axis, keep, weights = _categorical_inputs(
+        name,
+        x,
+        labels,
+        axis=axis,
+        class_weights=class_weights,
+        ignore_index=ignore_index,
+        where=where,
+        weights=weights,
+        reduction=reduction,
+    )
     smooth = not _is_zero(label_smoothing)
+    big = jnp.finfo(x.dtype).max
     if integer:
-        index = jnp.expand_dims(labels, axis)
-        # "fill" gives NaN for a label outside [0, C) (negative ones included), so a bad
-        # label can never produce a silent finite loss.
-        picked = jnp.take_along_axis(
-            x, index, axis=axis, mode="fill", fill_value=jnp.nan, wrap_negative_indices=False
-        )
-        loss = lse - picked
+        # The same operations as optax's integer-label loss (logsumexp, one gather), so
+        # the default path costs what it does; −log p is capped at the largest float,
+        # the value a −inf logit clipped to the lowest float gives (as N.log_softmax_parts).
+        lse = jax.nn.logsumexp(x, axis=axis) if normalize else 0.0
+        loss = jnp.minimum(lse - jnp.squeeze(_pick(x, labels, axis), axis), big)
         if smooth:
             finite, count = _uniform_over_finite(x, axis)
-            mean = jnp.sum(jnp.where(finite, x, 0.0), axis=axis, keepdims=True) / count
+            total = jnp.sum(jnp.where(finite, x, 0.0), axis=axis)
+            mean = total / jnp.squeeze(count, axis)
             loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse - mean)
-        loss = jnp.squeeze(loss, axis)
     else:
+        if normalize:
+            s, log_z = N.log_softmax_parts(x, axis)
+            neg_log_p = log_z - s
+        else:
+            neg_log_p = -N.finite_floor(x)
         target = labels
         if smooth:
             finite, count = _uniform_over_finite(x, axis)
             target = (1.0 - label_smoothing) * target + label_smoothing * (finite / count)
-        # −log p_c is +inf on a class with logit −inf; where the target puts no mass there
-        # its term is 0 (0·log 0 = 0), replaced before the product so the gradient is 0.
-        neg_log_p = lse - x
-        neg_log_p = jnp.where((target == 0) & (x == -jnp.inf), 0.0, neg_log_p)
         loss = jnp.sum(target * neg_log_p, axis=axis)
-
-    if cw is not None:
-        cw = cw.astype(dtype)
-        if integer:
-            omega = jnp.take(cw, labels, mode="fill", fill_value=jnp.nan)
-        else:
-            shape = (-1,) + (1,) * (x.ndim - axis - 1)
-            omega = jnp.sum(labels * cw.reshape(shape), axis=axis)
-        weights = omega if weights is None else weights * omega
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
 
 
@@ -211,11 +251,13 @@ def softmax_cross_entropy(
     one-hot vector gives exactly the result of its class id. Integer labels gather one
     logit per example (no one-hot array is built).
 
-    A class whose logit is −inf (masked out) is handled as impossible: while the target
-    puts no mass on it, the loss and its gradient are finite and equal to those with the
-    −inf replaced by any very negative finite number. (``optax.losses.softmax_cross_entropy``
-    returns NaN there for probability labels, as 0·(−inf).) An integer label outside
-    [0, C) that is not ``ignore_index`` gives NaN, never a silent finite loss.
+    A class whose logit is −inf (masked out) is handled exactly as if its logit were the
+    lowest finite float: where the target puts no mass on it, the loss and its gradient
+    are finite and equal to those with the −inf replaced by any very negative number
+    (``optax.losses.softmax_cross_entropy`` returns NaN there, as 0·(−inf)); a target
+    with mass m on it gets the finite but enormous loss m·(largest float). An integer
+    label outside [0, C) that is not ``ignore_index`` gives NaN, never a silent finite
+    loss.
 
     Args:
       logits: z, floating array with a class axis of size C.
@@ -247,12 +289,12 @@ def softmax_cross_entropy(
       >>> import jax.numpy as jnp, jaxloss
       >>> logits = jnp.array([[2.0, 0.0, -jnp.inf], [0.0, 0.0, 0.0]])
       >>> jaxloss.softmax_cross_entropy(logits, jnp.array([0, 2]))
-      Array([0.12692809, 1.0986123 ], dtype=float32)
+      Array([0.126928, 1.098612 ], dtype=float32)
       >>> jaxloss.softmax_cross_entropy(logits, jnp.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
-      Array([0.12692809, 1.0986123 ], dtype=float32)
+      Array([0.126928, 1.098612 ], dtype=float32)
       >>> jaxloss.softmax_cross_entropy(logits, jnp.array([0, -100]), ignore_index=-100,
       ...                               reduction="mean")
-      Array(0.12692809, dtype=float32)
+      Array(0.126928, dtype=float32)
 
     References:
       Label smoothing: Szegedy et al., "Rethinking the Inception architecture for
@@ -371,3 +413,271 @@ def z_loss(
         x = C.keep(jnp.expand_dims(where, axis), x, 0.0)
     lse = jax.nn.logsumexp(x, axis=axis)
     return C.reduce(jnp.square(lse), where=where, weights=weights, reduction=reduction)
+
+
+# --------------------------------------------------------------------------------------
+# Binary (sigmoid) losses
+# --------------------------------------------------------------------------------------
+
+
+def _check_gamma(gamma) -> None:
+    if C._is_concrete_number(gamma) and not (np.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"`gamma` must be a non-negative finite number, got {gamma!r}.")
+
+
+def sigmoid_binary_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    pos_weight: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Binary cross-entropy on logits: the negative log-likelihood of a Bernoulli label.
+
+        ℓ = −[w₊·y·log σ(z) + (1 − y)·log(1 − σ(z))]
+          = w₊·y·softplus(−z) + (1 − y)·softplus(z)
+
+    One independent binary decision per element (multi-label classification when the
+    last axis lists the labels). Computed from the logits without forming σ(z), so the
+    loss and its gradient σ(z) − y (for w₊ = 1) are accurate and finite for any finite
+    logit, ±1e9 included, and the loss of a confident correct prediction keeps its
+    exp(−|z|) size instead of rounding to 0.
+
+    Args:
+      logits: z, floating array of any shape.
+      labels: y ∈ [0, 1] (hard 0/1 labels or soft targets), broadcastable with
+        ``logits``; integers and booleans are cast.
+      pos_weight: w₊ > 0, the weight of the positive term, broadcastable with
+        ``logits`` (e.g. one per class): w₊ > 1 favours recall. Default 1.
+      label_smoothing: ε ∈ [0, 1]: the labels become (1 − ε)·y + ε/2.
+      where: optional boolean mask broadcastable to the loss; True keeps an element.
+      weights: optional non-negative weights broadcastable to the loss.
+      reduction: ``"none"`` (per element), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
+
+    Returns:
+      The broadcast shape of the inputs for ``"none"``, else a scalar; float32, or
+      float64 for float64 inputs (bf16/f16 are computed and returned in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.sigmoid_binary_cross_entropy(jnp.array([0.0, 20.0, -3.0]),
+      ...                                      jnp.array([1.0, 1.0, 0.0]))
+      Array([6.9314718e-01, 2.0611537e-09, 4.8587351e-02], dtype=float32)
+
+    References:
+      The pos_weight convention of PyTorch's ``BCEWithLogitsLoss``.
+    """
+    C.check_positive("pos_weight", pos_weight, allow_none=True)
+    C.check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    (logits, labels, pos_weight), where, weights = C.float_inputs(
+        where,
+        weights,
+        reduction,
+        allow_int=("labels", "pos_weight"),
+        logits=logits,
+        labels=labels,
+        pos_weight=pos_weight,
+    )
+    z = C.keep(where, logits, 0.0)
+    y = C.keep(where, labels, 0.0)
+    if not _is_zero(label_smoothing):
+        y = (1.0 - label_smoothing) * y + 0.5 * label_smoothing
+    positive = y if pos_weight is None else C.keep(where, pos_weight, 1.0) * y
+    loss = N.binary_logit_nll(z, positive, 1.0 - y)
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def binary_cross_entropy(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Binary cross-entropy on probabilities.
+
+        ℓ = −[y·log q + (1 − y)·log(1 − q)]
+
+    For a model that outputs probabilities q; prefer `sigmoid_binary_cross_entropy` on
+    logits, which is exact where q would round to 0 or 1. Following 0·log 0 = 0, the loss
+    is finite, with a finite gradient, at q = 0 when y = 0 and at q = 1 when y = 1; where
+    the label puts mass on an impossible outcome (y > 0 at q = 0, y < 1 at q = 1) it is
+    +inf, the true value (no clipping).
+
+    Args:
+      probs: q ∈ [0, 1], floating array of any shape.
+      labels: y ∈ [0, 1], broadcastable with ``probs``; integers and booleans are cast.
+      where, weights, reduction: as in `sigmoid_binary_cross_entropy`.
+
+    Returns:
+      As in `sigmoid_binary_cross_entropy`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.binary_cross_entropy(jnp.array([0.5, 0.9, 1.0]), jnp.array([1.0, 0.0, 1.0]))
+      Array([0.6931472, 2.302585 , 0.       ], dtype=float32)
+    """
+    (q, y), where, weights = C.float_inputs(
+        where, weights, reduction, allow_int=("labels",), probs=probs, labels=labels
+    )
+    q = C.keep(where, q, 0.5)
+    y = C.keep(where, y, 0.5)
+    # 0·log 0 = 0: the log's argument is replaced where its factor is 0, before the log,
+    # so neither the value nor the gradient sees log 0.
+    log_q = jnp.log(jnp.where((y == 0) & (q == 0), 1.0, q))
+    log_not_q = jnp.log1p(-jnp.where((y == 1) & (q == 1), 0.0, q))
+    loss = -(y * log_q) - (1.0 - y) * log_not_q
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def sigmoid_focal_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    alpha: float | None = None,
+    gamma: float = 2.0,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Sigmoid focal loss: binary cross-entropy down-weighted on well-classified elements.
+
+        ℓ = α_t · (1 − p_t)^γ · BCE(z, y)
+        p_t = y·σ(z) + (1 − y)·(1 − σ(z)),   α_t = α·y + (1 − α)·(1 − y)
+
+    BCE is `sigmoid_binary_cross_entropy`. The factor (1 − p_t)^γ is computed as
+    exp(γ·log(1 − p_t)) with log(1 − p_t) = logaddexp(log y − softplus(z),
+    log(1 − y) − softplus(−z)), so value and gradient stay finite at any finite logit
+    (±100 included) for every γ ≥ 0, also for γ < 1 where (1 − p_t)^γ has an infinite
+    slope at p_t = 1.
+
+    Args:
+      logits: z, floating array of any shape.
+      labels: y ∈ [0, 1], broadcastable with ``logits``; integers and booleans are cast.
+      alpha: optional α ∈ [0, 1], the weight of the positive class (RetinaNet uses
+        0.25). Default None: no α weighting.
+      gamma: γ ≥ 0, the focusing exponent; γ = 0 gives BCE (times α_t).
+      where, weights, reduction: as in `sigmoid_binary_cross_entropy`.
+
+    Returns:
+      As in `sigmoid_binary_cross_entropy`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.sigmoid_focal_loss(jnp.array([0.0, 3.0]), jnp.array([1.0, 1.0]))
+      Array([1.7328680e-01, 1.0928333e-04], dtype=float32)
+
+    References:
+      Lin, Goyal, Girshick, He & Dollár, "Focal loss for dense object detection",
+      ICCV 2017.
+    """
+    _check_gamma(gamma)
+    if alpha is not None:
+        C.check_in_range("alpha", alpha, 0.0, 1.0)
+    (logits, labels, alpha, gamma), where, weights = C.float_inputs(
+        where,
+        weights,
+        reduction,
+        allow_int=("labels", "alpha", "gamma"),
+        logits=logits,
+        labels=labels,
+        alpha=alpha,
+        gamma=gamma,
+    )
+    z = C.keep(where, logits, 0.0)
+    y = C.keep(where, labels, 0.0)
+    loss = N.binary_logit_nll(z, y, 1.0 - y)
+    log_not_pt = jnp.logaddexp(jnp.log(y) - jax.nn.softplus(z), jnp.log1p(-y) - jax.nn.softplus(-z))
+    loss = jnp.exp(gamma * log_not_pt) * loss
+    if alpha is not None:
+        loss = (alpha * y + (1.0 - alpha) * (1.0 - y)) * loss
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def softmax_focal_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    gamma: float = 2.0,
+    class_weights: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Softmax focal loss: softmax cross-entropy down-weighted on well-classified examples.
+
+        ℓ = −Σ_c t_c · (1 − p_c)^γ · log p_c,        p = softmax(z)
+        ℓ = −(1 − p_y)^γ · log p_y                   for an integer label y
+
+    γ = 0 gives `softmax_cross_entropy`. log(1 − p_c) is computed without cancellation:
+    for the most probable class as logsumexp over the other classes minus logsumexp over
+    all, elsewhere (where p_c ≤ ½) as log1p(−p_c); the factor is exp(γ·log(1 − p_c)). So
+    the value and gradient stay finite at logits of ±100 for every γ ≥ 0, also γ < 1.
+    Class-balancing weights (the α of the paper, one per class) are ``class_weights``.
+
+    Args:
+      logits: z, floating array with a class axis of size C ≥ 2.
+      labels: integer class ids or probabilities, as in `softmax_cross_entropy`.
+      axis: the class axis (default the last).
+      gamma: γ ≥ 0, the focusing exponent.
+      class_weights, ignore_index, where, weights, reduction: as in
+        `softmax_cross_entropy`.
+
+    Returns:
+      As in `softmax_cross_entropy`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.softmax_focal_loss(jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]]),
+      ...                            jnp.array([0, 1]))
+      Array([0.01086933, 0.4882721 ], dtype=float32)
+
+    References:
+      Lin, Goyal, Girshick, He & Dollár, "Focal loss for dense object detection",
+      ICCV 2017.
+    """
+    _check_gamma(gamma)
+    x, labels, integer, axis, keep, weights = _categorical_inputs(
+        "logits",
+        logits,
+        labels,
+        axis=axis,
+        class_weights=class_weights,
+        ignore_index=ignore_index,
+        where=where,
+        weights=weights,
+        reduction=reduction,
+    )
+    focal = not _is_zero(gamma)
+    if focal:
+        gamma = jnp.asarray(gamma, x.dtype)
+    classes = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis)
+    # s = x − max(x) with −inf floored to the lowest float: log p = s − log_z, and a
+    # logsumexp over a subset of s is finite even when the subset has only −inf logits.
+    s, log_z = N.log_softmax_parts(x, axis)
+    big = jnp.finfo(x.dtype).max
+    if integer:
+        loss = jnp.minimum(log_z - _pick(s, labels, axis), big)
+        if focal:
+            others = jnp.where(classes == jnp.expand_dims(labels, axis), -jnp.inf, s)
+            log_not_p = jax.nn.logsumexp(others, axis=axis, keepdims=True) - log_z
+            loss = jnp.exp(gamma * log_not_p) * loss
+        loss = jnp.squeeze(loss, axis)
+    else:
+        neg_log_p = log_z - s
+        factor = 1.0
+        if focal:
+            top = classes == jnp.argmax(s, axis=axis, keepdims=True)
+            others = jnp.where(top, -jnp.inf, s)
+            log_not_top = jax.nn.logsumexp(others, axis=axis, keepdims=True) - log_z
+            p_rest = jnp.exp(others - log_z)  # each ≤ ½, so log1p(−p) does not cancel
+            log_not_p = jnp.where(top, log_not_top, jnp.log1p(-p_rest))
+            factor = jnp.exp(gamma * log_not_p)
+        loss = jnp.sum(labels * factor * neg_log_p, axis=axis)
+    return C.reduce(loss, where=keep, weights=weights, reduction=reduction)

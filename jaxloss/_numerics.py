@@ -10,6 +10,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 LOG_2 = math.log(2.0)
 LOG_PI = math.log(math.pi)
@@ -79,3 +80,68 @@ def safe_norm(x: jax.Array, axis, *, keepdims: bool = False) -> jax.Array:
     norm = jnp.where(zero, 0.0, m_safe * jnp.sqrt(jnp.where(zero, 1.0, s)))
     norm = jnp.where(jnp.isinf(m), jnp.inf, norm)  # x/∞ would be NaN
     return norm if keepdims else jnp.squeeze(norm, axis=axis)
+
+
+@jax.custom_jvp
+def finite_floor(x: jax.Array) -> jax.Array:
+    """max(x, lowest finite float), with derivative 1: −inf becomes the lowest float.
+
+    The identity derivative is what clipping a −inf logit to a very negative number
+    gives where it matters (its probability, and so its gradient weight, is 0), and it
+    avoids the tie-splitting select and divide of ``jnp.maximum``'s derivative.
+    """
+    return jnp.maximum(x, jnp.finfo(x.dtype).min)
+
+
+finite_floor.defjvp(lambda primals, tangents: (finite_floor(primals[0]), tangents[0]))
+
+
+def log_softmax_parts(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """(s, log_z) with log_softmax(x) = s − log_z along ``axis`` (log_z keeps the axis).
+
+    s = x − max(x) is never −inf (see `finite_floor`), so Σ t·(log_z − s) is finite
+    where t = 0 on a −inf logit (0·log 0 = 0) without a select in the reduction, and a
+    target with mass on such a class gets the finite value of clipping the logit to the
+    lowest float. The max is a constant for the derivative (softmax is shift-invariant).
+    """
+    m = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, 0.0)  # rows of −inf stay −inf, not NaN
+    s = finite_floor(x - m)
+    return s, jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))
+
+
+@jax.custom_jvp
+def binary_logit_nll(z: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """a·softplus(−z) + b·softplus(z) = −a·log σ(z) − b·log(1 − σ(z)), elementwise.
+
+    The binary cross-entropy on logits with label weights a (for "1") and b (for "0").
+    softplus(±z) = max(±z, 0) + log1p(exp(−|z|)) share their log1p term, so the value
+    costs one exp and one log1p and has no cancellation: a·max(−z, 0) is exactly 0 for
+    a confident correct prediction and the loss keeps its tiny exp(−|z|) size. The
+    derivative is written out (the kinks of max and |·| cancel in the sum, but not in
+    their automatic derivatives at z = 0).
+    """
+    log1p_term = jnp.log1p(jnp.exp(-jnp.abs(z)))
+    return a * jnp.maximum(-z, 0.0) + b * jnp.maximum(z, 0.0) + (a + b) * log1p_term
+
+
+def _binary_logit_nll_jvp(primals, tangents):
+    z, a, b = primals
+    dz, da, db = tangents
+    out = binary_logit_nll(z, a, b)
+    # dℓ/dz = b·σ(z) − a·σ(−z), from s = σ(−|z|) ≤ ½ on each side so no term cancels.
+    # −|z| is written as a where so that its derivative at 0 is the z ≥ 0 branch's.
+    pos = z >= 0
+    s = jax.nn.sigmoid(jnp.where(pos, -z, z))
+    slope = jnp.where(pos, b - (a + b) * s, (a + b) * s - a)
+    tangent = jnp.zeros_like(out)
+    if not isinstance(dz, SymbolicZero):
+        tangent = tangent + slope * dz
+    if not isinstance(da, SymbolicZero):
+        tangent = tangent + jax.nn.softplus(-z) * da
+    if not isinstance(db, SymbolicZero):
+        tangent = tangent + jax.nn.softplus(z) * db
+    return out, tangent
+
+
+binary_logit_nll.defjvp(_binary_logit_nll_jvp, symbolic_zeros=True)

@@ -478,6 +478,113 @@ CASES += [
 ]
 
 
+def _softmax_focal_ref(logits, labels, gamma):
+    log_p = special.log_softmax(logits, axis=-1)
+    return -(_target(labels) * (1.0 - np.exp(log_p)) ** gamma * log_p).sum(-1)
+
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def _sigmoid_bce_ref(logits, labels, pos_weight=1.0, label_smoothing=0.0):
+    y = (1.0 - label_smoothing) * labels + label_smoothing / 2
+    return pos_weight * y * _softplus(-logits) + (1.0 - y) * _softplus(logits)
+
+
+def _sigmoid_focal_ref(logits, labels, gamma, alpha=None):
+    p = special.expit(logits)
+    p_t = labels * p + (1.0 - labels) * (1.0 - p)
+    alpha_t = 1.0 if alpha is None else alpha * labels + (1.0 - alpha) * (1.0 - labels)
+    return alpha_t * (1.0 - p_t) ** gamma * _sigmoid_bce_ref(logits, labels)
+
+
+def _unit(rng, low=0.0, high=1.0):
+    return rng.uniform(low, high, size=SHAPE)
+
+
+def _binary_labels(rng):
+    return (rng.random(SHAPE) < 0.4).astype(np.float64)
+
+
+# Binary logits of ±100, ±1e4 and ±1e9, each with both labels.
+_BINARY_EXTREME = (
+    np.array([[100, -100, 1e4, -1e4, 1e9, -1e9, 0]] * 2, np.float32),
+    np.array([[1] * 7, [0] * 7], np.float32),
+)
+
+CASES += [
+    Case(
+        "softmax_focal_loss",
+        jaxloss.softmax_focal_loss,
+        lambda rng: ((_logits(rng), _class_ids(rng)), {"gamma": 2.0}),
+        _softmax_focal_ref,
+        extreme=lambda: ((_EXTREME_LOGITS * 0.01, _EXTREME_IDS), {"gamma": 0.5}),
+        id="softmax_focal_loss[class ids,gamma=2]",
+    ),
+    Case(
+        "softmax_focal_loss",
+        jaxloss.softmax_focal_loss,
+        lambda rng: ((_logits(rng), _probabilities(rng)), {"gamma": 0.5}),
+        _softmax_focal_ref,
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_PROBS), {"gamma": 0.5}),
+        id="softmax_focal_loss[probabilities,gamma=0.5]",
+    ),
+    Case(
+        "sigmoid_binary_cross_entropy",
+        jaxloss.sigmoid_binary_cross_entropy,
+        lambda rng: ((_normal(rng, scale=3.0), _unit(rng)), {}),
+        _sigmoid_bce_ref,
+        grad_args=(0, 1),
+        extreme=lambda: (_BINARY_EXTREME, {}),
+    ),
+    Case(
+        "sigmoid_binary_cross_entropy",
+        jaxloss.sigmoid_binary_cross_entropy,
+        lambda rng: (
+            (_normal(rng, scale=3.0), _binary_labels(rng)),
+            {"pos_weight": _unit(rng, 0.5, 4.0), "label_smoothing": 0.1},
+        ),
+        _sigmoid_bce_ref,
+        grad_args=(0,),
+        grad_kwargs=("pos_weight",),
+        extreme=lambda: (_BINARY_EXTREME, {"pos_weight": np.float32(3.0), "label_smoothing": 0.1}),
+        id="sigmoid_binary_cross_entropy[pos_weight,label_smoothing]",
+    ),
+    Case(
+        "binary_cross_entropy",
+        jaxloss.binary_cross_entropy,
+        lambda rng: ((_unit(rng, 0.3, 0.7), _unit(rng)), {}),
+        lambda q, y: -(y * np.log(q) + (1.0 - y) * np.log1p(-q)),
+        grad_args=(0, 1),
+        # Exact 0 and 1 where the label makes the loss finite, and tiny probabilities.
+        extreme=lambda: (
+            (
+                np.array([0.0, 1.0, 0.0, 1.0, 1e-30, 1.0 - 2**-24, 1e-37], np.float32),
+                np.array([0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0], np.float32),
+            ),
+            {},
+        ),
+    ),
+    Case(
+        "sigmoid_focal_loss",
+        jaxloss.sigmoid_focal_loss,
+        lambda rng: ((_normal(rng, scale=3.0), _unit(rng)), {"alpha": 0.25, "gamma": 2.0}),
+        _sigmoid_focal_ref,
+        extreme=lambda: (_BINARY_EXTREME, {"alpha": 0.25, "gamma": 2.0}),
+        id="sigmoid_focal_loss[soft labels,alpha,gamma=2]",
+    ),
+    Case(
+        "sigmoid_focal_loss",
+        jaxloss.sigmoid_focal_loss,
+        lambda rng: ((_normal(rng, scale=3.0), _binary_labels(rng)), {"gamma": 0.5}),
+        _sigmoid_focal_ref,
+        extreme=lambda: (_BINARY_EXTREME, {"gamma": 0.5}),
+        id="sigmoid_focal_loss[hard labels,gamma=0.5]",
+    ),
+]
+
+
 # --------------------------------------------------------------------------------------
 # Regularization penalties (issue 4)
 # --------------------------------------------------------------------------------------

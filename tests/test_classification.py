@@ -164,10 +164,17 @@ def test_minus_inf_logits_equal_clipping_value_and_gradient(kind, dtype):
         assert np.isfinite(np.asarray(g_y)).all()
 
 
-def test_mass_on_a_minus_inf_class_is_an_infinite_loss():
+def test_mass_on_a_minus_inf_class_gets_the_value_of_the_lowest_float():
+    """−log p of a class with logit −inf is what clipping it to the lowest float gives."""
     logits = np.array([[0.0, -np.inf]])
-    assert jaxloss.softmax_cross_entropy(logits, np.array([1]))[0] == np.inf
-    assert jaxloss.softmax_cross_entropy(logits, np.array([[0.5, 0.5]]))[0] == np.inf
+    big = np.finfo(np.float64).max  # −log p = 0 − lowest float
+    for labels, expected in [
+        (np.array([1]), big),
+        (np.array([[0.0, 1.0]]), big),
+        (np.array([[0.5, 0.5]]), big / 2),
+    ]:
+        np.testing.assert_array_equal(jaxloss.softmax_cross_entropy(logits, labels), [expected])
+        np.testing.assert_array_equal(jaxloss.nll_loss(logits, labels), [expected])
 
 
 @pytest.mark.parametrize("labels", [IDS.reshape(2, 4), PROBS.reshape(2, 4, K)], ids=["ids", "p"])
@@ -245,6 +252,141 @@ def test_z_loss_gradient_and_shift():
 
 
 # --------------------------------------------------------------------------------------
+# softmax_focal_loss
+# --------------------------------------------------------------------------------------
+
+
+def test_softmax_focal_loss_with_gamma_zero_is_softmax_cross_entropy():
+    for labels in (IDS, PROBS):
+        np.testing.assert_allclose(
+            jaxloss.softmax_focal_loss(LOGITS, labels, gamma=0.0, class_weights=CLASS_W),
+            jaxloss.softmax_cross_entropy(LOGITS, labels, class_weights=CLASS_W),
+            rtol=1e-12,
+        )
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_softmax_focal_loss_class_ids_equal_one_hot(gamma):
+    by_id = jaxloss.softmax_focal_loss(LOGITS, IDS, gamma=gamma, where=KEEP, reduction="mean")
+    by_vector = jaxloss.softmax_focal_loss(
+        LOGITS, ONE_HOT, gamma=gamma, where=KEEP, reduction="mean"
+    )
+    np.testing.assert_allclose(by_id, by_vector, rtol=1e-12)
+    g_id, g_vec = (
+        jax.grad(lambda z, y=y: jaxloss.softmax_focal_loss(z, y, gamma=gamma, reduction="sum"))(
+            LOGITS
+        )
+        for y in (IDS, ONE_HOT)
+    )
+    np.testing.assert_allclose(g_id, g_vec, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_two_class_softmax_focal_loss_is_sigmoid_focal_loss(gamma):
+    """softmax([0, z]) = [1 − σ(z), σ(z)]: the two losses coincide on hard labels."""
+    z = LOGITS[:, 0]
+    y = IDS % 2
+    two_class = np.stack([np.zeros_like(z), z], axis=-1)
+    np.testing.assert_allclose(
+        jaxloss.softmax_focal_loss(two_class, y, gamma=gamma),
+        jaxloss.sigmoid_focal_loss(z, y.astype(float), gamma=gamma),
+        rtol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("kind", ["ids", "probabilities"])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_focal_losses_have_finite_gradients_at_logits_of_100(gamma, kind):
+    z = jnp.asarray([[100.0, -100.0, 0.0], [-100.0, 100.0, -100.0], [100.0, 100.0, -100.0]])
+    ids = jnp.asarray([0, 0, 2])
+    labels = ids if kind == "ids" else jax.nn.one_hot(ids, 3)
+    g = jax.grad(lambda z: jaxloss.softmax_focal_loss(z, labels, gamma=gamma, reduction="sum"))(
+        z.astype(jnp.float32)
+    )
+    assert np.isfinite(np.asarray(g)).all(), g
+    binary = jnp.asarray([100.0, -100.0, 100.0, -100.0, 0.0], jnp.float32)
+    y = jnp.asarray([1.0, 1.0, 0.0, 0.0, 1.0], jnp.float32)
+    for alpha in (None, 0.25):
+        loss = jaxloss.sigmoid_focal_loss(binary, y, gamma=gamma, alpha=alpha)
+        g = jax.grad(
+            lambda z, a=alpha: jaxloss.sigmoid_focal_loss(z, y, gamma=gamma, alpha=a).sum()
+        )(binary)
+        assert np.isfinite(np.asarray(loss)).all() and np.isfinite(np.asarray(g)).all(), g
+
+
+@given(shift=hnp.arrays(np.float64, (N, 1), elements=st.floats(-1e3, 1e3)))
+def test_softmax_focal_loss_is_translation_invariant(shift):
+    for labels in (IDS, PROBS):
+        base = jaxloss.softmax_focal_loss(LOGITS, labels, gamma=1.5)
+        moved = jaxloss.softmax_focal_loss(LOGITS + shift, labels, gamma=1.5)
+        np.testing.assert_allclose(moved, base, rtol=1e-9, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------
+# Binary losses
+# --------------------------------------------------------------------------------------
+
+Z = RNG.normal(size=(6, 4)) * 4
+Y_SOFT = RNG.random((6, 4))
+Y_HARD = (RNG.random((6, 4)) < 0.5).astype(float)
+
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def test_sigmoid_binary_cross_entropy_pos_weight_and_smoothing():
+    """PyTorch's BCEWithLogits convention: −[w₊·y·log σ(z) + (1 − y)·log(1 − σ(z))]."""
+    pw = np.array([0.5, 1.0, 2.0, 7.0])
+    out = jaxloss.sigmoid_binary_cross_entropy(Z, Y_HARD, pos_weight=pw, label_smoothing=0.2)
+    y = 0.8 * Y_HARD + 0.1
+    expected = pw * y * _softplus(-Z) + (1 - y) * _softplus(Z)
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+
+
+def test_sigmoid_binary_cross_entropy_gradient_is_accurate_in_float32():
+    """dℓ/dz = σ(z) − y with no cancellation, also where σ(z) rounds to 0 or 1."""
+    z = np.array([-60.0, -25.0, -8.0, 0.0, 8.0, 25.0, 60.0])
+    for y in (0.0, 1.0):
+        g = jax.grad(lambda z, y=y: jaxloss.sigmoid_binary_cross_entropy(z, y, reduction="sum"))(
+            jnp.asarray(z, jnp.float32)
+        )
+        expected = (1 - y) * special.expit(z) - y * special.expit(-z)  # σ(z) − y, exactly
+        np.testing.assert_allclose(g, expected, rtol=1e-6)
+        loss = jaxloss.sigmoid_binary_cross_entropy(jnp.asarray(z, jnp.float32), y)
+        np.testing.assert_allclose(loss, y * _softplus(-z) + (1 - y) * _softplus(z), rtol=1e-6)
+
+
+def test_binary_cross_entropy_on_probabilities_is_sigmoid_bce_on_logits():
+    q = special.expit(Z)
+    np.testing.assert_allclose(
+        jaxloss.binary_cross_entropy(q, Y_SOFT),
+        jaxloss.sigmoid_binary_cross_entropy(Z, Y_SOFT),
+        rtol=1e-9,
+    )
+
+
+def test_binary_cross_entropy_at_exact_zero_and_one():
+    q = jnp.asarray([0.0, 1.0, 0.0, 1.0])
+    y = jnp.asarray([0.0, 1.0, 1.0, 0.0])
+    loss = jaxloss.binary_cross_entropy(q, y)
+    np.testing.assert_array_equal(loss, [0.0, 0.0, np.inf, np.inf])
+    # The gradient in q is the limit (q − y) / (q (1 − q)) → ±1 where the math is finite.
+    g = jax.grad(lambda q: jaxloss.binary_cross_entropy(q, y[:2], reduction="sum"))(q[:2])
+    np.testing.assert_array_equal(g, [1.0, -1.0])
+
+
+def test_sigmoid_focal_loss_with_gamma_zero_is_weighted_bce():
+    alpha = 0.3
+    alpha_t = alpha * Y_SOFT + (1 - alpha) * (1 - Y_SOFT)
+    np.testing.assert_allclose(
+        jaxloss.sigmoid_focal_loss(Z, Y_SOFT, gamma=0.0, alpha=alpha),
+        alpha_t * jaxloss.sigmoid_binary_cross_entropy(Z, Y_SOFT),
+        rtol=1e-12,
+    )
+
+
+# --------------------------------------------------------------------------------------
 # Peer check against optax.losses
 # --------------------------------------------------------------------------------------
 
@@ -264,6 +406,38 @@ def test_softmax_cross_entropy_matches_optax_on_random_inputs():
         optax.losses.softmax_cross_entropy(logits, probs),
         rtol=1e-12,
     )
+
+
+@pytest.mark.parametrize("labels", [Y_SOFT, Y_HARD], ids=["soft", "hard"])
+def test_binary_losses_match_optax_on_random_inputs(labels):
+    np.testing.assert_allclose(
+        jaxloss.sigmoid_binary_cross_entropy(Z, labels),
+        optax.losses.sigmoid_binary_cross_entropy(Z, labels),
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(
+        jaxloss.sigmoid_binary_cross_entropy(Z, labels, label_smoothing=0.1),
+        optax.losses.sigmoid_binary_cross_entropy(Z, 0.9 * labels + 0.05),
+        rtol=1e-12,
+    )
+    for alpha in (None, 0.25):
+        for gamma in (0.0, 0.5, 2.0):
+            np.testing.assert_allclose(
+                jaxloss.sigmoid_focal_loss(Z, labels, alpha=alpha, gamma=gamma),
+                optax.losses.sigmoid_focal_loss(Z, labels, alpha=alpha, gamma=gamma),
+                rtol=1e-10,
+                atol=1e-300,
+            )
+
+
+def test_deliberate_difference_optax_bce_is_computed_in_bf16():
+    z = jnp.asarray(Z, jnp.bfloat16)
+    exact = _softplus(np.asarray(z, np.float64)) - Y_HARD * np.asarray(z, np.float64)
+    ours = jaxloss.sigmoid_binary_cross_entropy(z, Y_HARD.astype(jnp.bfloat16))
+    peer = optax.losses.sigmoid_binary_cross_entropy(z, Y_HARD.astype(jnp.bfloat16))
+    assert ours.dtype == jnp.float32 and peer.dtype == jnp.bfloat16
+    np.testing.assert_allclose(ours, exact, rtol=1e-6, atol=1e-7)
+    assert np.abs(np.asarray(peer, np.float64) - exact).max() > 1e-3
 
 
 def test_deliberate_difference_optax_is_nan_with_minus_inf_logits():
@@ -290,20 +464,20 @@ def test_deliberate_difference_optax_computes_bf16_in_bf16():
 # Bad input
 # --------------------------------------------------------------------------------------
 
-Z = jnp.zeros((3, 4))
+Z0 = jnp.zeros((3, 4))
 BAD_CALLS = [
     (
-        lambda: jaxloss.softmax_cross_entropy(Z, jnp.zeros(4, jnp.int32)),
+        lambda: jaxloss.softmax_cross_entropy(Z0, jnp.zeros(4, jnp.int32)),
         ValueError,
         r"Integer `labels` of shape \(4,\).*without its class axis 1, \(3,\)",
     ),
     (
-        lambda: jaxloss.softmax_cross_entropy(Z, jnp.zeros((3, 5))),
+        lambda: jaxloss.softmax_cross_entropy(Z0, jnp.zeros((3, 5))),
         ValueError,
         r"Probability `labels` of shape \(3, 5\) must broadcast to the shape of `logits` \(3, 4\)",
     ),
     (
-        lambda: jaxloss.softmax_cross_entropy(Z, jnp.zeros(3, bool)),
+        lambda: jaxloss.softmax_cross_entropy(Z0, jnp.zeros(3, bool)),
         TypeError,
         r"`labels` must be integer class ids or floating-point probabilities.*bool",
     ),
@@ -313,34 +487,59 @@ BAD_CALLS = [
         r"`logits` must be a floating-point array",
     ),
     (
-        lambda: jaxloss.nll_loss(Z, jnp.zeros(3, jnp.int32), axis=2),
+        lambda: jaxloss.nll_loss(Z0, jnp.zeros(3, jnp.int32), axis=2),
         ValueError,
         r"`axis` 2 is out of range for `log_probs` of shape \(3, 4\)",
     ),
     (
-        lambda: jaxloss.z_loss(Z, axis=1.0),
+        lambda: jaxloss.z_loss(Z0, axis=1.0),
         TypeError,
         r"`axis` must be an int",
     ),
     (
-        lambda: jaxloss.softmax_cross_entropy(Z, jnp.zeros(3, int), label_smoothing=1.5),
+        lambda: jaxloss.softmax_cross_entropy(Z0, jnp.zeros(3, int), label_smoothing=1.5),
         ValueError,
         r"`label_smoothing` must be in \[0.0, 1.0\], got 1.5",
     ),
     (
-        lambda: jaxloss.softmax_cross_entropy(Z, jnp.zeros(3, int), class_weights=jnp.ones(3)),
+        lambda: jaxloss.softmax_cross_entropy(Z0, jnp.zeros(3, int), class_weights=jnp.ones(3)),
         ValueError,
         r"`class_weights` must have shape \(4,\), one weight per class, got \(3,\)",
     ),
     (
-        lambda: jaxloss.softmax_cross_entropy(Z, jnp.zeros((3, 4)), ignore_index=-100),
+        lambda: jaxloss.softmax_cross_entropy(Z0, jnp.zeros((3, 4)), ignore_index=-100),
         ValueError,
         r"`ignore_index` applies to integer labels",
     ),
     (
-        lambda: jaxloss.softmax_cross_entropy(Z, jnp.zeros(3, int), where=jnp.ones((3, 4), bool)),
+        lambda: jaxloss.softmax_cross_entropy(Z0, jnp.zeros(3, int), where=jnp.ones((3, 4), bool)),
         ValueError,
         r"`where` of shape \(3, 4\) does not broadcast to the loss shape \(3,\)",
+    ),
+    (
+        lambda: jaxloss.softmax_focal_loss(Z0, jnp.zeros(3, int), gamma=-1.0),
+        ValueError,
+        r"`gamma` must be a non-negative finite number, got -1.0",
+    ),
+    (
+        lambda: jaxloss.sigmoid_focal_loss(Z0, Z0, alpha=1.5),
+        ValueError,
+        r"`alpha` must be in \[0.0, 1.0\], got 1.5",
+    ),
+    (
+        lambda: jaxloss.sigmoid_binary_cross_entropy(Z0, Z0, pos_weight=0.0),
+        ValueError,
+        r"`pos_weight` must be a positive finite number, got 0.0",
+    ),
+    (
+        lambda: jaxloss.binary_cross_entropy(Z0, jnp.zeros((3, 5))),
+        ValueError,
+        r"do not broadcast: `probs` \(3, 4\), `labels` \(3, 5\)",
+    ),
+    (
+        lambda: jaxloss.sigmoid_binary_cross_entropy(jnp.zeros(3, int), jnp.zeros(3)),
+        TypeError,
+        r"`logits` must be a floating-point array",
     ),
     (
         lambda: jaxloss.z_loss(jnp.zeros(())),
@@ -360,4 +559,4 @@ def test_bad_input_errors_eagerly_and_under_jit(call, error, message):
 
 def test_negative_concrete_class_weights_are_rejected():
     with pytest.raises(ValueError, match=r"`class_weights` must be non-negative"):
-        jaxloss.softmax_cross_entropy(Z, jnp.zeros(3, int), class_weights=-jnp.ones(4))
+        jaxloss.softmax_cross_entropy(Z0, jnp.zeros(3, int), class_weights=-jnp.ones(4))

@@ -1,0 +1,277 @@
+"""jaxloss against optax.losses on the same inputs, in one process, on the CPU.
+
+    python benchmarks/losses.py                      # every case, table to stdout and file
+    python benchmarks/losses.py --only softmax_ids   # one case
+    python benchmarks/losses.py --reps 11 --shape 4096 32768
+
+Each case is jitted twice per library: the forward pass (the loss with default
+arguments, per example or per element) and forward+backward (``jax.value_and_grad`` of
+the mean of that loss). After a warm-up call, the two libraries are timed alternately
+(the order flips every repetition) and the median of ``--reps`` runs is reported with the
+ratio jaxloss / optax. Below 1.00 jaxloss is faster.
+
+The floor column is the time the case needs at the memory bandwidth measured in the same
+run: the bytes that must be read (every input once) and written (the output, and the
+gradient for forward+backward) over the read and write bandwidths of a streaming sum and
+a streaming scale of an array of the same size. Ratios are the result; absolute times
+depend on the machine and its load, which is recorded with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_platforms", "cpu")
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jaxloss  # noqa: E402
+
+F32 = 4  # bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One benchmark row: the same inputs through jaxloss and optax.
+
+    ``make(rng, n, c)`` returns the inputs; ``ours``/``peer`` map them to the loss with
+    default arguments; ``grad_argnum`` is the input differentiated in forward+backward;
+    ``bytes_forward``/``bytes_backward`` give (read, written) bytes that no implementation
+    can avoid; ``available`` is False where jaxloss does not have the function yet.
+    """
+
+    name: str
+    label: str
+    make: Callable
+    ours: Callable | None
+    peer: Callable
+    grad_argnum: int
+    bytes_forward: Callable[[int, int], tuple[int, int]]
+    bytes_backward: Callable[[int, int], tuple[int, int]]
+
+
+def _logits(rng, n, c):
+    return jnp.asarray(rng.normal(size=(n, c)).astype(np.float32) * 3)
+
+
+def _probs(rng, n, c):
+    x = rng.random((n, c), dtype=np.float32) + 1e-3
+    return jnp.asarray(x / x.sum(-1, keepdims=True))
+
+
+def _softmax_ids(rng, n, c):
+    return _logits(rng, n, c), jnp.asarray(rng.integers(0, c, size=n, dtype=np.int32))
+
+
+def _softmax_probs(rng, n, c):
+    return _logits(rng, n, c), _probs(rng, n, c)
+
+
+def _binary(rng, n, c):
+    return _logits(rng, n, c), jnp.asarray((rng.random((n, c)) < 0.3).astype(np.float32))
+
+
+def _two_distributions(rng, n, c):
+    return _probs(rng, n, c), _probs(rng, n, c)
+
+
+def _pair(rng, n, c):
+    return _logits(rng, n, c), _logits(rng, n, c)
+
+
+def _full(n, c):
+    return n * c * F32
+
+
+CASES = [
+    Case(
+        "softmax_ids",
+        "softmax cross-entropy, integer labels",
+        _softmax_ids,
+        jaxloss.softmax_cross_entropy,
+        optax.losses.softmax_cross_entropy_with_integer_labels,
+        0,
+        lambda n, c: (_full(n, c) + n * 4, n * F32),
+        lambda n, c: (_full(n, c) + n * 4, _full(n, c)),
+    ),
+    Case(
+        "softmax_probs",
+        "softmax cross-entropy, probability labels",
+        _softmax_probs,
+        jaxloss.softmax_cross_entropy,
+        optax.losses.softmax_cross_entropy,
+        0,
+        lambda n, c: (2 * _full(n, c), n * F32),
+        lambda n, c: (2 * _full(n, c), _full(n, c)),
+    ),
+    Case(
+        "sigmoid_bce",
+        "sigmoid binary cross-entropy",
+        _binary,
+        jaxloss.sigmoid_binary_cross_entropy,
+        optax.losses.sigmoid_binary_cross_entropy,
+        0,
+        lambda n, c: (2 * _full(n, c), _full(n, c)),
+        lambda n, c: (2 * _full(n, c), _full(n, c)),
+    ),
+    Case(
+        "kl",
+        "KL divergence KL(p‖q)",
+        _two_distributions,
+        # math order (p, q); optax takes (log q, p)
+        getattr(jaxloss, "kl_divergence", None),
+        lambda p, q: optax.losses.kl_divergence(jnp.log(q), p),
+        1,
+        lambda n, c: (2 * _full(n, c), n * F32),
+        lambda n, c: (2 * _full(n, c), _full(n, c)),
+    ),
+    Case(
+        "squared_error",
+        "squared error",
+        _pair,
+        jaxloss.squared_error,
+        optax.losses.squared_error,
+        0,
+        lambda n, c: (2 * _full(n, c), _full(n, c)),
+        lambda n, c: (2 * _full(n, c), _full(n, c)),
+    ),
+]
+
+
+def _timed(fn, args) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def _bandwidth(n: int, c: int, reps: int) -> tuple[float, float]:
+    """(read, write) bytes per second of streaming passes over an [n, c] float32 array."""
+    x = jnp.ones((n, c), jnp.float32)
+    read = jax.jit(lambda x: jnp.sum(x))
+    scale = jax.jit(lambda x: x * 2.0)
+    for f in (read, scale):
+        _timed(f, (x,))
+    t_read = statistics.median(_timed(read, (x,)) for _ in range(reps))
+    t_scale = statistics.median(_timed(scale, (x,)) for _ in range(reps))
+    size = _full(n, c)
+    read_bw = size / t_read
+    write_bw = size / max(t_scale - t_read, 1e-9)
+    return read_bw, write_bw
+
+
+def _machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs visible, {platform.system()} "
+        f"{platform.release()}; load average at start {load}; Python "
+        f"{platform.python_version()}, jax {jax.__version__}, optax {optax.__version__}, "
+        f"jaxloss {jaxloss.__version__}; backend {jax.default_backend()}"
+    )
+
+
+def run(cases: list[Case], n: int, c: int, reps: int) -> str:
+    rng = np.random.default_rng(0)
+    read_bw, write_bw = _bandwidth(n, c, reps)
+    rows = []
+    for case in cases:
+        if case.ours is None:
+            rows.append(f"| {case.label} | pending: `jaxloss.{case.name}` not yet available ||||")
+            print(f"{case.label}: pending (jaxloss has no such function yet)", file=sys.stderr)
+            continue
+        args = case.make(rng, n, c)
+
+        def forward(fn):
+            return jax.jit(fn)
+
+        def forward_backward(fn, i=case.grad_argnum):
+            return jax.jit(jax.value_and_grad(lambda *a: jnp.mean(fn(*a)), argnums=i))
+
+        for mode, wrap, bytes_of in (
+            ("forward", forward, case.bytes_forward),
+            ("forward+backward", forward_backward, case.bytes_backward),
+        ):
+            ours, peer = wrap(case.ours), wrap(case.peer)
+            for fn in (ours, peer, ours, peer):  # compile and warm up
+                _timed(fn, args)
+            times = {"ours": [], "peer": []}
+            for r in range(reps):
+                order = (("ours", ours), ("peer", peer))
+                for key, fn in order if r % 2 == 0 else order[::-1]:
+                    times[key].append(_timed(fn, args))
+            t_ours, t_peer = (statistics.median(times[k]) for k in ("ours", "peer"))
+            read, written = bytes_of(n, c)
+            floor = read / read_bw + written / write_bw
+            row = (
+                f"| {case.label} | {mode} | {t_ours * 1e3:.1f} | {t_peer * 1e3:.1f} | "
+                f"**{t_ours / t_peer:.2f}** | {floor * 1e3:.1f} |"
+            )
+            rows.append(row)
+            print(row, file=sys.stderr)
+        del args
+    header = (
+        f"N = {n}, C = {c}, float32; median of {reps} interleaved runs after warm-up; "
+        f"bandwidth measured in this run: read {read_bw / 1e9:.1f} GB/s, "
+        f"write {write_bw / 1e9:.1f} GB/s.\n\n"
+        "| case | pass | jaxloss (ms) | optax (ms) | jaxloss / optax | bandwidth floor (ms) |\n"
+        "|---|---|---:|---:|---:|---:|"
+    )
+    return header + "\n" + "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, nargs=2, default=(4096, 32768), metavar=("N", "C"))
+    parser.add_argument("--reps", type=int, default=9, help="timed runs per pass (>= 7)")
+    parser.add_argument("--only", nargs="*", choices=[c.name for c in CASES], default=None)
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path(__file__).parent / "results" / "losses-cpu.md",
+        help="where to save the Markdown table ('-' for stdout only)",
+    )
+    args = parser.parse_args()
+    if args.reps < 7:
+        parser.error("--reps must be at least 7")
+    cases = [c for c in CASES if args.only is None or c.name in args.only]
+    n, c = args.shape
+    machine = _machine()
+    table = run(cases, n, c, args.reps)
+    today = datetime.date.today().isoformat()
+    text = (
+        f"# jaxloss vs optax.losses on the CPU\n\n"
+        f"Run on {today} with `python benchmarks/losses.py"
+        f"{'' if args.only is None else ' --only ' + ' '.join(args.only)}"
+        f" --reps {args.reps} --shape {n} {c}`.\n\n"
+        f"Machine: {machine}.\n\n{table}"
+    )
+    print(text)
+    if str(args.output) != "-":
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""The documentation's API reference is generated from what the package declares public.
+
+docs/hooks.py reads each public module's ``__all__`` from the source (the docs build
+imports nothing) and fails the build when a declared name has no entry. These tests check
+that what it reads is what Python sees, so that no public name can escape the reference.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+from pathlib import Path
+
+import jaxloss
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _hooks():
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_api_reference_covers_every_public_module():
+    public = {"jaxloss"} | {
+        f"jaxloss.{m.name}" for m in pkgutil.iter_modules(jaxloss.__path__) if m.name[0] != "_"
+    }
+    assert set(_hooks().public_modules()) == public
+
+
+def test_api_reference_reads_the_same_all_that_python_sees():
+    hooks = _hooks()
+    for module in hooks.public_modules():
+        names = importlib.import_module(module).__all__
+        assert hooks.declared_all(module) == list(names), module
