@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
+from jax.sharding import PartitionSpec as P
 
 from jaxloss import _conventions as C
 
@@ -197,11 +198,8 @@ def _zeros(shape, dtype, *like) -> jax.Array:
     Inside ``shard_map`` a loop carry must keep its type, including the mesh axes it
     varies over; outside, this is just ``jnp.zeros``.
     """
-    out = jnp.zeros(shape, dtype)
-    for x in like:
-        if x is not None:
-            out = out + jnp.zeros_like(x, dtype=dtype, shape=shape)
-    return out
+    parts = [jnp.zeros_like(x, dtype=dtype, shape=shape) for x in like if x is not None]
+    return sum(parts[1:], parts[0]) if parts else jnp.zeros(shape, dtype)
 
 
 def _token_zeros(cfg: Config, shape, h, w, b, labels) -> jax.Array:
@@ -403,7 +401,7 @@ def default_chunk(n_tokens: int, v_local: int) -> int:
 
 
 def _default_block(d: int, v_local: int) -> int:
-    block = max(128, _BLOCK_BYTES // (4 * max(d, 1)))
+    block = max(8, _BLOCK_BYTES // (4 * max(d, 1)))
     return max(1, min(1 << (block.bit_length() - 1), v_local))
 
 
@@ -521,6 +519,70 @@ def reduce(cfg, h, w, b, labels, keep, weights, batch, reduction, batch_axis_nam
     return total
 
 
+def _explicit_mesh(*arrays):
+    """The mesh of the first input sharded over explicit mesh axes, or None."""
+    for x in arrays:
+        sharding = getattr(jax.typeof(x), "sharding", None) if isinstance(x, jax.Array) else None
+        spec = getattr(sharding, "spec", None)
+        if spec is not None and any(entry is not None for entry in spec):
+            return sharding.mesh
+    return None
+
+
+def _per_device(mesh, hidden, weight, labels, bias, where, weights, options):
+    """The loss of explicitly sharded inputs: data parallel over the token sharding.
+
+    The chunk loops slice the token and vocabulary axes, which explicit sharding does
+    not allow along a sharded axis. So the loss runs in ``shard_map``: each device loops
+    over its own tokens (``hidden`` keeps the sharding of its token axes), with the
+    weight and bias replicated, and sums and means are taken over all devices.
+    """
+    hidden = jnp.asarray(hidden)
+    spec = jax.typeof(hidden).sharding.spec
+    tokens = tuple(spec)[: hidden.ndim - 1] if hidden.ndim else ()
+    axes = tuple(
+        a
+        for entry in tokens
+        if entry is not None
+        for a in (entry if isinstance(entry, tuple) else (entry,))
+    )
+    token_spec, row_spec = P(*tokens), P(*tokens, None)
+
+    def put(x, spec):
+        if x is None:
+            return None
+        x = jnp.asarray(x)
+        if spec is not None and x.ndim != len(spec):
+            x = jnp.broadcast_to(x, hidden.shape[:-1])
+        return jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, spec or P()))
+
+    inputs = {
+        "hidden": put(hidden, row_spec),
+        "weight": put(weight, None),
+        "labels": put(labels, token_spec),
+        "bias": put(bias, None),
+        "where": put(where, token_spec),
+        "weights": put(weights, token_spec),
+    }
+    inputs = {k: v for k, v in inputs.items() if v is not None}
+    specs = {
+        k: (
+            row_spec
+            if k == "hidden"
+            else token_spec
+            if k in ("labels", "where", "weights")
+            else P()
+        )
+        for k in inputs
+    }
+
+    def local(inputs):
+        return fused_linear_cross_entropy(**inputs, **options, batch_axis_name=axes or None)
+
+    out = token_spec if options["reduction"] == "none" else P()
+    return jax.shard_map(local, mesh=mesh, in_specs=(specs,), out_specs=out)(inputs)
+
+
 # --------------------------------------------------------------------------------------
 # Public function
 # --------------------------------------------------------------------------------------
@@ -540,6 +602,7 @@ def fused_linear_cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     logit_soft_cap: float | None = None,
+    batch_axis_name=None,
     reduction: str = "mean",
 ) -> jax.Array:
     """Softmax cross-entropy of ``hidden @ weight (+ bias)``, never forming all the logits.
@@ -615,19 +678,19 @@ def fused_linear_cross_entropy(
       the chunked linear cross-entropy; Chowdhery et al., "PaLM" (2022), §5, for the
       z-loss; Gemma Team, "Gemma 2" (2024), for logit soft-capping.
     """
-    cfg, h, w, b, y, keep, weights, batch = prepare(
-        hidden,
-        weight,
-        labels,
-        bias=bias,
+    options = dict(
         weight_layout=weight_layout,
         chunk_size=chunk_size,
         ignore_index=ignore_index,
-        where=where,
-        weights=weights,
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         logit_soft_cap=logit_soft_cap,
         reduction=reduction,
     )
-    return reduce(cfg, h, w, b, y, keep, weights, batch, reduction)
+    mesh = _explicit_mesh(hidden, weight, bias, labels, where, weights)
+    if mesh is not None and batch_axis_name is None:
+        return _per_device(mesh, hidden, weight, labels, bias, where, weights, options)
+    cfg, h, w, b, y, keep, weights, batch = prepare(
+        hidden, weight, labels, bias=bias, where=where, weights=weights, **options
+    )
+    return reduce(cfg, h, w, b, y, keep, weights, batch, reduction, batch_axis_name)

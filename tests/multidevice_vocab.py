@@ -17,7 +17,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxloss
@@ -174,44 +174,73 @@ def check_vocab_parallel_fused(mesh, x):
     return results
 
 
-def _fused_mean(hidden, labels, where, weights, *, weight):
+def _fused_mean(hidden, labels, where, weights, *, weight, batch_axis_name=None):
     return jaxloss.fused_linear_cross_entropy(
-        hidden, weight, labels, where=where, weights=weights, chunk_size=4
+        hidden,
+        weight,
+        labels,
+        where=where,
+        weights=weights,
+        chunk_size=4,
+        batch_axis_name=batch_axis_name,
     )
 
 
-def check_data_parallel(mesh, x):
-    """The batch sharded over all 8 devices by NamedSharding, plain jit: the mean is global."""
+def _fused_in_shard_map(mesh, weight):
+    """Data parallelism inside shard_map: each device loops over its own tokens only."""
+    local = functools.partial(_fused_mean, weight=weight, batch_axis_name="batch")
+    return jax.shard_map(local, mesh=mesh, in_specs=P("batch"), out_specs=P())
+
+
+def check_data_parallel(x):
+    """The batch sharded over all 8 devices by NamedSharding, then jit: the mean is global.
+
+    On a mesh of explicit axes (``jax.make_mesh``'s default) and of automatic ones
+    (GSPMD); the fused loss also inside shard_map with ``batch_axis_name``.
+    """
     rng = np.random.default_rng(1)
     predictions, targets = rng.normal(size=(N, 3)), rng.normal(size=(N, 3))
     keep = rng.random((N, 3)) < 0.7
     w = rng.random((N, 3))
     labels = np.where(x["labels"] >= 0, x["labels"], 0)
     logits = np.where(np.isfinite(x["logits"]), x["logits"], -30.0)
-    cases = {
-        "squared_error": (
-            lambda p, t, m, w: jaxloss.squared_error(p, t, where=m, weights=w, reduction="mean"),
-            (predictions, targets, keep, w),
-        ),
-        "softmax_cross_entropy": (
-            lambda z, y, m, w: jaxloss.softmax_cross_entropy(
-                z, y, where=m, weights=w, reduction="mean"
-            ),
-            (logits, labels, x["where"], x["weights"]),
-        ),
-        "fused_linear_cross_entropy": (
-            functools.partial(_fused_mean, weight=jnp.asarray(x["weight"])),
-            (x["hidden"], labels, x["where"], x["weights"]),
-        ),
-    }
+    weight = jnp.asarray(x["weight"])
+    fused_args = (x["hidden"], labels, x["where"], x["weights"])
     results = {}
-    for name, (loss, values) in cases.items():
-        sharded = [_put(mesh, P("batch"), v) for v in values]
-        single = [jnp.asarray(v) for v in values]
-        f = jax.jit(jax.value_and_grad(loss))
-        out_sharded, out_single = f(*sharded), f(*single)
-        assert len(out_sharded[1].sharding.device_set) == 8  # it really ran sharded
-        results[f"data_parallel[{name}]"] = _difference(out_sharded, out_single)
+    for kind in (AxisType.Explicit, AxisType.Auto):
+        mesh = jax.make_mesh((8,), ("batch",), (kind,))
+        cases = {
+            "squared_error": (
+                lambda p, t, m, w: jaxloss.squared_error(
+                    p, t, where=m, weights=w, reduction="mean"
+                ),
+                (predictions, targets, keep, w),
+            ),
+            "softmax_cross_entropy": (
+                lambda z, y, m, w: jaxloss.softmax_cross_entropy(
+                    z, y, where=m, weights=w, reduction="mean"
+                ),
+                (logits, labels, x["where"], x["weights"]),
+            ),
+            "fused_linear_cross_entropy": (
+                functools.partial(_fused_mean, weight=weight),
+                fused_args,
+            ),
+            "fused_linear_cross_entropy[shard_map]": (
+                _fused_in_shard_map(mesh, weight),
+                fused_args,
+            ),
+        }
+        for name, (loss, values) in cases.items():
+            sharded = [_put(mesh, P("batch"), v) for v in values]
+            single = [jnp.asarray(v) for v in values]
+            f = jax.jit(jax.value_and_grad(loss))
+            out_sharded = f(*sharded)
+            out_single = jax.jit(jax.value_and_grad(cases[name.split("[")[0]][0]))(*single)
+            key = f"data_parallel[{kind.name},{name}]"
+            results[key] = _difference(out_sharded, out_single)
+            # Whether the gradient stayed sharded over the 8 devices (the work was split).
+            results[f"sharded_gradient:{key}"] = not out_sharded[1].sharding.is_fully_replicated
     return results
 
 
@@ -223,7 +252,7 @@ def main():
         mesh = jax.make_mesh((2, 4), ("data", "model"))
         report.update(check_vocab_parallel_cross_entropy(mesh, x))
         report.update(check_vocab_parallel_fused(mesh, x))
-        report.update(check_data_parallel(jax.make_mesh((8,), ("batch",)), x))
+        report.update(check_data_parallel(x))
     print(json.dumps(report))
 
 
