@@ -207,7 +207,7 @@ def _categorical(
     if integer:
         # The same operations as optax's integer-label loss (logsumexp, one gather), so
         # the default path costs what it does; −log p is capped at the largest float,
-        # the value a −inf logit clipped to the lowest float gives (as N.log_softmax_parts).
+        # the value a −inf logit clipped to the lowest float gives (see N.finite_floor).
         lse = jax.nn.logsumexp(x, axis=axis) if normalize else 0.0
         loss = jnp.minimum(lse - jnp.squeeze(_pick(x, labels, axis), axis), big)
         if smooth:
@@ -216,16 +216,13 @@ def _categorical(
             mean = total / jnp.squeeze(count, axis)
             loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse - mean)
     else:
-        if normalize:
-            s, log_z = N.log_softmax_parts(x, axis)
-            neg_log_p = log_z - s
-        else:
-            neg_log_p = -N.finite_floor(x)
         target = labels
         if smooth:
             finite, count = _uniform_over_finite(x, axis)
             target = (1.0 - label_smoothing) * target + label_smoothing * (finite / count)
-        loss = jnp.sum(target * neg_log_p, axis=axis)
+        # optax's formula, −Σ t·log_softmax(z), with log p floored at the lowest float.
+        log_p = jax.nn.log_softmax(x, axis=axis) if normalize else x
+        loss = -jnp.sum(target * N.finite_floor(log_p), axis=axis)
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
 
 
@@ -485,8 +482,10 @@ def sigmoid_binary_cross_entropy(
     y = C.keep(where, labels, 0.0)
     if not _is_zero(label_smoothing):
         y = (1.0 - label_smoothing) * y + 0.5 * label_smoothing
-    positive = y if pos_weight is None else C.keep(where, pos_weight, 1.0) * y
-    loss = N.binary_logit_nll(z, positive, 1.0 - y)
+    if pos_weight is None:
+        loss = N.binary_logit_nll(z, y)
+    else:
+        loss = N.weighted_binary_logit_nll(z, C.keep(where, pos_weight, 1.0) * y, 1.0 - y)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 
@@ -590,7 +589,7 @@ def sigmoid_focal_loss(
     )
     z = C.keep(where, logits, 0.0)
     y = C.keep(where, labels, 0.0)
-    loss = N.binary_logit_nll(z, y, 1.0 - y)
+    loss = N.binary_logit_nll(z, y)
     log_not_pt = jnp.logaddexp(jnp.log(y) - jax.nn.softplus(z), jnp.log1p(-y) - jax.nn.softplus(-z))
     loss = jnp.exp(gamma * log_not_pt) * loss
     if alpha is not None:
@@ -658,26 +657,24 @@ def softmax_focal_loss(
     if focal:
         gamma = jnp.asarray(gamma, x.dtype)
     classes = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis)
-    # s = x − max(x) with −inf floored to the lowest float: log p = s − log_z, and a
-    # logsumexp over a subset of s is finite even when the subset has only −inf logits.
-    s, log_z = N.log_softmax_parts(x, axis)
-    big = jnp.finfo(x.dtype).max
+    # log p floored at the lowest float (N.finite_floor): finite everywhere, so a
+    # logsumexp over any subset of classes is finite too, even one of −inf logits only.
+    log_p = N.finite_floor(jax.nn.log_softmax(x, axis=axis))
     if integer:
-        loss = jnp.minimum(log_z - _pick(s, labels, axis), big)
+        loss = -_pick(log_p, labels, axis)
         if focal:
-            others = jnp.where(classes == jnp.expand_dims(labels, axis), -jnp.inf, s)
-            log_not_p = jax.nn.logsumexp(others, axis=axis, keepdims=True) - log_z
+            others = jnp.where(classes == jnp.expand_dims(labels, axis), -jnp.inf, log_p)
+            log_not_p = jax.nn.logsumexp(others, axis=axis, keepdims=True)
             loss = jnp.exp(gamma * log_not_p) * loss
         loss = jnp.squeeze(loss, axis)
     else:
-        neg_log_p = log_z - s
         factor = 1.0
         if focal:
-            top = classes == jnp.argmax(s, axis=axis, keepdims=True)
-            others = jnp.where(top, -jnp.inf, s)
-            log_not_top = jax.nn.logsumexp(others, axis=axis, keepdims=True) - log_z
-            p_rest = jnp.exp(others - log_z)  # each ≤ ½, so log1p(−p) does not cancel
+            top = classes == jnp.argmax(log_p, axis=axis, keepdims=True)
+            others = jnp.where(top, -jnp.inf, log_p)
+            log_not_top = jax.nn.logsumexp(others, axis=axis, keepdims=True)
+            p_rest = jnp.exp(others)  # each ≤ ½, so log1p(−p) does not cancel
             log_not_p = jnp.where(top, log_not_top, jnp.log1p(-p_rest))
             factor = jnp.exp(gamma * log_not_p)
-        loss = jnp.sum(labels * factor * neg_log_p, axis=axis)
+        loss = -jnp.sum(labels * factor * log_p, axis=axis)
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction)

@@ -86,9 +86,13 @@ def safe_norm(x: jax.Array, axis, *, keepdims: bool = False) -> jax.Array:
 def finite_floor(x: jax.Array) -> jax.Array:
     """max(x, lowest finite float), with derivative 1: −inf becomes the lowest float.
 
-    The identity derivative is what clipping a −inf logit to a very negative number
-    gives where it matters (its probability, and so its gradient weight, is 0), and it
-    avoids the tie-splitting select and divide of ``jnp.maximum``'s derivative.
+    Applied to log-probabilities before they are multiplied by a target, it makes
+    0·log 0 = 0 (not NaN) and gives a target with mass m on a −inf class the finite loss
+    m·(largest float), which is what clipping the logit gives. The identity derivative
+    is that of clipping where it matters (a probability of 0 has gradient weight 0), and
+    it avoids the tie-splitting select and divide of ``jnp.maximum``'s derivative, which
+    cost a full-size temporary in XLA's CPU fusions. A plain max in the forward pass
+    keeps the reduction fusible.
     """
     return jnp.maximum(x, jnp.finfo(x.dtype).min)
 
@@ -96,47 +100,70 @@ def finite_floor(x: jax.Array) -> jax.Array:
 finite_floor.defjvp(lambda primals, tangents: (finite_floor(primals[0]), tangents[0]))
 
 
-def log_softmax_parts(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-    """(s, log_z) with log_softmax(x) = s − log_z along ``axis`` (log_z keeps the axis).
+def _log1p_exp_neg_abs(z: jax.Array) -> jax.Array:
+    """log(1 + exp(−|z|)) = softplus(z) − max(z, 0), in (0, log 2]: never overflows."""
+    return jnp.log1p(jnp.exp(-jnp.abs(z)))
 
-    s = x − max(x) is never −inf (see `finite_floor`), so Σ t·(log_z − s) is finite
-    where t = 0 on a −inf logit (0·log 0 = 0) without a select in the reduction, and a
-    target with mass on such a class gets the finite value of clipping the logit to the
-    lowest float. The max is a constant for the derivative (softmax is shift-invariant).
+
+def _sigmoid_minus_label(z: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """b·σ(z) − a·σ(−z) without cancellation (σ(z) − y for a = y, b = 1 − y).
+
+    From s = σ(−|z|) ≤ ½ on each side of 0; −|z| is written as a where so that its
+    derivative at 0 is the z ≥ 0 branch's, and higher derivatives are right at 0 too.
     """
-    m = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
-    m = jnp.where(jnp.isfinite(m), m, 0.0)  # rows of −inf stay −inf, not NaN
-    s = finite_floor(x - m)
-    return s, jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))
+    pos = z >= 0
+    s = jax.nn.sigmoid(jnp.where(pos, -z, z))
+    return jnp.where(pos, b - (a + b) * s, (a + b) * s - a)
 
 
 @jax.custom_jvp
-def binary_logit_nll(z: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
-    """a·softplus(−z) + b·softplus(z) = −a·log σ(z) − b·log(1 − σ(z)), elementwise.
+def binary_logit_nll(z: jax.Array, y: jax.Array) -> jax.Array:
+    """y·softplus(−z) + (1 − y)·softplus(z) = −y·log σ(z) − (1 − y)·log(1 − σ(z)).
 
-    The binary cross-entropy on logits with label weights a (for "1") and b (for "0").
-    softplus(±z) = max(±z, 0) + log1p(exp(−|z|)) share their log1p term, so the value
-    costs one exp and one log1p and has no cancellation: a·max(−z, 0) is exactly 0 for
-    a confident correct prediction and the loss keeps its tiny exp(−|z|) size. The
-    derivative is written out (the kinks of max and |·| cancel in the sum, but not in
-    their automatic derivatives at z = 0).
+    The binary cross-entropy on logits, as max((1 − y)·z, −y·z) + log(1 + exp(−|z|))
+    (the max is max(z, 0) − y·z): one exp and one log1p, and exact for hard labels where
+    it matters: for y = 1 and z > 0 the max is exactly 0, so the loss keeps its tiny
+    exp(−z) size. Written with no constant, z − y·z for (1 − y)·z, because XLA's CPU
+    reduction fusions materialize every broadcast constant as a full-size array. The
+    derivative σ(z) − y is written out (the kinks of max and |·| cancel in the sum, but
+    not in their automatic derivatives at z = 0).
     """
-    log1p_term = jnp.log1p(jnp.exp(-jnp.abs(z)))
-    return a * jnp.maximum(-z, 0.0) + b * jnp.maximum(z, 0.0) + (a + b) * log1p_term
+    yz = y * z
+    return jnp.maximum(z - yz, -yz) + _log1p_exp_neg_abs(z)
 
 
 def _binary_logit_nll_jvp(primals, tangents):
-    z, a, b = primals
-    dz, da, db = tangents
-    out = binary_logit_nll(z, a, b)
-    # dℓ/dz = b·σ(z) − a·σ(−z), from s = σ(−|z|) ≤ ½ on each side so no term cancels.
-    # −|z| is written as a where so that its derivative at 0 is the z ≥ 0 branch's.
-    pos = z >= 0
-    s = jax.nn.sigmoid(jnp.where(pos, -z, z))
-    slope = jnp.where(pos, b - (a + b) * s, (a + b) * s - a)
+    z, y = primals
+    dz, dy = tangents
+    out = binary_logit_nll(z, y)
     tangent = jnp.zeros_like(out)
     if not isinstance(dz, SymbolicZero):
-        tangent = tangent + slope * dz
+        tangent = tangent + _sigmoid_minus_label(z, y, 1.0 - y) * dz
+    if not isinstance(dy, SymbolicZero):
+        tangent = tangent - z * dy
+    return out, tangent
+
+
+binary_logit_nll.defjvp(_binary_logit_nll_jvp, symbolic_zeros=True)
+
+
+@jax.custom_jvp
+def weighted_binary_logit_nll(z: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """a·softplus(−z) + b·softplus(z): `binary_logit_nll` with label weights a and b.
+
+    softplus(±z) = max(±z, 0) + log(1 + exp(−|z|)) share their log term, so a confident
+    correct prediction keeps its exp(−|z|) size here too.
+    """
+    return a * jnp.maximum(-z, 0.0) + b * jnp.maximum(z, 0.0) + (a + b) * _log1p_exp_neg_abs(z)
+
+
+def _weighted_binary_logit_nll_jvp(primals, tangents):
+    z, a, b = primals
+    dz, da, db = tangents
+    out = weighted_binary_logit_nll(z, a, b)
+    tangent = jnp.zeros_like(out)
+    if not isinstance(dz, SymbolicZero):
+        tangent = tangent + _sigmoid_minus_label(z, a, b) * dz
     if not isinstance(da, SymbolicZero):
         tangent = tangent + jax.nn.softplus(-z) * da
     if not isinstance(db, SymbolicZero):
@@ -144,4 +171,4 @@ def _binary_logit_nll_jvp(primals, tangents):
     return out, tangent
 
 
-binary_logit_nll.defjvp(_binary_logit_nll_jvp, symbolic_zeros=True)
+weighted_binary_logit_nll.defjvp(_weighted_binary_logit_nll_jvp, symbolic_zeros=True)
