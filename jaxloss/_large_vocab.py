@@ -665,10 +665,10 @@ def fused_linear_cross_entropy(
       >>> weight = jnp.array([[1.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
       >>> labels = jnp.array([0, 1, 2])
       >>> jaxloss.fused_linear_cross_entropy(hidden, weight, labels, chunk_size=2)
-      Array(1.0184..., dtype=float32)
+      Array(1.03804, dtype=float32)
       >>> logits = hidden @ weight
       >>> jaxloss.softmax_cross_entropy(logits, labels, reduction="mean")
-      Array(1.0184..., dtype=float32)
+      Array(1.03804, dtype=float32)
       >>> jax.grad(jaxloss.fused_linear_cross_entropy, argnums=1)(hidden, weight, labels).shape
       (2, 3)
 
