@@ -155,18 +155,13 @@ def _add_weight_grad(cfg: Config, gw: jax.Array, hs: jax.Array, g: jax.Array) ->
         old = lax.dynamic_slice_in_dim(gw, start, g_blk.shape[1], axis)
         return lax.dynamic_update_slice_in_dim(gw, old + blk, start, axis)
 
-    v = g.shape[1]
-    n_full, tail = divmod(v, cfg.block)
-    if n_full:
+    def body(gw, start, fresh):
+        g_blk = lax.dynamic_slice_in_dim(g, start, cfg.block, 1)
+        if fresh is not None:  # columns an earlier block already added
+            g_blk = jnp.where(fresh, g_blk, 0)
+        return update(gw, start, g_blk)
 
-        def body(j, gw):
-            start = j * cfg.block
-            return update(gw, start, lax.dynamic_slice_in_dim(g, start, cfg.block, 1))
-
-        gw = lax.fori_loop(0, n_full, body, gw)
-    if tail:
-        gw = update(gw, n_full * cfg.block, g[:, n_full * cfg.block :])
-    return gw
+    return _over_blocks(g.shape[1], cfg.block, body, gw)
 
 
 # --------------------------------------------------------------------------------------
@@ -174,22 +169,38 @@ def _add_weight_grad(cfg: Config, gw: jax.Array, hs: jax.Array, g: jax.Array) ->
 # --------------------------------------------------------------------------------------
 
 
+def _over_blocks(n: int, size: int, body, carry):
+    """``carry = body(carry, start, fresh)`` over blocks of ``size`` covering [0, n).
+
+    When ``size`` does not divide ``n`` the last block is shifted back to end at n, so
+    one body of one shape serves every block (a ragged tail would need a second copy);
+    ``fresh`` [size] then marks the entries of a block that no earlier block covered,
+    for the body to leave the others out of its sums. It is None when all are fresh.
+    """
+    if n == 0:
+        return carry
+    count = -(-n // size)
+    if count == 1:
+        return body(carry, 0, None)
+    ragged = n % size != 0
+
+    def step(i, carry):
+        nominal = i * size
+        if not ragged:
+            return body(carry, nominal, None)
+        start = jnp.minimum(nominal, n - size)
+        return body(carry, start, start + jnp.arange(size) >= nominal)
+
+    return lax.fori_loop(0, count, step, carry)
+
+
 def _over_chunks(n: int, chunk: int, step, carry, xs: tuple[jax.Array, ...]):
-    """``carry = step(carry, start, slices)`` over the token chunks, a ragged tail last."""
-    n_full, tail = divmod(n, chunk)
-    if n_full == 1:
-        carry = step(carry, 0, [x[:chunk] for x in xs])
-    elif n_full:
+    """``carry = step(carry, start, fresh, slices)`` over the token chunks."""
 
-        def body(i, carry):
-            start = i * chunk
-            return step(carry, start, [lax.dynamic_slice_in_dim(x, start, chunk) for x in xs])
+    def body(carry, start, fresh):
+        return step(carry, start, fresh, [lax.dynamic_slice_in_dim(x, start, chunk) for x in xs])
 
-        carry = lax.fori_loop(0, n_full, body, carry)
-    if tail:
-        start = n_full * chunk
-        carry = step(carry, start, [x[start:] for x in xs])
-    return carry
+    return _over_blocks(n, chunk, body, carry)
 
 
 def _zeros(shape, dtype, *like) -> jax.Array:
@@ -218,7 +229,7 @@ def _put(buf: jax.Array, value: jax.Array, start) -> jax.Array:
 def _losses(cfg: Config, h, w, b, labels):
     """(loss, lse) of every token, [N] each; only a [chunk, V] block exists at a time."""
 
-    def step(carry, start, xs):
+    def step(carry, start, fresh, xs):
         loss, lse = carry
         h_c, y_c = xs
         lse_c, loss_c = _token_losses(cfg, _logits(cfg, h_c, w, b)[0], y_c)
@@ -242,22 +253,25 @@ def _loss_and_grads(cfg: Config, h, w, b, labels, scale, need: tuple[bool, bool,
     n, d = h.shape
     v = w.shape[1] if cfg.layout == "dense" else w.shape[0]
 
-    def step(carry, start, xs):
+    def step(carry, start, fresh, xs):
         loss, gh, gw, gb = carry
         h_c, y_c, s_c = xs
         z, t = _logits(cfg, h_c, w, b)
         lse_c, loss_c = _token_losses(cfg, z, y_c)
         g, nan_if_invalid = _dlogits(cfg, z, t, lse_c, y_c)
         r = s_c * nan_if_invalid
+        # Rows of a shifted last chunk seen before are rewritten with the same values in
+        # the per-token outputs, but must not be added to the sums again.
+        r_sum = r if fresh is None else jnp.where(fresh, r, 0.0)
         gm = g.astype(w.dtype)
         if need_h:
             part = _dot(gm, w, (1, 1) if cfg.layout == "dense" else (1, 0), cfg.dtype)
             gh = _put(gh, r[:, None] * part, start)
         if need_w:
-            hs = (r[:, None] * h_c.astype(cfg.dtype)).astype(w.dtype)
+            hs = (r_sum[:, None] * h_c.astype(cfg.dtype)).astype(w.dtype)
             gw = _add_weight_grad(cfg, gw, hs, gm)
         if need_b:
-            gb = gb + r @ g
+            gb = gb + r_sum @ g
         return _put(loss, loss_c, start), gh, gw, gb
 
     everything = (h, w, b, labels, scale)
@@ -340,36 +354,23 @@ def _per_token_jvp(cfg: Config, primals, tangents):
         return _psum(cfg, jnp.sum(g * dz, axis=1)) * nan_if_invalid
 
     n, chunk = h.shape[0], cfg.chunk
-    n_full, tail = divmod(n, chunk)
-    outs = []
-    if n_full == 1:
-        outs.append(
-            piece(
-                h[:chunk],
-                labels[:chunk],
-                lse[:chunk],
-                dh if dh is None else dh[:chunk],
-                w,
-                b,
-                dw,
-                db,
-            )
-        )
-    elif n_full:
-        m = n_full * chunk
+    if n <= chunk:
+        return loss, piece(h, labels, lse, dh, w, b, dw, db)
+    count = -(-n // chunk)
 
-        def stack(x):
-            return None if x is None else x[:m].reshape((n_full, chunk) + x.shape[1:])
+    def stack(x):
+        # Scanned inputs, so that the transposed loop, too, reads and writes one chunk
+        # of them per step; a ragged end is padded with harmless zeros and cut off.
+        if x is None:
+            return None
+        x = jnp.pad(x, [(0, count * chunk - n)] + [(0, 0)] * (x.ndim - 1))
+        return x.reshape((count, chunk) + x.shape[1:])
 
-        def body(_, xs):
-            return None, piece(*xs, w, b, dw, db)
+    def body(_, xs):
+        return None, piece(*xs, w, b, dw, db)
 
-        xs = tuple(stack(x) for x in (h, labels, lse, dh))
-        outs.append(lax.scan(body, None, xs)[1].reshape(m))
-    if tail:
-        m = n_full * chunk
-        outs.append(piece(h[m:], labels[m:], lse[m:], None if dh is None else dh[m:], w, b, dw, db))
-    return loss, jnp.concatenate(outs) if len(outs) > 1 else outs[0]
+    tangent = lax.scan(body, None, tuple(stack(x) for x in (h, labels, lse, dh)))[1]
+    return loss, tangent.reshape(count * chunk)[:n]
 
 
 per_token.defjvp(_per_token_jvp, symbolic_zeros=True)

@@ -1,0 +1,347 @@
+"""fused_linear_cross_entropy: equal to the naive computation, chunking, memory, bad input.
+
+The naive computation materializes the logits and applies `softmax_cross_entropy` (and
+λ·`z_loss`), with the reduction written out; every option is compared with it in
+float32, values and gradients, within 1e-5 relative (float64 references for the formula
+itself are in the contract table).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxloss
+from jaxloss import _large_vocab as LV
+
+N, D, V, CHUNK = 37, 16, 50, 8  # 37 tokens: four chunks of 8 and a tail of 5
+RNG = np.random.default_rng(0)
+HIDDEN = RNG.normal(size=(N, D)).astype(np.float32)
+WEIGHT = (RNG.normal(size=(D, V)) / np.sqrt(D)).astype(np.float32)
+BIAS = (RNG.normal(size=V) * 0.1).astype(np.float32)
+LABELS = RNG.integers(0, V, size=N)
+IGNORED = LABELS.copy()
+IGNORED[[0, 9, 30]] = -100
+KEEP = RNG.random(N) < 0.7
+TOKEN_WEIGHTS = (RNG.random(N) * 2.0).astype(np.float32)
+
+
+def naive(
+    hidden,
+    weight,
+    bias,
+    labels,
+    *,
+    ignore_index=None,
+    where=None,
+    weights=None,
+    label_smoothing=0.0,
+    z_loss=0.0,
+    logit_soft_cap=None,
+    reduction="mean",
+):
+    """Materialized logits, then softmax_cross_entropy (+ λ·z_loss), reduced by hand."""
+    z = hidden @ weight + (0.0 if bias is None else bias)
+    if logit_soft_cap is not None:
+        z = logit_soft_cap * jnp.tanh(z / logit_soft_cap)
+    keep = jnp.ones(labels.shape, bool) if where is None else jnp.asarray(where)
+    if ignore_index is not None:
+        keep = keep & (labels != ignore_index)
+    safe = jnp.where(keep, labels, 0)
+    loss = jaxloss.softmax_cross_entropy(z, safe, label_smoothing=label_smoothing)
+    if z_loss:
+        loss = loss + z_loss * jaxloss.z_loss(z)
+    w = jnp.where(keep, 1.0 if weights is None else weights, 0.0).astype(loss.dtype)
+    if reduction == "none":
+        return jnp.where(keep, loss, 0.0) * w
+    total = jnp.sum(jnp.where(keep, loss, 0.0) * w)
+    return total if reduction == "sum" else total / jnp.sum(w)
+
+
+def fused(hidden, weight, bias, labels, **options):
+    return jaxloss.fused_linear_cross_entropy(
+        hidden, weight, labels, bias=bias, chunk_size=options.pop("chunk_size", CHUNK), **options
+    )
+
+
+def assert_close(actual, expected, rel):
+    """Within ``rel`` of the expected values, relative to their largest magnitude."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    scale = max(np.max(np.abs(expected)), 1e-30)
+    np.testing.assert_allclose(actual, expected, rtol=rel, atol=rel * scale)
+
+
+def value_and_grads(loss, options, reduction, dtype=jnp.float32):
+    """The loss and its gradients with respect to hidden, weight and bias."""
+    args = [jnp.asarray(x, dtype) for x in (HIDDEN, WEIGHT, BIAS)]
+    labels = jnp.asarray(options.pop("labels", LABELS))
+    cotangent = jnp.linspace(0.5, 1.5, N) if reduction == "none" else 1.0
+
+    def scalar(h, w, b):
+        return jnp.sum(loss(h, w, b, labels, reduction=reduction, **options) * cotangent)
+
+    @jax.jit
+    def both(h, w, b):
+        return loss(h, w, b, labels, reduction=reduction, **options), jax.grad(
+            scalar, argnums=(0, 1, 2)
+        )(h, w, b)
+
+    return both(*args)
+
+
+OPTIONS = {
+    "plain": {},
+    "ignore_index": {"ignore_index": -100, "labels": IGNORED},
+    "where": {"where": KEEP},
+    "weights": {"weights": TOKEN_WEIGHTS},
+    "label_smoothing": {"label_smoothing": 0.1},
+    "z_loss": {"z_loss": 1e-2},
+    "logit_soft_cap": {"logit_soft_cap": 3.0},
+    "all": {
+        "ignore_index": -100,
+        "labels": IGNORED,
+        "where": KEEP,
+        "weights": TOKEN_WEIGHTS,
+        "label_smoothing": 0.1,
+        "z_loss": 1e-2,
+        "logit_soft_cap": 3.0,
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "name, reduction",
+    [(name, "mean") for name in OPTIONS] + [("all", "sum"), ("plain", "none"), ("all", "none")],
+)
+def test_value_and_gradients_equal_naive_float32(name, reduction):
+    got, got_grads = value_and_grads(fused, dict(OPTIONS[name]), reduction)
+    want, want_grads = value_and_grads(naive, dict(OPTIONS[name]), reduction)
+    assert got.dtype == jnp.float32
+    assert_close(got, want, 1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert g.dtype == jnp.float32
+        assert_close(g, w, 1e-5)
+
+
+# bf16 inputs: the products see the same bf16 numbers and accumulate in float32, so the
+# value is the float32 value on the rounded inputs; the gradient products take the
+# softmax gradient rounded to bf16 (relative error 2⁻⁹), hence this documented tolerance.
+BF16_GRAD_TOL = 1e-2
+
+
+def test_bf16_inputs_accumulate_in_float32():
+    options = dict(OPTIONS["all"])
+    got, got_grads = value_and_grads(fused, dict(options), "mean", dtype=jnp.bfloat16)
+    rounded = [jnp.asarray(x, jnp.bfloat16).astype(jnp.float32) for x in (HIDDEN, WEIGHT, BIAS)]
+    labels = jnp.asarray(options.pop("labels"))
+
+    def scalar(h, w, b):
+        return naive(h, w, b, labels, **options)
+
+    want, want_grads = jax.jit(jax.value_and_grad(scalar, argnums=(0, 1, 2)))(*rounded)
+    assert got.dtype == jnp.float32
+    assert_close(got, want, 1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert g.dtype == jnp.bfloat16
+        assert_close(g, w, BF16_GRAD_TOL)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, N, 1000, None])
+def test_chunk_size_does_not_change_the_result(chunk_size):
+    options = dict(OPTIONS["all"], chunk_size=chunk_size)
+    got, got_grads = value_and_grads(fused, options, "mean", dtype=jnp.float64)
+    want, want_grads = value_and_grads(naive, dict(OPTIONS["all"]), "mean", dtype=jnp.float64)
+    assert_close(got, want, 1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert_close(g, w, 1e-12)
+
+
+def test_embedding_layout_equals_dense_with_the_transposed_weight(monkeypatch):
+    # Blocks of 16 vocabulary entries for the weight-gradient update: three and a tail.
+    monkeypatch.setattr(LV, "_BLOCK_BYTES", 4 * D * 16)
+    table = jnp.asarray(WEIGHT.T, jnp.float64)
+    h, b = jnp.asarray(HIDDEN, jnp.float64), jnp.asarray(BIAS, jnp.float64)
+
+    def loss(w, layout):
+        return jaxloss.fused_linear_cross_entropy(
+            h, w, LABELS, bias=b, weight_layout=layout, chunk_size=CHUNK, z_loss=1e-2
+        )
+
+    g_table = jax.jit(jax.grad(loss), static_argnums=1)(table, "embedding")
+    g_dense = jax.jit(jax.grad(loss), static_argnums=1)(table.T, "dense")
+    np.testing.assert_allclose(loss(table, "embedding"), loss(table.T, "dense"), rtol=1e-12)
+    np.testing.assert_allclose(g_table, g_dense.T, rtol=1e-12, atol=1e-15)
+    want = jax.grad(lambda w: naive(h, w, b, jnp.asarray(LABELS), z_loss=1e-2))(table.T)
+    assert_close(g_dense, want, 1e-12)
+
+
+def test_leading_axes_are_tokens():
+    h = jnp.asarray(HIDDEN[:36].reshape(4, 9, D))
+    labels, keep = LABELS[:36].reshape(4, 9), KEEP[:36].reshape(4, 9)
+    per_token = jaxloss.fused_linear_cross_entropy(
+        h, WEIGHT, labels, where=keep, chunk_size=CHUNK, reduction="none"
+    )
+    flat = jaxloss.fused_linear_cross_entropy(
+        h.reshape(36, D), WEIGHT, labels.reshape(36), where=keep.reshape(36), reduction="none"
+    )
+    assert per_token.shape == (4, 9)
+    np.testing.assert_allclose(per_token.reshape(36), flat, rtol=1e-6)
+
+
+def test_gradient_with_respect_to_one_input_at_a_time():
+    h, w, b = (jnp.asarray(x, jnp.float64) for x in (HIDDEN, WEIGHT, BIAS))
+    f = lambda h, w, b: fused(h, w, b, LABELS, where=KEEP, weights=TOKEN_WEIGHTS)  # noqa: E731
+    g = lambda h, w, b: naive(h, w, b, LABELS, where=KEEP, weights=TOKEN_WEIGHTS)  # noqa: E731
+    for argnum in range(3):
+        got, want = (jax.jit(jax.grad(fn, argnum))(h, w, b) for fn in (f, g))
+        assert_close(got, want, 1e-12)
+
+
+def test_gradient_with_respect_to_token_weights():
+    h, w, b = (jnp.asarray(x, jnp.float64) for x in (HIDDEN, WEIGHT, BIAS))
+    weights = jnp.asarray(TOKEN_WEIGHTS, jnp.float64)
+    for reduction in ("mean", "sum", "none"):
+        f = lambda t, r=reduction: jnp.sum(fused(h, w, b, LABELS, weights=t, reduction=r))  # noqa: E731
+        g = lambda t, r=reduction: jnp.sum(naive(h, w, b, LABELS, weights=t, reduction=r))  # noqa: E731
+        assert_close(jax.jit(jax.grad(f))(weights), jax.jit(jax.grad(g))(weights), 1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_forward_and_reverse_mode_float64(reduction):
+    """Numerical derivatives (the contract table checks second order for "none")."""
+    h, w, b = (jnp.asarray(x, jnp.float64) for x in (HIDDEN[:11], WEIGHT[:, :11], BIAS[:11]))
+    labels, keep = LABELS[:11] % 11, KEEP[:11]
+    weights = jnp.asarray(TOKEN_WEIGHTS[:11], jnp.float64)
+
+    def f(h, w, b):
+        out = jaxloss.fused_linear_cross_entropy(
+            h,
+            w,
+            labels,
+            bias=b,
+            where=keep,
+            weights=weights,
+            chunk_size=4,
+            label_smoothing=0.1,
+            logit_soft_cap=2.0,
+            reduction=reduction,
+        )
+        return jnp.sum(out * jnp.linspace(0.5, 1.5, out.size))
+
+    check_grads(jax.jit(f), (h, w, b), order=1, modes=("fwd", "rev"))
+
+
+def test_dropped_tokens_with_nan_hidden_get_zero_gradient():
+    h = HIDDEN.astype(np.float64).copy()
+    dropped = (IGNORED == -100) | ~KEEP
+    h[dropped] = np.nan
+    grads = jax.grad(
+        lambda h, w: fused(h, w, None, IGNORED, ignore_index=-100, where=KEEP), argnums=(0, 1)
+    )(jnp.asarray(h), jnp.asarray(WEIGHT, jnp.float64))
+    assert np.all(np.asarray(grads[0])[dropped] == 0)
+    assert np.isfinite(np.asarray(grads[0])).all() and np.isfinite(np.asarray(grads[1])).all()
+
+
+def test_label_outside_the_vocabulary_gives_nan_loss_and_gradient():
+    labels = LABELS.copy()
+    labels[3] = V
+    per_token = fused(HIDDEN, WEIGHT, None, labels, reduction="none")
+    assert np.isnan(per_token[3]) and np.isfinite(np.delete(np.asarray(per_token), 3)).all()
+    assert np.isnan(jax.grad(lambda h: fused(h, WEIGHT, None, labels))(HIDDEN)).any()
+
+
+def test_no_retrace_and_jit_equals_eager():
+    traces = []
+
+    @jax.jit
+    def f(h, y):
+        traces.append(1)
+        return jaxloss.fused_linear_cross_entropy(h, WEIGHT, y, chunk_size=CHUNK)
+
+    first = f(HIDDEN, LABELS)
+    f(HIDDEN + 1.0, LABELS[::-1].copy())
+    assert len(traces) == 1
+    eager = jaxloss.fused_linear_cross_entropy(HIDDEN, WEIGHT, LABELS, chunk_size=CHUNK)
+    np.testing.assert_allclose(first, eager, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Memory: XLA's accounting of the compiled forward + backward (compile only, no run)
+# --------------------------------------------------------------------------------------
+
+
+def _temp_bytes(loss, n, d=32, v=4096):
+    shapes = (
+        jax.ShapeDtypeStruct((n, d), jnp.float32),
+        jax.ShapeDtypeStruct((d, v), jnp.float32),
+        jax.ShapeDtypeStruct((n,), jnp.int32),
+    )
+    program = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*shapes).compile()
+    return program.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_logits_are_never_materialized(reduction):
+    """Temp memory stays far below one [N, V] float32 array and does not grow with N."""
+
+    def loss(h, w, y):
+        out = jaxloss.fused_linear_cross_entropy(h, w, y, chunk_size=64, reduction=reduction)
+        return jnp.mean(out)
+
+    logits_bytes = 2048 * 4096 * 4
+    small, large = _temp_bytes(loss, 512), _temp_bytes(loss, 2048)
+    naive_bytes = _temp_bytes(lambda h, w, y: naive(h, w, None, y), 2048)
+    assert naive_bytes >= logits_bytes  # the naive program does hold the logits
+    assert large < logits_bytes / 8
+    # Only the [N] per-token buffers (and [N, D] for the hidden gradient) grow with N.
+    assert large - small < 1536 * (2 * 4 + 32 * 4) * 2
+
+
+# --------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------
+
+h3, w34, y3 = jnp.zeros((3, 3)), jnp.zeros((3, 4)), jnp.zeros(3, int)
+BAD_CALLS = [
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, jnp.zeros((2, 4)), y3), ValueError,
+     r"`weight` of shape \(2, 4\) does not match `hidden` of shape \(3, 3\).*\[D, V\]"),
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, weight_layout="embedding"),
+     ValueError, r"with weight_layout='embedding' it must be \[V, D\]"),
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, weight_layout="kernel"),
+     ValueError, r"`weight_layout` must be one of \('dense', 'embedding'\), got 'kernel'"),
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, jnp.zeros(4, int)), ValueError,
+     r"`labels` of shape \(4,\) must have the shape of `hidden` without its feature axis"),
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, jnp.zeros(3)), TypeError,
+     r"`labels` must be an integer array"),
+    (lambda: jaxloss.fused_linear_cross_entropy(jnp.zeros((3, 3), int), w34, y3), TypeError,
+     r"`hidden` must be a floating-point array"),
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, bias=jnp.zeros(3)), ValueError,
+     r"`bias` must have shape \(4,\)"),
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, label_smoothing=1.5), ValueError,
+     r"`label_smoothing` must be in \[0.0, 1.0\]"),
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, label_smoothing=jnp.array(0.1)),
+     TypeError, r"`label_smoothing` must be a Python number"),
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, z_loss=-1.0), ValueError,
+     r"`z_loss` must be a non-negative finite number"),
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, logit_soft_cap=0.0), ValueError,
+     r"`logit_soft_cap` must be a positive finite number"),
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, chunk_size=0), ValueError,
+     r"`chunk_size` must be a positive int or None, got 0"),
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, chunk_size=2.0), TypeError,
+     r"`chunk_size` must be a positive int or None, got 2.0"),
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, reduction="avg"), ValueError,
+     r"`reduction` must be one of"),
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, where=jnp.ones(3)), TypeError,
+     r"`where` must be a boolean mask"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("call, error, message", BAD_CALLS)
+def test_bad_input_errors_eagerly_and_under_jit(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+    with pytest.raises(error, match=message):
+        jax.jit(call)()
