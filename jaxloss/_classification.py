@@ -2,7 +2,7 @@
 
 Softmax (categorical) losses share one body (``_categorical``) for integer class ids and
 probability labels, so the two agree on one-hot labels by construction; the sigmoid
-(binary) losses share one primitive, ``_numerics.binary_logit_nll``.
+(binary) losses share ``_numerics.binary_logit_nll`` (and its weighted form).
 """
 
 from __future__ import annotations
@@ -220,9 +220,9 @@ def _categorical(
         if smooth:
             finite, count = _uniform_over_finite(x, axis)
             target = (1.0 - label_smoothing) * target + label_smoothing * (finite / count)
-        # optax's formula, −Σ t·log_softmax(z), with log p floored at the lowest float.
-        log_p = jax.nn.log_softmax(x, axis=axis) if normalize else x
-        loss = -jnp.sum(target * N.finite_floor(log_p), axis=axis)
+        # optax's formula, −Σ t·log_softmax(z), with −inf at the lowest float.
+        log_p = N.log_softmax(x, axis) if normalize else N.finite_floor(x)
+        loss = -jnp.sum(target * log_p, axis=axis)
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
 
 
@@ -659,7 +659,7 @@ def softmax_focal_loss(
     classes = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis)
     # log p floored at the lowest float (N.finite_floor): finite everywhere, so a
     # logsumexp over any subset of classes is finite too, even one of −inf logits only.
-    log_p = N.finite_floor(jax.nn.log_softmax(x, axis=axis))
+    log_p = N.log_softmax(x, axis)
     if integer:
         loss = -_pick(log_p, labels, axis)
         if focal:

@@ -100,6 +100,18 @@ def finite_floor(x: jax.Array) -> jax.Array:
 finite_floor.defjvp(lambda primals, tangents: (finite_floor(primals[0]), tangents[0]))
 
 
+def log_softmax(x: jax.Array, axis: int) -> jax.Array:
+    """log softmax(x) along ``axis`` with −inf logits at the lowest float (`finite_floor`).
+
+    As jax.nn.log_softmax, x − max(x) − log Σ exp(x − max(x)), with the floor applied to
+    the shifted logits in the pass that forms them, where it costs nothing; the result
+    is finite wherever a row has a finite logit, so t·log p is 0 for t = 0.
+    """
+    m = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    shifted = finite_floor(x - m)
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
+
+
 def _log1p_exp_neg_abs(z: jax.Array) -> jax.Array:
     """log(1 + exp(−|z|)) = softplus(z) − max(z, 0), in (0, log 2]: never overflows."""
     return jnp.log1p(jnp.exp(-jnp.abs(z)))
