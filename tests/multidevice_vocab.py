@@ -66,7 +66,7 @@ def check_vocab_parallel_cross_entropy(mesh, x):
     """Logits sharded (data, model); the unsharded reference is softmax_cross_entropy."""
     options = {"label_smoothing": 0.1, "ignore_index": -100}
     results = {}
-    for reduction in ("none", "sum", "mean"):
+    for reduction in ("none", "mean"):
 
         def sharded(logits, labels, where, weights, class_weights, reduction=reduction):
             local = functools.partial(
@@ -125,7 +125,7 @@ def check_vocab_parallel_fused(mesh, x):
         "logit_soft_cap": 4.0,
     }
     results = {}
-    for layout, reduction in (("dense", "mean"), ("dense", "none"), ("embedding", "sum")):
+    for layout, reduction in (("dense", "mean"), ("embedding", "none")):
         weight = x["weight"] if layout == "dense" else x["weight"].T
         w_spec = P(None, "model") if layout == "dense" else P("model", None)
 
@@ -231,6 +231,8 @@ def check_data_parallel(x):
                 fused_args,
             ),
         }
+        if kind == AxisType.Auto:  # GSPMD runs the fused loss correctly but unsplit
+            cases = {k: v for k, v in cases.items() if not k.startswith("fused")}
         for name, (loss, values) in cases.items():
             sharded = [_put(mesh, P("batch"), v) for v in values]
             single = [jnp.asarray(v) for v in values]

@@ -114,7 +114,7 @@ OPTIONS = {
 
 @pytest.mark.parametrize(
     "name, reduction",
-    [(name, "mean") for name in OPTIONS] + [("all", "sum"), ("plain", "none"), ("all", "none")],
+    [(name, "mean") for name in OPTIONS] + [("plain", "sum"), ("all", "none")],
 )
 def test_value_and_gradients_equal_naive_float32(name, reduction):
     got, got_grads = value_and_grads(fused, dict(OPTIONS[name]), reduction)
@@ -149,7 +149,7 @@ def test_bf16_inputs_accumulate_in_float32():
         assert_close(g, w, BF16_GRAD_TOL)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 5, N, 1000, None])
+@pytest.mark.parametrize("chunk_size", [1, 5, 1000])
 def test_chunk_size_does_not_change_the_result(chunk_size):
     options = dict(OPTIONS["all"], chunk_size=chunk_size)
     got, got_grads = value_and_grads(fused, options, "mean", dtype=jnp.float64)
@@ -170,9 +170,10 @@ def test_embedding_layout_equals_dense_with_the_transposed_weight(monkeypatch):
             h, w, LABELS, bias=b, weight_layout=layout, chunk_size=CHUNK, z_loss=1e-2
         )
 
-    g_table = jax.jit(jax.grad(loss), static_argnums=1)(table, "embedding")
-    g_dense = jax.jit(jax.grad(loss), static_argnums=1)(table.T, "dense")
-    np.testing.assert_allclose(loss(table, "embedding"), loss(table.T, "dense"), rtol=1e-12)
+    value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    v_table, g_table = value_and_grad(table, "embedding")
+    v_dense, g_dense = value_and_grad(table.T, "dense")
+    np.testing.assert_allclose(v_table, v_dense, rtol=1e-12)
     np.testing.assert_allclose(g_table, g_dense.T, rtol=1e-12, atol=1e-15)
     want = jax.grad(lambda w: naive(h, w, b, jnp.asarray(LABELS), z_loss=1e-2))(table.T)
     assert_close(g_dense, want, 1e-12)
