@@ -1,15 +1,23 @@
-"""jaxloss against optax.losses on the same inputs, in one process, on the CPU.
+"""jaxloss against optax.losses on the same inputs, in one process (CPU by default).
 
     python benchmarks/losses.py                      # every case, table to stdout and file
     python benchmarks/losses.py --only softmax_ids   # one case
     python benchmarks/losses.py --reps 11 --shape 4096 32768
+    python benchmarks/losses.py --platform gpu       # on a GPU; saved as losses-gpu.md
 
 Each case is jitted twice per library: the forward pass (the loss with default
 arguments, per example or per element) and forward+backward (``jax.value_and_grad`` of
 the mean of that loss). After a warm-up call, the two libraries are timed alternately
 (the order flips every repetition) and the median of ``--reps`` runs is reported with the
-ratio jaxloss / optax. Below 1.00 jaxloss is faster. A control row times optax against
-itself the same way: its distance from 1.00 is the noise of this run.
+ratio jaxloss / optax of the medians. Below 1.00 jaxloss is faster. The spread column
+gives the middle half (25th to 75th percentile) of the per-round ratios, each from two
+runs adjacent in time; a control row times optax against itself the same way: its
+distance from 1.00 is the noise of this run.
+
+The "XLA" column compares the two compiled programs (``jit(...).lower(...).compile()``):
+"same" where their optimized HLO is identical up to names and source locations, else the
+number of instructions of each that produce a full-size ([N, C]) array, fused or not,
+which shows where jaxloss's program does more (or less) work per element.
 
 The floor column is the time the case needs at the memory bandwidth measured in the same
 run: the bytes that must be read (every input once) and written (the output, and the
@@ -25,6 +33,7 @@ import dataclasses
 import datetime
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -32,12 +41,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
-
-jax.config.update("jax_platforms", "cpu")
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jaxloss  # noqa: E402
@@ -170,6 +176,28 @@ def _timed(fn, args) -> float:
     return time.perf_counter() - start
 
 
+def _normalized_hlo(text: str) -> str:
+    """Optimized HLO without names, source locations and the module's name."""
+    text = re.sub(r", metadata=\{[^}]*\}", "", text)
+    text = re.sub(r"^HloModule \S+", "HloModule", text, flags=re.M)
+    text = re.sub(r"^\d+ .*$", "", text, flags=re.M)  # file and location tables
+    text = re.sub(r"%[\w.\-]+", "%", text)
+    return re.sub(r"\b(param|a)_[\w.]*", "p", text)
+
+
+def _full_size_ops(text: str, n: int, c: int) -> int:
+    """How many HLO instructions produce an [n, c] array (parameters excluded)."""
+    shape = re.compile(rf"= \w+\[{n},{c}\]\{{[^}}]*\}} (?!parameter)")
+    return sum(1 for line in text.splitlines() if shape.search(line))
+
+
+def _compare_programs(ours, peer, args, n: int, c: int) -> str:
+    texts = [fn.lower(*args).compile().as_text() for fn in (ours, peer)]
+    if _normalized_hlo(texts[0]) == _normalized_hlo(texts[1]):
+        return "same"
+    return " / ".join(str(_full_size_ops(t, n, c)) for t in texts)
+
+
 def _bandwidth(n: int, c: int, reps: int) -> float:
     """Memory bandwidth, bytes read plus written per second, of an in-place update.
 
@@ -218,7 +246,7 @@ def _machine() -> str:
         f"{platform.system()} {platform.release()}; load average at start {load} (the "
         f"machine is shared); Python {platform.python_version()}, jax {jax.__version__}, "
         f"optax {optax.__version__}, jaxloss {jaxloss.__version__}; backend "
-        f"{jax.default_backend()}"
+        f"{jax.default_backend()} ({jax.devices()[0].device_kind})"
     )
 
 
@@ -229,7 +257,7 @@ def run(cases: list[Case], n: int, c: int, reps: int) -> str:
     for case in cases:
         ours_fn = getattr(jaxloss, case.ours, None) if case.ours else case.peer
         if ours_fn is None:
-            rows.append(f"| {case.label} | pending: no `jaxloss.{case.ours}` yet | | | | |")
+            rows.append(f"| {case.label} | pending: no `jaxloss.{case.ours}` yet | | | | | | |")
             print(f"{case.label}: pending (no jaxloss.{case.ours} yet)", file=sys.stderr)
             continue
         args = case.make(rng, n, c)
@@ -253,11 +281,14 @@ def run(cases: list[Case], n: int, c: int, reps: int) -> str:
                 for key, fn in order if r % 2 == 0 else order[::-1]:
                     times[key].append(_timed(fn, args))
             t_ours, t_peer = (statistics.median(times[k]) for k in ("ours", "peer"))
+            paired = np.array(times["ours"]) / np.array(times["peer"])
+            q1, q3 = np.percentile(paired, [25, 75])
             read, written = bytes_of(n, c)
             floor = (read + written) / bandwidth
             row = (
                 f"| {case.label} | {mode} | {t_ours * 1e3:.1f} | {t_peer * 1e3:.1f} | "
-                f"**{t_ours / t_peer:.2f}** | {floor * 1e3:.1f} |"
+                f"**{t_ours / t_peer:.2f}** | {q1:.2f}–{q3:.2f} | "
+                f"{_compare_programs(ours, peer, args, n, c)} | {floor * 1e3:.1f} |"
             )
             rows.append(row)
             print(row, file=sys.stderr)
@@ -265,9 +296,12 @@ def run(cases: list[Case], n: int, c: int, reps: int) -> str:
     header = (
         f"N = {n}, C = {c}, float32; median of {reps} interleaved runs after warm-up; "
         f"memory bandwidth measured in this run (in-place update, bytes read + written): "
-        f"{bandwidth / 1e9:.1f} GB/s.\n\n"
-        "| case | pass | jaxloss (ms) | optax (ms) | jaxloss / optax | bandwidth floor (ms) |\n"
-        "|---|---|---:|---:|---:|---:|"
+        f"{bandwidth / 1e9:.1f} GB/s. Spread: 25th–75th percentile of the per-round "
+        'ratios. XLA: "same" where the compiled programs are identical, else the count '
+        "of full-size ([N, C]) instructions in each (jaxloss / optax).\n\n"
+        "| case | pass | jaxloss (ms) | optax (ms) | jaxloss / optax | spread | XLA | "
+        "bandwidth floor (ms) |\n"
+        "|---|---|---:|---:|---:|---:|---|---:|"
     )
     return header + "\n" + "\n".join(rows) + "\n"
 
@@ -275,27 +309,35 @@ def run(cases: list[Case], n: int, c: int, reps: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=2, default=(4096, 32768), metavar=("N", "C"))
-    parser.add_argument("--reps", type=int, default=15, help="timed runs per pass (>= 7)")
+    parser.add_argument("--reps", type=int, default=21, help="timed runs per pass (>= 7)")
+    parser.add_argument("--platform", choices=("cpu", "gpu", "tpu"), default="cpu")
     parser.add_argument("--only", nargs="*", choices=[c.name for c in CASES], default=None)
     parser.add_argument(
         "--output",
         type=Path,
-        default=Path(__file__).parent / "results" / "losses-cpu.md",
-        help="where to save the Markdown table ('-' for stdout only)",
+        default=None,
+        help="where to save the Markdown table (default results/losses-PLATFORM.md; "
+        "'-' for stdout only)",
     )
     args = parser.parse_args()
     if args.reps < 7:
         parser.error("--reps must be at least 7")
+    if args.platform == "cpu":
+        jax.config.update("jax_platforms", "cpu")
+    elif jax.default_backend() != args.platform:  # a GPU or TPU is picked by default
+        parser.error(f"--platform {args.platform}: jax's backend is {jax.default_backend()}")
+    if args.output is None:
+        args.output = Path(__file__).parent / "results" / f"losses-{args.platform}.md"
     cases = [c for c in CASES if args.only is None or c.name in args.only]
     n, c = args.shape
     machine = _machine()
     table = run(cases, n, c, args.reps)
     today = datetime.date.today().isoformat()
     text = (
-        f"# jaxloss vs optax.losses on the CPU\n\n"
+        f"# jaxloss vs optax.losses on the {args.platform.upper()}\n\n"
         f"Run on {today} with `python benchmarks/losses.py"
         f"{'' if args.only is None else ' --only ' + ' '.join(args.only)}"
-        f" --reps {args.reps} --shape {n} {c}`.\n\n"
+        f" --reps {args.reps} --shape {n} {c} --platform {args.platform}`.\n\n"
         f"Machine: {machine}.\n\n{table}"
     )
     print(text)

@@ -255,25 +255,6 @@ def cross_entropy(
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 
-def _kl_terms(p: jax.Array, q: jax.Array) -> jax.Array:
-    """Per-class p log(p/q), accurate also for p ≈ q.
-
-    p (log p − log q) carries an absolute error of ε·p·|log p| per class, while KL(p‖q)
-    is of order (p − q)²: for nearby distributions it loses every digit. Where
-    r = (p − q)/q is small the term is computed as p · log1p(r), whose error is
-    ε·p·|r|, the most the rounding of the inputs allows; elsewhere (and where q = 0)
-    as xlogy(p, p) − xlogy(p, q).
-    """
-    # `near` is decided without dividing, and the division sees only near entries:
-    # otherwise its gradient, −(p − q)/q², overflows for tiny q and meets a zero cotangent.
-    near = jnp.abs(p - q) < 0.5 * q
-    pn, qn = jnp.where(near, p, 1.0), jnp.where(near, q, 1.0)
-    near_terms = pn * jnp.log1p((pn - qn) / qn)
-    pf, qf = jnp.where(near, 1.0, p), jnp.where(near, 1.0, q)
-    far_terms = N.xlogy(pf, pf) - N.xlogy(pf, qf)
-    return jnp.where(near, near_terms, far_terms)
-
-
 def _kl_from_logits(p_logits: jax.Array, q_logits: jax.Array, axis: int) -> jax.Array:
     """KL(softmax(p_logits)‖softmax(q_logits)) along ``axis``, accurate also for p ≈ q.
 
@@ -315,8 +296,8 @@ def kl_divergence(
     is 0 in qᵢ and −log qᵢ in pᵢ (the −∞ derivative of pᵢ log pᵢ at 0 is replaced by
     0), and 0 in both where qᵢ = 0 too. KL is +inf where some pᵢ > 0 has qᵢ = 0 (q does
     not cover p's support), as the math says. Accurate also for nearby p and q, where
-    Σ p (log p − log q) loses its digits to cancellation: where |pᵢ − qᵢ| < qᵢ/2 the
-    term is computed as pᵢ log1p((pᵢ − qᵢ)/qᵢ).
+    Σ p (log p − log q) loses its digits to cancellation: each term is computed as
+    pᵢ log1p((pᵢ − qᵢ)/qᵢ), whose error is ε·pᵢ·|pᵢ − qᵢ|/qᵢ.
 
     Note the argument order: ``optax.losses.kl_divergence(log_predictions, targets)``
     takes (log q, p) and equals ``kl_divergence(targets, jnp.exp(log_predictions))``;
@@ -346,7 +327,7 @@ def kl_divergence(
     )
     p = C.keep(row_where, p, 1.0)
     q = C.keep(row_where, q, 1.0)
-    loss = jnp.sum(_kl_terms(p, q), axis=axis) * factor
+    loss = jnp.sum(N.relative_entropy_term(p, q), axis=axis) * factor
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 

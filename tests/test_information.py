@@ -220,6 +220,23 @@ def test_kl_and_cross_entropy_are_inf_where_q_misses_the_support_of_p():
     assert float(J.kl_divergence_from_logits(jnp.zeros(2), zq)) == np.inf
 
 
+def test_kl_of_extreme_probability_ratios_in_float32():
+    # Ratios p/q far below ε (where (p − q)/q rounds to −1) and far above 1/ε, and tiny q
+    # whose q² underflows: value and gradients against float64 on the same float32 values.
+    p = np.array(
+        [[1e-30, 1.0 - 1e-30, 0.0], [0.5, 0.5 - 2e-30, 2e-30], [1e-20, 0.5, 0.5]], np.float32
+    )
+    q = np.array([[0.5, 0.5, 0.0], [1e-30, 0.5, 0.5], [1e-20, 0.5 - 1e-20, 0.5]], np.float32)
+    P, Q = p.astype(np.float64), q.astype(np.float64)
+    np.testing.assert_allclose(J.kl_divergence(p, q), special.rel_entr(P, Q).sum(-1), rtol=1e-6)
+    gp, gq = _grads(J.kl_divergence, p, q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected_p = np.where(P > 0, np.log(P / Q) + 1, np.where(Q > 0, -np.log(Q), 0.0))
+        expected_q = np.where(Q > 0, -P / Q, 0.0)
+    np.testing.assert_allclose(gp, expected_p, rtol=1e-6)
+    np.testing.assert_allclose(gq, expected_q, rtol=1e-6)
+
+
 @pytest.mark.parametrize("fn, n_args", AXIS_FUNCTIONS, ids=lambda f: getattr(f, "__name__", ""))
 def test_nan_in_a_kept_distribution_gives_nan_in_its_row_only(fn, n_args):
     xs = [np.array(P0), np.array(Q0)][:n_args]

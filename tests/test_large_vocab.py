@@ -89,7 +89,10 @@ def value_and_grads(loss, options, reduction, dtype=jnp.float32):
             scalar, argnums=(0, 1, 2)
         )(h, w, b)
 
-    return both(*args)
+    # Full float32 products: on GPUs the default is TF32 (10-bit mantissa), which would
+    # make the two computations differ by their summation order at 1e-3, not 1e-7.
+    with jax.default_matmul_precision("highest"):
+        return both(*args)
 
 
 OPTIONS = {
@@ -152,6 +155,28 @@ def test_bf16_inputs_accumulate_in_float32():
 @pytest.mark.parametrize("chunk_size", [1, 5, 1000])
 def test_chunk_size_does_not_change_the_result(chunk_size):
     options = dict(OPTIONS["all"], chunk_size=chunk_size)
+    got, got_grads = value_and_grads(fused, options, "mean", dtype=jnp.float64)
+    want, want_grads = value_and_grads(naive, dict(OPTIONS["all"]), "mean", dtype=jnp.float64)
+    assert_close(got, want, 1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert_close(g, w, 1e-12)
+
+
+def test_default_chunks_on_cpu_and_on_accelerators(monkeypatch):
+    # CPU: a [chunk, V] float32 block of about 16 MiB, at least 64 tokens, a power of two.
+    assert LV.default_chunk(16384, 32768) == 128
+    assert LV.default_chunk(16384, 131072) == 64
+    assert LV.default_chunk(100, 32768) == 100
+    # GPU/TPU: about 512 MiB, at least 1024 tokens, and the weight gradient updated whole.
+    monkeypatch.setattr(LV, "_on_accelerator", lambda: True)
+    assert LV.default_chunk(16384, 32768) == 4096
+    assert LV.default_chunk(16384, 131072) == 1024
+    assert LV.default_chunk(16384, 1 << 20) == 1024
+    assert LV._default_block(2048, 131072) == 131072
+    # and the accelerator path (one weight-gradient block, a ragged last chunk) is exact.
+    monkeypatch.setattr(LV, "_ACCELERATOR_MIN_CHUNK", 16)
+    monkeypatch.setattr(LV, "_ACCELERATOR_CHUNK_BYTES", 0)
+    options = dict(OPTIONS["all"], chunk_size=None)
     got, got_grads = value_and_grads(fused, options, "mean", dtype=jnp.float64)
     want, want_grads = value_and_grads(naive, dict(OPTIONS["all"]), "mean", dtype=jnp.float64)
     assert_close(got, want, 1e-12)
