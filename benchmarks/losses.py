@@ -148,6 +148,18 @@ CASES = [
         lambda n, c: (2 * _full(n, c), _full(n, c)),
     ),
     Case(
+        "kl_logits",
+        "KL divergence from logits",
+        _pair,
+        "kl_divergence_from_logits",  # optax takes log-probabilities, in the order (q, p)
+        lambda zp, zq: optax.losses.kl_divergence_with_log_targets(
+            jax.nn.log_softmax(zq), jax.nn.log_softmax(zp)
+        ),
+        1,
+        lambda n, c: (2 * _full(n, c), n * F32),
+        lambda n, c: (2 * _full(n, c), _full(n, c)),
+    ),
+    Case(
         "control",
         "control: optax squared error against itself",
         _pair,

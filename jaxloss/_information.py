@@ -15,10 +15,12 @@ result is +inf.
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from jaxloss import _conventions as C
 from jaxloss import _numerics as N
@@ -255,27 +257,96 @@ def cross_entropy(
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 
+# Below this KL (nats) a row of `kl_divergence_from_logits` is recomputed so that it
+# keeps its relative accuracy: the plain form's absolute error is about ε·|lse|, 1e-6 in
+# float32 for 32768 classes, i.e. 1e-4 of a KL of 2⁻⁶.
+_NEAR_KL = 2.0**-6
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _kl_from_logits(p_logits: jax.Array, q_logits: jax.Array, axis: int) -> jax.Array:
     """KL(softmax(p_logits)‖softmax(q_logits)) along ``axis``, accurate also for p ≈ q.
 
-    With Δ = p_logits − q_logits and c = lse(p_logits) − lse(q_logits), log(p/q) = Δ − c.
-    Subtracting two log_softmax outputs leaves an error of ε·|log p| in each log(p/q),
-    and so ruins a KL of order Δ²; for a row where every |Δ| ≤ 1 the constant is
-    computed as c = log Σ q·exp Δ = log1p(Σ q·expm1 Δ), which has only error ε·|Δ|.
-    Other rows (large Δ, or a −inf logit in one input only) use the log_softmax outputs.
-    Classes with p = 0 contribute 0 in value and gradient, even where log q = −inf.
+    With s = logits − max per row, log p = s_p − lse(s_p) and likewise q, the plain form
+    Σ p (log p − log q) costs what optax's does, and is what a row gets when its KL is at
+    least 2⁻⁶ (+inf where q misses p's support). Only when some row falls outside that,
+    or gives NaN (a −inf logit where p = 0), is the careful form computed for all rows
+    (in ``jit`` a `lax.cond`; under ``vmap`` both forms are computed):
+
+    - a class with p = 0 (a −inf logit, or one whose probability underflows) contributes
+      0 in value and gradient, even where log q = −inf, and KL = +inf where p > 0 and
+      q's logit is −inf;
+    - a row with KL < 2⁻⁶ and every |Δ| ≤ 1 (Δ = s_p − s_q) computes the normalizer
+      difference c = lse(s_p) − lse(s_q) as log Σ q·exp Δ = log1p(Σ q·expm1 Δ), whose
+      error is ε·|Δ|, and KL = Σ p·Δ − c: subtracting the two logsumexps would leave an
+      error of ε·|lse| in a KL of order Δ².
+
+    The two forms agree on every row that the plain form serves, so a row's result does
+    not depend on the rest of the batch. The derivatives are written out (see
+    `_kl_from_logits_jvp`), so differentiating never carries both forms' intermediates.
     """
-    log_p = jax.nn.log_softmax(p_logits, axis=axis)
-    log_q = jax.nn.log_softmax(q_logits, axis=axis)
-    p, q = jnp.exp(log_p), jnp.exp(log_q)
-    both_impossible = (p_logits == -jnp.inf) & (q_logits == -jnp.inf)
-    delta = jnp.where(both_impossible, 0.0, p_logits) - jnp.where(both_impossible, 0.0, q_logits)
-    near = jnp.all(jnp.abs(delta) <= 1.0, axis=axis, keepdims=True)
+    plain = _kl_plain(p_logits, q_logits, axis)
+    # `not (plain ≥ 2⁻⁶)` is true for a small KL and for NaN (a −inf logit where p = 0).
+    # The careful form is traced from the inputs, not from the plain form's arrays: as
+    # operands of the `cond` those would all have to be materialized.
+    need = jnp.any(~(plain >= _NEAR_KL))
+    return jax.lax.cond(need, lambda: _kl_careful(p_logits, q_logits, axis), lambda: plain)
+
+
+def _kl_from_logits_jvp(axis, primals, tangents):
+    """∂KL/∂p_logits = p·(log p − log q − KL) and ∂KL/∂q_logits = q − p, per class.
+
+    Both are 0 for a class impossible under both inputs (−inf logits: p = q = 0), as
+    for a logit so negative that its probability underflows.
+    """
+    p_logits, q_logits = primals
+    dp, dq = tangents
+    kl = _kl_from_logits(p_logits, q_logits, axis)
+    # As in `_kl_plain`, so that XLA computes them once for both.
+    _, log_p = _log_softmax(p_logits, axis)
+    _, log_q = _log_softmax(q_logits, axis)
+    p = jnp.exp(log_p)
+    tangent = jnp.zeros_like(kl)
+    if not isinstance(dp, SymbolicZero):
+        ratio = log_p - log_q - jnp.expand_dims(kl, axis)
+        tangent = tangent + jnp.sum(p * jnp.where(p == 0, 0.0, ratio) * dp, axis=axis)
+    if not isinstance(dq, SymbolicZero):
+        tangent = tangent + jnp.sum((jnp.exp(log_q) - p) * dq, axis=axis)
+    return kl, tangent
+
+
+_kl_from_logits.defjvp(_kl_from_logits_jvp, symbolic_zeros=True)
+
+
+def _log_softmax(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """(s, log_softmax) with s = x − max(x) per row; −inf stays −inf."""
+    s = x - jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    return s, s - jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))
+
+
+def _kl_plain(p_logits: jax.Array, q_logits: jax.Array, axis: int) -> jax.Array:
+    """Σ p (log p − log q): optax's program; +inf where q misses p, NaN at a −inf logit
+    of p (0·∞), or of q where p underflows to 0."""
+    _, log_p = _log_softmax(p_logits, axis)
+    _, log_q = _log_softmax(q_logits, axis)
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=axis)
+
+
+def _kl_careful(p_logits: jax.Array, q_logits: jax.Array, axis: int) -> jax.Array:
+    s_p, log_p = _log_softmax(p_logits, axis)
+    s_q, log_q = _log_softmax(q_logits, axis)
+    p = jnp.exp(log_p)
+    zero = p == 0
+    far = jnp.sum(p * jnp.where(zero, 0.0, log_p - log_q), axis=axis, keepdims=True)
+    # Δ with −inf − −inf read as 0; a class impossible under one input only keeps its
+    # ±inf, so that its row counts as far, as a clipped logit's would.
+    both_impossible = (s_p == -jnp.inf) & (s_q == -jnp.inf)
+    delta = jnp.where(both_impossible, 0.0, s_p - s_q)
+    near = jnp.all(jnp.abs(delta) <= 1.0, axis=axis, keepdims=True) & (far < _NEAR_KL)
     delta = jnp.where(near, delta, 0.0)
-    c = jnp.log1p(jnp.sum(q * jnp.expm1(delta), axis=axis, keepdims=True))
-    near_kl = jnp.sum(p * (delta - c), axis=axis)
-    far_kl = jnp.sum(_p_log(p, log_p) - _p_log(p, log_q), axis=axis)
-    return jnp.where(jnp.squeeze(near, axis), near_kl, far_kl)
+    c = jnp.log1p(jnp.sum(jnp.exp(log_q) * jnp.expm1(delta), axis=axis, keepdims=True))
+    near_kl = jnp.sum(p * jnp.where(zero, 0.0, delta), axis=axis, keepdims=True) - c
+    return jnp.squeeze(jnp.where(near, near_kl, far), axis)
 
 
 def kl_divergence(
@@ -346,9 +417,13 @@ def kl_divergence_from_logits(
         KL(p‖q) = Σᵢ pᵢ (log pᵢ − log qᵢ),       log p = log_softmax(p_logits), same for q
 
     Computed in log space, for logits of any magnitude, and accurate also for nearby
-    distributions: where every |Δᵢ| ≤ 1 (Δ = p_logits − q_logits) the normalizer
-    difference is computed as log1p(Σ qᵢ expm1 Δᵢ) instead of subtracting two
-    log_softmax outputs, which would cancel.
+    distributions: for a distribution with KL < 2⁻⁶ and every |Δᵢ| ≤ 1 (Δ = p_logits −
+    q_logits, up to a constant) the normalizer difference is computed as
+    log1p(Σ qᵢ expm1 Δᵢ) instead of subtracting two logsumexps, which would cancel.
+    Batches where no distribution needs that (nor holds a −inf logit) cost what optax's
+    log-softmax form does: under ``jit`` the careful pass runs only when some
+    distribution needs it (under ``vmap`` always). The gradients are the closed forms
+    p·(log p − log q − KL) in ``p_logits`` and q − p in ``q_logits``.
 
     A −inf logit is a class with probability 0: where pᵢ = 0 the class contributes 0,
     also where qᵢ = 0 (0 · log 0 = 0), and a −inf logit receives gradient 0, the same

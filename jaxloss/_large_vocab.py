@@ -653,9 +653,9 @@ def fused_linear_cross_entropy(
     whole, since small chunks there re-read the weight for too little work: on an H100,
     N = 16384, D = 2048, V = 131072 ran 8.6x slower than the naive computation with
     64-token chunks, and at 1.05-1.10x (float32) and 0.69-0.70x (bf16) of its time
-    with these defaults (two runs), in 1/16 and 1/12 of its temp memory. Pass ``chunk_size`` to trade memory
-    for speed.
-    ``reduction="none"`` also needs a [D, V] temporary in its backward pass.
+    with these defaults (two runs), in 1/16 and 1/12 of its temp memory. Pass
+    ``chunk_size`` to trade memory for speed. ``reduction="none"`` also needs a [D, V]
+    temporary in its backward pass.
 
     When to use it: language-model heads and any classifier whose N×V logits are large
     next to the rest of the activations. For small vocabularies `softmax_cross_entropy`

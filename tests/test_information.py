@@ -311,6 +311,48 @@ def test_divergences_of_nearby_distributions_keep_their_digits_in_float32(eps):
     np.testing.assert_allclose(J.kl_divergence_from_logits(zp, zq), kl, rtol=1e-2)
 
 
+def test_kl_from_logits_rows_do_not_depend_on_the_rest_of_the_batch():
+    # Rows served by the plain form (KL ≥ 2⁻⁶), rows that need the careful one (a small
+    # KL; a −inf logit of q where p = 0) and a row where q misses p (KL = +inf): each
+    # row's value and gradient are those it gets alone, in float32 and float64.
+    (zp, zq), _ = _nearby_f32(1e-2)
+    rng = np.random.default_rng(3)
+    far_p, far_q = rng.normal(size=(2, 8)) * 3, rng.normal(size=(2, 8)) * 3
+    inf_p = np.array([[0.0, -np.inf, 1.0, 2.0, 0.5, -1.0, 0.0, 3.0]])
+    inf_q = np.array([[1.0, -np.inf, 0.0, 2.0, 0.5, -1.0, 0.0, 1.0]])
+    miss_q = np.array([[1.0, 0.0, -np.inf, 2.0, 0.5, -1.0, 0.0, 1.0]])
+    for dtype in (np.float32, np.float64):
+        p = np.concatenate([far_p, zp[:2], inf_p, far_p[:1]]).astype(dtype)
+        q = np.concatenate([far_q, zq[:2], inf_q, miss_q]).astype(dtype)
+        loss = jax.jit(J.kl_divergence_from_logits)
+        grads = jax.jit(jax.grad(lambda a, b: jnp.sum(J.kl_divergence_from_logits(a, b)), (0, 1)))
+        batch = np.asarray(loss(p, q))
+        assert batch[-1] == np.inf
+        finite = slice(0, len(p) - 1)
+        g_batch = grads(p[finite], q[finite])
+        for i in range(len(p) - 1):
+            np.testing.assert_array_equal(batch[i], loss(p[i : i + 1], q[i : i + 1])[0])
+            for gb, gr in zip(g_batch, grads(p[i : i + 1], q[i : i + 1]), strict=True):
+                np.testing.assert_allclose(gb[i], gr[0], rtol=1e-6, atol=1e-7)
+                assert np.isfinite(np.asarray(gb[i])).all()
+
+
+def test_kl_from_logits_gradients_are_the_closed_forms():
+    # ∂KL/∂z_p = p·(log p − log q − KL), ∂KL/∂z_q = q − p, against float64 numpy.
+    rng = np.random.default_rng(5)
+    zp, zq = rng.normal(size=(2, 3, 6)) * 2
+    zp[0, 1] = zq[0, 1] = -np.inf  # impossible under both: gradient 0
+    log_p = zp - special.logsumexp(zp, axis=-1, keepdims=True)
+    log_q = zq - special.logsumexp(zq, axis=-1, keepdims=True)
+    p, q = np.exp(log_p), np.exp(log_q)
+    with np.errstate(invalid="ignore"):
+        kl = np.nansum(np.where(p > 0, p * (log_p - log_q), 0.0), axis=-1, keepdims=True)
+        want_p = np.where(p > 0, p * (log_p - log_q - kl), 0.0)
+    gp, gq = _grads(J.kl_divergence_from_logits, zp, zq)
+    np.testing.assert_allclose(gp, want_p, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(gq, q - p, rtol=1e-12, atol=1e-15)
+
+
 def test_gaussian_kl_of_nearby_scales_keeps_its_digits_in_float32():
     log_p = np.float32(0.3)
     log_q = (log_p + np.array([1e-2, 1e-3, -1e-3], np.float32)).astype(np.float32)
