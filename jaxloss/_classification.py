@@ -7,14 +7,12 @@ probability labels, so the two agree on one-hot labels by construction; the sigm
 
 from __future__ import annotations
 
-import functools
 import operator
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.custom_derivatives import SymbolicZero
 
 from jaxloss import _conventions as C
 from jaxloss import _numerics as N
@@ -173,42 +171,6 @@ def _pick(x: jax.Array, labels: jax.Array, axis: int) -> jax.Array:
     )
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _soft_label_cross_entropy(x: jax.Array, t: jax.Array, axis: int) -> jax.Array:
-    """−Σ t·log_softmax(x), with −inf logits read as the lowest float (clipping).
-
-    optax's program, −Σ t·log_softmax(x), is what a batch gets unless it is not finite
-    somewhere (−inf logits give NaN, 0·(−inf), or +inf, mass on a −inf class); only then
-    (in ``jit`` a `lax.cond`; under ``vmap`` always) is it recomputed with
-    log-probabilities floored at the lowest float (`N.log_softmax`), which is what
-    clipping the −inf logits gives. The two agree wherever the first is finite. The derivatives are
-    written out: softmax(x)·Σt − t in x and −log p (floored) in t.
-    """
-    plain = -jnp.sum(t * jax.nn.log_softmax(x, axis=axis), axis=axis)
-    return jax.lax.cond(
-        ~jnp.all(jnp.isfinite(plain)),
-        lambda: -jnp.sum(t * N.log_softmax(x, axis), axis=axis),
-        lambda: plain,
-    )
-
-
-def _soft_label_cross_entropy_jvp(axis, primals, tangents):
-    x, t = primals
-    dx, dt = tangents
-    out = _soft_label_cross_entropy(x, t, axis)
-    log_p = jax.nn.log_softmax(x, axis=axis)  # as in the plain form: XLA computes it once
-    tangent = jnp.zeros_like(out)
-    if not isinstance(dx, SymbolicZero):
-        total = jnp.sum(t, axis=axis, keepdims=True)
-        tangent = tangent + jnp.sum((jnp.exp(log_p) * total - t) * dx, axis=axis)
-    if not isinstance(dt, SymbolicZero):
-        tangent = tangent - jnp.sum(N.finite_floor(log_p) * dt, axis=axis)
-    return out, tangent
-
-
-_soft_label_cross_entropy.defjvp(_soft_label_cross_entropy_jvp, symbolic_zeros=True)
-
-
 def _categorical(
     name: str,
     x: ArrayLike,
@@ -258,10 +220,9 @@ def _categorical(
         if smooth:
             finite, count = _uniform_over_finite(x, axis)
             target = (1.0 - label_smoothing) * target + label_smoothing * (finite / count)
-        if normalize:
-            loss = _soft_label_cross_entropy(x, target, axis)
-        else:
-            loss = -jnp.sum(target * N.finite_floor(x), axis=axis)
+        # optax's formula, −Σ t·log_softmax(z), with −inf at the lowest float.
+        log_p = N.log_softmax(x, axis) if normalize else N.finite_floor(x)
+        loss = -jnp.sum(target * log_p, axis=axis)
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
 
 
