@@ -19,6 +19,12 @@ from jaxloss._classification import (
     softmax_focal_loss,
     z_loss,
 )
+from jaxloss._embedding import (
+    cosine_distance,
+    cosine_embedding_loss,
+    cosine_similarity,
+    triplet_margin_loss,
+)
 from jaxloss._information import (
     cross_entropy,
     entropy,
@@ -30,6 +36,14 @@ from jaxloss._information import (
     surprisal,
 )
 from jaxloss._large_vocab import fused_linear_cross_entropy
+from jaxloss._margin import (
+    hinge_loss,
+    margin_ranking_loss,
+    multiclass_hinge_loss,
+    multiclass_perceptron_loss,
+    perceptron_loss,
+    soft_margin_loss,
+)
 from jaxloss._parallel import (
     vocab_parallel_cross_entropy,
     vocab_parallel_fused_linear_cross_entropy,
@@ -53,6 +67,12 @@ from jaxloss._regularization import (
     penalized,
     resolve_mask,
     weight_matrix_mask,
+)
+from jaxloss._segmentation import (
+    dice_loss,
+    generalized_dice_loss,
+    jaccard_loss,
+    tversky_loss,
 )
 from jaxloss._version import __version__ as __version__
 
@@ -99,6 +119,23 @@ __all__ = [
     "fused_linear_cross_entropy",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_fused_linear_cross_entropy",
+    # margin losses
+    "hinge_loss",
+    "perceptron_loss",
+    "multiclass_hinge_loss",
+    "multiclass_perceptron_loss",
+    "margin_ranking_loss",
+    "soft_margin_loss",
+    # embedding (metric-learning) losses
+    "cosine_similarity",
+    "cosine_distance",
+    "cosine_embedding_loss",
+    "triplet_margin_loss",
+    # segmentation (overlap) losses on probabilities
+    "dice_loss",
+    "tversky_loss",
+    "jaccard_loss",
+    "generalized_dice_loss",
 ]
 
 

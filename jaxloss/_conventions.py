@@ -237,3 +237,26 @@ def reduce(
         return total
     count = jnp.sum(w) if w is not None else jnp.asarray(loss.size, loss.dtype)
     return jnp.where(count > 0, total / jnp.where(count > 0, count, 1), 0).astype(loss.dtype)
+
+
+def check_fits(pred_name: str, pred_shape: Sequence[int], **named: Any) -> None:
+    """The predictions-first shape rule: each named input broadcasts TO the predictions' shape.
+
+    Targets, labels, masks and weights may broadcast to ``pred_shape`` but never enlarge
+    it ([N, 1] targets against [N] predictions would silently give an [N, N] loss).
+    """
+    pred_shape = tuple(pred_shape)
+    for name, value in named.items():
+        if value is None:
+            continue
+        shape = tuple(jnp.shape(value))
+        try:
+            out = jnp.broadcast_shapes(shape, pred_shape)
+        except ValueError:
+            out = None
+        if out != pred_shape:
+            raise ValueError(
+                f"`{name}` of shape {shape} does not broadcast to the shape of `{pred_name}` "
+                f"{pred_shape}. The loss has the shape of `{pred_name}`; reshape `{name}` "
+                "(e.g. drop a trailing axis of size 1) so that it broadcasts to it."
+            )

@@ -65,19 +65,27 @@ def xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
     return x * jnp.log(jnp.where(zero, jnp.ones_like(y), y))
 
 
-def safe_norm(x: jax.Array, axis, *, keepdims: bool = False) -> jax.Array:
-    """Euclidean norm over ``axis`` that is finite in value and gradient everywhere.
+def safe_norm(x: jax.Array, axis, *, keepdims: bool = False, p: float = 2.0) -> jax.Array:
+    """The p-norm (Σ|x|^p)^(1/p) over ``axis`` (default Euclidean), finite in value and gradient.
 
     Scaled by m = max |x| (held constant: ‖x‖ is 1-homogeneous, so ∂/∂m of m·‖x/m‖ is 0
-    and the gradient is exact) so the squares cannot overflow before the norm does, and a
+    and the gradient is exact) so the powers cannot overflow before the norm does, and a
     double where at m = 0 gives the norm 0 with gradient 0 (the zero subgradient) instead
-    of 0/0.
+    of 0/0. ``p`` is a Python number ≥ 1 (a norm; |x|^p has an infinite slope at 0 for
+    p < 1).
     """
     m = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
     zero = m == 0  # NaN compares unequal, so a NaN anywhere in x still gives NaN
     m_safe = jnp.where(zero, 1.0, m)
-    s = jnp.sum(jnp.square(x / m_safe), axis=axis, keepdims=True)
-    norm = jnp.where(zero, 0.0, m_safe * jnp.sqrt(jnp.where(zero, 1.0, s)))
+    if p == 2:
+        s = jnp.sum(jnp.square(x / m_safe), axis=axis, keepdims=True)
+        root = jnp.sqrt(jnp.where(zero, 1.0, s))
+    elif p == 1:
+        root = jnp.sum(jnp.abs(x / m_safe), axis=axis, keepdims=True)
+    else:
+        s = jnp.sum(jnp.abs(x / m_safe) ** p, axis=axis, keepdims=True)
+        root = jnp.where(zero, 1.0, s) ** (1.0 / p)
+    norm = jnp.where(zero, 0.0, m_safe * root)
     norm = jnp.where(jnp.isinf(m), jnp.inf, norm)  # x/∞ would be NaN
     return norm if keepdims else jnp.squeeze(norm, axis=axis)
 

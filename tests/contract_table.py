@@ -845,3 +845,307 @@ CASES += [
         id="vocab_parallel_fused_linear_cross_entropy[1-device mesh]",
     ),
 ]
+
+
+# --------------------------------------------------------------------------------------
+# Margin losses (issue 12)
+# --------------------------------------------------------------------------------------
+
+
+def _signs(rng, shape=SHAPE):
+    return rng.choice(np.array([-1, 1]), size=shape)
+
+
+def _mg_binary(rng):
+    return (_normal(rng, scale=2.0), _signs(rng)), {}
+
+
+def _mg_binary_extreme():
+    s = np.array([[1e30, -1e30, 1e4, -1e4, 0.0]], np.float32)
+    return (s, np.array([[1, 1, -1, -1, 1]], np.int32)), {}
+
+
+def _mg_multiclass(rng):
+    return (_normal(rng, shape=CLS, scale=2.0), _class_ids(rng)), {}
+
+
+def _mg_multiclass_extreme():
+    s = np.array([[1e30, -1e30, 0.0, 1e4, -1e4], [0.0, 0.0, 0.0, 0.0, 0.0]], np.float32)
+    return (s, np.array([1, 3], np.int32)), {}
+
+
+def _ref_crammer_singer(s, y, margin=1.0, power=1):
+    s_y = np.take_along_axis(s, y[..., None], -1)[..., 0]
+    other = np.where(np.eye(s.shape[-1])[y] == 1, -np.inf, s).max(-1)
+    return np.maximum(0.0, margin + other - s_y) ** power
+
+
+def _ref_weston_watkins(s, y, margin=1.0, power=1):
+    # torch.nn.functional.multi_margin_loss, documented formula:
+    # Σ_{i≠y} max(0, margin − x[y] + x[i])^p / x.size(0)
+    s_y = np.take_along_axis(s, y[..., None], -1)
+    terms = np.maximum(0.0, margin - s_y + s) ** power
+    return np.where(np.eye(s.shape[-1])[y] == 1, 0.0, terms).sum(-1) / s.shape[-1]
+
+
+CASES += [
+    Case(
+        "hinge_loss",
+        jaxloss.hinge_loss,
+        lambda rng: ((_normal(rng, scale=2.0), _signs(rng)), {"margin": 0.7}),
+        lambda s, y, margin: np.maximum(0.0, margin - y * s),
+        grad_order=1,
+        extreme=_mg_binary_extreme,
+    ),
+    Case(
+        "hinge_loss",
+        jaxloss.hinge_loss,
+        lambda rng: ((_normal(rng, scale=2.0), _signs(rng)), {"squared": True}),
+        lambda s, y, squared: np.maximum(0.0, 1.0 - y * s) ** 2,
+        grad_order=1,
+        extreme=lambda: (
+            (np.array([[1e18, -1e18, 0.0]], np.float32), np.array([[1, 1, -1]], np.int32)),
+            {"squared": True},
+        ),
+        id="hinge_loss[squared]",
+    ),
+    Case(
+        "perceptron_loss",
+        jaxloss.perceptron_loss,
+        _mg_binary,
+        lambda s, y: np.maximum(0.0, -y * s),
+        grad_order=1,
+        extreme=_mg_binary_extreme,
+    ),
+    Case(
+        "soft_margin_loss",
+        jaxloss.soft_margin_loss,
+        _mg_binary,
+        lambda s, y: np.logaddexp(0.0, -y * s),  # torch: log(1 + exp(−y·x))
+        extreme=_mg_binary_extreme,
+    ),
+    Case(
+        "margin_ranking_loss",
+        jaxloss.margin_ranking_loss,
+        lambda rng: ((_normal(rng), _normal(rng), _signs(rng)), {"margin": 0.3}),
+        # torch: max(0, −y·(x1 − x2) + margin)
+        lambda s1, s2, y, margin: np.maximum(0.0, -y * (s1 - s2) + margin),
+        grad_args=(0, 1),
+        grad_order=1,
+        extreme=lambda: (
+            (
+                np.array([1e30, -1e30, 0.0], np.float32),
+                np.array([-1e30, 1e30, 0.0], np.float32),
+                np.array([1, 1, -1], np.int32),
+            ),
+            {},
+        ),
+    ),
+    Case(
+        "multiclass_hinge_loss",
+        jaxloss.multiclass_hinge_loss,
+        lambda rng: ((_normal(rng, shape=CLS, scale=2.0), _class_ids(rng)), {"margin": 0.8}),
+        _ref_crammer_singer,
+        grad_order=1,
+        extreme=_mg_multiclass_extreme,
+        id="multiclass_hinge_loss[crammer_singer]",
+    ),
+    Case(
+        "multiclass_hinge_loss",
+        functools.partial(jaxloss.multiclass_hinge_loss, formulation="weston_watkins"),
+        lambda rng: (
+            (_normal(rng, shape=CLS, scale=2.0), _class_ids(rng)),
+            {"power": 2, "margin": 0.8},
+        ),
+        lambda s, y, power, margin: _ref_weston_watkins(s, y, margin, power),
+        grad_order=1,
+        extreme=_mg_multiclass_extreme,
+        id="multiclass_hinge_loss[weston_watkins,power=2]",
+    ),
+    Case(
+        "multiclass_perceptron_loss",
+        jaxloss.multiclass_perceptron_loss,
+        _mg_multiclass,
+        lambda s, y: s.max(-1) - np.take_along_axis(s, y[..., None], -1)[..., 0],
+        grad_order=1,
+        extreme=_mg_multiclass_extreme,
+    ),
+]
+
+
+# --------------------------------------------------------------------------------------
+# Embedding (metric-learning) losses (issue 12)
+# --------------------------------------------------------------------------------------
+
+D = 4  # embedding dimension
+EMB = (N, D)
+
+
+def _ref_cosine(x, y, eps=1e-8):
+    # torch.nn.functional.cosine_similarity: x·y / (max(‖x‖, ε)·max(‖y‖, ε))
+    nx = np.maximum(np.linalg.norm(x, axis=-1), eps)
+    ny = np.maximum(np.linalg.norm(y, axis=-1), eps)
+    return (x * y).sum(-1) / (nx * ny)
+
+
+def _ref_triplet(a, p, n, margin=1.0, p_norm=2.0, eps=1e-6, swap=False):
+    # torch.nn.functional.triplet_margin_loss; pairwise_distance(u, v) = ‖u − v + ε‖_p
+    def dist(u, v):
+        return (np.abs(u - v + eps) ** p_norm).sum(-1) ** (1.0 / p_norm)
+
+    d_neg = dist(a, n)
+    if swap:
+        d_neg = np.minimum(d_neg, dist(p, n))
+    return np.maximum(dist(a, p) - d_neg + margin, 0.0)
+
+
+_EMB_EXTREME = (
+    np.array([[0.0, 0.0, 0.0, 0.0], [1e30, -1e30, 0.0, 1.0], [1e-30, 0.0, 0.0, 0.0]], np.float32),
+    np.array([[1.0, 2.0, 3.0, 4.0], [1e30, 1e30, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32),
+)
+
+CASES += [
+    Case(
+        "cosine_similarity",
+        jaxloss.cosine_similarity,
+        lambda rng: ((_normal(rng, EMB), _normal(rng, EMB)), {}),
+        _ref_cosine,
+        grad_args=(0, 1),
+        extreme=lambda: (_EMB_EXTREME, {}),
+    ),
+    Case(
+        "cosine_distance",
+        jaxloss.cosine_distance,
+        lambda rng: ((_normal(rng, EMB), _normal(rng, EMB)), {"eps": 1e-3}),
+        lambda x, y, eps: 1.0 - _ref_cosine(x, y, eps),
+        grad_args=(0, 1),
+        extreme=lambda: (_EMB_EXTREME, {}),
+    ),
+    Case(
+        "cosine_embedding_loss",
+        jaxloss.cosine_embedding_loss,
+        lambda rng: ((_normal(rng, EMB), _normal(rng, EMB), _signs(rng, N)), {"margin": -0.2}),
+        # torch: 1 − cos if y = 1, max(0, cos − margin) if y = −1
+        lambda x1, x2, y, margin: np.where(
+            y == 1, 1.0 - _ref_cosine(x1, x2), np.maximum(0.0, _ref_cosine(x1, x2) - margin)
+        ),
+        grad_args=(0, 1),
+        grad_order=1,
+        extreme=lambda: (_EMB_EXTREME + (np.array([1, -1, -1], np.int32),), {}),
+    ),
+    Case(
+        "triplet_margin_loss",
+        jaxloss.triplet_margin_loss,
+        lambda rng: ((_normal(rng, EMB), _normal(rng, EMB), _normal(rng, EMB)), {"margin": 2.0}),
+        _ref_triplet,
+        grad_args=(0, 1, 2),
+        grad_order=1,
+        extreme=lambda: (_EMB_EXTREME + (_EMB_EXTREME[0],), {"eps": 0.0}),
+    ),
+    Case(
+        "triplet_margin_loss",
+        jaxloss.triplet_margin_loss,
+        lambda rng: (
+            (_normal(rng, EMB), _normal(rng, EMB), _normal(rng, EMB)),
+            {"margin": 1.5, "p": 3.0, "eps": 1e-3, "swap": True},
+        ),
+        lambda a, pos, neg, margin, p, eps, swap: _ref_triplet(a, pos, neg, margin, p, eps, swap),
+        grad_args=(0, 1, 2),
+        grad_order=1,
+        extreme=lambda: (_EMB_EXTREME + (_EMB_EXTREME[0],), {"p": 1.0, "swap": True}),
+        id="triplet_margin_loss[p=3,swap]",
+    ),
+]
+
+
+# --------------------------------------------------------------------------------------
+# Segmentation losses (issue 12): probabilities [N, C, S], channels first, so that the
+# loss [N, C] is the leading part of the input's shape; `axis=-1` is the spatial axis.
+# --------------------------------------------------------------------------------------
+
+SEG_C, SEG_S = 3, 7
+
+
+def _seg_make(**kwargs):
+    def make(rng):
+        logits = rng.normal(size=(N, SEG_C, SEG_S)) * 2.0
+        probs = special.softmax(logits, axis=1)
+        targets = np.eye(SEG_C)[rng.integers(0, SEG_C, size=(N, SEG_S))].transpose(0, 2, 1)
+        return (probs, targets), {"axis": -1, **kwargs}
+
+    return make
+
+
+def _ref_tversky(p, t, alpha=0.5, beta=0.5, smooth=1.0, axis=-1):
+    # Salehi et al. (2017): 1 − (TP + s)/(TP + α·FP + β·FN + s)
+    tp = (p * t).sum(axis)
+    fp = (p * (1 - t)).sum(axis)
+    fn = ((1 - p) * t).sum(axis)
+    return 1.0 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+
+
+def _ref_dice(p, t, smooth=1.0, axis=-1, class_weights=None):
+    loss = 1.0 - (2 * (p * t).sum(axis) + smooth) / (p.sum(axis) + t.sum(axis) + smooth)
+    return loss if class_weights is None else loss * class_weights
+
+
+def _ref_jaccard(p, t, smooth=1.0, axis=-1):
+    inter = (p * t).sum(axis)
+    return 1.0 - (inter + smooth) / (p.sum(axis) + t.sum(axis) - inter + smooth)
+
+
+def _ref_generalized_dice(p, t, axis=-1, class_axis=-2, smooth=1e-5):
+    # Sudre et al. (2017) for [N, C, S]; w_c = 1/(Σt)², absent classes get the largest
+    # present weight, weights scaled to sum to C.
+    vol = t.sum(axis)  # [N, C]
+    w = np.where(vol > 0, 1.0 / np.where(vol > 0, vol, 1.0) ** 2, 0.0)
+    w_max = w.max(-1, keepdims=True)
+    w = np.where(vol > 0, w, np.where(w_max > 0, w_max, 1.0))
+    w = w * w.shape[-1] / w.sum(-1, keepdims=True)
+    num = 2 * (w * (p * t).sum(axis)).sum(-1) + smooth
+    den = (w * (p + t).sum(axis)).sum(-1) + smooth
+    return 1.0 - num / den
+
+
+# Exact 0/1 probabilities, an empty class (no target, no prediction) and a class with
+# targets but no prediction.
+_SEG_EXTREME_P = np.array([[[1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]], np.float32)
+_SEG_EXTREME_T = np.array([[[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]]], np.float32)
+_SEG_EMPTY = np.zeros((1, 3, 4), np.float32)
+
+CASES += [
+    Case(
+        "dice_loss",
+        jaxloss.dice_loss,
+        _seg_make(smooth=0.5),  # class_weights change the mean's denominator: test_segmentation
+        _ref_dice,
+        extreme=lambda: ((_SEG_EXTREME_P, _SEG_EXTREME_T), {"axis": -1, "smooth": 0.0}),
+    ),
+    Case(
+        "tversky_loss",
+        jaxloss.tversky_loss,
+        _seg_make(alpha=0.3, beta=0.7),
+        _ref_tversky,
+        extreme=lambda: ((_SEG_EXTREME_P, _SEG_EXTREME_T), {"axis": -1, "smooth": 0.0}),
+    ),
+    Case(
+        "jaccard_loss",
+        jaxloss.jaccard_loss,
+        _seg_make(smooth=0.1),
+        _ref_jaccard,
+        extreme=lambda: ((_SEG_EMPTY, _SEG_EMPTY), {"axis": -1, "smooth": 0.0}),
+    ),
+    Case(
+        "generalized_dice_loss",
+        jaxloss.generalized_dice_loss,
+        _seg_make(class_axis=-2, smooth=1e-3),
+        _ref_generalized_dice,
+        extreme=lambda: (
+            (
+                np.concatenate([_SEG_EXTREME_P, _SEG_EMPTY]),
+                np.concatenate([_SEG_EXTREME_T, _SEG_EMPTY]),
+            ),
+            {"axis": -1, "class_axis": -2, "smooth": 0.0},
+        ),
+    ),
+]
