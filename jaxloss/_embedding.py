@@ -90,7 +90,8 @@ def cosine_similarity(
     The formula of ``torch.nn.functional.cosine_similarity`` (PyTorch ≥ 1.12): each norm
     is floored at ε separately, so a zero vector has similarity 0 with everything and a
     finite gradient (of size 1/ε), never NaN. ``optax.losses.cosine_similarity`` floors
-    each norm the same way (its ``epsilon`` defaults to 0, where a zero vector gives NaN).
+    each *squared* norm at its ``epsilon``, so it equals this with ε = √epsilon (its
+    default epsilon = 0 gives NaN for a zero vector).
     The norms use a scaled, overflow-free computation (`_numerics.safe_norm`).
 
     Args:
@@ -134,7 +135,7 @@ def cosine_distance(
 
         d(x, y) = 1 − ⟨x, y⟩ / (max(‖x‖₂, ε) · max(‖y‖₂, ε))
 
-    Equal to ``optax.losses.cosine_distance`` for nonzero vectors; a zero vector is at
+    Equal to ``optax.losses.cosine_distance(x, y, epsilon=ε²)``; a zero vector is at
     distance 1 from everything (finite gradient).
 
     Args:
