@@ -1,0 +1,185 @@
+"""Embedding losses: optax peers, torch formulas (eps placement, swap), zero vectors.
+
+The generic checks are in the contract table; here: parity with the peers, the
+numerics at zero vectors and coinciding points, and the errors.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxloss
+from jaxloss._embedding import normalize
+
+RNG = np.random.default_rng(12)
+X = RNG.normal(size=(7, 5))
+Y = RNG.normal(size=(7, 5))
+Z = RNG.normal(size=(7, 5))
+
+
+# --- optax peers -----------------------------------------------------------------------
+
+
+def test_cosine_similarity_and_distance_equal_optax():
+    eps = 1e-3  # optax floors the squared norm at its epsilon: epsilon = ε²
+    x = np.concatenate([X, np.zeros((1, 5)), 1e-4 * X[:1]])
+    y = np.concatenate([Y, Y[:2]])
+    np.testing.assert_allclose(
+        jaxloss.cosine_similarity(x, y, eps=eps),
+        optax.losses.cosine_similarity(x, y, epsilon=eps**2),
+        rtol=1e-13,
+        atol=1e-15,
+    )
+    np.testing.assert_allclose(
+        jaxloss.cosine_distance(x, y, eps=eps),
+        optax.losses.cosine_distance(x, y, epsilon=eps**2),
+        rtol=1e-13,
+        atol=1e-15,
+    )
+
+
+def test_triplet_margin_loss_equals_optax_without_eps():
+    out = jaxloss.triplet_margin_loss(X, Y, Z, margin=2.0, eps=0.0)
+    expected = optax.losses.triplet_margin_loss(X, Y, Z, margin=2.0, eps=0.0)
+    np.testing.assert_allclose(out, expected, rtol=1e-13)
+
+
+def test_triplet_eps_is_placed_as_torch_places_it_not_as_optax():
+    eps = 0.1  # large, so that the placements differ visibly
+
+    def torch_ref(a, p, n):  # pairwise_distance(u, v) = ‖u − v + ε‖₂
+        d = lambda u, v: np.linalg.norm(u - v + eps, axis=-1)  # noqa: E731
+        return np.maximum(d(a, p) - d(a, n) + 1.0, 0.0)
+
+    out = jaxloss.triplet_margin_loss(X, Y, Z, eps=eps)
+    np.testing.assert_allclose(out, torch_ref(X, Y, Z), rtol=1e-13)
+    assert not np.allclose(out, optax.losses.triplet_margin_loss(X, Y, Z, eps=eps), rtol=1e-3)
+
+
+def test_triplet_swap_uses_the_positive_negative_distance():
+    # The negative is nearer the positive than the anchor: swap uses d(p, n).
+    a, p, n = jnp.array([[0.0, 0.0]]), jnp.array([[3.0, 0.0]]), jnp.array([[4.0, 0.0]])
+    kwargs = {"eps": 0.0, "margin": 1.0}
+    np.testing.assert_allclose(jaxloss.triplet_margin_loss(a, p, n, **kwargs), [0.0])
+    np.testing.assert_allclose(jaxloss.triplet_margin_loss(a, p, n, swap=True, **kwargs), [3.0])
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 2.0, 4.0])
+def test_triplet_p_norm_equals_numpy(p):
+    def ref(a, q, n):
+        d = lambda u, v: np.linalg.norm(u - v + 1e-6, ord=p, axis=-1)  # noqa: E731
+        return np.maximum(d(a, q) - d(a, n) + 1.0, 0.0)
+
+    np.testing.assert_allclose(jaxloss.triplet_margin_loss(X, Y, Z, p=p), ref(X, Y, Z), rtol=1e-12)
+
+
+def test_cosine_embedding_loss_equals_torch_formula():
+    # torch.nn.functional.cosine_embedding_loss, with its own cosine
+    # ⟨x₁, x₂⟩ / √((‖x₁‖² + 1e-12)(‖x₂‖² + 1e-12)).
+    y = RNG.choice(np.array([-1, 1]), size=7)
+    cos = (X * Y).sum(-1) / np.sqrt(((X**2).sum(-1) + 1e-12) * ((Y**2).sum(-1) + 1e-12))
+    expected = np.where(y == 1, 1 - cos, np.maximum(0.0, cos - 0.3))
+    out = jaxloss.cosine_embedding_loss(X, Y, y, margin=0.3)
+    np.testing.assert_allclose(out, expected, rtol=1e-11)
+    np.testing.assert_array_equal(out, jaxloss.cosine_embedding_loss(X, Y, y > 0, margin=0.3))
+
+
+# --- numerics: zero vectors, coinciding points, huge vectors ---------------------------
+
+
+def test_zero_vectors_give_cosine_zero_and_finite_gradients():
+    zero = jnp.zeros((2, 5))
+    for fn in (jaxloss.cosine_similarity, jaxloss.cosine_distance):
+        f = lambda x, y, fn=fn: jnp.sum(fn(x, y))  # noqa: E731
+        gx, gy = jax.grad(f, argnums=(0, 1))(zero, jnp.asarray(Y[:2]))
+        assert np.isfinite(gx).all() and np.isfinite(gy).all()
+        np.testing.assert_array_equal(gy, 0.0)  # cos is 0 for every y when x = 0
+    np.testing.assert_array_equal(jaxloss.cosine_similarity(zero, zero), 0.0)
+    g = jax.grad(lambda x: jnp.sum(jaxloss.cosine_similarity(x, x)))(zero)
+    assert np.isfinite(g).all()
+    loss = lambda x: jnp.sum(jaxloss.cosine_embedding_loss(x, zero, jnp.array([1, -1])))  # noqa: E731
+    assert np.isfinite(jax.grad(loss)(zero)).all()
+
+
+@pytest.mark.parametrize("eps,p", [(0.0, 1.0), (0.0, 2.0), (1e-6, 3.0)])
+def test_coinciding_points_give_finite_gradients(eps, p):
+    a = jnp.asarray(X[:3])
+
+    def loss(a, pos, neg):
+        return jnp.sum(jaxloss.triplet_margin_loss(a, pos, neg, eps=eps, p=p, swap=True))
+
+    grads = jax.grad(loss, argnums=(0, 1, 2))(a, a, a)
+    for g in grads:
+        assert np.isfinite(g).all()
+    np.testing.assert_allclose(loss(a, a, a), 3.0, atol=1e-5)  # margin only
+
+
+def test_huge_vectors_do_not_overflow():
+    x = jnp.array([[1e200, 1e200], [3e300, 4e300]])
+    y = jnp.array([[1.0, 1.0], [3.0, 4.0]])
+    np.testing.assert_allclose(jaxloss.cosine_similarity(x, y), [1.0, 1.0], rtol=1e-15)
+    np.testing.assert_allclose(
+        jaxloss.triplet_margin_loss(x, x, y, eps=0.0), [0.0, 0.0], rtol=1e-15
+    )
+
+
+def test_normalize_gives_unit_vectors_and_keeps_zero():
+    x = jnp.concatenate([jnp.asarray(X), jnp.zeros((1, 5))])
+    n = normalize(x, -1, 1e-8)
+    np.testing.assert_allclose(np.linalg.norm(n[:-1], axis=-1), 1.0, rtol=1e-14)
+    np.testing.assert_array_equal(n[-1], 0.0)
+    assert np.isfinite(jax.jacobian(lambda v: normalize(v, -1, 1e-8))(jnp.zeros(3))).all()
+
+
+# --- shapes and errors -----------------------------------------------------------------
+
+
+def test_feature_axis_equals_moving_the_axis():
+    np.testing.assert_allclose(
+        jaxloss.triplet_margin_loss(X.T, Y.T, Z.T, axis=0), jaxloss.triplet_margin_loss(X, Y, Z)
+    )
+    np.testing.assert_allclose(
+        jaxloss.cosine_similarity(X.T, Y.T, axis=0), jaxloss.cosine_similarity(X, Y)
+    )
+
+
+def test_second_input_broadcasts_to_the_first_but_never_enlarges_it():
+    out = jaxloss.cosine_similarity(X, Y[0])
+    np.testing.assert_allclose(out, jaxloss.cosine_similarity(X, np.broadcast_to(Y[0], X.shape)))
+    with pytest.raises(ValueError, match=r"`y` of shape \(7, 1, 5\).*`x` \(7, 5\)"):
+        jaxloss.cosine_similarity(X, Y[:, None])
+    with pytest.raises(ValueError, match=r"`negatives` of shape"):
+        jaxloss.triplet_margin_loss(X[0], Y[0], Z)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"p": 0.5}, ValueError, r"`p` must be a Python number in \[1, inf\)"),
+        ({"eps": -1.0}, ValueError, "`eps` must be a non-negative"),
+        ({"margin": -0.5}, ValueError, "`margin` must be a non-negative"),
+        ({"swap": 1}, TypeError, "`swap` must be a bool"),
+        ({"axis": 3}, ValueError, "`axis` 3 is out of range"),
+    ],
+)
+def test_triplet_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        jaxloss.triplet_margin_loss(X, Y, Z, **kwargs)
+
+
+def test_cosine_embedding_labels_are_checked():
+    with pytest.raises(ValueError, match=r"`labels` must be −1 or \+1"):
+        jaxloss.cosine_embedding_loss(X, Y, np.zeros(7, np.int32))
+    with pytest.raises(ValueError, match=r"`labels` of shape \(7, 1\)"):
+        jaxloss.cosine_embedding_loss(X, Y, np.ones((7, 1), np.int32))
+    with pytest.raises(ValueError, match=r"`margin` must be in \[-1.0, 1.0\]"):
+        jaxloss.cosine_embedding_loss(X, Y, np.ones(7, np.int32), margin=2.0)
+
+
+def test_integer_embeddings_are_rejected_also_under_jit():
+    with pytest.raises(TypeError, match="`x` must be a floating-point array"):
+        jax.jit(jaxloss.cosine_distance)(jnp.ones((2, 3), int), jnp.ones((2, 3)))
