@@ -1,0 +1,239 @@
+"""Segmentation losses: optax peers, Keras formulas, empty classes, the generalized Dice.
+
+The generic checks are in the contract table; here: parity with optax (softmax/sigmoid
+off) and Keras, the identities between the losses, empty classes and the errors.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import special
+
+import jaxloss
+
+RNG = np.random.default_rng(12)
+B, H, W, NC = 2, 4, 5, 3
+PROBS = special.softmax(RNG.normal(size=(B, H, W, NC)) * 2.0, axis=-1)  # [B, H, W, C]
+TARGETS = np.eye(NC)[RNG.integers(0, NC, size=(B, H, W))]
+SPATIAL = (1, 2)
+
+
+# --- optax peers (softmax/sigmoid off, reduction="none") --------------------------------
+
+
+def test_tversky_equals_optax_dice_loss_with_alpha_beta():
+    out = jaxloss.tversky_loss(PROBS, TARGETS, alpha=0.3, beta=0.7, axis=SPATIAL, smooth=0.5)
+    expected = optax.losses.dice_loss(
+        PROBS, TARGETS, alpha=0.3, beta=0.7, smooth=0.5, apply_softmax=False, reduction="none"
+    )
+    np.testing.assert_allclose(out, expected, rtol=1e-13)
+
+
+def test_dice_equals_optax_dice_loss_with_twice_the_smoothing():
+    cw = np.array([0.5, 1.0, 2.0])
+    out = jaxloss.dice_loss(PROBS, TARGETS, axis=SPATIAL, smooth=2.0, class_weights=cw)
+    expected = optax.losses.dice_loss(
+        PROBS, TARGETS, smooth=1.0, class_weights=cw, apply_softmax=False, reduction="none"
+    )
+    np.testing.assert_allclose(out, expected, rtol=1e-13)
+
+
+def test_dice_per_example_equals_optax_binary_dice_loss():
+    # optax's binary_dice_loss(apply_sigmoid=False) rejects every non-trivial input (it
+    # checks that a single channel sums to 1), so the sigmoid is applied on both sides.
+    logits = RNG.normal(size=(B, H, W))
+    masks = (RNG.random((B, H, W)) < 0.4).astype(np.float64)
+    out = jaxloss.dice_loss(jax.nn.sigmoid(logits), masks, axis=SPATIAL, smooth=2.0)
+    expected = optax.losses.binary_dice_loss(logits, masks, smooth=1.0)
+    np.testing.assert_allclose(out, expected, rtol=1e-13)
+
+
+def test_generalized_dice_equals_optax_for_one_example_and_one_class():
+    logits = RNG.normal(size=(1, H, W, 1))  # one channel: optax applies a sigmoid
+    masks = (RNG.random((1, H, W, 1)) < 0.4).astype(np.float64)
+    out = jaxloss.generalized_dice_loss(jax.nn.sigmoid(logits), masks, axis=SPATIAL, smooth=0.0)
+    expected = optax.losses.multiclass_generalized_dice_loss(logits, masks, smooth=0.0)
+    np.testing.assert_allclose(out, [expected], rtol=1e-12)
+
+
+# --- Keras: float64 references of the documented formulas -------------------------------
+
+
+def test_keras_dice_and_tversky_are_smooth_zero_up_to_their_epsilon():
+    eps = 1e-7  # keras.backend.epsilon(), added to the denominator only
+    p, t = PROBS[0], TARGETS[0]
+    inter = (p * t).sum()
+    keras_dice = 1 - 2 * inter / (t.sum() + p.sum() + eps)
+    fp, fn = (p * (1 - t)).sum(), ((1 - p) * t).sum()
+    keras_tversky = 1 - inter / (inter + 0.3 * fp + 0.7 * fn + eps)
+    all_axes = (0, 1, 2)
+    dice = jaxloss.dice_loss(p, t, axis=all_axes, smooth=0.0)
+    tversky = jaxloss.tversky_loss(p, t, alpha=0.3, beta=0.7, axis=all_axes, smooth=0.0)
+    np.testing.assert_allclose(dice, keras_dice, rtol=1e-7)
+    np.testing.assert_allclose(tversky, keras_tversky, rtol=1e-7)
+
+
+# --- identities -------------------------------------------------------------------------
+
+
+def test_dice_and_jaccard_are_tversky_indices():
+    dice = jaxloss.dice_loss(PROBS, TARGETS, axis=SPATIAL, smooth=0.8)
+    np.testing.assert_allclose(
+        dice, jaxloss.tversky_loss(PROBS, TARGETS, axis=SPATIAL, smooth=0.4), rtol=1e-14
+    )
+    jac = jaxloss.jaccard_loss(PROBS, TARGETS, axis=SPATIAL, smooth=0.8)
+    np.testing.assert_allclose(
+        jac,
+        jaxloss.tversky_loss(PROBS, TARGETS, alpha=1.0, beta=1.0, axis=SPATIAL, smooth=0.8),
+        rtol=1e-14,
+    )
+    # Without smoothing, J = D / (2 − D) for the coefficients D = 1 − dice, J = 1 − jaccard.
+    d = 1 - jaxloss.dice_loss(PROBS, TARGETS, axis=SPATIAL, smooth=0.0)
+    j = 1 - jaxloss.jaccard_loss(PROBS, TARGETS, axis=SPATIAL, smooth=0.0)
+    np.testing.assert_allclose(j, d / (2 - d), rtol=1e-13)
+
+
+def test_generalized_dice_is_sudres_formula():
+    # Every class present: the weights 1/T² need no fallback and their scale cancels.
+    t = TARGETS.copy()
+    t[:, 0, 0] = np.eye(NC)[[0, 1]]  # make sure each example has every class
+    t[:, 0, 1] = np.eye(NC)[[2, 2]]
+    t[:, 0, 2] = np.eye(NC)[[1, 0]]
+    t[0, 0, 3], t[1, 0, 3] = np.eye(NC)[2], np.eye(NC)[1]
+    assert (t.sum((1, 2)) > 0).all()
+    w = 1.0 / t.sum((1, 2)) ** 2
+    num = 2 * (w * (PROBS * t).sum((1, 2))).sum(-1)
+    den = (w * (PROBS + t).sum((1, 2))).sum(-1)
+    out = jaxloss.generalized_dice_loss(PROBS, t, axis=SPATIAL, smooth=0.0)
+    np.testing.assert_allclose(out, 1 - num / den, rtol=1e-13)
+
+
+def test_perfect_prediction_has_zero_loss():
+    for fn in (jaxloss.dice_loss, jaxloss.tversky_loss, jaxloss.jaccard_loss):
+        np.testing.assert_allclose(fn(TARGETS, TARGETS, axis=SPATIAL), 0.0, atol=1e-15)
+    np.testing.assert_allclose(
+        jaxloss.generalized_dice_loss(TARGETS, TARGETS, axis=SPATIAL), 0.0, atol=1e-15
+    )
+
+
+def test_class_weights_weigh_the_mean():
+    cw = np.array([0.5, 1.0, 2.0])
+    per_class = np.asarray(jaxloss.dice_loss(PROBS, TARGETS, axis=SPATIAL))
+    out = jaxloss.dice_loss(PROBS, TARGETS, axis=SPATIAL, class_weights=cw, reduction="mean")
+    np.testing.assert_allclose(out, (per_class * cw).sum() / (B * cw.sum()), rtol=1e-13)
+
+
+def test_channels_first_equals_channels_last():
+    first = np.moveaxis(PROBS, -1, 1), np.moveaxis(TARGETS, -1, 1)
+    np.testing.assert_allclose(
+        jaxloss.dice_loss(*first, axis=(2, 3)), jaxloss.dice_loss(PROBS, TARGETS, axis=SPATIAL)
+    )
+    np.testing.assert_allclose(
+        jaxloss.generalized_dice_loss(*first, axis=(2, 3), class_axis=1),
+        jaxloss.generalized_dice_loss(PROBS, TARGETS, axis=SPATIAL),
+    )
+
+
+# --- empty classes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("smooth", [0.0, 1.0])
+@pytest.mark.parametrize(
+    "fn", [jaxloss.dice_loss, jaxloss.tversky_loss, jaxloss.jaccard_loss], ids=lambda f: f.__name__
+)
+def test_an_empty_class_has_zero_loss_and_finite_gradient(fn, smooth):
+    p = PROBS.copy()
+    t = TARGETS.copy()
+    p[..., 2] = 0.0  # class 2: no prediction ...
+    p[..., 0] += PROBS[..., 2]
+    t[..., 0] += t[..., 2]
+    t[..., 2] = 0.0  # ... and no target
+
+    def loss(p):
+        return fn(p, t, axis=SPATIAL, smooth=smooth)
+
+    out = np.asarray(loss(jnp.asarray(p)))
+    np.testing.assert_array_equal(out[:, 2], 0.0)
+    assert (out[:, :2] > 0).all()
+    g = jax.grad(lambda p: jnp.sum(loss(p)))(jnp.asarray(p))
+    assert np.isfinite(g).all()
+
+
+@pytest.mark.parametrize("smooth", [0.0, 1e-5])
+def test_generalized_dice_empty_classes(smooth):
+    empty = np.zeros((1, H, W, NC))
+    out = jaxloss.generalized_dice_loss(empty, empty, axis=SPATIAL, smooth=smooth)
+    np.testing.assert_array_equal(out, 0.0)
+    g = jax.grad(lambda p: jnp.sum(jaxloss.generalized_dice_loss(p, empty, axis=SPATIAL)))(
+        jnp.asarray(empty)
+    )
+    assert np.isfinite(g).all()
+    # A class absent from the targets still penalizes predictions in it.
+    t = np.zeros((1, H, W, NC))
+    t[..., 0] = 1.0
+    p = t.copy()
+    p[0, 0, 0] = [0.0, 0.0, 1.0]
+    assert jaxloss.generalized_dice_loss(p, t, axis=SPATIAL, smooth=smooth)[0] > 0.01
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def test_axis_is_required():
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'axis'"):
+        jaxloss.dice_loss(PROBS, TARGETS)
+
+
+def test_logits_are_rejected():
+    with pytest.raises(ValueError, match=r"`probs` must lie in \[0, 1\].*jax.nn.softmax"):
+        jaxloss.dice_loss(np.log(PROBS), TARGETS, axis=SPATIAL)
+    with pytest.raises(ValueError, match=r"`targets` must lie in \[0, 1\]"):
+        jaxloss.jaccard_loss(PROBS, 2 * TARGETS, axis=SPATIAL)
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda: jaxloss.dice_loss(PROBS, TARGETS, axis=(1, 1)), ValueError, "distinct axes"),
+        (lambda: jaxloss.dice_loss(PROBS, TARGETS, axis=4), ValueError, "out of range"),
+        (lambda: jaxloss.dice_loss(PROBS, TARGETS, axis=1.0), TypeError, "int or a tuple"),
+        (
+            lambda: jaxloss.tversky_loss(PROBS, TARGETS[:, None], axis=SPATIAL),
+            ValueError,
+            r"`targets` of shape \(2, 1, 4, 5, 3\).*`probs` \(2, 4, 5, 3\)",
+        ),
+        (
+            lambda: jaxloss.dice_loss(PROBS, TARGETS, axis=SPATIAL, class_weights=np.ones(4)),
+            ValueError,
+            r"`class_weights` must have shape \(C,\) with C = 3",
+        ),
+        (
+            lambda: jaxloss.generalized_dice_loss(PROBS, TARGETS, axis=(1, 3)),
+            ValueError,
+            "`class_axis` -1 must not be one of the spatial `axis`",
+        ),
+        (
+            lambda: jaxloss.tversky_loss(PROBS, TARGETS, axis=SPATIAL, alpha=-1.0),
+            ValueError,
+            "`alpha` must be a non-negative",
+        ),
+        (
+            lambda: jaxloss.jaccard_loss(PROBS, TARGETS, axis=SPATIAL, smooth=float("nan")),
+            ValueError,
+            "`smooth` must be a non-negative",
+        ),
+    ],
+)
+def test_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_shape_errors_also_under_jit():
+    f = jax.jit(lambda p, t: jaxloss.dice_loss(p, t, axis=SPATIAL))
+    with pytest.raises(ValueError, match="does not broadcast to the shape of `probs`"):
+        f(PROBS[..., :1], TARGETS)
