@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxloss
 from jaxloss._embedding import normalize
@@ -183,3 +185,17 @@ def test_cosine_embedding_labels_are_checked():
 def test_integer_embeddings_are_rejected_also_under_jit():
     with pytest.raises(TypeError, match="`x` must be a floating-point array"):
         jax.jit(jaxloss.cosine_distance)(jnp.ones((2, 3), int), jnp.ones((2, 3)))
+
+
+# --- properties -------------------------------------------------------------------------
+
+
+@settings(max_examples=15)
+@given(scale=st.floats(1e-6, 1e20), shift=st.floats(-1e3, 1e3))  # ‖scale·x‖ > ε
+def test_cosine_is_scale_invariant_and_triplet_translation_invariant(scale, shift):
+    cos = jaxloss.cosine_similarity(X, Y)
+    np.testing.assert_allclose(jaxloss.cosine_similarity(scale * X, Y), cos, rtol=1e-12)
+    assert np.all(np.abs(np.asarray(cos)) <= 1.0)
+    t = jaxloss.triplet_margin_loss(X, Y, Z, eps=0.0)
+    shifted = jaxloss.triplet_margin_loss(X + shift, Y + shift, Z + shift, eps=0.0)
+    np.testing.assert_allclose(shifted, t, rtol=1e-9, atol=1e-9)

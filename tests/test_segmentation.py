@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import special
 
 import jaxloss
@@ -237,3 +239,17 @@ def test_shape_errors_also_under_jit():
     f = jax.jit(lambda p, t: jaxloss.dice_loss(p, t, axis=SPATIAL))
     with pytest.raises(ValueError, match="does not broadcast to the shape of `probs`"):
         f(PROBS[..., :1], TARGETS)
+
+
+# --- properties -------------------------------------------------------------------------
+
+
+@settings(max_examples=15)
+@given(alpha=st.floats(0.0, 2.0), beta=st.floats(0.0, 2.0), smooth=st.floats(0.0, 10.0))
+def test_overlap_losses_lie_in_the_unit_interval(alpha, beta, smooth):
+    """TP ≤ TP + α·FP + β·FN for α, β ≥ 0: every overlap loss is in [0, 1]."""
+    t = jaxloss.tversky_loss(PROBS, TARGETS, alpha=alpha, beta=beta, axis=SPATIAL, smooth=smooth)
+    t = np.asarray(t)
+    assert np.all((t >= -1e-15) & (t <= 1.0))
+    g = np.asarray(jaxloss.generalized_dice_loss(PROBS, TARGETS, axis=SPATIAL, smooth=smooth))
+    assert np.all((g >= -1e-15) & (g <= 1.0))
