@@ -455,7 +455,7 @@ def sigmoid_binary_cross_entropy(
       reduction: ``"none"`` (per element), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
 
     Returns:
-      The broadcast shape of the inputs for ``"none"``, else a scalar; float32, or
+      The shape of the predictions for ``"none"``, else a scalar; float32, or
       float64 for float64 inputs (bf16/f16 are computed and returned in float32).
 
     Example:
@@ -509,7 +509,7 @@ def binary_cross_entropy(
 
     Args:
       probs: q ∈ [0, 1], floating array of any shape.
-      labels: y ∈ [0, 1], broadcastable with ``probs``; integers and booleans are cast.
+      labels: y ∈ [0, 1], broadcastable to the shape of ``probs``; integers and booleans are cast.
       where, weights, reduction: as in `sigmoid_binary_cross_entropy`.
 
     Returns:
@@ -556,7 +556,7 @@ def sigmoid_focal_loss(
 
     Args:
       logits: z, floating array of any shape.
-      labels: y ∈ [0, 1], broadcastable with ``logits``; integers and booleans are cast.
+      labels: y ∈ [0, 1], broadcastable to the shape of ``logits``; integers and booleans are cast.
       alpha: optional α ∈ [0, 1], the weight of the positive class (RetinaNet uses
         0.25). Default None: no α weighting.
       gamma: γ ≥ 0, the focusing exponent; γ = 0 gives BCE (times α_t).

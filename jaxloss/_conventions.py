@@ -5,9 +5,10 @@ Each public loss does the same four things, with the helpers below:
 1. ``as_float`` / ``as_labels``: turn each input into an array once, check its dtype, and
    promote bf16/f16 to float32 (``compute_dtype``) so low precision is never silently
    computed in low precision.
-2. ``broadcast_shape`` and ``check_*``: validate shapes, ``reduction``, ``where``,
-   ``weights`` and hyperparameters given as Python numbers, at trace time, with a message
-   that names the argument and shows what came in.
+2. ``loss_shape`` and ``check_*``: validate shapes (the shape rule: the per-element loss
+   has the shape of the predictions, the other inputs only broadcast to it),
+   ``reduction``, ``where``, ``weights`` and hyperparameters given as Python numbers, at
+   trace time, with a message that names the argument and shows what came in.
 3. ``keep``: replace masked-out inputs by a harmless value *before* the unsafe
    operation ("double where"), so masked elements get exactly zero gradient even when
    their inputs are NaN or inf.
@@ -89,6 +90,46 @@ def broadcast_shape(**named: Any) -> tuple[int, ...]:
         raise ValueError(
             f"Shapes do not broadcast: {listing}. Every argument must broadcast to one shape."
         ) from None
+
+
+def loss_shape(prediction: str | None, **named: Any) -> tuple[int, ...]:
+    """The shape of the per-element loss, enforcing the shape rule.
+
+    With ``prediction`` (the name of one of ``named``), the loss has the shape of that
+    input and every other input (``None`` entries are skipped) must broadcast *to* it:
+    an input that would enlarge it (``predictions`` [N, 1] against ``targets`` [N]
+    becoming [N, N]) raises a ``ValueError`` naming both shapes and the fix. With
+    ``prediction=None`` (inputs with no prediction among them, e.g. the two
+    distributions of a divergence) the loss has the broadcast shape of the inputs, which
+    must be the shape of one of them: broadcasting may stretch an input, never create a
+    shape none of them has.
+    """
+    shapes = {k: tuple(jnp.shape(v)) for k, v in named.items() if v is not None}
+    common = broadcast_shape(**named)
+    if prediction is None:
+        if shapes and common not in shapes.values():
+            listing = ", ".join(f"`{k}` {s}" for k, s in shapes.items())
+            raise ValueError(
+                f"Broadcasting {listing} would create the shape {common}, which none of them "
+                "has: an input has an extra axis of size 1 where another has a real one. "
+                "Squeeze that axis (e.g. `x[:, 0]` or `jnp.squeeze(x, -1)`), or broadcast "
+                f"explicitly (`jnp.broadcast_to(x, {common})`) if that is intended."
+            )
+        return common
+    shape = shapes[prediction]
+    if common != shape:
+        other, other_shape = next(
+            (k, s) for k, s in shapes.items() if jnp.broadcast_shapes(s, shape) != shape
+        )
+        raise ValueError(
+            f"`{other}` of shape {other_shape} would enlarge the loss beyond the shape of "
+            f"`{prediction}` {shape} (to {common}): the per-element loss has the shape of "
+            f"`{prediction}`, and the other inputs may only broadcast to it. If "
+            f"`{prediction}` has an extra axis of size 1, squeeze it (e.g. "
+            f"`{prediction}[:, 0]` or `jnp.squeeze({prediction}, -1)`); if the larger loss "
+            f"is intended, broadcast explicitly (`jnp.broadcast_to({prediction}, {common})`)."
+        )
+    return shape
 
 
 def _is_concrete_number(value: Any) -> bool:
@@ -176,21 +217,25 @@ def float_inputs(
     /,
     *,
     allow_int: Sequence[str] = (),
+    symmetric: bool = False,
     **named: ArrayLike | None,
 ) -> tuple[list[Array | None], Array | None, Array | None]:
     """Validate and convert the floating inputs of an elementwise loss in one call.
 
     Each named input (``None`` passes through) becomes an array of the compute dtype
-    (``compute_dtype``); their shapes must broadcast together, and ``where``/``weights``
-    must broadcast to that shape. Returns ``(arrays, where, weights)`` with the arrays in
-    the order given.
+    (``compute_dtype``). The first named input is the prediction: the loss has its shape
+    and every other input, ``where`` and ``weights`` must broadcast to it (the shape rule,
+    `loss_shape`). ``symmetric=True`` is for inputs with no prediction among them (the
+    two sides of a divergence): the loss has their broadcast shape, which must be the
+    shape of one of them. Returns ``(arrays, where, weights)`` with the arrays in the
+    order given.
     """
     arrays = {
         k: None if v is None else as_float(k, v, allow_int=k in allow_int) for k, v in named.items()
     }
     present = [a for a in arrays.values() if a is not None]
     dtype = compute_dtype(*present)
-    shape = broadcast_shape(**arrays)
+    shape = loss_shape(None if symmetric else next(iter(arrays)), **arrays)
     where, weights = prepare(shape, where, weights, reduction)
     return [None if a is None else a.astype(dtype) for a in arrays.values()], where, weights
 

@@ -56,7 +56,7 @@ def _distribution_inputs(where, weights, reduction, axis, allow_int=(), **named)
     """
     arrays = {k: C.as_float(k, v, allow_int=k in allow_int) for k, v in named.items()}
     dtype = C.compute_dtype(*arrays.values())
-    shape = C.broadcast_shape(**arrays)
+    shape = C.loss_shape(None, **arrays)
     axis = _normalize_axis(axis, shape)
     loss_shape = shape[:axis] + shape[axis + 1 :]
     where, weights = C.prepare(loss_shape, where, weights, reduction)
@@ -600,6 +600,7 @@ def gaussian_kl(
         weights,
         reduction,
         allow_int=("mean_q", "scale_p", "log_scale_p", "scale_q", "log_scale_q"),
+        symmetric=True,
         mean_p=mean_p,
         mean_q=mean_q,
         scale_p=scale_p,
