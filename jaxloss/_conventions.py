@@ -12,7 +12,8 @@ Each public loss does the same four things, with the helpers below:
 3. ``keep``: replace masked-out inputs by a harmless value *before* the unsafe
    operation ("double where"), so masked elements get exactly zero gradient even when
    their inputs are NaN or inf.
-4. ``reduce``: apply ``where``/``weights`` and ``reduction``; a mean over nothing is 0.
+4. ``reduce``: apply ``where``/``weights`` and ``reduction``; a mean over nothing is 0,
+   a NaN weight gives NaN.
 
 See ``docs/conventions.md`` for the user-facing statement of these rules.
 """
@@ -74,6 +75,63 @@ def as_labels(name: str, x: ArrayLike) -> Array:
     if not jnp.issubdtype(arr.dtype, jnp.integer):
         raise TypeError(f"`{name}` must be an integer array of class ids, got {_describe(arr)}.")
     return arr
+
+
+def check_ignore_index(ignore_index: Any) -> None:
+    """``ignore_index`` must be None or an int class id (not a bool, not a float)."""
+    if ignore_index is None:
+        return
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(
+            f"`ignore_index` must be an int class id (e.g. -100) or None, got {ignore_index!r}."
+        )
+
+
+def is_ignored(labels: Array, ignore_index: int | None) -> Array | None:
+    """Where integer ``labels`` equal ``ignore_index`` (None: no ``ignore_index``).
+
+    Compared in the labels' own dtype when ``ignore_index`` fits it; an id the dtype
+    cannot hold (−100 for uint8 labels) matches no label.
+    """
+    if ignore_index is None:
+        return None
+    info = jnp.iinfo(labels.dtype)
+    if not info.min <= ignore_index <= info.max:
+        return jnp.zeros(labels.shape, bool)
+    return labels == jnp.asarray(ignore_index, labels.dtype)
+
+
+def check_class_ids(labels: Array, ignore_index: int | None, where: Array | None = None) -> None:
+    """Reject concrete negative class ids that are not ``ignore_index`` nor masked out.
+
+    PyTorch pads labels with −100 and ignores them by default; here a negative id
+    without ``ignore_index`` would give NaN, so where the labels (and ``where``) are
+    concrete, not traced, it raises, naming the fix. Under ``jit`` the documented NaN
+    stays.
+    """
+    if isinstance(labels, jax.core.Tracer) or isinstance(where, jax.core.Tracer):
+        return
+    values = np.asarray(labels)
+    bad = values < 0
+    if ignore_index is not None:
+        bad &= values != ignore_index
+    if where is not None:
+        bad = bad & np.asarray(where)
+    if not bad.any():
+        return
+    found = sorted({int(v) for v in values[bad].ravel()[:1000]})[:3]
+    if ignore_index is None:
+        raise ValueError(
+            f"`labels` hold negative class ids {found} and `ignore_index` is None. Class ids "
+            "lie in [0, C); PyTorch pads labels with -100 and ignores them by default, "
+            "jaxloss does not. Pass `ignore_index=-100` (or your padding id), or drop them "
+            "with `where=labels >= 0`."
+        )
+    raise ValueError(
+        f"`labels` hold negative class ids {found} other than `ignore_index={ignore_index}`. "
+        "Class ids lie in [0, C); drop the others with `where=` or map them to the "
+        "ignored id."
+    )
 
 
 def cast(dtype: jnp.dtype, *arrays: Array) -> tuple[Array, ...]:
@@ -258,12 +316,17 @@ def reduce(
     where: Array | None = None,
     weights: Array | None = None,
     reduction: str = "none",
+    denominator: Array | None = None,
 ) -> Array:
     """Apply the mask, the weights and the reduction to an elementwise loss.
 
     ``"none"`` returns the loss with masked-out entries set to 0 (times ``weights``);
-    ``"sum"`` returns Σ w·ℓ over kept entries; ``"mean"`` returns Σ w·ℓ / Σ w over kept
-    entries, which is 0 (with zero gradient) when nothing is kept.
+    ``"sum"`` returns Σ w·ℓ over kept entries; ``"mean"`` returns Σ w·ℓ / Σ w·d over kept
+    entries, where ``denominator`` d (default 1) is a per-element weight the caller has
+    already applied inside ℓ (a class weight ω_y: PyTorch's mean divides by Σ ω_y). A
+    mean over nothing (no kept entry, or zero total weight) is 0 with zero gradient; a
+    NaN total weight (a NaN weight, or a class weight read at an out-of-range label)
+    gives NaN, never 0.
     """
     check_reduction(reduction)
     w = None
@@ -280,5 +343,15 @@ def reduce(
     total = jnp.sum(loss)
     if reduction == "sum":
         return total
-    count = jnp.sum(w) if w is not None else jnp.asarray(loss.size, loss.dtype)
-    return jnp.where(count > 0, total / jnp.where(count > 0, count, 1), 0).astype(loss.dtype)
+    d = None
+    if denominator is not None:
+        d = jnp.broadcast_to(denominator.astype(loss.dtype), loss.shape)
+        if where is not None:
+            d = jnp.where(mask, d, 0)
+    if w is None and d is None:
+        count = jnp.asarray(loss.size, loss.dtype)
+    else:
+        count = jnp.sum(w if d is None else d if w is None else w * d)
+    # `count == 0`, not `count > 0`: a NaN count must reach the result, not select 0.
+    empty = count == 0
+    return jnp.where(empty, 0, total / jnp.where(empty, 1, count)).astype(loss.dtype)

@@ -129,11 +129,14 @@ def test_ignore_index_equals_dropping_the_examples():
 def test_a_label_outside_the_classes_gives_nan_not_a_finite_loss(bad):
     labels = IDS.copy()
     labels[2] = bad
-    out = np.asarray(jaxloss.softmax_cross_entropy(LOGITS, labels))
+    # Concrete negative ids raise (issue 10 item 3); under jit every bad id gives NaN.
+    sce = jax.jit(jaxloss.softmax_cross_entropy, static_argnames=("reduction",))
+    nll = jax.jit(jaxloss.nll_loss, static_argnames=("reduction",))
+    out = np.asarray(sce(LOGITS, labels))
     assert np.isnan(out[2]) and np.isfinite(np.delete(out, 2)).all()
-    assert np.isnan(jaxloss.softmax_cross_entropy(LOGITS, labels, reduction="mean"))
-    assert np.isnan(jaxloss.nll_loss(LOGITS, labels, reduction="sum"))
-    assert np.isnan(jaxloss.softmax_cross_entropy(LOGITS, labels, class_weights=CLASS_W)[2])
+    assert np.isnan(sce(LOGITS, labels, reduction="mean"))
+    assert np.isnan(nll(LOGITS, labels, reduction="sum"))
+    assert np.isnan(sce(LOGITS, labels, class_weights=CLASS_W)[2])
     # A masked-out example is dropped whatever its label.
     keep = np.arange(N) != 2
     assert np.isfinite(jaxloss.softmax_cross_entropy(LOGITS, labels, where=keep, reduction="mean"))
