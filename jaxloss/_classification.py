@@ -624,6 +624,13 @@ def binary_cross_entropy(
     (q, y), where, weights = C.float_inputs(
         where, weights, reduction, allow_int=("labels",), probs=probs, labels=labels
     )
+    C.check_probabilities(
+        "`binary_cross_entropy` takes probabilities in [0, 1]; for logits use "
+        "`sigmoid_binary_cross_entropy`.",
+        None if where is None else jnp.broadcast_to(where, q.shape),
+        probs=q,
+        labels=y,
+    )
     q = C.keep(where, q, 0.5)
     y = C.keep(where, y, 0.5)
     # 0·log 0 = 0: the log's argument is replaced where its factor is 0, before the log,

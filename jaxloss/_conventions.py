@@ -134,6 +134,31 @@ def check_class_ids(labels: Array, ignore_index: int | None, where: Array | None
     )
 
 
+def check_probabilities(hint: str, where: Array | None = None, **named: Array) -> None:
+    """Reject a concrete probability argument with a negative entry, with ``hint``.
+
+    A negative "probability" is almost always a log-probability passed where a
+    probability belongs (PyTorch's ``kl_div(log q, p)`` habit); the math would give NaN.
+    Only concrete arrays (not traced) can be inspected, so under ``jit`` the documented
+    NaN stays. Entries masked out by a concrete ``where`` (broadcast against the inputs
+    by the caller) are not inspected.
+    """
+    if isinstance(where, jax.core.Tracer):
+        return
+    for name, x in named.items():
+        if x is None or isinstance(x, jax.core.Tracer):
+            continue
+        values = np.asarray(x)
+        bad = values < 0
+        if where is not None:
+            bad = bad & np.asarray(where)
+        if bad.any():
+            raise ValueError(
+                f"`{name}` holds a negative entry ({float(values[bad].min()):.4g}), which is not a "
+                f"probability. {hint}"
+            )
+
+
 def cast(dtype: jnp.dtype, *arrays: Array) -> tuple[Array, ...]:
     return tuple(a.astype(dtype) for a in arrays)
 

@@ -563,3 +563,130 @@ def test_bad_input_errors_eagerly_and_under_jit(call, error, message):
 def test_negative_concrete_class_weights_are_rejected():
     with pytest.raises(ValueError, match=r"`class_weights` must be non-negative"):
         jaxloss.softmax_cross_entropy(Z0, jnp.zeros(3, int), class_weights=-jnp.ones(4))
+
+
+# --------------------------------------------------------------------------------------
+# Issue 10, parity: PyTorch's documented cross-entropy convention in every combination
+# of label kind × label smoothing × class weights × ignore_index × reduction.
+# --------------------------------------------------------------------------------------
+
+TORCH_N, TORCH_C = 7, 5
+TORCH_LOGITS = np.random.default_rng(10).normal(size=(TORCH_N, TORCH_C)) * 2.0
+TORCH_IDS = np.array([0, 3, -100, 1, 4, 4, -100])
+TORCH_PROBS = np.random.default_rng(11).dirichlet(np.ones(TORCH_C), size=TORCH_N)
+TORCH_W = np.array([0.5, 2.0, 1.0, 0.25, 3.0])
+
+
+def _torch_cross_entropy(logits, target, weight, ignore_index, eps, reduction):
+    """torch.nn.functional.cross_entropy's documented formula, float64 numpy.
+
+    Class ids: ℓ_n = (1 − ε)·(−w[y_n] log p[n, y_n]) + ε·(−(1/C) Σ_c w[c] log p[n, c]),
+    ignored rows 0; mean = Σ ℓ_n / Σ_{kept} w[y_n]. Probabilities: t̃ = (1 − ε) t + ε/C,
+    ℓ_n = −Σ_c w[c] t̃[n, c] log p[n, c]; mean = Σ ℓ_n / N.
+    """
+    n, c = logits.shape
+    w = np.ones(c) if weight is None else np.asarray(weight, float)
+    log_p = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+    log_p -= logits.max(1, keepdims=True)
+    if target.dtype.kind == "f":
+        t = (1 - eps) * target + eps / c
+        loss = -(w * t * log_p).sum(1)
+        denominator = n
+    else:
+        kept = np.ones(n, bool) if ignore_index is None else target != ignore_index
+        y = np.where(kept, target, 0)
+        nll = -w[y] * log_p[np.arange(n), y]
+        smooth = -(w * log_p).sum(1) / c
+        loss = np.where(kept, (1 - eps) * nll + eps * smooth, 0.0)
+        denominator = w[y][kept].sum()
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.sum() / denominator
+
+
+TORCH_COMBOS = [
+    (kind, eps, weighted, ignore, reduction)
+    for kind in ("ids", "probabilities")
+    for eps in (0.0, 0.2)
+    for weighted in (False, True)
+    for ignore in ((False, True) if kind == "ids" else (False,))
+    for reduction in ("none", "sum", "mean")
+]
+
+
+def _torch_case(kind, ignore):
+    if kind == "probabilities":
+        return TORCH_PROBS, None
+    if ignore:
+        return TORCH_IDS, -100
+    return np.where(TORCH_IDS < 0, 2, TORCH_IDS), None
+
+
+@pytest.mark.parametrize("kind, eps, weighted, ignore, reduction", TORCH_COMBOS)
+def test_softmax_cross_entropy_matches_pytorch_in_every_combination(
+    kind, eps, weighted, ignore, reduction
+):
+    """Issue 10, parity item: `softmax_cross_entropy` is torch's `cross_entropy(weight=,
+    label_smoothing=, ignore_index=)` per example for both label kinds, and for
+    "mean"/"sum" with class ids; probability labels' "mean" follows the documented
+    denominator Σ_n Σ_c w_c·t_nc (torch's N without class weights). Before the fix the
+    smoothing term was weighted by w[y] instead of w[c]."""
+    labels, ignore_index = _torch_case(kind, ignore)
+    w = TORCH_W if weighted else None
+    options = {"label_smoothing": eps, "class_weights": w, "ignore_index": ignore_index}
+    out = jaxloss.softmax_cross_entropy(TORCH_LOGITS, labels, reduction=reduction, **options)
+    expected = _torch_cross_entropy(TORCH_LOGITS, labels, w, ignore_index, eps, reduction)
+    if kind == "probabilities" and reduction == "mean" and weighted:
+        per_example = _torch_cross_entropy(TORCH_LOGITS, labels, w, None, eps, "none")
+        expected = per_example.sum() / (labels * w).sum()  # jaxloss's rule, not torch's N
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-14)
+    # nll_loss on log-probabilities has every option meaning the same.
+    log_p = special.log_softmax(TORCH_LOGITS, axis=-1)
+    out_nll = jaxloss.nll_loss(log_p, labels, reduction=reduction, **options)
+    np.testing.assert_allclose(out_nll, expected, rtol=1e-12, atol=1e-14)
+    if eps == 0.0:  # softmax_focal_loss with γ = 0 shares the other options
+        focal = jaxloss.softmax_focal_loss(
+            TORCH_LOGITS,
+            labels,
+            gamma=0.0,
+            class_weights=w,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
+        np.testing.assert_allclose(focal, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_probability_label_mean_one_hot_equals_class_ids_and_differs_from_torch_as_documented():
+    """Issue 10, parity item: with class weights, one-hot labels' "mean" equals the class
+    ids' (torch's Σ w[y_n] denominator), where torch itself divides by N."""
+    ids = np.where(TORCH_IDS < 0, 2, TORCH_IDS)
+    one_hot = np.eye(TORCH_C)[ids]
+    for eps in (0.0, 0.2):
+        options = {"label_smoothing": eps, "class_weights": TORCH_W, "reduction": "mean"}
+        by_id = jaxloss.softmax_cross_entropy(TORCH_LOGITS, ids, **options)
+        by_vector = jaxloss.softmax_cross_entropy(TORCH_LOGITS, one_hot, **options)
+        torch_ids = _torch_cross_entropy(TORCH_LOGITS, ids, TORCH_W, None, eps, "mean")
+        torch_probs = _torch_cross_entropy(TORCH_LOGITS, one_hot, TORCH_W, None, eps, "mean")
+        np.testing.assert_allclose(by_id, torch_ids, rtol=1e-12)
+        np.testing.assert_allclose(by_vector, torch_ids, rtol=1e-12)
+        assert abs(torch_probs - torch_ids) > 1e-3  # so the two rules really differ here
+
+
+@pytest.mark.parametrize("kind", ["ids", "probabilities"])
+def test_softmax_focal_loss_class_weights_weight_each_class_term(kind):
+    """Issue 10, parity item: class weights in `softmax_focal_loss` weight class c's term
+    by w[c] (ℓ = −Σ_c w_c t_c (1 − p_c)^γ log p_c), so γ → 0 is torch's cross-entropy;
+    "mean" divides by Σ_n Σ_c w_c t_nc as `softmax_cross_entropy` does."""
+    gamma = 1.5
+    labels = np.where(TORCH_IDS < 0, 2, TORCH_IDS) if kind == "ids" else TORCH_PROBS
+    t = np.eye(TORCH_C)[labels] if kind == "ids" else labels
+    log_p = special.log_softmax(TORCH_LOGITS, axis=-1)
+    per_example = -(TORCH_W * t * (1 - np.exp(log_p)) ** gamma * log_p).sum(-1)
+    for reduction, expected in [
+        ("none", per_example),
+        ("mean", per_example.sum() / (TORCH_W * t).sum()),
+    ]:
+        out = jaxloss.softmax_focal_loss(
+            TORCH_LOGITS, labels, gamma=gamma, class_weights=TORCH_W, reduction=reduction
+        )
+        np.testing.assert_allclose(out, expected, rtol=1e-12)
