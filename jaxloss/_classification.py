@@ -36,7 +36,7 @@ def _class_axis(axis, x: jax.Array, name: str) -> int:
         raise ValueError(f"`axis` {axis} is out of range for `{name}` of shape {x.shape}.")
     if x.shape[axis] == 0:
         raise ValueError(
-            f"`{name}` of shape {x.shape} has 0 classes along axis {axis}: a distribution "
+            f"`{name}` of shape {x.shape} has 0 classes along axis {axis % x.ndim}: a distribution "
             "over no class is undefined. Pass at least one class (check the class axis)."
         )
     return axis % x.ndim

@@ -690,3 +690,110 @@ def test_softmax_focal_loss_class_weights_weight_each_class_term(kind):
             TORCH_LOGITS, labels, gamma=gamma, class_weights=TORCH_W, reduction=reduction
         )
         np.testing.assert_allclose(out, expected, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# Issue 10: labels that cannot be misread, NaN that is never turned into 0
+# --------------------------------------------------------------------------------------
+
+CATEGORICAL = [jaxloss.softmax_cross_entropy, jaxloss.nll_loss, jaxloss.softmax_focal_loss]
+
+
+@pytest.mark.parametrize("fn", CATEGORICAL)
+def test_float_class_ids_are_not_read_as_one_probability_vector(fn):
+    """Issue 10 item 2: float class ids with N == C were read as one probability vector."""
+    logits = jnp.asarray(LOGITS[:3, :3])
+    message = r"Floating `labels` of shape \(3,\) are read as probabilities.*integer dtype"
+    with pytest.raises(TypeError, match=message):
+        fn(logits, jnp.array([0.0, 2.0, 1.0]))
+    with pytest.raises(TypeError, match=message):
+        jax.jit(fn)(logits, jnp.array([0.0, 2.0, 1.0]))
+    by_id = fn(logits, jnp.array([0, 2, 1]))
+    np.testing.assert_allclose(by_id, fn(logits, jnp.eye(3)[jnp.array([0, 2, 1])]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fn", CATEGORICAL)
+def test_negative_class_ids_without_ignore_index_raise_when_concrete(fn):
+    """Issue 10 item 3: PyTorch's −100 padding without `ignore_index` returned NaN with no
+    hint. Concrete labels raise naming `ignore_index=-100`; under jit the NaN stays."""
+    labels = np.where(np.arange(N) % 3 == 0, -100, IDS)
+    with pytest.raises(ValueError, match=r"negative class ids \[-100\].*`ignore_index=-100`"):
+        fn(LOGITS, labels, reduction="mean")
+    with pytest.raises(
+        ValueError, match=r"negative class ids \[-1\] other than `ignore_index=-100`"
+    ):
+        fn(LOGITS, np.where(labels == -100, -1, labels), ignore_index=-100)
+    traced = jax.jit(lambda z, y: fn(z, y, reduction="mean"))(LOGITS, labels)
+    assert np.isnan(traced)
+    kept = labels >= 0
+    np.testing.assert_allclose(
+        fn(LOGITS, labels, ignore_index=-100, reduction="mean"),
+        fn(LOGITS, np.where(kept, labels, 0), where=kept, reduction="mean"),
+        rtol=1e-12,
+    )
+    # Masked out by `where`, a negative id is not an error (it is dropped).
+    np.testing.assert_allclose(
+        fn(LOGITS, labels, where=kept, reduction="mean"),
+        fn(LOGITS, labels, ignore_index=-100, reduction="mean"),
+        rtol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("fn", CATEGORICAL)
+def test_mean_is_nan_when_an_out_of_range_label_makes_a_class_weight_nan(fn):
+    """Issue 10, float64-review defect 2: the NaN class weight of an out-of-range label
+    made the count NaN and the empty-mask guard returned 0; it must poison the mean."""
+    labels = IDS.copy()
+    labels[2] = K + 4
+    for reduction in ("mean", "sum"):
+        assert np.isnan(fn(LOGITS, labels, class_weights=CLASS_W, reduction=reduction))
+    nan_weight = W.copy()
+    nan_weight[5] = np.nan
+    assert np.isnan(fn(LOGITS, IDS, weights=nan_weight, reduction="mean"))
+    # ... while dropping it, or keeping nothing at all, still gives a finite value / 0.
+    keep = np.arange(N) != 2
+    assert np.isfinite(fn(LOGITS, labels, class_weights=CLASS_W, where=keep, reduction="mean"))
+    nothing = np.zeros(N, bool)
+    assert float(fn(LOGITS, labels, class_weights=CLASS_W, where=nothing, reduction="mean")) == 0
+
+
+@pytest.mark.parametrize("bad", [True, 1.5, np.float64(-100.0)])
+def test_ignore_index_must_be_an_int(bad):
+    """Issue 10, float64-review defect 14: `ignore_index=True` or `1.5` was accepted."""
+    for fn in CATEGORICAL:
+        with pytest.raises(TypeError, match=r"`ignore_index` must be an int class id"):
+            fn(LOGITS, IDS, ignore_index=bad)
+    assert np.isfinite(
+        jaxloss.softmax_cross_entropy(LOGITS, IDS, ignore_index=np.int64(-100))
+    ).all()
+
+
+def test_zero_classes_raise():
+    """Issue 10, float64-review defect 14: C = 0 classes gave −inf instead of an error."""
+    empty = jnp.zeros((3, 0))
+    for fn in CATEGORICAL:
+        with pytest.raises(ValueError, match=r"`\w+` of shape \(3, 0\) has 0 classes along axis 1"):
+            fn(empty, jnp.zeros(3, jnp.int32))
+    with pytest.raises(ValueError, match=r"has 0 classes"):
+        jaxloss.z_loss(empty)
+
+
+@pytest.mark.parametrize("fn", CATEGORICAL)
+def test_large_int64_labels_do_not_wrap_into_another_class(fn):
+    """Issue 10, float64-review defect 3 (last sentence): an int64 label ≥ 2³² wrapped in
+    the gather (2³² + 1 read class 1); every id outside [0, C) must give NaN."""
+    assert jax.config.jax_enable_x64
+    logits = jnp.asarray(LOGITS[:4])
+    for big in (2**32, 2**32 + 1, 2**31, 2**63 - 1):
+        labels = jnp.asarray([0, big, 1, 2], jnp.int64)
+        out = np.asarray(jax.jit(fn)(logits, labels))
+        assert np.isnan(out[1]) and np.isfinite(np.delete(out, 1)).all(), big
+        weighted = jax.jit(lambda z, y: fn(z, y, class_weights=CLASS_W, reduction="mean"))
+        assert np.isnan(weighted(logits, labels))
+    # Narrow dtypes hold their valid ids: uint8 / int16 labels give the int32 result.
+    ids = jnp.asarray(IDS[:4], jnp.int32)
+    for dtype in (jnp.uint8, jnp.int8, jnp.int16, jnp.uint32):
+        np.testing.assert_array_equal(fn(logits, ids.astype(dtype)), fn(logits, ids))
+    np.testing.assert_array_equal(
+        fn(logits, ids.astype(jnp.uint8), ignore_index=-100), fn(logits, ids)
+    )

@@ -193,3 +193,33 @@ def test_shape_rule_for_inputs_without_a_prediction():
     with pytest.raises(ValueError, match=r"would create the shape \(4, 4\)"):
         jaxloss.gaussian_kl(_PRED[:, None], mean_q=_PRED)
     assert jaxloss.gaussian_kl(_PRED, mean_q=0.5).shape == (N_RULE,)
+
+
+def test_mean_is_nan_not_zero_when_a_weight_is_nan():
+    """Issue 10, float64-review defect 2: `reduction="mean"` returned 0 for a NaN weight
+    (the guard for an empty mask saw `count > 0` False and selected 0)."""
+    w = jnp.array([1.0, jnp.nan, 1.0])
+    assert np.isnan(jaxloss.squared_error(jnp.ones(3), 0.0, weights=w, reduction="mean"))
+    assert np.isnan(C.reduce(jnp.ones(3), weights=w, reduction="mean"))
+    assert np.isnan(C.reduce(jnp.ones(3), denominator=w, reduction="mean"))
+    # A NaN weight on a dropped element does not count; nothing kept is still 0.
+    keep = jnp.array([True, False, True])
+    out = jaxloss.squared_error(jnp.ones(3), 0.0, weights=w, where=keep, reduction="mean")
+    assert float(out) == 1.0
+    nothing = jnp.zeros(3, bool)
+    assert float(C.reduce(jnp.ones(3), weights=w, where=nothing, reduction="mean")) == 0.0
+    g = jax.grad(lambda x: C.reduce(x, where=nothing, reduction="mean"))(jnp.ones(3))
+    np.testing.assert_array_equal(g, 0.0)
+
+
+def test_reduce_denominator_counts_in_the_mean_only():
+    """Issue 10 (PyTorch parity): "mean" = Σ w·ℓ / Σ w·d over kept elements, the class
+    weight d already inside ℓ; "none" and "sum" ignore d."""
+    loss = jnp.asarray([1.0, 2.0, 3.0, 4.0])
+    w = jnp.asarray([1.0, 0.5, 2.0, 1.0])
+    d = jnp.asarray([2.0, 1.0, 0.5, 3.0])
+    keep = jnp.asarray([True, True, False, True])
+    mean = C.reduce(loss, where=keep, weights=w, denominator=d, reduction="mean")
+    np.testing.assert_allclose(mean, (1 + 1 + 4) / (2 + 0.5 + 3), rtol=1e-12)
+    total = C.reduce(loss, where=keep, weights=w, denominator=d, reduction="sum")
+    np.testing.assert_allclose(total, 6.0, rtol=1e-12)
