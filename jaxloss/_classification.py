@@ -345,9 +345,25 @@ def softmax_cross_entropy(
         ℓ = logsumexp(z) − z_y                    for an integer label y (t one-hot)
 
     ``labels`` may be integer class ids (shape of ``logits`` without ``axis``) or
-    floating probability vectors (the shape of ``logits``); the dtype decides, and a
-    one-hot vector gives exactly the result of its class id. Integer labels gather one
-    logit per example (no one-hot array is built).
+    floating probability vectors (the logits' number of dimensions); the dtype decides,
+    and a one-hot vector gives the result of its class id (the same formula; the two
+    paths round differently, by about 1e-6 in float32). Float labels with fewer
+    dimensions than the logits raise (class ids stored as floats would otherwise be read
+    as one probability vector). Integer labels gather one logit per example (no one-hot
+    array is built).
+
+    With ``class_weights`` w, ``label_smoothing`` ε and ``ignore_index`` this is
+    PyTorch's ``cross_entropy(weight=w, label_smoothing=ε, ignore_index=...)`` per
+    example, for both label kinds:
+
+        ℓ = (1 − ε)·w_y·(lse − z_y) + (ε/K)·Σ_c w_c·(lse − z_c)     class id y
+        ℓ = −Σ_c w_c·t̃_c·log p_c,  t̃ = (1 − ε)·t + ε/K              probabilities t
+
+    and ``"mean"`` = Σ w·ℓ / Σ w·ω over the kept examples, ω = w_y (PyTorch's mean for
+    class ids) or, for probability labels, ω = Σ_c w_c·t_c, the expected class weight of
+    the unsmoothed label. That makes one-hot labels equal their class ids in every
+    reduction; PyTorch instead divides by the number of examples for probability labels
+    (the same as here without class weights, where ω = 1).
 
     A class whose logit is −inf (masked out) is handled exactly as if its logit were the
     lowest finite float: where the target puts no mass on it, the loss and its gradient
@@ -360,16 +376,17 @@ def softmax_cross_entropy(
     Args:
       logits: z, floating array with a class axis of size C.
       labels: integer class ids broadcastable to ``logits``' shape without ``axis``, or
-        floating target probabilities broadcastable to ``logits``' shape.
+        floating target probabilities with ``logits``' number of dimensions,
+        broadcastable to its shape. Concrete (not traced) negative ids other than
+        ``ignore_index`` raise (PyTorch's −100 padding needs ``ignore_index=-100``).
       axis: the class axis of ``logits`` (default the last).
       label_smoothing: ε ∈ [0, 1], the weight of the uniform distribution mixed into the
         target: t = (1 − ε)·y + ε/K, for both label kinds. K counts the classes with a
         finite logit (a −inf logit marks a class as impossible, and it gets no target
         mass); with no −inf logits K = C, the usual definition.
-      class_weights: optional non-negative weights of shape [C]. Each example is weighted
-        by its label's weight ω = class_weights[y] (for probability labels
-        ω = Σ_c class_weights_c·y_c, the same for one-hot labels), and ``"mean"`` divides
-        by Σ ω over the kept examples (PyTorch's convention).
+      class_weights: optional non-negative weights w of shape [C]: the label's term is
+        weighted by w_y, each class's smoothing (and probability) term by its own w_c,
+        and ``"mean"`` divides by Σ ω over the kept examples (see above).
       ignore_index: optional class id (integer labels only, e.g. −100) whose examples
         are dropped: loss 0, no gradient, and left out of sums and means, exactly as
         ``where=False``. Combines with ``where`` and ``weights``.
