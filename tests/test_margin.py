@@ -171,7 +171,7 @@ def test_integer_scores_are_rejected():
 
 
 def test_errors_also_under_jit():
-    with pytest.raises(ValueError, match="does not broadcast to the shape of `scores`"):
+    with pytest.raises(ValueError, match="would enlarge the loss beyond the shape of `scores`"):
         jax.jit(jaxloss.perceptron_loss)(jnp.ones(3), jnp.ones((3, 1)))
     with pytest.raises(TypeError, match="integer class ids"):
         jax.jit(jaxloss.multiclass_hinge_loss)(jnp.ones((2, 3)), jnp.ones(2))

@@ -237,7 +237,7 @@ def test_bad_arguments(call, error, match):
 
 def test_shape_errors_also_under_jit():
     f = jax.jit(lambda p, t: jaxloss.dice_loss(p, t, axis=SPATIAL))
-    with pytest.raises(ValueError, match="does not broadcast to the shape of `probs`"):
+    with pytest.raises(ValueError, match="would enlarge the loss beyond the shape of `probs`"):
         f(PROBS[..., :1], TARGETS)
 
 
