@@ -256,13 +256,24 @@ def main():
         },
         notes=notes,
     )
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
     steps = np.arange(1, config["steps"] + 1)
     ax.plot(steps, single, label="1 process", lw=3, alpha=0.5)
     ax.plot(steps, multi, "--", label=f"{args.num_processes} processes")
     ax.plot(steps, wrong, ":", label="mean of per-process means")
     ax.set(xlabel="step", ylabel="training loss (valid rows)", yscale="log")
     ax.legend()
+    floor = 1e-9  # exact agreement (a difference of 0) is drawn at this floor
+    for values, style, label in (
+        (multi, ".", f"{args.num_processes} processes"),
+        (wrong, "x", "mean of per-process means"),
+    ):
+        deviation = np.maximum(np.abs(values - single) / single, floor)
+        ax2.plot(steps, deviation, style, ms=3, label=label)
+    ax2.axhline(TOLERANCE, color="gray", lw=1, label="tolerance")
+    ax2.set(xlabel="step", ylabel="relative difference from 1 process", yscale="log")
+    ax2.set_ylim(floor / 3, 1e3)  # room for the legend
+    ax2.legend(loc="upper center", ncol=3, fontsize="small")
     _common.save_figure(args, fig, f"{NAME}.png")
     if worst > TOLERANCE:
         raise SystemExit(f"the processes' losses differ from one process's by {worst:.1e}")
