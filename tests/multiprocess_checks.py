@@ -62,6 +62,8 @@ def global_batch():
         "hidden": rng.normal(size=(N, D)) * scale,
         "weight": rng.normal(size=(D, V)) / np.sqrt(D),
         "bias": rng.normal(size=V) * 0.1,
+        "image": rng.normal(size=(N, D)) * scale,
+        "text": rng.normal(size=(N, D)),
     }
 
 
@@ -311,6 +313,39 @@ def check_vocab_parallel(x):
     return results
 
 
+# Contrastive losses with a ``batch_axis_name`` (another branch adds them): checked here
+# as soon as jaxloss has them; tests/test_multiprocess.py asserts that none is left out.
+CONTRASTIVE = {
+    "clip_loss": {"temperature": 0.2},
+    "siglip_loss": {"logit_scale": float(np.log(5.0)), "logit_bias": -2.0},
+}
+
+
+def check_contrastive(x):
+    """Pairs sharded across the processes, more of them removed (``where``) on the second:
+    plain jit, and shard_map with batch_axis_name; value and the gradients of both
+    embeddings against the same loss on one device."""
+    mesh = data_mesh()
+    names = ("image", "text", "keep", "weights")
+    build = lambda k, v: from_local_rows(mesh, v)  # noqa: E731
+    results = {"contrastive": sorted(n for n in CONTRASTIVE if hasattr(jaxloss, n))}
+    for name in results["contrastive"]:
+        fn = functools.partial(getattr(jaxloss, name), reduction="mean", **CONTRASTIVE[name])
+
+        def loss(a, b, m, w, fn=fn, **more):
+            return fn(a, b, where=m, weights=w, **more)
+
+        in_shard_map = jax.shard_map(
+            functools.partial(loss, batch_axis_name="batch"),
+            mesh=mesh,
+            in_specs=P("batch"),
+            out_specs=P(),
+        )
+        for how, f in (("jit", loss), ("shard_map", in_shard_map)):
+            results.update(compare(f"{name}[{how}]", f, loss, x, names, build, argnums=(0, 1)))
+    return results
+
+
 def check_regularization(x):
     """A penalty (value and gradient) and optax chains of jaxloss transforms on parameters
     whose kernel is sharded across the processes, a few steps, against one device."""
@@ -379,6 +414,7 @@ def main():
     report.update(check_fused(x))
     report.update(check_vocab_parallel(x))
     report.update(check_regularization(x))
+    report.update(check_contrastive(x))
     print(json.dumps(report), flush=True)
     jax.distributed.shutdown()
 

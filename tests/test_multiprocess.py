@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+import jaxloss
 from tests.multiprocess import ROOT, run_workers
 
 # float64: rounding only; float32: the distributed float32 result against float64.
@@ -90,6 +91,17 @@ def test_jaxloss_transforms_on_parameters_sharded_across_processes(reports):
         for dtype in TOLERANCE:
             assert report[f"zero_groups[{dtype}]"] == report[f"zero_groups_one_device[{dtype}]"]
             assert report[f"zero_groups[{dtype}]"] == 1
+
+
+def test_contrastive_losses_with_the_batch_across_processes(reports):
+    """clip_loss and siglip_loss (as soon as jaxloss has them): plain jit and shard_map
+    with batch_axis_name; value and gradients of both embeddings equal one device's."""
+    present = sorted(n for n in ("clip_loss", "siglip_loss") if n in jaxloss.__all__)
+    for report in reports:
+        assert report["contrastive"] == present
+    for name in present:
+        _assert_close(reports, f"{name}[jit]")
+        _assert_close(reports, f"{name}[shard_map]")
 
 
 # --------------------------------------------------------------------------------------
