@@ -5,7 +5,7 @@ the pytest process has: ``XLA_FLAGS=--xla_force_host_platform_device_count`` mus
 before JAX is imported, hence a subprocess.
 
 * ``run_workers(script, num_processes=1, devices_per_process=8)``: one process with 8
-  devices (tests/multidevice_vocab.py);
+  devices (what the single-process multi-device checks, tests/multidevice_*.py, need);
 * ``run_workers(script, num_processes=2, devices_per_process=4)``: JAX's multi-controller
   runtime on this machine, as on several hosts: two processes, a coordinator on a free
   port of 127.0.0.1 and CPU collectives over gloo. The script calls ``initialize()``

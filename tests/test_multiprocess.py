@@ -108,6 +108,30 @@ def test_contrastive_losses_with_the_batch_across_processes(reports):
 # The harness itself: a failing or hanging process never leaves the others running
 # --------------------------------------------------------------------------------------
 
+ECHO_WORKER = """
+import json, os
+print("some output first")
+print(json.dumps({k: os.environ.get(k) for k in (
+    "XLA_FLAGS", "JAX_PLATFORMS", "JAXLOSS_COORDINATOR_ADDRESS", "JAXLOSS_PROCESS_ID",
+    "JAXLOSS_NUM_PROCESSES")}))
+"""
+
+
+def test_harness_tells_each_process_its_devices_and_place(tmp_path):
+    script = tmp_path / "echo.py"
+    script.write_text(ECHO_WORKER)
+    (alone,) = run_workers(script, devices_per_process=8)
+    assert alone["XLA_FLAGS"].split()[-1] == "--xla_force_host_platform_device_count=8"
+    assert alone["JAX_PLATFORMS"] == "cpu"
+    assert alone["JAXLOSS_COORDINATOR_ADDRESS"] is None  # alone: no jax.distributed
+    pair = run_workers(script, num_processes=2, devices_per_process=4)
+    assert [r["JAXLOSS_PROCESS_ID"] for r in pair] == ["0", "1"]
+    assert {r["JAXLOSS_NUM_PROCESSES"] for r in pair} == {"2"}
+    assert len({r["JAXLOSS_COORDINATOR_ADDRESS"] for r in pair}) == 1
+    assert pair[0]["JAXLOSS_COORDINATOR_ADDRESS"].startswith("127.0.0.1:")
+    assert pair[0]["XLA_FLAGS"].split()[-1] == "--xla_force_host_platform_device_count=4"
+
+
 # Process 0 starts a child, writes both pids, then waits as if blocked in a collective;
 # process 1 then exits with an error ("fail") or does the same ("hang").
 STUCK_WORKER = """
