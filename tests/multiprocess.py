@@ -135,6 +135,28 @@ def run_workers(
             f.close()
 
 
+def once_per_run(tmp_path_factory, key: str, compute):
+    """``compute()`` (a JSON-able result) once per pytest run, even with pytest-xdist.
+
+    A module-scoped fixture runs once in every xdist worker that gets one of the module's
+    tests; the reports of expensive subprocess runs are shared instead: the first worker
+    computes them under a file lock in the run's shared temporary folder, the others
+    wait and read them.
+    """
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:  # no xdist: a single process
+        return compute()
+    import fcntl
+
+    folder = tmp_path_factory.getbasetemp().parent  # shared by the run's workers
+    path = folder / f"{key}-{run}.json"
+    with open(folder / f"{key}-{run}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            path.write_text(json.dumps(compute()))
+        return json.loads(path.read_text())
+
+
 def initialize(timeout: int = 120) -> None:
     """In a worker started by ``run_workers``: join the other processes (no-op if alone).
 

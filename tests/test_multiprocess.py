@@ -14,20 +14,24 @@ import time
 import pytest
 
 import jaxloss
-from tests.multiprocess import ROOT, run_workers
+from tests.multiprocess import ROOT, once_per_run, run_workers
 
 # float64: rounding only; float32: the distributed float32 result against float64.
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
 
 
 @pytest.fixture(scope="module")
-def reports():
-    """One report per process, in process order."""
-    return run_workers(
-        ROOT / "tests" / "multiprocess_checks.py",
-        num_processes=2,
-        devices_per_process=4,
-        timeout=400,
+def reports(tmp_path_factory):
+    """One report per process, in process order (computed once per pytest run)."""
+    return once_per_run(
+        tmp_path_factory,
+        "multiprocess_checks",
+        lambda: run_workers(
+            ROOT / "tests" / "multiprocess_checks.py",
+            num_processes=2,
+            devices_per_process=4,
+            timeout=400,
+        ),
     )
 
 
