@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxloss
@@ -72,10 +72,10 @@ def global_batch():
 # --------------------------------------------------------------------------------------
 
 
-def data_mesh() -> Mesh:
+def data_mesh(axis_type=AxisType.Auto) -> Mesh:
     """The 8 devices on one axis "batch", process 0's four first: the batch spans both."""
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
-    return Mesh(np.array(devices), ("batch",))
+    return Mesh(np.array(devices), ("batch",), axis_types=(axis_type,))
 
 
 def vocab_mesh() -> Mesh:
@@ -215,22 +215,27 @@ def _materialized_ce(hidden, weight, labels, keep, weights):
 
 def check_fused(x):
     """fused_linear_cross_entropy, tokens sharded across processes, weight replicated:
-    plain jit, and shard_map with batch_axis_name; against materialized logits."""
-    mesh = data_mesh()
+    plain jit (on a mesh of automatic axes, and of explicit ones, where the function
+    splits the work over the devices itself), and shard_map with batch_axis_name;
+    against materialized logits."""
     names = ("hidden", "weight", "labels", "keep", "weights")
-
-    def build(k, v):
-        return from_blocks(mesh, P(), v) if k == "weight" else from_local_rows(mesh, v)
-
-    in_shard_map = jax.shard_map(
-        functools.partial(_fused, batch_axis_name="batch"),
-        mesh=mesh,
-        in_specs=(P("batch"), P(), P("batch"), P("batch"), P("batch")),
-        out_specs=P(),
-    )
     results = {}
-    for name, loss in (("fused[jit]", _fused), ("fused[shard_map]", in_shard_map)):
-        results.update(compare(name, loss, _materialized_ce, x, names, build, argnums=(0, 1)))
+    for kind in (AxisType.Auto, AxisType.Explicit):
+        mesh = data_mesh(kind)
+
+        def build(k, v, mesh=mesh):
+            return from_blocks(mesh, P(), v) if k == "weight" else from_local_rows(mesh, v)
+
+        cases = {f"fused[jit,{kind.name}]": _fused}
+        if kind == AxisType.Auto:
+            cases["fused[shard_map]"] = jax.shard_map(
+                functools.partial(_fused, batch_axis_name="batch"),
+                mesh=mesh,
+                in_specs=(P("batch"), P(), P("batch"), P("batch"), P("batch")),
+                out_specs=P(),
+            )
+        for name, loss in cases.items():
+            results.update(compare(name, loss, _materialized_ce, x, names, build, argnums=(0, 1)))
     return results
 
 

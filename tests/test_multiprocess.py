@@ -66,7 +66,7 @@ def test_the_mean_of_per_process_means_would_be_caught(reports, loss):
         assert report[f"mean_of_means:{loss}"] > 1e-2 > TOLERANCE["float32"]
 
 
-@pytest.mark.parametrize("check", ["fused[jit]", "fused[shard_map]"])
+@pytest.mark.parametrize("check", ["fused[jit,Auto]", "fused[jit,Explicit]", "fused[shard_map]"])
 def test_fused_linear_cross_entropy_with_tokens_across_processes(reports, check):
     """Plain jit on sharded tokens, and shard_map with batch_axis_name; value and the
     gradients of hidden and of the replicated weight against materialized logits."""
