@@ -13,6 +13,7 @@ from jaxloss._auxiliary import combine_losses
 from jaxloss._classification import (
     binary_cross_entropy,
     nll_loss,
+    poly_cross_entropy,
     sigmoid_binary_cross_entropy,
     sigmoid_focal_loss,
     softmax_cross_entropy,
@@ -24,6 +25,7 @@ from jaxloss._information import (
     entropy,
     entropy_from_logits,
     gaussian_kl,
+    generalized_kl_divergence,
     js_divergence,
     kl_divergence,
     kl_divergence_from_logits,
@@ -74,6 +76,7 @@ __all__ = [
     "sigmoid_binary_cross_entropy",
     "binary_cross_entropy",
     "sigmoid_focal_loss",
+    "poly_cross_entropy",
     # information theory (entropies and divergences, math order (p, q))
     "surprisal",
     "entropy",
@@ -83,6 +86,7 @@ __all__ = [
     "kl_divergence_from_logits",
     "js_divergence",
     "gaussian_kl",
+    "generalized_kl_divergence",
     # regularization: penalties over parameter pytrees, masks, the regularized objective
     "l2_penalty",
     "l1_penalty",

@@ -845,3 +845,77 @@ CASES += [
         id="vocab_parallel_fused_linear_cross_entropy[1-device mesh]",
     ),
 ]
+
+
+# --------------------------------------------------------------------------------------
+# Sparse outputs, Poly-1, generalized KL and ranking (issue 11)
+# --------------------------------------------------------------------------------------
+
+
+def _poly_ref(logits, labels, epsilon=2.0, label_smoothing=0.0):
+    """Leng et al. (2022), Poly-1: CE(t) + ε Σ t (1 − p), p = softmax(z)."""
+    t = _target(labels, label_smoothing)
+    log_p = special.log_softmax(logits, axis=-1)
+    return -(t * log_p).sum(-1) + epsilon * (t * (1.0 - np.exp(log_p))).sum(-1)
+
+
+def _generalized_kl_ref(p, q, base=None):
+    return _in_base((special.rel_entr(p, q) - p + q).sum(-1), base)
+
+
+def _measure(rng, shape=SHAPE):
+    """Non-negative vectors that do not sum to one, with some exact zeros."""
+    x = rng.uniform(0.1, 3.0, size=shape)
+    return np.where(rng.random(shape) < 0.2, 0.0, x)
+
+
+CASES += [
+    Case(
+        "poly_cross_entropy",
+        jaxloss.poly_cross_entropy,
+        lambda rng: ((_logits(rng), _class_ids(rng)), {}),
+        _poly_ref,
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_IDS), {}),
+        id="poly_cross_entropy[class ids]",
+    ),
+    Case(
+        "poly_cross_entropy",
+        jaxloss.poly_cross_entropy,
+        lambda rng: (
+            (_logits(rng), _probabilities(rng)),
+            {"epsilon": -0.5, "label_smoothing": 0.1},
+        ),
+        _poly_ref,
+        grad_args=(0, 1),
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_PROBS), {"label_smoothing": 0.1}),
+        id="poly_cross_entropy[probabilities,epsilon,label_smoothing]",
+    ),
+    Case(
+        "poly_cross_entropy",
+        jaxloss.poly_cross_entropy,
+        lambda rng: ((_logits(rng), _class_ids(rng)), {"epsilon": 1.5, "label_smoothing": 0.2}),
+        _poly_ref,
+        extreme=lambda: (
+            (_EXTREME_LOGITS[:, :2], np.array([1, 0, 0])),
+            {"label_smoothing": 0.2},
+        ),
+        id="poly_cross_entropy[class ids,label_smoothing]",
+    ),
+    Case(
+        "generalized_kl_divergence",
+        jaxloss.generalized_kl_divergence,
+        lambda rng: ((rng.uniform(0.1, 3.0, size=SHAPE), rng.uniform(0.1, 3.0, size=SHAPE)), {}),
+        _generalized_kl_ref,
+        grad_args=(0, 1),
+        extreme=lambda: ((_P_EXTREME * 1e3, _Q_EXTREME * 1e3), {"base": 2}),
+    ),
+    Case(
+        # Finite differences in p across an exact 0 of p log p are undefined; only q here.
+        "generalized_kl_divergence",
+        jaxloss.generalized_kl_divergence,
+        lambda rng: ((_measure(rng), rng.uniform(0.1, 3.0, size=SHAPE)), {"base": 10}),
+        _generalized_kl_ref,
+        grad_args=(1,),
+        id="generalized_kl_divergence[zeros in p]",
+    ),
+]
