@@ -56,6 +56,7 @@ from jaxloss._regularization import (
     resolve_mask,
     weight_matrix_mask,
 )
+from jaxloss._sparse import sparsemax, sparsemax_loss
 from jaxloss._version import __version__ as __version__
 
 __all__ = [
@@ -77,6 +78,9 @@ __all__ = [
     "binary_cross_entropy",
     "sigmoid_focal_loss",
     "poly_cross_entropy",
+    # sparse outputs (sparsemax and its Fenchel-Young loss)
+    "sparsemax",
+    "sparsemax_loss",
     # information theory (entropies and divergences, math order (p, q))
     "surprisal",
     "entropy",

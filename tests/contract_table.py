@@ -919,3 +919,56 @@ CASES += [
         id="generalized_kl_divergence[zeros in p]",
     ),
 ]
+
+
+def _sparsemax_ref(z):
+    """Martins & Astudillo (2016): the τ with Σ max(z − τ, 0) = 1, found by bisection in
+    float64, then made exact from the support it gives: τ = (Σ_S z − 1)/|S|."""
+    z = np.asarray(z, np.float64)
+    lo = z.max(-1, keepdims=True) - 1.0  # Σ max(z − lo, 0) ≥ 1
+    hi = z.max(-1, keepdims=True)  # Σ max(z − hi, 0) = 0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        above = np.maximum(z - mid, 0.0).sum(-1, keepdims=True) >= 1.0
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    support = z > lo
+    tau = (np.where(support, z, 0.0).sum(-1, keepdims=True) - 1.0) / support.sum(-1, keepdims=True)
+    return np.maximum(z - tau, 0.0)
+
+
+def _sparsemax_loss_ref(z, labels):
+    """Ω*(z) + Ω(y) − ⟨z, y⟩ with Ω = ½‖·‖² on the simplex (Blondel et al., 2020)."""
+    y = np.eye(z.shape[-1])[labels] if np.issubdtype(labels.dtype, np.integer) else labels
+    p = _sparsemax_ref(z)
+    return (z * (p - y)).sum(-1) - 0.5 * (p * p).sum(-1) + 0.5 * (y * y).sum(-1)
+
+
+CASES += [
+    Case(
+        "sparsemax",
+        jaxloss.sparsemax,
+        lambda rng: ((_logits(rng),), {}),
+        _sparsemax_ref,
+        conventions=False,
+        extreme=lambda: ((_EXTREME_LOGITS,), {}),
+    ),
+    Case(
+        "sparsemax_loss",
+        jaxloss.sparsemax_loss,
+        lambda rng: ((_logits(rng), _class_ids(rng)), {}),
+        _sparsemax_loss_ref,
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_IDS), {}),
+        id="sparsemax_loss[class ids]",
+    ),
+    Case(
+        # The label gradient at a −inf logit is +inf (the true one), so the extreme
+        # logits here are finite.
+        "sparsemax_loss",
+        jaxloss.sparsemax_loss,
+        lambda rng: ((_logits(rng), _probabilities(rng)), {}),
+        _sparsemax_loss_ref,
+        grad_args=(0, 1),
+        extreme=lambda: ((np.nan_to_num(_EXTREME_LOGITS, neginf=-1e30), _EXTREME_PROBS), {}),
+        id="sparsemax_loss[probabilities]",
+    ),
+]
