@@ -36,6 +36,12 @@ from jaxloss._parallel import (
     vocab_parallel_cross_entropy,
     vocab_parallel_fused_linear_cross_entropy,
 )
+from jaxloss._ranking import (
+    listmle_loss,
+    pairwise_hinge_loss,
+    pairwise_logistic_loss,
+    ranking_softmax_loss,
+)
 from jaxloss._regression import (
     absolute_error,
     gaussian_nll,
@@ -91,6 +97,11 @@ __all__ = [
     "js_divergence",
     "gaussian_kl",
     "generalized_kl_divergence",
+    # ranking (lists along the last axis; `where` marks the valid items)
+    "ranking_softmax_loss",
+    "listmle_loss",
+    "pairwise_logistic_loss",
+    "pairwise_hinge_loss",
     # regularization: penalties over parameter pytrees, masks, the regularized objective
     "l2_penalty",
     "l1_penalty",

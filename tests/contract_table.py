@@ -972,3 +972,89 @@ CASES += [
         id="sparsemax_loss[probabilities]",
     ),
 ]
+
+
+L = 5  # items per list
+
+
+def _per_list_mask(fn):
+    """``fn`` with ``where`` given per list (the contract's loss-shaped mask), passed on
+    as the item mask ``where[..., None]`` that drops the whole list."""
+
+    def wrapped(scores, relevance, *, where=None, **kwargs):
+        if where is not None:
+            where = jax.numpy.asarray(where)[..., None]
+        return fn(scores, relevance, where=where, **kwargs)
+
+    return wrapped
+
+
+def _lists(rng):
+    """Scores and graded relevance 0..3 (ties included), one list per row."""
+    return (rng.normal(size=(N, L)) * 2.0, rng.integers(0, 4, size=(N, L)).astype(float)), {}
+
+
+def _ranking_softmax_ref(s, r):
+    mass = r.sum(-1, keepdims=True)
+    t = r / np.where(mass == 0, 1.0, mass)
+    return -(t * special.log_softmax(s, axis=-1)).sum(-1)
+
+
+def _listmle_ref(s, r):
+    """Xia et al. (2008): Σ_k logsumexp(s_π[k:]) − s_π[k], π by decreasing r, stable."""
+    out = np.zeros(s.shape[:-1])
+    for idx in np.ndindex(*s.shape[:-1]):
+        ordered = s[idx][np.argsort(-r[idx], kind="stable")]
+        out[idx] = sum(special.logsumexp(ordered[k:]) - ordered[k] for k in range(len(ordered)))
+    return out
+
+
+def _pairwise_ref(pair_loss):
+    def ref(s, r, **kwargs):
+        out = np.zeros(s.shape[:-1])
+        for idx in np.ndindex(*s.shape[:-1]):
+            for i in range(s.shape[-1]):
+                for j in range(s.shape[-1]):
+                    if r[idx][i] > r[idx][j]:
+                        out[idx] += pair_loss(s[idx][i] - s[idx][j], **kwargs)
+        return out
+
+    return ref
+
+
+_RANK_EXTREME = (
+    np.array([[1e4, -1e4, 0.0, 1e9], [-1e9, 1e9, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32),
+    np.array([[1.0, 0.0, 2.0, 0.0], [3.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]], np.float32),
+)
+
+CASES += [
+    Case(
+        "ranking_softmax_loss",
+        _per_list_mask(jaxloss.ranking_softmax_loss),
+        _lists,
+        _ranking_softmax_ref,
+        extreme=lambda: (_RANK_EXTREME, {}),
+    ),
+    Case(
+        "listmle_loss",
+        _per_list_mask(jaxloss.listmle_loss),
+        _lists,
+        _listmle_ref,
+        extreme=lambda: (_RANK_EXTREME, {}),
+    ),
+    Case(
+        "pairwise_logistic_loss",
+        _per_list_mask(jaxloss.pairwise_logistic_loss),
+        _lists,
+        _pairwise_ref(lambda d: np.logaddexp(0.0, -d)),
+        extreme=lambda: (_RANK_EXTREME, {}),
+    ),
+    Case(
+        "pairwise_hinge_loss",
+        _per_list_mask(jaxloss.pairwise_hinge_loss),
+        lambda rng: (_lists(rng)[0], {"margin": 0.7}),
+        _pairwise_ref(lambda d, margin: max(0.0, margin - d)),
+        grad_order=1,
+        extreme=lambda: (_RANK_EXTREME, {}),
+    ),
+]
