@@ -4,7 +4,7 @@ Each list lies along the last axis: ``scores`` [..., L] are the model's scores o
 items, ``relevance`` [..., L] their graded relevance (higher is better). The loss is one
 number per list, shape [...] (the list axis removed).
 
-``where`` here is an *item* mask of the scores' shape (True = a real item, False = padding
+``where`` here is an *item* mask of the scores' ndim (True = a real item, False = padding
 of a ragged batch): a padded item takes no part in the loss, and gets exactly zero
 gradient even when its score or relevance is NaN or inf. A list with no valid item is
 dropped like a masked example (loss 0, left out of ``"mean"``); to drop whole lists, pass
@@ -34,16 +34,21 @@ def _lists(scores, relevance, where, weights, reduction):
         raise ValueError(
             "`scores` must have a list axis (the last): got a scalar. Pass shape [..., L]."
         )
-    if not K._broadcasts_to(r.shape, s.shape):
+    # Same ndim as the scores, then broadcasting: a [B] array against [B, L] scores would
+    # otherwise be read along the items whenever B == L, a silent wrong answer.
+    if r.ndim != s.ndim or not K._broadcasts_to(r.shape, s.shape):
         raise ValueError(
-            f"`relevance` of shape {r.shape} must broadcast to the shape of `scores` "
-            f"{s.shape} (one relevance per item, the lists along the last axis)."
+            f"`relevance` of shape {r.shape} must have the ndim of `scores` {s.shape} and "
+            "broadcast to it (one relevance per item, the lists along the last axis)."
         )
-    if where is not None and not K._broadcasts_to(jnp.shape(where), s.shape):
+    if where is not None and (
+        jnp.ndim(where) != s.ndim or not K._broadcasts_to(jnp.shape(where), s.shape)
+    ):
         raise ValueError(
-            f"`where` of shape {jnp.shape(where)} must broadcast to the shape of `scores` "
-            f"{s.shape}: it marks the valid items of each list. To drop whole lists pass "
-            "`where=keep[..., None]`."
+            f"`where` of shape {jnp.shape(where)} must have the ndim of `scores` {s.shape} "
+            "and broadcast to it: it marks the valid items of each list. To drop whole "
+            "lists pass `where=keep[..., None]`; for one item mask shared by every list, "
+            "`where=mask[None, :]`."
         )
     where = C.check_where(where, s.shape)
     C.check_reduction(reduction)
@@ -77,10 +82,10 @@ def ranking_softmax_loss(
 
     Args:
       scores: s, floating array [..., L], the lists along the last axis.
-      relevance: r ≥ 0, the graded relevance, broadcastable to ``scores``' shape;
-        integers and booleans are cast.
-      where: optional boolean item mask broadcastable to ``scores``' shape (True = valid
-        item, False = padding); see the module notes.
+      relevance: r ≥ 0, the graded relevance, of ``scores``' ndim and broadcastable to
+        its shape; integers and booleans are cast.
+      where: optional boolean item mask of ``scores``' ndim, broadcastable to its shape
+        (True = valid item, False = padding); see the module notes.
       weights: optional non-negative per-list weights, broadcastable to [...].
       reduction: ``"none"`` (per list), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w over the
         lists with a valid item).
@@ -93,7 +98,7 @@ def ranking_softmax_loss(
       >>> import jax.numpy as jnp, jaxloss
       >>> scores = jnp.array([[2.0, 1.0, 0.0], [0.0, 0.0, 5.0]])
       >>> relevance = jnp.array([[1.0, 0.0, 0.0], [2.0, 2.0, 0.0]])
-      >>> jaxloss.ranking_softmax_loss(scores, relevance, where=jnp.array([True, True, False]))
+      >>> jaxloss.ranking_softmax_loss(scores, relevance, where=jnp.array([[True, True, False]]))
       Array([0.31326163, 0.6931472 ], dtype=float32)
 
     References:
@@ -132,8 +137,8 @@ def listmle_loss(
 
     Args:
       scores: s, floating array [..., L], the lists along the last axis.
-      relevance: r, broadcastable to ``scores``' shape (only its order matters);
-        integers and booleans are cast. It is not differentiated.
+      relevance: r, of ``scores``' ndim and broadcastable to its shape (only its order
+        matters); integers and booleans are cast. It is not differentiated.
       where, weights, reduction: as in `ranking_softmax_loss`.
 
     Returns:
@@ -190,7 +195,8 @@ def pairwise_logistic_loss(
 
     Args:
       scores: s, floating array [..., L], the lists along the last axis.
-      relevance: r, broadcastable to ``scores``' shape; integers and booleans are cast.
+      relevance: r, of ``scores``' ndim and broadcastable to its shape; integers and
+        booleans are cast.
       where, weights, reduction: as in `ranking_softmax_loss`.
 
     Returns:
@@ -226,7 +232,8 @@ def pairwise_hinge_loss(
 
     Args:
       scores: s, floating array [..., L], the lists along the last axis.
-      relevance: r, broadcastable to ``scores``' shape; integers and booleans are cast.
+      relevance: r, of ``scores``' ndim and broadcastable to its shape; integers and
+        booleans are cast.
       margin: the required score gap, a non-negative number (default 1).
       where, weights, reduction: as in `ranking_softmax_loss`.
 

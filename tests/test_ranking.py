@@ -143,14 +143,27 @@ BAD_CALLS = [
     (
         lambda: jaxloss.ranking_softmax_loss(jnp.zeros((3, 4)), jnp.zeros((2, 3, 4))),
         ValueError,
-        r"`relevance` of shape \(2, 3, 4\) must broadcast to the shape of `scores` \(3, 4\)",
+        r"`relevance` of shape \(2, 3, 4\) must have the ndim of `scores` \(3, 4\)",
+    ),
+    (
+        # A per-list array against 4 lists of 4 items: refused, not read along the items.
+        lambda: jaxloss.listmle_loss(jnp.zeros((4, 4)), jnp.arange(4.0)),
+        ValueError,
+        r"`relevance` of shape \(4,\) must have the ndim of `scores` \(4, 4\)",
+    ),
+    (
+        lambda: jaxloss.ranking_softmax_loss(
+            jnp.zeros((4, 4)), jnp.ones((4, 4)), where=jnp.ones(4, bool)
+        ),
+        ValueError,
+        r"`where` of shape \(4,\) must have the ndim of `scores` \(4, 4\).*keep\[..., None\]",
     ),
     (
         lambda: jaxloss.pairwise_logistic_loss(
             jnp.zeros((3, 4)), jnp.zeros((3, 4)), where=jnp.ones(3, bool)
         ),
         ValueError,
-        r"`where` of shape \(3,\) must broadcast to the shape of `scores` \(3, 4\)",
+        r"`where` of shape \(3,\) must have the ndim of `scores` \(3, 4\)",
     ),
     (
         lambda: jaxloss.pairwise_hinge_loss(jnp.zeros(4), jnp.zeros(4), where=jnp.ones(4)),
