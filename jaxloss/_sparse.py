@@ -19,6 +19,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from jaxloss import _classification as K
 from jaxloss import _conventions as C
+from jaxloss import _numerics as N
 
 ArrayLike = C.ArrayLike
 
@@ -90,8 +91,11 @@ def _fenchel_young_last_jvp(primals, tangents):
     if not isinstance(dy, SymbolicZero):
         zs = _shifted(z)
         # ∂/∂y of the value above: y − (z − τ). On the simplex's tangent space (Σ dy = 0)
-        # this is the usual y − z; off it, the value is that of the logits z − τ.
-        tangent = tangent + jnp.sum((y - (zs - _threshold(zs))) * dy, axis=-1)
+        # this is the usual y − z; off it, the value is that of the logits z − τ. A −inf
+        # logit counts as the lowest float (N.finite_floor), so a zero tangent there
+        # gives 0, not 0·inf.
+        coefficient = y - (N.finite_floor(zs) - _threshold(zs))
+        tangent = tangent + jnp.sum(coefficient * dy, axis=-1)
     return out, tangent
 
 
@@ -154,7 +158,8 @@ def sparsemax_loss(
     cross-entropy) finite logits can reach. Computed as ½‖p − y‖² + Σ_j y_j·max(τ − z_j, 0),
     two non-negative terms, so it is never negative and does not lose digits to
     cancellation for large logits. The gradient in a probability label is y − (z − τ)
-    (y − z up to a constant, the same on the simplex).
+    (y − z up to a constant, the same on the simplex), with a −inf logit counted as the
+    lowest finite float there.
 
     Args:
       logits: z, floating array with a class axis of size C.

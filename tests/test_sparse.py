@@ -156,3 +156,13 @@ def test_bad_input_errors_eagerly_and_under_jit(call, error, message):
         call()
     with pytest.raises(error, match=message):
         jax.jit(call)()
+
+
+def test_sparsemax_loss_label_derivative_is_finite_at_minus_inf_logits():
+    z = jnp.array([[1.0, 0.5, -jnp.inf]])
+    y = jnp.array([[0.6, 0.4, 0.0]])
+    _, tangent = jax.jvp(lambda y: jaxloss.sparsemax_loss(z, y), (y,), (jnp.zeros_like(y),))
+    assert float(tangent[0]) == 0.0  # not 0·inf
+    g_z, g_y = jax.grad(lambda z, y: jnp.sum(jaxloss.sparsemax_loss(z, y)), (0, 1))(z, y)
+    np.testing.assert_allclose(g_z, [[0.15, -0.15, 0.0]], atol=1e-6)
+    assert np.isfinite(np.asarray(g_y)).all()
