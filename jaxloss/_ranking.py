@@ -107,14 +107,15 @@ def ranking_softmax_loss(
       for learning-to-rank with binary relevance", ICTIR 2019.
     """
     s, r, valid, keep, weights = _lists(scores, relevance, where, weights, reduction)
-    mass = jnp.sum(r, axis=-1, keepdims=True)
-    target = r / jnp.where(mass == 0, 1.0, mass)  # all-0 relevance: no target, loss 0
     if valid is not None:
         # A padded item's score is −inf (probability 0); a list of padding only keeps
         # its zeroed scores so that its (dropped) row stays finite.
         empty = ~jnp.expand_dims(keep, -1)
         s = jnp.where(valid | empty, s, -jnp.inf)
-    loss = -jnp.sum(target * N.log_softmax(s, -1), axis=-1)
+    # −Σ r log p / Σ r: optax's program, with one division per list instead of a
+    # normalized copy of the relevance. All-0 relevance: no target, loss 0 (the sum is 0).
+    mass = jnp.sum(r, axis=-1)
+    loss = -jnp.sum(r * N.log_softmax(s, -1), axis=-1) / jnp.where(mass == 0, 1.0, mass)
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
 
 
