@@ -33,6 +33,7 @@ REFERENCES = {
     "pairwise_hinge_loss": _pairwise_ref(lambda d: max(0.0, 1.0 - d)),
 }
 FNS = {name: jax.jit(getattr(jaxloss, name), static_argnames="reduction") for name in REFERENCES}
+HINGE = jax.jit(jaxloss.pairwise_hinge_loss, static_argnames="margin")
 
 
 def _ragged_reference(name, scores, relevance):
@@ -65,25 +66,25 @@ def test_ranking_softmax_loss_matches_optax():
     rel = np.where(VALID, RELEVANCE, 0.0)
     mass = rel.sum(-1, keepdims=True)
     target = rel / np.where(mass == 0, 1.0, mass)  # relevance already a distribution
-    ours = jaxloss.ranking_softmax_loss(SCORES, target, where=where)
+    ours = FNS["ranking_softmax_loss"](SCORES, target, where=where)
     peer = optax.losses.ranking_softmax_loss(SCORES, target, where=where, reduce_fn=None)
     np.testing.assert_allclose(ours, peer, rtol=1e-12, atol=1e-12)
     for reduction, reduce_fn in (("mean", jnp.mean), ("sum", jnp.sum)):
         np.testing.assert_allclose(
-            jaxloss.ranking_softmax_loss(SCORES, target, where=where, reduction=reduction),
+            FNS["ranking_softmax_loss"](SCORES, target, where=where, reduction=reduction),
             optax.losses.ranking_softmax_loss(SCORES, target, where=where, reduce_fn=reduce_fn),
             rtol=1e-12,
         )
     # optax does not normalize the relevance: its loss is ours times Σ r.
     peer = optax.losses.ranking_softmax_loss(SCORES, RELEVANCE, reduce_fn=None)
-    ours = jaxloss.ranking_softmax_loss(SCORES, RELEVANCE)
+    ours = FNS["ranking_softmax_loss"](SCORES, RELEVANCE)
     np.testing.assert_allclose(np.asarray(ours) * RELEVANCE.sum(-1), peer, rtol=1e-12)
 
 
 def test_ranking_softmax_list_without_relevant_item_is_zero_with_zero_gradient():
     relevance = RELEVANCE.copy()
     relevance[2] = 0.0
-    loss = lambda s: jaxloss.ranking_softmax_loss(s, relevance)  # noqa: E731
+    loss = lambda s: FNS["ranking_softmax_loss"](s, relevance)  # noqa: E731
     assert float(loss(SCORES)[2]) == 0.0
     grad = jax.grad(lambda s: jnp.sum(loss(s)))(SCORES)
     assert np.all(np.asarray(grad)[2] == 0)
@@ -93,11 +94,11 @@ def test_ranking_softmax_list_without_relevant_item_is_zero_with_zero_gradient()
 def test_listmle_breaks_ties_by_position():
     s = np.array([0.3, -1.0, 2.0])
     # Items 0 and 1 tie: the ordering is (0, 1, 2), the one of relevance (3, 2, 1).
-    tied = jaxloss.listmle_loss(s, np.array([1.0, 1.0, 0.0]))
-    np.testing.assert_allclose(tied, jaxloss.listmle_loss(s, np.array([3.0, 2.0, 1.0])))
+    tied = FNS["listmle_loss"](s, np.array([1.0, 1.0, 0.0]))
+    np.testing.assert_allclose(tied, FNS["listmle_loss"](s, np.array([3.0, 2.0, 1.0])))
     # Swapping the tied items' positions swaps the ordering.
-    swapped = jaxloss.listmle_loss(s[[1, 0, 2]], np.array([1.0, 1.0, 0.0]))
-    np.testing.assert_allclose(swapped, jaxloss.listmle_loss(s, np.array([2.0, 3.0, 1.0])))
+    swapped = FNS["listmle_loss"](s[[1, 0, 2]], np.array([1.0, 1.0, 0.0]))
+    np.testing.assert_allclose(swapped, FNS["listmle_loss"](s, np.array([2.0, 3.0, 1.0])))
     assert not np.isclose(tied, swapped)
 
 
@@ -107,7 +108,7 @@ def test_listmle_is_a_plackett_luce_negative_log_likelihood():
     for perm in itertools.permutations(range(4)):
         relevance = np.empty(4)
         relevance[list(perm)] = np.arange(4, 0, -1)  # ranks the items in the order perm
-        total += np.exp(-float(jaxloss.listmle_loss(s, relevance)))
+        total += np.exp(-float(FNS["listmle_loss"](s, relevance)))
     np.testing.assert_allclose(total, 1.0, rtol=1e-12)
 
 
@@ -124,13 +125,13 @@ def test_ranking_losses_are_shift_invariant_and_non_negative(seed, shift):
 
 def test_pairwise_losses_count_each_ordered_pair_and_use_the_margin():
     s, r = np.array([1.0, 0.0, 2.0]), np.array([2, 1, 0])
-    np.testing.assert_allclose(jaxloss.pairwise_hinge_loss(s, r, margin=0.5), 0.0 + 1.5 + 2.5)
-    np.testing.assert_allclose(jaxloss.pairwise_hinge_loss(s, r, margin=0.0), 0.0 + 1.0 + 2.0)
+    np.testing.assert_allclose(HINGE(s, r, margin=0.5), 0.0 + 1.5 + 2.5)
+    np.testing.assert_allclose(HINGE(s, r, margin=0.0), 0.0 + 1.0 + 2.0)
     big = jnp.array([1e9, -1e9, 0.0], jnp.float32)
-    out = jaxloss.pairwise_logistic_loss(big, jnp.array([0, 1, 2]))
+    out = FNS["pairwise_logistic_loss"](big, jnp.array([0, 1, 2]))
     np.testing.assert_allclose(out, 2e9 + 1e9, rtol=1e-6)  # the third pair is ~exp(-1e9)
     # A well-ordered pair keeps its exp(-d) size instead of rounding to 0.
-    tiny = jaxloss.pairwise_logistic_loss(jnp.array([0.0, 40.0]), jnp.array([0, 1]))
+    tiny = FNS["pairwise_logistic_loss"](jnp.array([0.0, 40.0]), jnp.array([0, 1]))
     np.testing.assert_allclose(tiny, np.exp(-40.0), rtol=1e-6)
 
 
