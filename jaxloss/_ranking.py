@@ -155,8 +155,11 @@ def listmle_loss(
       algorithm", ICML 2008.
     """
     s, r, valid, keep, weights = _lists(scores, relevance, where, weights, reduction)
-    # Padded items sort first: the suffix sums of the valid items then never include them.
-    key = -r if valid is None else jnp.where(valid, -r, -jnp.inf)
+    # Padded items sort first: the suffix sums of the valid items then never include them
+    # (a valid item's key is floored at the lowest float, so +inf relevance sorts after).
+    key = (
+        -r if valid is None else jnp.where(valid, jnp.maximum(-r, jnp.finfo(r.dtype).min), -jnp.inf)
+    )
     order = jnp.argsort(key, axis=-1, stable=True)
     s = jnp.take_along_axis(s, order, axis=-1)
     suffix = jax.lax.cumlogsumexp(s, axis=s.ndim - 1, reverse=True)

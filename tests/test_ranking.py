@@ -102,6 +102,14 @@ def test_listmle_breaks_ties_by_position():
     assert not np.isclose(tied, swapped)
 
 
+def test_listmle_padding_sorts_apart_from_infinite_relevance():
+    s = np.array([[0.5, -1.0, 2.0, 7.0]])
+    where = np.array([[True, True, True, False]])
+    out = FNS["listmle_loss"](s, np.array([[1.0, np.inf, 0.0, 5.0]]), where=where)
+    expected = _listmle_ref(s[:, :3], np.array([[1.0, 2.0, 0.0]]))  # the same ordering
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+
+
 def test_listmle_is_a_plackett_luce_negative_log_likelihood():
     s = RNG.normal(size=4) * 1.5
     total = 0.0
