@@ -166,3 +166,17 @@ def test_sparsemax_loss_label_derivative_is_finite_at_minus_inf_logits():
     g_z, g_y = jax.grad(lambda z, y: jnp.sum(sparsemax_loss(z, y)), (0, 1))(z, y)
     np.testing.assert_allclose(g_z, [[0.15, -0.15, 0.0]], atol=1e-6)
     assert np.isfinite(np.asarray(g_y)).all()
+
+
+def test_deliberate_difference_optax_sparsemax_loss_loses_digits_at_large_logits():
+    rng = np.random.default_rng(5)
+    z = (rng.normal(size=(2000, 4)) * 0.3 + 1e3).astype(np.float32)
+    labels = np.argmax(z, axis=-1)
+    expected = _sparsemax_loss_ref(z.astype(np.float64), labels)  # losses of 0.1 to 0.3
+    ours = np.asarray(sparsemax_loss(jnp.asarray(z), jnp.asarray(labels)))
+    assert (ours >= 0).all()
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)  # measured: 4e-8
+    # optax's threshold comes from partial sums of logits of size 1e3 (no shift), and its
+    # loss is off by ~2e-4 here (measured), a thousand times ours.
+    peer = np.asarray(optax.losses.multiclass_sparsemax_loss(jnp.asarray(z), jnp.asarray(labels)))
+    assert np.abs(peer - expected).max() > 2e-5
