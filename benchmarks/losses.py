@@ -160,6 +160,36 @@ CASES = [
         lambda n, c: (2 * _full(n, c), _full(n, c)),
     ),
     Case(
+        "poly_cross_entropy",
+        "Poly-1 cross-entropy, probability labels",
+        _softmax_probs,
+        "poly_cross_entropy",
+        optax.losses.poly_loss_cross_entropy,
+        0,
+        lambda n, c: (2 * _full(n, c), n * F32),
+        lambda n, c: (2 * _full(n, c), _full(n, c)),
+    ),
+    Case(
+        "generalized_kl",
+        "generalized KL divergence",
+        _two_distributions,
+        "generalized_kl_divergence",  # math order (p, q); optax takes (log q, p)
+        lambda p, q: optax.losses.generalized_kl_divergence(jnp.log(q), p),
+        1,
+        lambda n, c: (2 * _full(n, c), n * F32),
+        lambda n, c: (2 * _full(n, c), _full(n, c)),
+    ),
+    Case(
+        "ranking_softmax",
+        "ranking softmax loss (relevance summing to 1)",
+        _softmax_probs,
+        "ranking_softmax_loss",  # optax does not normalize the relevance, so it sums to 1
+        lambda s, r: optax.losses.ranking_softmax_loss(s, r, reduce_fn=None),
+        0,
+        lambda n, c: (2 * _full(n, c), n * F32),
+        lambda n, c: (2 * _full(n, c), _full(n, c)),
+    ),
+    Case(
         "control",
         "control: optax squared error against itself",
         _pair,

@@ -13,6 +13,7 @@ from jaxloss._auxiliary import combine_losses
 from jaxloss._classification import (
     binary_cross_entropy,
     nll_loss,
+    poly_cross_entropy,
     sigmoid_binary_cross_entropy,
     sigmoid_focal_loss,
     softmax_cross_entropy,
@@ -30,6 +31,7 @@ from jaxloss._information import (
     entropy,
     entropy_from_logits,
     gaussian_kl,
+    generalized_kl_divergence,
     js_divergence,
     kl_divergence,
     kl_divergence_from_logits,
@@ -47,6 +49,12 @@ from jaxloss._margin import (
 from jaxloss._parallel import (
     vocab_parallel_cross_entropy,
     vocab_parallel_fused_linear_cross_entropy,
+)
+from jaxloss._ranking import (
+    listmle_loss,
+    pairwise_hinge_loss,
+    pairwise_logistic_loss,
+    ranking_softmax_loss,
 )
 from jaxloss._regression import (
     absolute_error,
@@ -74,6 +82,7 @@ from jaxloss._segmentation import (
     jaccard_loss,
     tversky_loss,
 )
+from jaxloss._sparse import sparsemax, sparsemax_loss
 from jaxloss._version import __version__ as __version__
 
 __all__ = [
@@ -94,6 +103,10 @@ __all__ = [
     "sigmoid_binary_cross_entropy",
     "binary_cross_entropy",
     "sigmoid_focal_loss",
+    "poly_cross_entropy",
+    # sparse outputs (sparsemax and its Fenchel-Young loss)
+    "sparsemax",
+    "sparsemax_loss",
     # information theory (entropies and divergences, math order (p, q))
     "surprisal",
     "entropy",
@@ -103,6 +116,12 @@ __all__ = [
     "kl_divergence_from_logits",
     "js_divergence",
     "gaussian_kl",
+    "generalized_kl_divergence",
+    # ranking (lists along the last axis; `where` marks the valid items)
+    "ranking_softmax_loss",
+    "listmle_loss",
+    "pairwise_logistic_loss",
+    "pairwise_hinge_loss",
     # regularization: penalties over parameter pytrees, masks, the regularized objective
     "l2_penalty",
     "l1_penalty",

@@ -807,3 +807,109 @@ def softmax_focal_loss(
             labels = labels * _along(cw, x.ndim, axis)  # −Σ_c w_c·t_c·(1 − p_c)^γ·log p_c
         loss = -jnp.sum(labels * factor * log_p, axis=axis)
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction, denominator=omega)
+
+
+# --------------------------------------------------------------------------------------
+# Poly-1 (issue 11)
+# --------------------------------------------------------------------------------------
+
+
+def poly_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    epsilon: float = 2.0,
+    axis: int = -1,
+    label_smoothing: float = 0.0,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Poly-1 loss: softmax cross-entropy plus ε times the first polynomial term (1 − p_t).
+
+        ℓ = CE(z, t) + ε · Σ_c t_c (1 − p_c),        p = softmax(z)
+        ℓ = −log p_y + ε · (1 − p_y)                  for an integer label y (t one-hot)
+
+    CE is `softmax_cross_entropy` with the same target t (label smoothing included); the
+    polynomial term is Σ_c t_c (1 − p_c), which is 1 − p_t for a target that sums to 1
+    (``optax.losses.poly_loss_cross_entropy``'s definition). For a class id it is
+    computed as −expm1(log p_y), without cancellation when p_y is small. ε = 0 gives
+    `softmax_cross_entropy`; the paper recommends ε = 2 for ImageNet classification and
+    ε = −1 for detection (any ε ≥ −1 keeps the loss decreasing in p_t).
+
+    Args:
+      logits: z, floating array with a class axis of size C.
+      labels: integer class ids broadcastable to ``logits``' shape without ``axis``, or
+        floating target probabilities broadcastable to ``logits``' shape.
+      epsilon: ε, the coefficient of (1 − p_t); a float (or a traced scalar).
+      axis: the class axis of ``logits`` (default the last).
+      label_smoothing: as in `softmax_cross_entropy`; applied to the target of both
+        terms.
+      where, weights, reduction: as in `softmax_cross_entropy` (per example).
+
+    Returns:
+      As in `softmax_cross_entropy`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+      >>> jaxloss.poly_cross_entropy(logits, jnp.array([0, 1]), epsilon=1.0)
+      Array([0.45255888, 1.765279  ], dtype=float32)
+
+    References:
+      Leng et al., "PolyLoss: a polynomial expansion perspective of classification loss
+      functions", ICLR 2022, §4 (Poly-1).
+    """
+    if C._is_concrete_number(epsilon) and not np.isfinite(epsilon):
+        raise ValueError(f"`epsilon` must be a finite number, got {epsilon!r}.")
+    C.check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    cat = _categorical_inputs(
+        "logits",
+        logits,
+        labels,
+        axis=axis,
+        class_weights=None,
+        ignore_index=None,
+        where=where,
+        weights=weights,
+        reduction=reduction,
+    )
+    x, labels, integer, axis, keep, weights = (
+        cat.x,
+        cat.labels,
+        cat.integer,
+        cat.axis,
+        cat.keep,
+        cat.weights,
+    )
+    # The inputs are validated and their masked rows replaced; the cross-entropy term is
+    # the library's one, unreduced, on those safe inputs.
+    ce = _categorical(
+        "logits",
+        x,
+        labels,
+        normalize=True,
+        axis=axis,
+        label_smoothing=label_smoothing,
+        class_weights=None,
+        ignore_index=None,
+        where=None,
+        weights=None,
+        reduction="none",
+    )
+    smooth = not _is_zero(label_smoothing)
+    log_p = N.log_softmax(x, axis)
+    if integer:
+        poly = -jnp.expm1(jnp.squeeze(_pick(log_p, labels, axis), axis))
+        if smooth:
+            _, count = _uniform_over_finite(x, axis)
+            uniform = 1.0 - 1.0 / jnp.squeeze(count, axis)  # Σ_c (1 − p_c)/K over finite c
+            poly = (1.0 - label_smoothing) * poly + label_smoothing * uniform
+    else:
+        target = labels
+        if smooth:
+            finite, count = _uniform_over_finite(x, axis)
+            target = (1.0 - label_smoothing) * target + label_smoothing * (finite / count)
+        poly = jnp.sum(target * -jnp.expm1(log_p), axis=axis)
+    loss = ce + jnp.asarray(epsilon, x.dtype) * poly
+    return C.reduce(loss, where=keep, weights=weights, reduction=reduction)

@@ -646,3 +646,56 @@ def gaussian_kl(
     u = 2.0 * (log_sigma_p - log_sigma_q)
     loss = 0.5 * (jnp.expm1(u) - u + jnp.square(diff * inv_sigma_q))
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def generalized_kl_divergence(
+    p: ArrayLike,
+    q: ArrayLike,
+    *,
+    axis: int = -1,
+    base: float | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Generalized KL divergence of the non-negative measure ``q`` from ``p``.
+
+        D(p‖q) = Σᵢ pᵢ log(pᵢ / qᵢ) − pᵢ + qᵢ ≥ 0
+
+    The Bregman divergence of x log x − x, for vectors that need not sum to one (e.g.
+    non-negative matrix factorization, Poisson intensities); it is `kl_divergence` when p
+    and q both sum to 1. Zeros follow `kl_divergence`: a term with pᵢ = 0 is qᵢ (0 · log
+    0 = 0, also for qᵢ = 0, with gradient −log qᵢ − 1 in pᵢ, −1 where qᵢ = 0 too, and 1
+    in qᵢ); the divergence is +inf where some pᵢ > 0 has qᵢ = 0. In ``base`` units the
+    whole divergence is divided by ln(base).
+
+    ``optax.losses.generalized_kl_divergence(log_predictions, targets)`` takes (log q, p)
+    and equals ``generalized_kl_divergence(targets, jnp.exp(log_predictions))``.
+
+    Args:
+      p: the reference measure, non-negative floating (or integer) array with the
+        vectors along ``axis``.
+      q: the model measure, non-negative floating array broadcastable with ``p``.
+      axis, base, where, weights, reduction: as in `cross_entropy`.
+
+    Returns:
+      As in `cross_entropy`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.generalized_kl_divergence(jnp.array([2.0, 0.0]), jnp.array([1.0, 3.0]))
+      Array(3.3862944, dtype=float32)
+
+    References:
+      Lee & Seung, "Algorithms for non-negative matrix factorization", NeurIPS 2000
+      (the divergence D(A‖B)); Bregman, USSR Comput. Math. Math. Phys. 7 (1967).
+    """
+    factor = N.log_base_factor(base)
+    (p, q), axis, where, row_where, weights = _distribution_inputs(
+        where, weights, reduction, axis, allow_int=("p",), p=p, q=q
+    )
+    p = C.keep(row_where, p, 1.0)
+    q = C.keep(row_where, q, 1.0)
+    terms = N.relative_entropy_term(p, q) - (p - q)
+    loss = jnp.sum(terms, axis=axis) * factor
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)

@@ -1149,3 +1149,216 @@ CASES += [
         ),
     ),
 ]
+
+
+# --------------------------------------------------------------------------------------
+# Sparse outputs, Poly-1, generalized KL and ranking (issue 11)
+# --------------------------------------------------------------------------------------
+
+
+def _poly_ref(logits, labels, epsilon=2.0, label_smoothing=0.0):
+    """Leng et al. (2022), Poly-1: CE(t) + ε Σ t (1 − p), p = softmax(z)."""
+    t = _target(labels, label_smoothing)
+    log_p = special.log_softmax(logits, axis=-1)
+    return -(t * log_p).sum(-1) + epsilon * (t * (1.0 - np.exp(log_p))).sum(-1)
+
+
+def _generalized_kl_ref(p, q, base=None):
+    return _in_base((special.rel_entr(p, q) - p + q).sum(-1), base)
+
+
+def _measure(rng, shape=SHAPE):
+    """Non-negative vectors that do not sum to one, with some exact zeros."""
+    x = rng.uniform(0.1, 3.0, size=shape)
+    return np.where(rng.random(shape) < 0.2, 0.0, x)
+
+
+CASES += [
+    Case(
+        "poly_cross_entropy",
+        jaxloss.poly_cross_entropy,
+        lambda rng: ((_logits(rng), _class_ids(rng)), {}),
+        _poly_ref,
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_IDS), {}),
+        id="poly_cross_entropy[class ids]",
+    ),
+    Case(
+        "poly_cross_entropy",
+        jaxloss.poly_cross_entropy,
+        lambda rng: (
+            (_logits(rng), _probabilities(rng)),
+            {"epsilon": -0.5, "label_smoothing": 0.1},
+        ),
+        _poly_ref,
+        grad_args=(0, 1),
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_PROBS), {"label_smoothing": 0.1}),
+        id="poly_cross_entropy[probabilities,epsilon,label_smoothing]",
+    ),
+    Case(
+        "poly_cross_entropy",
+        jaxloss.poly_cross_entropy,
+        lambda rng: ((_logits(rng), _class_ids(rng)), {"epsilon": 1.5, "label_smoothing": 0.2}),
+        _poly_ref,
+        extreme=lambda: (
+            (_EXTREME_LOGITS[:, :2], np.array([1, 0, 0])),
+            {"label_smoothing": 0.2},
+        ),
+        id="poly_cross_entropy[class ids,label_smoothing]",
+    ),
+    Case(
+        "generalized_kl_divergence",
+        jaxloss.generalized_kl_divergence,
+        lambda rng: ((rng.uniform(0.1, 3.0, size=SHAPE), rng.uniform(0.1, 3.0, size=SHAPE)), {}),
+        _generalized_kl_ref,
+        grad_args=(0, 1),
+        extreme=lambda: ((_P_EXTREME * 1e3, _Q_EXTREME * 1e3), {"base": 2}),
+    ),
+    Case(
+        # Finite differences in p across an exact 0 of p log p are undefined; only q here.
+        "generalized_kl_divergence",
+        jaxloss.generalized_kl_divergence,
+        lambda rng: ((_measure(rng), rng.uniform(0.1, 3.0, size=SHAPE)), {"base": 10}),
+        _generalized_kl_ref,
+        grad_args=(1,),
+        id="generalized_kl_divergence[zeros in p]",
+    ),
+]
+
+
+def _sparsemax_ref(z):
+    """Martins & Astudillo (2016): the τ with Σ max(z − τ, 0) = 1, found by bisection in
+    float64, then made exact from the support it gives: τ = (Σ_S z − 1)/|S|."""
+    z = np.asarray(z, np.float64)
+    lo = z.max(-1, keepdims=True) - 1.0  # Σ max(z − lo, 0) ≥ 1
+    hi = z.max(-1, keepdims=True)  # Σ max(z − hi, 0) = 0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        above = np.maximum(z - mid, 0.0).sum(-1, keepdims=True) >= 1.0
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    support = z > lo
+    tau = (np.where(support, z, 0.0).sum(-1, keepdims=True) - 1.0) / support.sum(-1, keepdims=True)
+    return np.maximum(z - tau, 0.0)
+
+
+def _sparsemax_loss_ref(z, labels):
+    """Ω*(z) + Ω(y) − ⟨z, y⟩ with Ω = ½‖·‖² on the simplex (Blondel et al., 2020)."""
+    y = np.eye(z.shape[-1])[labels] if np.issubdtype(labels.dtype, np.integer) else labels
+    p = _sparsemax_ref(z)
+    return (z * (p - y)).sum(-1) - 0.5 * (p * p).sum(-1) + 0.5 * (y * y).sum(-1)
+
+
+CASES += [
+    Case(
+        "sparsemax",
+        jaxloss.sparsemax,
+        lambda rng: ((_logits(rng),), {}),
+        _sparsemax_ref,
+        conventions=False,
+        extreme=lambda: ((_EXTREME_LOGITS,), {}),
+    ),
+    Case(
+        "sparsemax_loss",
+        jaxloss.sparsemax_loss,
+        lambda rng: ((_logits(rng), _class_ids(rng)), {}),
+        _sparsemax_loss_ref,
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_IDS), {}),
+        id="sparsemax_loss[class ids]",
+    ),
+    Case(
+        # The label gradient at a −inf logit is +inf (the true one), so the extreme
+        # logits here are finite.
+        "sparsemax_loss",
+        jaxloss.sparsemax_loss,
+        lambda rng: ((_logits(rng), _probabilities(rng)), {}),
+        _sparsemax_loss_ref,
+        grad_args=(0, 1),
+        extreme=lambda: ((np.nan_to_num(_EXTREME_LOGITS, neginf=-1e30), _EXTREME_PROBS), {}),
+        id="sparsemax_loss[probabilities]",
+    ),
+]
+
+
+L = 5  # items per list
+
+
+def _per_list_mask(fn):
+    """``fn`` with ``where`` given per list (the contract's loss-shaped mask), passed on
+    as the item mask ``where[..., None]`` that drops the whole list."""
+
+    def wrapped(scores, relevance, *, where=None, **kwargs):
+        if where is not None:
+            where = jax.numpy.asarray(where)[..., None]
+        return fn(scores, relevance, where=where, **kwargs)
+
+    return wrapped
+
+
+def _lists(rng):
+    """Scores and graded relevance 0..3 (ties included), one list per row."""
+    return (rng.normal(size=(N, L)) * 2.0, rng.integers(0, 4, size=(N, L)).astype(float)), {}
+
+
+def _ranking_softmax_ref(s, r):
+    mass = r.sum(-1, keepdims=True)
+    t = r / np.where(mass == 0, 1.0, mass)
+    return -(t * special.log_softmax(s, axis=-1)).sum(-1)
+
+
+def _listmle_ref(s, r):
+    """Xia et al. (2008): Σ_k logsumexp(s_π[k:]) − s_π[k], π by decreasing r, stable."""
+    out = np.zeros(s.shape[:-1])
+    for idx in np.ndindex(*s.shape[:-1]):
+        ordered = s[idx][np.argsort(-r[idx], kind="stable")]
+        out[idx] = sum(special.logsumexp(ordered[k:]) - ordered[k] for k in range(len(ordered)))
+    return out
+
+
+def _pairwise_ref(pair_loss):
+    def ref(s, r, **kwargs):
+        out = np.zeros(s.shape[:-1])
+        for idx in np.ndindex(*s.shape[:-1]):
+            for i in range(s.shape[-1]):
+                for j in range(s.shape[-1]):
+                    if r[idx][i] > r[idx][j]:
+                        out[idx] += pair_loss(s[idx][i] - s[idx][j], **kwargs)
+        return out
+
+    return ref
+
+
+_RANK_EXTREME = (
+    np.array([[1e4, -1e4, 0.0, 1e9], [-1e9, 1e9, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32),
+    np.array([[1.0, 0.0, 2.0, 0.0], [3.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]], np.float32),
+)
+
+CASES += [
+    Case(
+        "ranking_softmax_loss",
+        _per_list_mask(jaxloss.ranking_softmax_loss),
+        _lists,
+        _ranking_softmax_ref,
+        extreme=lambda: (_RANK_EXTREME, {}),
+    ),
+    Case(
+        "listmle_loss",
+        _per_list_mask(jaxloss.listmle_loss),
+        _lists,
+        _listmle_ref,
+        extreme=lambda: (_RANK_EXTREME, {}),
+    ),
+    Case(
+        "pairwise_logistic_loss",
+        _per_list_mask(jaxloss.pairwise_logistic_loss),
+        _lists,
+        _pairwise_ref(lambda d: np.logaddexp(0.0, -d)),
+        extreme=lambda: (_RANK_EXTREME, {}),
+    ),
+    Case(
+        "pairwise_hinge_loss",
+        _per_list_mask(jaxloss.pairwise_hinge_loss),
+        lambda rng: (_lists(rng)[0], {"margin": 0.7}),
+        _pairwise_ref(lambda d, margin: max(0.0, margin - d)),
+        grad_order=1,
+        extreme=lambda: (_RANK_EXTREME, {}),
+    ),
+]

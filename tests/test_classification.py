@@ -797,3 +797,63 @@ def test_large_int64_labels_do_not_wrap_into_another_class(fn):
     np.testing.assert_array_equal(
         fn(logits, ids.astype(jnp.uint8), ignore_index=-100), fn(logits, ids)
     )
+
+
+# poly_cross_entropy (issue 11)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("epsilon", [2.0, -1.0, 0.5])
+def test_poly_cross_entropy_matches_optax(epsilon):
+    peer = optax.losses.poly_loss_cross_entropy(LOGITS, PROBS, epsilon=epsilon)
+    ours = jaxloss.poly_cross_entropy(LOGITS, PROBS, epsilon=epsilon)
+    np.testing.assert_allclose(ours, peer, rtol=1e-12, atol=1e-12)
+    peer = optax.losses.poly_loss_cross_entropy(LOGITS, ONE_HOT, epsilon=epsilon)
+    np.testing.assert_allclose(
+        jaxloss.poly_cross_entropy(LOGITS, IDS, epsilon=epsilon), peer, rtol=1e-12, atol=1e-12
+    )
+    # optax has no label smoothing: smoothing the labels first is the same target.
+    smoothed = optax.smooth_labels(ONE_HOT, 0.2)
+    np.testing.assert_allclose(
+        jaxloss.poly_cross_entropy(LOGITS, IDS, epsilon=epsilon, label_smoothing=0.2),
+        optax.losses.poly_loss_cross_entropy(LOGITS, smoothed, epsilon=epsilon),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
+def test_poly_cross_entropy_is_ce_plus_epsilon_one_minus_pt_and_ids_equal_one_hot():
+    ce = jaxloss.softmax_cross_entropy(LOGITS, IDS, where=KEEP, weights=W)
+    p_t = special.softmax(LOGITS, axis=-1)[np.arange(N), IDS]
+    expected = ce + 3.0 * np.where(KEEP, W, 0.0) * (1.0 - p_t)
+    for labels in (IDS, ONE_HOT):
+        ours = jaxloss.poly_cross_entropy(LOGITS, labels, epsilon=3.0, where=KEEP, weights=W)
+        np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-12)
+    assert_same = np.testing.assert_allclose
+    assert_same(
+        jaxloss.poly_cross_entropy(LOGITS, IDS, epsilon=0.0, label_smoothing=0.3),
+        jaxloss.softmax_cross_entropy(LOGITS, IDS, label_smoothing=0.3),
+        rtol=1e-12,
+    )
+    g_id, g_vec = (
+        jax.grad(lambda z, y=y: jaxloss.poly_cross_entropy(z, y, reduction="sum"))(LOGITS)
+        for y in (IDS, ONE_HOT)
+    )
+    np.testing.assert_allclose(g_id, g_vec, rtol=1e-12, atol=1e-12)
+
+
+def test_poly_cross_entropy_is_finite_with_minus_inf_logits_and_accurate_for_tiny_pt():
+    logits = jnp.array([[0.0, 0.0, -jnp.inf], [0.0, -60.0, -jnp.inf]], jnp.float32)
+    out = jaxloss.poly_cross_entropy(logits, jnp.array([1, 1]), epsilon=1.0)
+    np.testing.assert_allclose(out, [np.log(2.0) + 0.5, 60.0 + 1.0], rtol=1e-6)
+    g = jax.grad(lambda z: jnp.sum(jaxloss.poly_cross_entropy(z, jnp.array([1, 1]))))(logits)
+    assert np.isfinite(np.asarray(g)).all()
+
+
+def test_poly_cross_entropy_bad_input():
+    with pytest.raises(ValueError, match=r"`epsilon` must be a finite number"):
+        jaxloss.poly_cross_entropy(Z0, jnp.zeros(3, int), epsilon=float("nan"))
+    with pytest.raises(TypeError, match=r"`labels` must be integer class ids or floating"):
+        jaxloss.poly_cross_entropy(Z0, jnp.zeros((3, 4), bool))
+    with pytest.raises(ValueError, match=r"Integer `labels` of shape \(4,\)"):
+        jax.jit(jaxloss.poly_cross_entropy)(Z0, jnp.zeros(4, int))

@@ -632,3 +632,47 @@ def test_log_probabilities_in_a_probability_argument_raise_naming_the_math_order
     np.testing.assert_allclose(
         jaxloss.kl_divergence(p, bad_row, where=keep), jaxloss.kl_divergence(p, q, where=keep)
     )
+
+
+# generalized_kl_divergence (issue 11)
+# --------------------------------------------------------------------------------------
+
+
+def test_generalized_kl_matches_optax_and_kl_on_distributions():
+    rng = np.random.default_rng(11)
+    p, q = rng.uniform(0.1, 3.0, size=(2, 7, K))
+    peer = optax.losses.generalized_kl_divergence(np.log(q), p)
+    np.testing.assert_allclose(jaxloss.generalized_kl_divergence(p, q), peer, rtol=1e-12)
+    ref = (special.rel_entr(p, q) - p + q).sum(-1)
+    np.testing.assert_allclose(jaxloss.generalized_kl_divergence(p, q), ref, rtol=1e-12)
+    p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
+    np.testing.assert_allclose(
+        jaxloss.generalized_kl_divergence(p, q, base=2), J.kl_divergence(p, q, base=2), rtol=1e-12
+    )
+
+
+def test_generalized_kl_zeros_follow_zero_log_zero():
+    p = jnp.array([2.0, 0.0, 0.0, 1.0])
+    q = jnp.array([1.0, 3.0, 0.0, 1.0])
+    out = jaxloss.generalized_kl_divergence(p, q)
+    np.testing.assert_allclose(out, 2 * np.log(2.0) - 2.0 + 1.0 + 3.0, rtol=1e-12)
+    g_p, g_q = jax.grad(jaxloss.generalized_kl_divergence, argnums=(0, 1))(p, q)
+    np.testing.assert_allclose(g_p, [np.log(2.0), -np.log(3.0) - 1.0, -1.0, 0.0], rtol=1e-12)
+    np.testing.assert_allclose(g_q, [-1.0, 1.0, 1.0, 0.0], rtol=1e-12, atol=1e-15)
+    assert jaxloss.generalized_kl_divergence(jnp.array([1.0]), jnp.array([0.0])) == jnp.inf
+
+
+@settings(max_examples=20)
+@given(st.integers(0, 2**32 - 1))
+def test_generalized_kl_is_non_negative_and_zero_at_p_equal_q(seed):
+    rng = np.random.default_rng(seed)
+    p, q = rng.uniform(0.0, 5.0, size=(2, K)) ** 3
+    assert float(jaxloss.generalized_kl_divergence(p, q)) >= 0.0
+    assert float(jaxloss.generalized_kl_divergence(p, p)) == 0.0
+
+
+def test_generalized_kl_bad_input():
+    with pytest.raises(ValueError, match=r"Shapes do not broadcast: `p` \(3,\), `q` \(4,\)"):
+        jaxloss.generalized_kl_divergence(jnp.ones(3), jnp.ones(4))
+    with pytest.raises(TypeError, match=r"`q` must be a floating-point array"):
+        jax.jit(jaxloss.generalized_kl_divergence)(jnp.ones(3), jnp.ones(3, int))

@@ -1,0 +1,261 @@
+"""Learning-to-rank losses: listwise (softmax, ListMLE) and pairwise (logistic, hinge).
+
+Each list lies along the last axis: ``scores`` [..., L] are the model's scores of the L
+items, ``relevance`` [..., L] their graded relevance (higher is better). The loss is one
+number per list, shape [...] (the list axis removed).
+
+``where`` here is an *item* mask of the scores' ndim (True = a real item, False = padding
+of a ragged batch): a padded item takes no part in the loss, and gets exactly zero
+gradient even when its score or relevance is NaN or inf. A list with no valid item is
+dropped like a masked example (loss 0, left out of ``"mean"``); to drop whole lists, pass
+``where=keep[..., None]``. ``weights`` are per list, broadcastable to [...].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxloss import _classification as K
+from jaxloss import _conventions as C
+from jaxloss import _numerics as N
+
+ArrayLike = C.ArrayLike
+
+
+def _lists(scores, relevance, where, weights, reduction):
+    """Validated ``(s, r, valid, keep, weights)``: scores and relevance with padded items
+    replaced by 0 (before any unsafe operation), the item mask ``valid`` (None: all items),
+    the per-list mask ``keep`` (lists with a valid item) and the per-list weights."""
+    s = C.as_float("scores", scores)
+    r = C.as_float("relevance", relevance, allow_int=True)
+    if s.ndim == 0:
+        raise ValueError(
+            "`scores` must have a list axis (the last): got a scalar. Pass shape [..., L]."
+        )
+    # Same ndim as the scores, then broadcasting: a [B] array against [B, L] scores would
+    # otherwise be read along the items whenever B == L, a silent wrong answer.
+    if r.ndim != s.ndim or not K._broadcasts_to(r.shape, s.shape):
+        raise ValueError(
+            f"`relevance` of shape {r.shape} must have the ndim of `scores` {s.shape} and "
+            "broadcast to it (one relevance per item, the lists along the last axis)."
+        )
+    if where is not None and (
+        jnp.ndim(where) != s.ndim or not K._broadcasts_to(jnp.shape(where), s.shape)
+    ):
+        raise ValueError(
+            f"`where` of shape {jnp.shape(where)} must have the ndim of `scores` {s.shape} "
+            "and broadcast to it: it marks the valid items of each list. To drop whole "
+            "lists pass `where=keep[..., None]`; for one item mask shared by every list, "
+            "`where=mask[None, :]`."
+        )
+    where = C.check_where(where, s.shape)
+    C.check_reduction(reduction)
+    weights = C.check_weights(weights, s.shape[:-1])
+    dtype = C.compute_dtype(s, r)
+    s, r = s.astype(dtype), jnp.broadcast_to(r.astype(dtype), s.shape)
+    if where is None:
+        return s, r, None, None, weights
+    valid = jnp.broadcast_to(where, s.shape)
+    s, r = C.keep(valid, s, 0.0), C.keep(valid, r, 0.0)
+    return s, r, valid, jnp.any(valid, axis=-1), weights
+
+
+def ranking_softmax_loss(
+    scores: ArrayLike,
+    relevance: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Listwise softmax cross-entropy: the relevance, normalized, against softmax(scores).
+
+        ℓ(s, r) = −Σ_i t_i · log softmax(s)_i,        t_i = r_i / Σ_j r_j
+
+    over the valid items of each list. A list whose relevance is all 0 has no target: its
+    loss is 0 with zero gradient (it still counts in ``"mean"`` if it has a valid item).
+    ``optax.losses.ranking_softmax_loss`` uses r itself as the target (no normalization);
+    the two agree when the relevance of each list sums to 1, and differ by the factor Σ r
+    otherwise.
+
+    Args:
+      scores: s, floating array [..., L], the lists along the last axis.
+      relevance: r ≥ 0, the graded relevance, of ``scores``' ndim and broadcastable to
+        its shape; integers and booleans are cast.
+      where: optional boolean item mask of ``scores``' ndim, broadcastable to its shape
+        (True = valid item, False = padding); see the module notes.
+      weights: optional non-negative per-list weights, broadcastable to [...].
+      reduction: ``"none"`` (per list), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w over the
+        lists with a valid item).
+
+    Returns:
+      Shape [...] (``scores``' shape without the list axis) for ``"none"``, else a
+      scalar; float32, or float64 for float64 inputs (bf16/f16 computed in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> scores = jnp.array([[2.0, 1.0, 0.0], [0.0, 0.0, 5.0]])
+      >>> relevance = jnp.array([[1.0, 0.0, 0.0], [2.0, 2.0, 0.0]])
+      >>> jaxloss.ranking_softmax_loss(scores, relevance, where=jnp.array([[True, True, False]]))
+      Array([0.31326163, 0.6931472 ], dtype=float32)
+
+    References:
+      Cao et al., "Learning to rank: from pairwise approach to listwise approach"
+      (ListNet), ICML 2007; Bruch et al., "An analysis of the softmax cross entropy loss
+      for learning-to-rank with binary relevance", ICTIR 2019.
+    """
+    s, r, valid, keep, weights = _lists(scores, relevance, where, weights, reduction)
+    if valid is not None:
+        # A padded item's score is −inf (probability 0); a list of padding only keeps
+        # its zeroed scores so that its (dropped) row stays finite.
+        empty = ~jnp.expand_dims(keep, -1)
+        s = jnp.where(valid | empty, s, -jnp.inf)
+    # −Σ r log p / Σ r: optax's program, with one division per list instead of a
+    # normalized copy of the relevance. All-0 relevance: no target, loss 0 (the sum is 0).
+    mass = jnp.sum(r, axis=-1)
+    loss = -jnp.sum(r * N.log_softmax(s, -1), axis=-1) / jnp.where(mass == 0, 1.0, mass)
+    return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
+
+
+def listmle_loss(
+    scores: ArrayLike,
+    relevance: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """ListMLE: the Plackett–Luce negative log-likelihood of the ordering by relevance.
+
+        ℓ(s, r) = −log P(π | s) = Σ_{k=1}^{n} [log Σ_{j≥k} exp(s_{π_j}) − s_{π_k}]
+
+    π lists the n valid items by decreasing relevance; items of equal relevance are
+    ordered by position (the earlier item first), so the loss is a deterministic function
+    of the scores (it is not symmetrized over the orderings of tied items). The inner
+    sums are a reverse cumulative logsumexp, stable for scores of any size.
+
+    Args:
+      scores: s, floating array [..., L], the lists along the last axis.
+      relevance: r, of ``scores``' ndim and broadcastable to its shape (only its order
+        matters); integers and booleans are cast. It is not differentiated.
+      where, weights, reduction: as in `ranking_softmax_loss`.
+
+    Returns:
+      As in `ranking_softmax_loss`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.listmle_loss(jnp.array([0.0, 0.0, 0.0]), jnp.array([2.0, 1.0, 0.0]))
+      Array(1.7917595, dtype=float32)
+
+    References:
+      Xia, Liu, Wang, Zhang & Li, "Listwise approach to learning to rank: theory and
+      algorithm", ICML 2008.
+    """
+    s, r, valid, keep, weights = _lists(scores, relevance, where, weights, reduction)
+    # Padded items sort first: the suffix sums of the valid items then never include them
+    # (a valid item's key is floored at the lowest float, so +inf relevance sorts after).
+    key = (
+        -r if valid is None else jnp.where(valid, jnp.maximum(-r, jnp.finfo(r.dtype).min), -jnp.inf)
+    )
+    order = jnp.argsort(key, axis=-1, stable=True)
+    s = jnp.take_along_axis(s, order, axis=-1)
+    suffix = jax.lax.cumlogsumexp(s, axis=s.ndim - 1, reverse=True)
+    terms = suffix - s
+    if valid is not None:
+        terms = jnp.where(jnp.take_along_axis(valid, order, axis=-1), terms, 0.0)
+    loss = jnp.sum(terms, axis=-1)
+    return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
+
+
+def _pairwise(pair_loss, scores, relevance, where, weights, reduction):
+    """Σ over valid pairs (i, j) with r_i > r_j of pair_loss(s_i − s_j), per list."""
+    s, r, valid, keep, weights = _lists(scores, relevance, where, weights, reduction)
+    diff = s[..., :, None] - s[..., None, :]
+    pairs = r[..., :, None] > r[..., None, :]
+    if valid is not None:
+        pairs = pairs & valid[..., :, None] & valid[..., None, :]
+    loss = jnp.sum(jnp.where(pairs, pair_loss(diff), 0.0), axis=(-2, -1))
+    return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
+
+
+def pairwise_logistic_loss(
+    scores: ArrayLike,
+    relevance: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Pairwise logistic (RankNet) loss: every more-relevant item should score higher.
+
+        ℓ(s, r) = Σ_{i, j valid, r_i > r_j} log(1 + exp(−(s_i − s_j)))
+
+    The log(1 + exp(−d)) is a softplus, exact for any finite d. Pairs of equal relevance
+    do not contribute; a list with no such pair has loss 0. The pairs are formed as an
+    [..., L, L] array.
+
+    Args:
+      scores: s, floating array [..., L], the lists along the last axis.
+      relevance: r, of ``scores``' ndim and broadcastable to its shape; integers and
+        booleans are cast.
+      where, weights, reduction: as in `ranking_softmax_loss`.
+
+    Returns:
+      As in `ranking_softmax_loss`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.pairwise_logistic_loss(jnp.array([1.0, 0.0, 2.0]), jnp.array([2, 1, 0]))
+      Array(3.7534516, dtype=float32)
+
+    References:
+      Burges et al., "Learning to rank using gradient descent" (RankNet), ICML 2005.
+    """
+    return _pairwise(lambda d: jax.nn.softplus(-d), scores, relevance, where, weights, reduction)
+
+
+def pairwise_hinge_loss(
+    scores: ArrayLike,
+    relevance: ArrayLike,
+    *,
+    margin: float = 1.0,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Pairwise hinge (RankSVM) loss: a more-relevant item should score higher by a margin.
+
+        ℓ(s, r) = Σ_{i, j valid, r_i > r_j} max(0, margin − (s_i − s_j))
+
+    Pairs of equal relevance do not contribute. At a kink (s_i − s_j = margin) the
+    gradient is the one of the flat side (0). The pairs are formed as an [..., L, L]
+    array.
+
+    Args:
+      scores: s, floating array [..., L], the lists along the last axis.
+      relevance: r, of ``scores``' ndim and broadcastable to its shape; integers and
+        booleans are cast.
+      margin: the required score gap, a non-negative number (default 1).
+      where, weights, reduction: as in `ranking_softmax_loss`.
+
+    Returns:
+      As in `ranking_softmax_loss`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.pairwise_hinge_loss(jnp.array([1.0, 0.0, 2.0]), jnp.array([2, 1, 0]))
+      Array(5., dtype=float32)
+
+    References:
+      Herbrich, Graepel & Obermayer, "Large margin rank boundaries for ordinal
+      regression", 2000; Joachims, "Optimizing search engines using clickthrough data"
+      (RankSVM), KDD 2002.
+    """
+    if C._is_concrete_number(margin) and not (np.isfinite(margin) and margin >= 0):
+        raise ValueError(f"`margin` must be a non-negative finite number, got {margin!r}.")
+    return _pairwise(
+        lambda d: jnp.maximum(margin - d, 0.0), scores, relevance, where, weights, reduction
+    )

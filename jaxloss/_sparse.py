@@ -1,0 +1,209 @@
+"""Sparse outputs: the sparsemax projection and its Fenchel–Young loss.
+
+sparsemax(z) is the Euclidean projection of z onto the probability simplex (Martins &
+Astudillo, 2016): p = max(z − τ(z), 0), where the threshold τ makes p sum to one. Unlike
+softmax it has exact zeros. On its support S = {j : p_j > 0} it is z − τ with
+τ = (Σ_{j∈S} z_j − 1)/|S|, so its Jacobian is diag(s) − s sᵀ/|S| (s the indicator of S),
+written out as a custom JVP. The loss is the Fenchel–Young loss of the Gini negentropy
+Ω(p) = ½‖p‖² on the simplex, whose gradient is sparsemax(z) − y.
+
+Inputs use the class-axis handling of `jaxloss._classification` (the same label rule as
+`softmax_cross_entropy`: integer class ids or probability vectors).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+from jaxloss import _classification as K
+from jaxloss import _conventions as C
+from jaxloss import _numerics as N
+
+ArrayLike = C.ArrayLike
+
+
+def _threshold(z: jax.Array) -> jax.Array:
+    """τ(z) along the last axis (kept, size 1): Σ_j max(z_j − τ, 0) = 1.
+
+    From the sorted values u_1 ≥ u_2 ≥ ...: the support size is the largest k with
+    1 + k·u_k > Σ_{j≤k} u_j, and τ = (Σ_{j≤k} u_j − 1)/k (Martins & Astudillo, 2016,
+    Algorithm 1). A −inf logit is never in the support. Differentiable (through the sort)
+    with derivative Σ_{j∈S} dz_j/|S|, the exact one.
+    """
+    u = jnp.flip(jnp.sort(z, axis=-1), axis=-1)
+    cumulative = jnp.cumsum(u, axis=-1)
+    k = jnp.arange(1, z.shape[-1] + 1, dtype=z.dtype)
+    size = jnp.sum(1.0 + k * u > cumulative, axis=-1, keepdims=True)
+    total = jnp.take_along_axis(cumulative, size - 1, axis=-1)
+    return (total - 1.0) / size.astype(z.dtype)
+
+
+def _shifted(z: jax.Array) -> jax.Array:
+    """z − max(z) (held constant): sparsemax is shift-invariant and the sort's partial sums
+    of non-positive numbers stay small."""
+    return z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+
+
+@jax.custom_jvp
+def _sparsemax_last(z: jax.Array) -> jax.Array:
+    zs = _shifted(z)
+    return jnp.maximum(zs - _threshold(zs), 0.0)
+
+
+@_sparsemax_last.defjvp
+def _sparsemax_last_jvp(primals, tangents):
+    (z,), (dz,) = primals, tangents
+    p = _sparsemax_last(z)
+    support = p > 0
+    size = jnp.sum(support, axis=-1, keepdims=True).astype(p.dtype)
+    on_support = jnp.where(support, dz, 0.0)  # a −inf logit's tangent never reaches a sum
+    mean = jnp.sum(on_support, axis=-1, keepdims=True) / size
+    return p, jnp.where(support, on_support - mean, 0.0)
+
+
+@jax.custom_jvp
+def _fenchel_young_last(z: jax.Array, y: jax.Array) -> jax.Array:
+    """½‖p − y‖² + Σ_j y_j·max(τ − z_j, 0), p = sparsemax(z), along the last axis.
+
+    This is Ω*(z) + Ω(y) − ⟨z, y⟩ with Ω = ½‖·‖² on the simplex, rewritten (with
+    ⟨z, p⟩ = ‖p‖² + τ, for y summing to one) as a sum of two non-negative terms: the loss
+    is ≥ 0 by construction and exactly 0 at y = p, with no cancellation between terms
+    of size ‖z‖. Computed from z − max(z), since it is shift-invariant.
+    """
+    zs = _shifted(z)
+    tau = _threshold(zs)
+    p = jnp.maximum(zs - tau, 0.0)
+    gap = jnp.maximum(tau - zs, 0.0)  # +inf at a −inf logit, where y must be 0
+    off_support = jnp.where(y == 0, 0.0, y * gap)
+    return 0.5 * jnp.sum(jnp.square(p - y), axis=-1) + jnp.sum(off_support, axis=-1)
+
+
+def _fenchel_young_last_jvp(primals, tangents):
+    z, y = primals
+    dz, dy = tangents
+    out = _fenchel_young_last(z, y)
+    tangent = jnp.zeros_like(out)
+    if not isinstance(dz, SymbolicZero):
+        residual = _sparsemax_last(z) - y
+        tangent = tangent + jnp.sum(residual * dz, axis=-1)
+    if not isinstance(dy, SymbolicZero):
+        zs = _shifted(z)
+        # ∂/∂y of the value above: y − (z − τ). On the simplex's tangent space (Σ dy = 0)
+        # this is the usual y − z; off it, the value is that of the logits z − τ. A −inf
+        # logit counts as the lowest float (N.finite_floor), so a zero tangent there
+        # gives 0, not 0·inf.
+        coefficient = y - (N.finite_floor(zs) - _threshold(zs))
+        tangent = tangent + jnp.sum(coefficient * dy, axis=-1)
+    return out, tangent
+
+
+_fenchel_young_last.defjvp(_fenchel_young_last_jvp, symbolic_zeros=True)
+
+
+def sparsemax(logits: ArrayLike, *, axis: int = -1) -> jax.Array:
+    """Sparsemax: the Euclidean projection of the logits onto the probability simplex.
+
+        sparsemax(z) = argmin_{p ∈ Δ} ‖p − z‖² = max(z − τ(z), 0),   Σ_j max(z_j − τ, 0) = 1
+
+    A sparse alternative to softmax: classes whose logit is below the threshold τ get
+    exactly 0. On the support S = {j : p_j > 0}, τ = (Σ_{j∈S} z_j − 1)/|S|. The derivative
+    is the Jacobian diag(s) − s sᵀ/|S| (s the indicator of S), written out: the gradient
+    of a logit outside the support is exactly 0 (at a tie z_j = τ the logit is counted
+    outside, one of the subgradients). Invariant to adding a constant to every logit; a
+    −inf logit gets probability 0 (at least one logit must be finite).
+
+    Args:
+      logits: z, floating array with a class axis.
+      axis: the class axis (default the last).
+
+    Returns:
+      The shape of ``logits``: non-negative, summing to 1 along ``axis``; float32, or
+      float64 for float64 input (bf16/f16 are computed and returned in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.sparsemax(jnp.array([[1.0, 0.5, -1.0], [0.5, 0.25, 0.25]]))
+      Array([[0.75, 0.25, 0.  ],
+             [0.5 , 0.25, 0.25]], dtype=float32)
+
+    References:
+      Martins & Astudillo, "From softmax to sparsemax: a sparse model of attention and
+      multi-label classification", ICML 2016, §2 (Algorithm 1, Proposition 2).
+    """
+    z = C.as_float("logits", logits)
+    axis = K._class_axis(axis, z, "logits")
+    z = jnp.moveaxis(z.astype(C.compute_dtype(z)), axis, -1)
+    return jnp.moveaxis(_sparsemax_last(z), -1, axis)
+
+
+def sparsemax_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Sparsemax loss: the Fenchel–Young loss whose prediction map is `sparsemax`.
+
+        ℓ(z, y) = Ω*(z) + Ω(y) − ⟨z, y⟩,   Ω(p) = ½‖p‖² on the simplex
+                = ⟨z, p − y⟩ − ½‖p‖² + ½‖y‖²,   p = sparsemax(z)
+        ∇_z ℓ = sparsemax(z) − y
+
+    For a class id y this is −z_y + ½ Σ_{j∈S}(z_j² − τ²) + ½ (Martins & Astudillo, 2016,
+    eq. 16). It is ≥ 0 and exactly 0 when sparsemax(z) = y, which (unlike softmax
+    cross-entropy) finite logits can reach. Computed as ½‖p − y‖² + Σ_j y_j·max(τ − z_j, 0),
+    two non-negative terms, so it is never negative and does not lose digits to
+    cancellation for large logits. The gradient in a probability label is y − (z − τ)
+    (y − z up to a constant, the same on the simplex), with a −inf logit counted as the
+    lowest finite float there.
+
+    Args:
+      logits: z, floating array with a class axis of size C.
+      labels: integer class ids broadcastable to ``logits``' shape without ``axis``, or
+        floating target probabilities broadcastable to ``logits``' shape (the rule of
+        `softmax_cross_entropy`). A class id outside [0, C) gives NaN.
+      axis: the class axis (default the last).
+      where, weights, reduction: as in `softmax_cross_entropy` (per example).
+
+    Returns:
+      The logits' shape without ``axis`` for ``"none"``, else a scalar; float32, or
+      float64 for float64 inputs (bf16/f16 are computed and returned in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> logits = jnp.array([[1.0, 0.5, -1.0], [3.0, 0.0, 0.0]])
+      >>> jaxloss.sparsemax_loss(logits, jnp.array([0, 0]))
+      Array([0.0625, 0.    ], dtype=float32)
+
+    References:
+      Martins & Astudillo, "From softmax to sparsemax: a sparse model of attention and
+      multi-label classification", ICML 2016, §3; Blondel, Martins & Niculae, "Learning
+      with Fenchel–Young losses", JMLR 21 (2020).
+    """
+    x, labels, integer, axis, keep, weights = K._categorical_inputs(
+        "logits",
+        logits,
+        labels,
+        axis=axis,
+        class_weights=None,
+        ignore_index=None,
+        where=where,
+        weights=weights,
+        reduction=reduction,
+    )
+    z = jnp.moveaxis(x, axis, -1)
+    if integer:
+        n = z.shape[-1]
+        classes = jnp.arange(n)
+        y = (classes == labels[..., None]).astype(z.dtype)
+        y = jnp.where(((labels >= 0) & (labels < n))[..., None], y, jnp.nan)
+        if keep is not None:  # a dropped example's bad id must not reach its gradient
+            y = C.keep(keep[..., None], y, 0.0)
+    else:
+        y = jnp.moveaxis(jnp.broadcast_to(labels, x.shape), axis, -1)
+    loss = _fenchel_young_last(z, y)
+    return C.reduce(loss, where=keep, weights=weights, reduction=reduction)

@@ -1,0 +1,205 @@
+"""Ranking losses: padding, ties, empty lists, the Plackett-Luce model, optax, bad input."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jaxloss
+from tests.contract_table import (
+    _listmle_ref,
+    _pairwise_ref,
+    _ranking_softmax_ref,
+)
+
+RNG = np.random.default_rng(11)
+B, L = 6, 5
+SCORES = RNG.normal(size=(B, L)) * 2.0
+RELEVANCE = RNG.integers(0, 4, size=(B, L)).astype(float)
+LENGTHS = np.array([5, 3, 1, 4, 0, 2])  # ragged lists, padded at the end (one empty)
+VALID = np.arange(L) < LENGTHS[:, None]
+
+REFERENCES = {
+    "ranking_softmax_loss": _ranking_softmax_ref,
+    "listmle_loss": _listmle_ref,
+    "pairwise_logistic_loss": _pairwise_ref(lambda d: np.logaddexp(0.0, -d)),
+    "pairwise_hinge_loss": _pairwise_ref(lambda d: max(0.0, 1.0 - d)),
+}
+FNS = {name: jax.jit(getattr(jaxloss, name), static_argnames="reduction") for name in REFERENCES}
+HINGE = jax.jit(jaxloss.pairwise_hinge_loss, static_argnames="margin")
+
+
+def _ragged_reference(name, scores, relevance):
+    """The reference on each list cut to its valid items (an empty list gives 0)."""
+    out = np.zeros(B)
+    for b, n in enumerate(LENGTHS):
+        if n:
+            out[b] = REFERENCES[name](scores[b, :n][None], relevance[b, :n][None])[0]
+    return out
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_padded_items_take_no_part_and_get_zero_gradient_even_when_nan(name):
+    scores = np.where(VALID, SCORES, np.nan)
+    relevance = np.where(VALID, RELEVANCE, np.inf)
+    where = jnp.asarray(VALID)
+    out = FNS[name](scores, relevance, where=where)
+    np.testing.assert_allclose(out, _ragged_reference(name, SCORES, RELEVANCE), rtol=1e-12)
+    grad = jax.grad(lambda s: jnp.sum(FNS[name](s, relevance, where=where)))(scores)
+    assert np.isfinite(np.asarray(grad)).all()
+    assert np.all(np.asarray(grad)[~VALID] == 0)
+    # The empty list is dropped from the mean, like a masked example.
+    kept = LENGTHS > 0
+    mean = FNS[name](scores, relevance, where=where, reduction="mean")
+    np.testing.assert_allclose(mean, np.asarray(out)[kept].mean(), rtol=1e-12)
+
+
+def test_ranking_softmax_loss_matches_optax():
+    where = jnp.asarray(VALID)
+    rel = np.where(VALID, RELEVANCE, 0.0)
+    mass = rel.sum(-1, keepdims=True)
+    target = rel / np.where(mass == 0, 1.0, mass)  # relevance already a distribution
+    ours = FNS["ranking_softmax_loss"](SCORES, target, where=where)
+    peer = optax.losses.ranking_softmax_loss(SCORES, target, where=where, reduce_fn=None)
+    np.testing.assert_allclose(ours, peer, rtol=1e-12, atol=1e-12)
+    for reduction, reduce_fn in (("mean", jnp.mean), ("sum", jnp.sum)):
+        np.testing.assert_allclose(
+            FNS["ranking_softmax_loss"](SCORES, target, where=where, reduction=reduction),
+            optax.losses.ranking_softmax_loss(SCORES, target, where=where, reduce_fn=reduce_fn),
+            rtol=1e-12,
+        )
+    # optax does not normalize the relevance: its loss is ours times Σ r.
+    peer = optax.losses.ranking_softmax_loss(SCORES, RELEVANCE, reduce_fn=None)
+    ours = FNS["ranking_softmax_loss"](SCORES, RELEVANCE)
+    np.testing.assert_allclose(np.asarray(ours) * RELEVANCE.sum(-1), peer, rtol=1e-12)
+
+
+def test_ranking_softmax_list_without_relevant_item_is_zero_with_zero_gradient():
+    relevance = RELEVANCE.copy()
+    relevance[2] = 0.0
+    loss = lambda s: FNS["ranking_softmax_loss"](s, relevance)  # noqa: E731
+    assert float(loss(SCORES)[2]) == 0.0
+    grad = jax.grad(lambda s: jnp.sum(loss(s)))(SCORES)
+    assert np.all(np.asarray(grad)[2] == 0)
+    assert np.any(np.asarray(grad)[0] != 0)
+
+
+def test_listmle_breaks_ties_by_position():
+    s = np.array([0.3, -1.0, 2.0])
+    # Items 0 and 1 tie: the ordering is (0, 1, 2), the one of relevance (3, 2, 1).
+    tied = FNS["listmle_loss"](s, np.array([1.0, 1.0, 0.0]))
+    np.testing.assert_allclose(tied, FNS["listmle_loss"](s, np.array([3.0, 2.0, 1.0])))
+    # Swapping the tied items' positions swaps the ordering.
+    swapped = FNS["listmle_loss"](s[[1, 0, 2]], np.array([1.0, 1.0, 0.0]))
+    np.testing.assert_allclose(swapped, FNS["listmle_loss"](s, np.array([2.0, 3.0, 1.0])))
+    assert not np.isclose(tied, swapped)
+
+
+def test_listmle_padding_sorts_apart_from_infinite_relevance():
+    s = np.array([[0.5, -1.0, 2.0, 7.0]])
+    where = np.array([[True, True, True, False]])
+    out = FNS["listmle_loss"](s, np.array([[1.0, np.inf, 0.0, 5.0]]), where=where)
+    expected = _listmle_ref(s[:, :3], np.array([[1.0, 2.0, 0.0]]))  # the same ordering
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+
+
+def test_listmle_is_a_plackett_luce_negative_log_likelihood():
+    s = RNG.normal(size=4) * 1.5
+    total = 0.0
+    for perm in itertools.permutations(range(4)):
+        relevance = np.empty(4)
+        relevance[list(perm)] = np.arange(4, 0, -1)  # ranks the items in the order perm
+        total += np.exp(-float(FNS["listmle_loss"](s, relevance)))
+    np.testing.assert_allclose(total, 1.0, rtol=1e-12)
+
+
+@settings(max_examples=20)
+@given(st.integers(0, 2**32 - 1), st.floats(-1e3, 1e3))
+def test_ranking_losses_are_shift_invariant_and_non_negative(seed, shift):
+    rng = np.random.default_rng(seed)
+    s, r = rng.normal(size=(2, L)) * 3.0, rng.integers(0, 3, size=(2, L)).astype(float)
+    for fn in FNS.values():
+        out = np.asarray(fn(s, r))
+        assert (out >= 0).all()
+        np.testing.assert_allclose(fn(s + shift, r), out, rtol=1e-9, atol=1e-9)
+
+
+def test_pairwise_losses_count_each_ordered_pair_and_use_the_margin():
+    s, r = np.array([1.0, 0.0, 2.0]), np.array([2, 1, 0])
+    np.testing.assert_allclose(HINGE(s, r, margin=0.5), 0.0 + 1.5 + 2.5)
+    np.testing.assert_allclose(HINGE(s, r, margin=0.0), 0.0 + 1.0 + 2.0)
+    big = jnp.array([1e9, -1e9, 0.0], jnp.float32)
+    out = FNS["pairwise_logistic_loss"](big, jnp.array([0, 1, 2]))
+    np.testing.assert_allclose(out, 2e9 + 1e9, rtol=1e-6)  # the third pair is ~exp(-1e9)
+    # A well-ordered pair keeps its exp(-d) size instead of rounding to 0.
+    tiny = FNS["pairwise_logistic_loss"](jnp.array([0.0, 40.0]), jnp.array([0, 1]))
+    np.testing.assert_allclose(tiny, np.exp(-40.0), rtol=1e-6)
+
+
+BAD_CALLS = [
+    (
+        lambda: jaxloss.listmle_loss(jnp.zeros(()), jnp.zeros(())),
+        ValueError,
+        r"`scores` must have a list axis",
+    ),
+    (
+        lambda: jaxloss.ranking_softmax_loss(jnp.zeros((3, 4)), jnp.zeros((2, 3, 4))),
+        ValueError,
+        r"`relevance` of shape \(2, 3, 4\) must have the ndim of `scores` \(3, 4\)",
+    ),
+    (
+        # A per-list array against 4 lists of 4 items: refused, not read along the items.
+        lambda: jaxloss.listmle_loss(jnp.zeros((4, 4)), jnp.arange(4.0)),
+        ValueError,
+        r"`relevance` of shape \(4,\) must have the ndim of `scores` \(4, 4\)",
+    ),
+    (
+        lambda: jaxloss.ranking_softmax_loss(
+            jnp.zeros((4, 4)), jnp.ones((4, 4)), where=jnp.ones(4, bool)
+        ),
+        ValueError,
+        r"`where` of shape \(4,\) must have the ndim of `scores` \(4, 4\).*keep\[..., None\]",
+    ),
+    (
+        lambda: jaxloss.pairwise_logistic_loss(
+            jnp.zeros((3, 4)), jnp.zeros((3, 4)), where=jnp.ones(3, bool)
+        ),
+        ValueError,
+        r"`where` of shape \(3,\) must have the ndim of `scores` \(3, 4\)",
+    ),
+    (
+        lambda: jaxloss.pairwise_hinge_loss(jnp.zeros(4), jnp.zeros(4), where=jnp.ones(4)),
+        TypeError,
+        r"`where` must be a boolean mask",
+    ),
+    (
+        lambda: jaxloss.pairwise_hinge_loss(jnp.zeros(4), jnp.zeros(4), margin=-1.0),
+        ValueError,
+        r"`margin` must be a non-negative finite number",
+    ),
+    (
+        lambda: jaxloss.listmle_loss(jnp.zeros(4, int), jnp.zeros(4)),
+        TypeError,
+        r"`scores` must be a floating-point array",
+    ),
+    (
+        lambda: jaxloss.ranking_softmax_loss(jnp.zeros((3, 4)), jnp.zeros((3, 4)), weights=[1, 2]),
+        ValueError,
+        r"`weights` of shape \(2,\) does not broadcast to the loss shape \(3,\)",
+    ),
+]
+
+
+@pytest.mark.parametrize("call, error, message", BAD_CALLS)
+def test_bad_input_errors_eagerly_and_under_jit(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+    with pytest.raises(error, match=message):
+        jax.jit(call)()
