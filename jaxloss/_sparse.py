@@ -184,7 +184,7 @@ def sparsemax_loss(
       multi-label classification", ICML 2016, §3; Blondel, Martins & Niculae, "Learning
       with Fenchel–Young losses", JMLR 21 (2020).
     """
-    x, labels, integer, axis, keep, weights = K._categorical_inputs(
+    cat = K._categorical_inputs(
         "logits",
         logits,
         labels,
@@ -194,6 +194,14 @@ def sparsemax_loss(
         where=where,
         weights=weights,
         reduction=reduction,
+    )
+    x, labels, integer, axis, keep, weights = (
+        cat.x,
+        cat.labels,
+        cat.integer,
+        cat.axis,
+        cat.keep,
+        cat.weights,
     )
     z = jnp.moveaxis(x, axis, -1)
     if integer:

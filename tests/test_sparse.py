@@ -139,8 +139,8 @@ BAD_CALLS = [
     ),
     (
         lambda: jaxloss.sparsemax_loss(jnp.zeros((3, 4)), jnp.zeros(3)),
-        ValueError,
-        r"Probability `labels` of shape \(3,\)",
+        TypeError,
+        r"Floating `labels` of shape \(3,\) are read as probabilities",
     ),
     (
         lambda: jaxloss.sparsemax_loss(jnp.zeros((3, 4)), jnp.zeros(3, int), reduction="avg"),
