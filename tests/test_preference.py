@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax.test_util import check_grads
 from scipy import special
 
@@ -311,3 +313,32 @@ def test_shape_errors_also_under_jit():
 def test_orpo_traced_positive_log_probability_gives_nan():
     out = jax.jit(jaxloss.orpo_loss)(jnp.array([-0.5, 0.5]), jnp.array([-1.0, -1.0]))
     assert np.isfinite(out[0]) and np.isnan(out[1])
+
+
+# --- identities as properties ------------------------------------------------------------
+
+_finite = st.floats(-50.0, 50.0, allow_nan=False)
+
+
+@settings(max_examples=25)
+@given(st.lists(_finite, min_size=5, max_size=5), _finite, st.sampled_from(["sigmoid", "ipo"]))
+def test_dpo_depends_only_on_the_log_ratio_margin(values, shift, loss_type):
+    # Shifting a response's policy and reference log-probabilities by the same amount, or
+    # both responses' log-ratios by the same amount, leaves every DPO loss unchanged.
+    pc, pr, rc, rr, _ = (jnp.asarray(v, jnp.float64) for v in values)
+    base = jaxloss.dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type=loss_type)
+    same_ratio = jaxloss.dpo_loss(pc + shift, pr, rc + shift, rr, beta=0.5, loss_type=loss_type)
+    same_margin = jaxloss.dpo_loss(pc + shift, pr + shift, rc, rr, beta=0.5, loss_type=loss_type)
+    np.testing.assert_allclose(same_ratio, base, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(same_margin, base, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=25)
+@given(st.floats(-30.0, 30.0), st.floats(0.01, 5.0), st.floats(0.0, 1.0))
+def test_smoothed_losses_are_convex_combinations(margin, beta, eps):
+    # −(1 − ε)·log σ(h) − ε·log σ(−h) lies between the two unsmoothed losses.
+    c, r = jnp.asarray(margin), jnp.asarray(0.0)
+    lo = jaxloss.cpo_loss(c, r, beta=beta)
+    hi = jaxloss.cpo_loss(r, c, beta=beta)
+    mid = jaxloss.cpo_loss(c, r, beta=beta, label_smoothing=eps)
+    np.testing.assert_allclose(mid, (1 - eps) * lo + eps * hi, rtol=1e-12, atol=1e-12)
