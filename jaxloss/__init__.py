@@ -50,6 +50,14 @@ from jaxloss._parallel import (
     vocab_parallel_cross_entropy,
     vocab_parallel_fused_linear_cross_entropy,
 )
+from jaxloss._preference import (
+    cpo_loss,
+    dpo_implicit_rewards,
+    dpo_loss,
+    kto_loss,
+    orpo_loss,
+    simpo_loss,
+)
 from jaxloss._ranking import (
     listmle_loss,
     pairwise_hinge_loss,
@@ -155,6 +163,13 @@ __all__ = [
     "tversky_loss",
     "jaccard_loss",
     "generalized_dice_loss",
+    # preference optimization (on per-sequence log-probabilities)
+    "dpo_loss",
+    "dpo_implicit_rewards",
+    "simpo_loss",
+    "orpo_loss",
+    "cpo_loss",
+    "kto_loss",
 ]
 
 

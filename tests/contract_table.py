@@ -1362,3 +1362,127 @@ CASES += [
         extreme=lambda: (_RANK_EXTREME, {}),
     ),
 ]
+
+
+# --------------------------------------------------------------------------------------
+# Preference optimization on per-sequence log-probabilities (issue 14)
+# --------------------------------------------------------------------------------------
+
+
+def _logps(rng, scale=3.0):
+    """Per-sequence log-probabilities [N]: negative, of order −scale."""
+    return -np.abs(rng.normal(size=(N,))) * scale - 0.1
+
+
+def _softplus(x):  # −log σ(−x)
+    return np.logaddexp(0.0, x)
+
+
+def _ref_dpo(pc, pr, rc, rr, beta=0.1, loss_type="sigmoid", label_smoothing=0.0):
+    u = (pc - rc) - (pr - rr)
+    h, e = beta * u, label_smoothing
+    if loss_type == "sigmoid":  # Rafailov et al. (2023); cDPO for ε > 0
+        return (1 - e) * _softplus(-h) + e * _softplus(h)
+    if loss_type == "robust":  # Chowdhury et al. (2024)
+        return ((1 - e) * _softplus(-h) - e * _softplus(h)) / (1 - 2 * e)
+    if loss_type == "hinge":  # SLiC
+        return np.maximum(0.0, 1 - h)
+    return (u - 1 / (2 * beta)) ** 2  # IPO, Azar et al. (2023)
+
+
+def _pref_make(n_arrays, **kwargs):
+    def make(rng):
+        return tuple(_logps(rng) for _ in range(n_arrays)), dict(kwargs)
+
+    return make
+
+
+# TRL's stress inputs and log-ratio gaps of ±1e4 in float32.
+_PREF_STRESS = np.array([410.0, -1e4, 0.0, -5.0], np.float32)
+_PREF_STRESS_R = np.array([810.5, 0.0, -1e4, -5.0], np.float32)
+_PREF_ZEROS = np.zeros(4, np.float32)
+
+CASES += [
+    Case(
+        "dpo_loss",
+        functools.partial(jaxloss.dpo_loss, loss_type=loss_type),
+        _pref_make(4, beta=0.5, label_smoothing=eps),
+        functools.partial(_ref_dpo, loss_type=loss_type),
+        grad_args=(0, 1, 2, 3),
+        grad_order=1 if loss_type == "hinge" else 2,
+        extreme=lambda: (
+            (_PREF_STRESS, _PREF_STRESS_R, _PREF_ZEROS, _PREF_ZEROS),
+            {"beta": 1.0},
+        ),
+        id=f"dpo_loss[{loss_type}]",
+    )
+    for loss_type, eps in [("sigmoid", 0.1), ("robust", 0.2), ("hinge", 0.0), ("ipo", 0.0)]
+]
+CASES += [
+    Case(
+        "simpo_loss",
+        jaxloss.simpo_loss,
+        _pref_make(2, beta=2.0, gamma=0.5, label_smoothing=0.1),
+        # Meng et al. (2024): −log σ(β(c − r) − γ), label smoothed as cDPO
+        lambda c, r, beta, gamma, label_smoothing: (
+            (1 - label_smoothing) * _softplus(-(beta * (c - r) - gamma))
+            + label_smoothing * _softplus(beta * (c - r) - gamma)
+        ),
+        grad_args=(0, 1),
+        extreme=lambda: ((_PREF_STRESS, _PREF_STRESS_R), {"beta": 1.0}),
+    ),
+    Case(
+        "cpo_loss",
+        jaxloss.cpo_loss,
+        _pref_make(2, beta=0.3, label_smoothing=0.1),
+        # Xu et al. (2024): −(1 − ε) log σ(β(c − r)) − ε log σ(−β(c − r))
+        lambda c, r, beta, label_smoothing: (
+            (1 - label_smoothing) * _softplus(-beta * (c - r))
+            + label_smoothing * _softplus(beta * (c - r))
+        ),
+        grad_args=(0, 1),
+        extreme=lambda: ((_PREF_STRESS, _PREF_STRESS_R), {"beta": 1.0}),
+    ),
+    Case(
+        "orpo_loss",
+        jaxloss.orpo_loss,
+        _pref_make(2, beta=0.2),
+        # Hong et al. (2024): −β log σ(log odds(c) − log odds(r)), log odds(p) = log(p/(1 − p))
+        lambda c, r, beta: (
+            beta * _softplus(-((c - np.log(-np.expm1(c))) - (r - np.log(-np.expm1(r)))))
+        ),
+        grad_args=(0, 1),
+        extreme=lambda: (
+            (
+                np.array([-1e-6, -1e4, 0.0, -0.5], np.float32),
+                np.array([-1e4, -1e-6, -1e4, 0.0], np.float32),
+            ),
+            {"beta": 1.0},
+        ),
+    ),
+    Case(
+        "kto_loss",
+        jaxloss.kto_loss,
+        lambda rng: (
+            (_logps(rng), _logps(rng), rng.random(N) < 0.5),
+            {
+                "beta": 0.5,
+                "reference_point": 0.3,
+                "desirable_weight": 1.0,
+                "undesirable_weight": 1.3,
+            },
+        ),
+        # Ethayarajh et al. (2024): λ_D(1 − σ(β(ρ − z₀))) or λ_U(1 − σ(β(z₀ − ρ)))
+        lambda p, q, d, beta, reference_point, desirable_weight, undesirable_weight: np.where(
+            d,
+            desirable_weight * (1 - special.expit(beta * (p - q - reference_point))),
+            undesirable_weight * (1 - special.expit(beta * (reference_point - (p - q)))),
+        ),
+        grad_args=(0, 1),
+        extreme=lambda: (
+            (_PREF_STRESS, _PREF_STRESS_R, np.array([True, False, True, False])),
+            {"beta": 1.0},
+        ),
+    ),
+]
+NOT_IN_TABLE["dpo_implicit_rewards"] = "tests/test_preference.py"
