@@ -19,6 +19,7 @@ from jaxloss._classification import (
     softmax_focal_loss,
     z_loss,
 )
+from jaxloss._contrastive import clip_loss, ntxent_loss, siglip_loss
 from jaxloss._information import (
     cross_entropy,
     entropy,
@@ -99,6 +100,10 @@ __all__ = [
     "fused_linear_cross_entropy",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_fused_linear_cross_entropy",
+    # contrastive losses (batches of embeddings; clip and siglip also across devices)
+    "ntxent_loss",
+    "clip_loss",
+    "siglip_loss",
 ]
 
 
