@@ -21,6 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from jaxloss import _conventions as C
 from jaxloss import _numerics as N
@@ -86,10 +87,62 @@ def _similarity(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum("...id,...jd->...ij", a, b, precision=lax.Precision.HIGHEST)
 
 
+def _explicit_batch(x: jax.Array):
+    """``(mesh, axes)`` if x's batch axis (−2) is sharded over explicit mesh axes, else None.
+
+    Under plain ``jit`` a batch sharded that way has no legal sharding for the B × B
+    similarity matrix; the losses then run their ``shard_map`` form over those axes.
+    """
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    types = getattr(mesh, "axis_types", ())
+    if not any(t == jax.sharding.AxisType.Explicit for t in types):
+        return None
+    spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
+    if all(entry is None for entry in spec):
+        return None
+    if any(entry is not None for i, entry in enumerate(spec) if i != x.ndim - 2):
+        raise ValueError(
+            f"Under plain jit, shard only the batch axis (−2) of `x`, got {P(*spec)} for "
+            f"shape {x.shape}; or call the loss inside shard_map with `batch_axis_name`."
+        )
+    return mesh, spec[x.ndim - 2]
+
+
+def _per_device(loss, mesh, axes, x, y, where, weights, scalars, reduction):
+    """``loss`` inside ``shard_map`` over the explicit mesh axes ``axes`` of the batch."""
+    lead = (None,) * (x.ndim - 2)
+    rows, batch = P(*lead, axes, None), P(*lead, axes)
+
+    def put(a, spec):
+        if a is None:
+            return None
+        a = jnp.broadcast_to(a, x.shape[:-1]) if spec is batch else a
+        return jax.sharding.reshard(a, jax.sharding.NamedSharding(mesh, spec))
+
+    args = {"x": put(x, rows), "y": put(y, rows), "where": put(where, batch)}
+    args["weights"] = put(weights, batch)
+    args.update({k: put(v, P()) for k, v in scalars.items()})
+    args = {k: v for k, v in args.items() if v is not None}
+    specs = {
+        k: rows if k in ("x", "y") else batch if k in ("where", "weights") else P() for k in args
+    }
+
+    def local(args):
+        return loss(batch_axis_name=axes, reduction=reduction, **args)
+
+    out = batch if reduction == "none" else P()
+    return jax.shard_map(local, mesh=mesh, in_specs=(specs,), out_specs=out)(args)
+
+
 def _varying(x: jax.Array, axis_name) -> jax.Array:
     """``x`` typed as varying over ``axis_name`` inside ``shard_map`` (a no-op if it is)."""
     names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
-    missing = tuple(a for a in names if a not in getattr(jax.typeof(x), "vma", frozenset()))
+    aval = jax.typeof(x)
+    vma = getattr(aval, "vma", None)  # the varying mesh axes: `vma` before JAX 0.10
+    if vma is None:
+        vma = getattr(getattr(aval, "mat", None), "varying", frozenset())
+    missing = tuple(a for a in names if a not in vma)
     return lax.pcast(x, missing, to="varying") if missing else x
 
 
@@ -262,6 +315,10 @@ def clip_loss(
     scalars = {"temperature": temperature, "logit_scale": logit_scale}
     scalars = {k: C.as_float(k, v, allow_int=True) for k, v in scalars.items() if v is not None}
     x, y, where, weights, dtype = _pair(x, y, where, weights, reduction, scalars)
+    explicit = _explicit_batch(x) if batch_axis_name is None else None
+    if explicit is not None:
+        loss = functools.partial(clip_loss, normalize=normalize)
+        return _per_device(loss, *explicit, x, y, where, weights, scalars, reduction)
     if temperature is not None:
         scale = 1.0 / _scalar("temperature", temperature, dtype)
     else:
@@ -428,6 +485,10 @@ def siglip_loss(
             raise TypeError(f"`{k}` is required, got None (the paper starts at log 10 and −10).")
     scalars = {k: C.as_float(k, v, allow_int=True) for k, v in scalars.items()}
     x, y, where, weights, dtype = _pair(x, y, where, weights, reduction, scalars)
+    explicit = _explicit_batch(x) if batch_axis_name is None else None
+    if explicit is not None:
+        loss = functools.partial(siglip_loss, normalize=normalize)
+        return _per_device(loss, *explicit, x, y, where, weights, scalars, reduction)
     t = jnp.exp(_scalar("logit_scale", logit_scale, dtype))
     bias = _scalar("logit_bias", logit_bias, dtype)
 
