@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 from jax.sharding import PartitionSpec as P
+from jax.test_util import check_grads
 
 import jaxloss
 from tests.contract_table import clip_reference, ntxent_reference, siglip_reference
@@ -184,6 +185,13 @@ def test_shard_map_form_equals_plain_on_one_device(name, reduction):
     )(X, Y)
     for g, e in zip(grad, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_shard_map_form_gradient_check(name):
+    """The ring's custom VJP (and the gather's) against finite differences, float64."""
+    f = _on_mesh(name, "mean")
+    check_grads(lambda x, y: f(x, y, KEEP), (X, Y), order=1, modes=("rev",))
 
 
 # --------------------------------------------------------------------------------------
