@@ -87,7 +87,7 @@ def _similarity(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum("...id,...jd->...ij", a, b, precision=lax.Precision.HIGHEST)
 
 
-def _explicit_batch(x: jax.Array):
+def _explicit_batch(x: jax.Array, name: str = "x"):
     """``(mesh, axes)`` if x's batch axis (−2) is sharded over explicit mesh axes, else None.
 
     Under plain ``jit`` a batch sharded that way has no legal sharding for the B × B
@@ -103,10 +103,16 @@ def _explicit_batch(x: jax.Array):
         return None
     if any(entry is not None for i, entry in enumerate(spec) if i != x.ndim - 2):
         raise ValueError(
-            f"Under plain jit, shard only the batch axis (−2) of `x`, got {P(*spec)} for "
+            f"Under plain jit, shard only the batch axis (−2) of `{name}`, got {P(*spec)} for "
             f"shape {x.shape}; or call the loss inside shard_map with `batch_axis_name`."
         )
     return mesh, spec[x.ndim - 2]
+
+
+def _replicated(mesh, *arrays):
+    """Each array (None passes through) gathered onto every device of ``mesh``."""
+    full = jax.sharding.NamedSharding(mesh, P())
+    return [None if a is None else jax.sharding.reshard(a, full) for a in arrays]
 
 
 def _per_device(loss, mesh, axes, x, y, where, weights, scalars, reduction):
@@ -178,6 +184,8 @@ def ntxent_loss(
     (no other kept example of its label) has no loss: it is left out of ``"sum"`` and
     ``"mean"`` (and is 0 with ``"none"``), as if ``where`` were False for it; it still
     serves as a negative. ``where=False`` removes an example from the batch entirely.
+    Under plain ``jit`` with the batch sharded over a mesh, the embeddings are gathered
+    (every anchor needs every example).
 
     Args:
       embeddings: e, floating ``[..., B, D]``; cosine similarity is taken along D (a zero
@@ -214,6 +222,9 @@ def ntxent_loss(
         ) from None
     C.check_positive("temperature", temperature)
     where, weights = C.prepare(batch, where, weights, reduction)
+    explicit = _explicit_batch(e, "embeddings")
+    if explicit is not None:  # the [B, B] similarities need every example: gather them
+        e, labels, where, weights = _replicated(explicit[0], e, labels, where, weights)
     tau = C.as_float("temperature", temperature, allow_int=True)
     dtype = C.compute_dtype(e, tau)
     keep = _keep_mask(where, batch, None)

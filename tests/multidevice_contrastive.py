@@ -124,11 +124,13 @@ def check_ring_memory(mesh):
 
 def check_plain_jit():
     """The batch sharded over 8 devices by NamedSharding, plain jit: the global mean, on
-    a mesh of explicit axes (``jax.make_mesh``'s default) and of automatic ones."""
+    a mesh of explicit axes (``jax.make_mesh``'s default) and of automatic ones; also
+    ntxent_loss, which gathers the batch."""
     inputs = _inputs(jnp.float64)
     keys = ("x", "y", "scale", "bias", "where", "weights")
     specs = (P("batch"), P("batch"), P(), P(), P("batch"), P("batch"))
     single = [jax.device_put(inputs[k], jax.devices()[0]) for k in keys]
+    labels = jnp.arange(B) // 2  # pairs of views, for ntxent_loss
     results = {}
     for kind in (AxisType.Explicit, AxisType.Auto):
         mesh = jax.make_mesh((8,), ("batch",), (kind,))
@@ -140,6 +142,17 @@ def check_plain_jit():
             loss = functools.partial(_loss, name, reduction="mean")
             f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
             results[f"plain_jit[{kind.name},{name}]"] = difference(f(*sharded), f(*single))
+        ntxent = jax.jit(
+            jax.value_and_grad(
+                lambda e, m, w: jaxloss.ntxent_loss(
+                    e, labels, where=m, weights=w, temperature=0.3, reduction="mean"
+                )
+            )
+        )
+        rows = [sharded[0], sharded[4], sharded[5]]
+        results[f"plain_jit[{kind.name},ntxent_loss]"] = difference(
+            ntxent(*rows), ntxent(single[0], single[4], single[5])
+        )
     return results
 
 

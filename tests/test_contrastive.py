@@ -235,7 +235,7 @@ def test_ring_holds_no_full_y_and_no_b_by_B_block(eight_device_report):
 
 
 @pytest.mark.parametrize("kind", ["Explicit", "Auto"])
-@pytest.mark.parametrize("name", ["clip_loss", "siglip_loss"])
+@pytest.mark.parametrize("name", ["clip_loss", "siglip_loss", "ntxent_loss"])
 def test_plain_jit_with_sharded_batch_is_the_global_mean(eight_device_report, name, kind):
     assert eight_device_report[f"plain_jit[{kind},{name}]"] < 1e-12
 
