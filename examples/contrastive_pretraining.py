@@ -164,7 +164,11 @@ def main():
     args = _common.parse_args(NAME, __doc__.splitlines()[0])
     steps, seeds, batch = (100, [0], 128) if args.quick else (1500, [0, 1], 256)
     mesh = jax.make_mesh((DEVICES,), ("batch",), (AxisType.Auto,))
-    assert jax.device_count() == DEVICES, "XLA_FLAGS was set too late"
+    if jax.device_count() != DEVICES:
+        raise RuntimeError(
+            f"expected {DEVICES} host devices, got {jax.device_count()}: JAX was imported "
+            "before this script set XLA_FLAGS"
+        )
 
     runs = {loss: [train(args, loss, s, mesh, steps, batch) for s in seeds] for loss in LOSSES}
     n_test = runs["clip"][0][2]
