@@ -20,6 +20,7 @@ from jaxloss._classification import (
     softmax_focal_loss,
     z_loss,
 )
+from jaxloss._contrastive import clip_loss, ntxent_loss, siglip_loss
 from jaxloss._embedding import (
     cosine_distance,
     cosine_embedding_loss,
@@ -170,6 +171,10 @@ __all__ = [
     "orpo_loss",
     "cpo_loss",
     "kto_loss",
+    # contrastive losses (batches of embeddings; clip and siglip also across devices)
+    "ntxent_loss",
+    "clip_loss",
+    "siglip_loss",
 ]
 
 

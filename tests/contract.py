@@ -50,6 +50,10 @@ class Case:
       unbatched: positions of args and names of kwargs that carry no batch axis (a
         weight matrix shared by every example, as in a linear layer's loss); the vmap
         check passes them whole to every example.
+      coupled: the loss couples the examples of a batch (contrastive losses), so
+        ``where=False`` changes the other examples' losses: the masking checks call
+        ``reference(*args, where=keep, **kwargs)``, and a NaN in its result marks an
+        element that the function leaves out of the reduction by itself.
     """
 
     name: str
@@ -65,6 +69,7 @@ class Case:
     atol: float = 2e-5
     lowp_tol: dict | None = None
     unbatched: tuple[int | str, ...] = ()
+    coupled: bool = False
     id: str | None = None
 
     def __str__(self) -> str:  # pytest ids

@@ -1486,3 +1486,145 @@ CASES += [
     ),
 ]
 NOT_IN_TABLE["dpo_implicit_rewards"] = "tests/test_preference.py"
+
+
+# --------------------------------------------------------------------------------------
+# Contrastive losses (issue 12)
+# --------------------------------------------------------------------------------------
+
+# Inputs [N, B, D]: N independent batches (the vmap axis) of B = 5 pairs of size D = 3.
+# The losses couple the examples of a batch (`coupled=True`): the references take the
+# mask and drop the masked examples before computing anything. Each reference loops over
+# the N batches in float64 numpy.
+CON_B, CON_D = 5, 3
+
+
+def _unit_rows(a):
+    n = np.linalg.norm(a, axis=-1, keepdims=True)
+    return a / np.where(n > 0, n, 1.0)
+
+
+def _per_batch(loss_of_batch):
+    """Apply ``loss_of_batch(kept arrays..., **kw) -> [b]`` to each batch of [..., B, D]
+    inputs, with the examples outside ``where`` removed first; they get 0."""
+
+    def reference(*arrays, where=None, **kwargs):
+        lead = arrays[0].shape[:-2] if arrays[0].ndim > 2 else ()
+        b = arrays[0].shape[-2]
+        flat = [np.asarray(a).reshape((-1,) + np.shape(a)[len(lead) :]) for a in arrays]
+        keep = np.ones((len(flat[0]), b), bool)
+        if where is not None:
+            keep = np.broadcast_to(where, lead + (b,)).reshape(-1, b)
+        out = np.zeros((len(flat[0]), b))
+        for n in range(len(flat[0])):
+            k = keep[n]
+            out[n, k] = loss_of_batch(*(a[n][k] for a in flat), **kwargs)
+        return out.reshape(lead + (b,))
+
+    return reference
+
+
+def _clip_batch(x, y, *, temperature=None, logit_scale=None, normalize=True):
+    t = 1.0 / temperature if temperature is not None else np.exp(logit_scale)
+    if normalize:
+        x, y = _unit_rows(x), _unit_rows(y)
+    s = t * (x @ y.T)
+    if len(s) == 0:
+        return np.zeros(0)
+    diag = np.diag(s)
+    return 0.5 * (special.logsumexp(s, axis=1) - diag + special.logsumexp(s, axis=0) - diag)
+
+
+def _siglip_batch(x, y, *, logit_scale, logit_bias, normalize=True):
+    if normalize:
+        x, y = _unit_rows(x), _unit_rows(y)
+    u = np.exp(logit_scale) * (x @ y.T) + logit_bias
+    z = 2.0 * np.eye(len(u)) - 1.0
+    return np.logaddexp(0.0, -z * u).sum(axis=1)  # −log σ(z·u) = log(1 + e^{−z·u})
+
+
+def _ntxent_batch(e, labels, *, temperature=0.07):
+    e = _unit_rows(e)
+    s = (e @ e.T) / temperature
+    out = np.full(len(e), np.nan)  # an anchor without a positive has no loss
+    for i in range(len(e)):
+        pos = [j for j in range(len(e)) if j != i and labels[j] == labels[i]]
+        neg = [k for k in range(len(e)) if labels[k] != labels[i]]
+        if pos:
+            terms = [
+                -s[i, j] + special.logsumexp(np.concatenate([[s[i, j]], s[i, neg]])) for j in pos
+            ]
+            out[i] = np.mean(terms)
+    return out
+
+
+clip_reference = _per_batch(_clip_batch)
+siglip_reference = _per_batch(_siglip_batch)
+
+
+def ntxent_reference(e, labels, *, where=None, **kwargs):
+    # The labels travel through `_per_batch` as a trailing axis of size 1.
+    labels = np.broadcast_to(labels, np.shape(e)[:-1])[..., None]
+    batch = lambda e, lab, **kw: _ntxent_batch(e, lab[:, 0], **kw)  # noqa: E731
+    return _per_batch(batch)(e, labels, where=where, **kwargs)
+
+
+def _con_pair(rng, **kwargs):
+    shape = (N, CON_B, CON_D)
+    return (_normal(rng, shape), _normal(rng, shape)), kwargs
+
+
+def _ntxent_make(rng):
+    labels = np.stack([rng.permutation([0, 0, 1, 1, 1]) for _ in range(N)])
+    return (_normal(rng, (N, CON_B, CON_D)), labels), {"temperature": 0.5}
+
+
+def _con_extreme(**kwargs):
+    x = np.array([[1e30, -1e30, 0.0], [1e-30, 0.0, 1e-30], [0.0, 0.0, 0.0], [1.0, 2.0, 3.0]])
+    y = np.array([[1.0, 0.0, 0.0], [-1e30, 1e30, 1e30], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    return (x.astype(np.float32), y.astype(np.float32)), kwargs
+
+
+CASES += [
+    Case(
+        "ntxent_loss",
+        jaxloss.ntxent_loss,
+        _ntxent_make,
+        ntxent_reference,
+        coupled=True,
+        extreme=lambda: (
+            (_con_extreme()[0][0], np.array([0, 0, 1, 1])),
+            {"temperature": 0.01},
+        ),
+    ),
+    Case(
+        "clip_loss",
+        jaxloss.clip_loss,
+        lambda rng: _con_pair(rng, temperature=0.3),
+        clip_reference,
+        grad_args=(0, 1),
+        coupled=True,
+        extreme=lambda: _con_extreme(temperature=0.01),
+        id="clip_loss[temperature]",
+    ),
+    Case(
+        "clip_loss",
+        jaxloss.clip_loss,
+        lambda rng: _con_pair(rng, logit_scale=np.asarray(0.7), normalize=False),
+        clip_reference,
+        grad_args=(0, 1),
+        grad_kwargs=("logit_scale",),
+        coupled=True,
+        id="clip_loss[logit_scale,unnormalized]",
+    ),
+    Case(
+        "siglip_loss",
+        jaxloss.siglip_loss,
+        lambda rng: _con_pair(rng, logit_scale=np.asarray(1.2), logit_bias=np.asarray(-2.0)),
+        siglip_reference,
+        grad_args=(0, 1),
+        grad_kwargs=("logit_scale", "logit_bias"),
+        coupled=True,
+        extreme=lambda: _con_extreme(logit_scale=np.float32(np.log(100.0)), logit_bias=-10.0),
+    ),
+]

@@ -21,22 +21,9 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxloss
+from tests.host_devices import difference
 
 N, D, V = 16, 8, 24  # tokens, hidden size, vocabulary: 8 tokens and 6 classes per shard
-
-
-def _difference(a, b) -> float:
-    """max |a − b| / max |b| over every leaf of two pytrees (NaN-safe: NaN counts as ∞)."""
-    worst = 0.0
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        if x.shape != y.shape:
-            return float("inf")
-        err = np.max(np.abs(x - y), initial=0.0)
-        worst = max(worst, float(err / max(np.max(np.abs(y), initial=0.0), 1e-300)))
-        if not np.isfinite(err):
-            return float("inf")
-    return worst
 
 
 def _put(mesh, spec, x):
@@ -106,7 +93,7 @@ def check_vocab_parallel_cross_entropy(mesh, x):
             scalar = lambda z, *rest: jnp.sum(f(z, *rest) * cotangent)  # noqa: E731
             return jax.jit(f)(*args), jax.jit(jax.grad(scalar))(*args)
 
-        results[f"vocab_parallel_cross_entropy[{reduction}]"] = _difference(
+        results[f"vocab_parallel_cross_entropy[{reduction}]"] = difference(
             value_and_grad(sharded, args_sharded), value_and_grad(unsharded, args)
         )
     return results
@@ -168,7 +155,7 @@ def check_vocab_parallel_fused(mesh, x):
             scalar = lambda *a: jnp.sum(f(*a) * cotangent)  # noqa: E731
             return jax.jit(f)(*args), jax.jit(jax.grad(scalar, argnums=(0, 1, 2)))(*args)
 
-        results[f"vocab_parallel_fused_linear_cross_entropy[{layout},{reduction}]"] = _difference(
+        results[f"vocab_parallel_fused_linear_cross_entropy[{layout},{reduction}]"] = difference(
             value_and_grad(sharded, args_sharded), value_and_grad(unsharded, args)
         )
     return results
@@ -240,7 +227,7 @@ def check_data_parallel(x):
             out_sharded = f(*sharded)
             out_single = jax.jit(jax.value_and_grad(cases[name.split("[")[0]][0]))(*single)
             key = f"data_parallel[{kind.name},{name}]"
-            results[key] = _difference(out_sharded, out_single)
+            results[key] = difference(out_sharded, out_single)
             # Whether the gradient stayed sharded over the 8 devices (the work was split).
             results[f"sharded_gradient:{key}"] = not out_sharded[1].sharding.is_fully_replicated
     return results

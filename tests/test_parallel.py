@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,29 +11,15 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import jaxloss
+from tests.host_devices import run_script
 
-ROOT = Path(__file__).resolve().parent.parent
 MESH = jax.sharding.Mesh(jax.devices()[:1], ("model",))
 
 
 @pytest.fixture(scope="module")
 def eight_device_report():
     """Run tests/multidevice_vocab.py on 8 host CPU devices, once, and read its report."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "multidevice_vocab.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_script("multidevice_vocab.py")
 
 
 SHARDED_CHECKS = [

@@ -1,0 +1,174 @@
+"""Contrastive losses across devices: checks on 8 host CPU devices, run by
+tests/test_contrastive.py in a subprocess (see tests/host_devices.py).
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice_contrastive.py
+
+Inside ``shard_map`` on a (data=2, model=4) mesh, with the batch split over both axes
+(8 shards) or over "data" only (replicated over "model"), `clip_loss` and `siglip_loss`
+and their gradients in x, y, the logit scale and the bias must equal the single-device
+computation on the whole batch, in float64 and float32, masked and weighted. Under plain
+``jit`` with the batch sharded by ``NamedSharding`` the mean is the global one. The
+script prints one JSON object: per check, the largest relative difference, and for the
+ring whether its compiled program holds any [B, D] or [b, B] array.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxloss
+from tests.host_devices import difference
+
+B, D = 32, 6  # 4 pairs per device on 8 devices, 16 on 2
+
+
+def _inputs(dtype):
+    rng = np.random.default_rng(0)
+    keep = rng.random(B) < 0.8
+    keep[:2] = False
+    return {
+        "x": jnp.asarray(rng.normal(size=(B, D)), dtype),
+        "y": jnp.asarray(rng.normal(size=(B, D)), dtype),
+        "scale": jnp.asarray(np.log(5.0), dtype),
+        "bias": jnp.asarray(-2.0, dtype),
+        "where": jnp.asarray(keep),
+        "weights": jnp.asarray(rng.random(B) + 0.5, dtype),
+    }
+
+
+def _loss(name, x, y, scale, bias, where, weights, **kw):
+    if name == "clip_loss":
+        return jaxloss.clip_loss(x, y, logit_scale=scale, where=where, weights=weights, **kw)
+    return jaxloss.siglip_loss(
+        x, y, logit_scale=scale, logit_bias=bias, where=where, weights=weights, **kw
+    )
+
+
+def _specs(axes):
+    return (P(axes), P(axes), P(), P(), P(axes), P(axes))
+
+
+def _put(mesh, axes, args):
+    return [
+        jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(args, _specs(axes), strict=True)
+    ]
+
+
+def _sharded(mesh, name, axes, reduction):
+    local = functools.partial(_loss, name, batch_axis_name=axes, reduction=reduction)
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=_specs(axes),
+        out_specs=P(axes) if reduction == "none" else P(),
+    )
+
+
+def _value_and_grad(f, args, cotangent):
+    scalar = lambda *a: jnp.sum(f(*a) * cotangent)  # noqa: E731
+    return jax.jit(f)(*args), jax.jit(jax.grad(scalar, argnums=(0, 1, 2, 3)))(*args)
+
+
+# (batch axes, reduction) per dtype: every combination in float64, the main one in float32.
+BOTH, DATA = ("data", "model"), "data"
+COMBINATIONS = {
+    "float64": [(BOTH, "none"), (BOTH, "mean"), (DATA, "none"), (DATA, "mean")],
+    "float32": [(BOTH, "mean")],
+}
+
+
+def check_shard_map(mesh):
+    results = {}
+    for dtype in (jnp.float64, jnp.float32):
+        inputs = _inputs(dtype)
+        args = [inputs[k] for k in ("x", "y", "scale", "bias", "where", "weights")]
+        for name in ("clip_loss", "siglip_loss"):
+            expected = {}  # the single-device result per reduction, computed once
+            for axes, reduction in COMBINATIONS[jnp.dtype(dtype).name]:
+                cotangent = np.linspace(0.5, 1.5, B) if reduction == "none" else 1.0
+                if reduction not in expected:
+                    single = functools.partial(_loss, name, reduction=reduction)
+                    expected[reduction] = _value_and_grad(single, args, cotangent)
+                sharded = _sharded(mesh, name, axes, reduction)
+                key = f"{name}[{jnp.dtype(dtype).name},{'+'.join(np.atleast_1d(axes))},"
+                results[f"{key}{reduction}]"] = difference(
+                    _value_and_grad(sharded, _put(mesh, axes, args), cotangent),
+                    expected[reduction],
+                )
+    return results
+
+
+def check_ring_memory(mesh):
+    """The compiled value-and-gradient program of the ring holds no [B, D] y and no
+    [b, B] block: only [b, D] chunks and [b, b] blocks (b = B/8 = 4)."""
+    inputs = _inputs(jnp.float32)
+    args = [inputs[k] for k in ("x", "y", "scale", "bias", "where", "weights")]
+    axes = ("data", "model")
+    f = jax.jit(jax.value_and_grad(_sharded(mesh, "siglip_loss", axes, "mean"), (0, 1, 2, 3)))
+    hlo = f.lower(*_put(mesh, axes, args)).compile().as_text()
+    b = B // 8
+    shapes = set(re.findall(r"f32\[([0-9,]+)\]", hlo))
+    full = {f"{B},{D}", f"{b},{B}", f"{B},{b}", f"{B},{B}"}
+    return {
+        "ring_shapes_seen": sorted(shapes),
+        "ring_holds_full_y_or_b_by_B_block": bool(shapes & full),
+        "ring_has_collective_permute": "collective-permute" in hlo,
+        "ring_has_all_gather": "all-gather" in hlo,
+    }
+
+
+def check_plain_jit():
+    """The batch sharded over 8 devices by NamedSharding, plain jit: the global mean, on
+    a mesh of explicit axes (``jax.make_mesh``'s default) and of automatic ones; also
+    ntxent_loss, which gathers the batch."""
+    inputs = _inputs(jnp.float64)
+    keys = ("x", "y", "scale", "bias", "where", "weights")
+    specs = (P("batch"), P("batch"), P(), P(), P("batch"), P("batch"))
+    single = [jax.device_put(inputs[k], jax.devices()[0]) for k in keys]
+    labels = jnp.arange(B) // 2  # pairs of views, for ntxent_loss
+    results = {}
+    for kind in (AxisType.Explicit, AxisType.Auto):
+        mesh = jax.make_mesh((8,), ("batch",), (kind,))
+        sharded = [
+            jax.device_put(inputs[k], NamedSharding(mesh, s))
+            for k, s in zip(keys, specs, strict=True)
+        ]
+        for name in ("clip_loss", "siglip_loss"):
+            loss = functools.partial(_loss, name, reduction="mean")
+            f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
+            results[f"plain_jit[{kind.name},{name}]"] = difference(f(*sharded), f(*single))
+        ntxent = jax.jit(
+            jax.value_and_grad(
+                lambda e, m, w: jaxloss.ntxent_loss(
+                    e, labels, where=m, weights=w, temperature=0.3, reduction="mean"
+                )
+            )
+        )
+        rows = [sharded[0], sharded[4], sharded[5]]
+        results[f"plain_jit[{kind.name},ntxent_loss]"] = difference(
+            ntxent(*rows), ntxent(single[0], single[4], single[5])
+        )
+    return results
+
+
+def main():
+    jax.config.update("jax_enable_x64", True)
+    report = {"device_count": jax.device_count()}
+    if jax.device_count() == 8:
+        mesh = jax.make_mesh((2, 4), ("data", "model"))
+        report.update(check_shard_map(mesh))
+        report.update(check_ring_memory(mesh))
+        report.update(check_plain_jit())
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""Contrastive losses: optax parity, invariances, errors, and the 8-device checks."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+from jax.test_util import check_grads
+
+import jaxloss
+from tests.contract_table import clip_reference, ntxent_reference, siglip_reference
+from tests.host_devices import run_script
+
+RNG = np.random.default_rng(0)
+B, D = 7, 4
+X = RNG.normal(size=(B, D))
+Y = RNG.normal(size=(B, D))
+KEEP = np.array([True, False, True, True, False, True, True])
+MESH = jax.sharding.Mesh(jax.devices()[:1], ("batch",))
+
+
+def _clip(x, y, **kw):
+    return jaxloss.clip_loss(x, y, logit_scale=jnp.asarray(1.3), **kw)
+
+
+def _siglip(x, y, **kw):
+    return jaxloss.siglip_loss(x, y, logit_scale=jnp.asarray(1.1), logit_bias=-1.5, **kw)
+
+
+def _ntxent(x, y, **kw):  # two views per label: rows of x and y
+    labels = np.concatenate([np.arange(len(x))] * 2)
+    kept = kw.pop("where", None)
+    where = None if kept is None else np.concatenate([kept, kept])
+    return jaxloss.ntxent_loss(jnp.concatenate([x, y]), labels, temperature=0.3, where=where, **kw)
+
+
+# --------------------------------------------------------------------------------------
+# NT-Xent against optax
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "labels, dtype",
+    [
+        (np.repeat(np.arange(6), 2), jnp.float64),
+        (np.repeat(np.arange(6), 2), jnp.float32),
+        (np.tile(np.arange(4), 3), jnp.float64),
+        (RNG.permutation(np.repeat([0, 1], 6)), jnp.float64),
+    ],
+    ids=["two-views-f64", "two-views-f32", "three-views-f64", "two-groups-f64"],
+)
+def test_ntxent_mean_equals_optax_for_equal_groups(labels, dtype):
+    e = jnp.asarray(RNG.normal(size=(len(labels), 5)), dtype)
+    ours = jaxloss.ntxent_loss(e, labels, temperature=0.2, reduction="mean")
+    theirs = optax.losses.ntxent(e, jnp.asarray(labels), temperature=0.2)
+    tol = 1e-12 if dtype == jnp.float64 else 2e-6
+    np.testing.assert_allclose(ours, theirs, rtol=tol, atol=tol)
+
+
+def test_ntxent_pair_weights_equal_optax_for_unequal_groups():
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 3])  # label 3 has no positive
+    e = jnp.asarray(RNG.normal(size=(len(labels), 3)))
+    positives = np.array([np.sum(labels == c) - 1 for c in labels])
+    ours = jaxloss.ntxent_loss(e, labels, weights=positives, reduction="mean", temperature=0.5)
+    np.testing.assert_allclose(ours, optax.losses.ntxent(e, labels, 0.5), rtol=1e-12)
+    # The anchor without a positive is left out of the mean, not averaged in as 0.
+    per_anchor = jaxloss.ntxent_loss(e, labels, temperature=0.5)
+    mean = jaxloss.ntxent_loss(e, labels, temperature=0.5, reduction="mean")
+    assert per_anchor[-1] == 0.0
+    np.testing.assert_allclose(mean, np.mean(per_anchor[:-1]), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# Invariances
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", [_clip, _siglip, _ntxent], ids=["clip", "siglip", "ntxent"])
+def test_where_equals_removing_the_examples(loss):
+    """where=False removes an example entirely: same as indexing the batch."""
+    masked = loss(X, Y, where=KEEP)
+    subset = loss(X[KEEP], Y[KEEP])
+    if loss is _ntxent:  # anchors of x then of y
+        masked = np.concatenate([masked[:B][KEEP], masked[B:][KEEP]])
+    else:
+        masked = masked[KEEP]
+    np.testing.assert_allclose(masked, subset, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(loss(X, Y, where=KEEP))[:B][~KEEP], 0.0)
+
+
+def test_clip_temperature_equals_logit_scale():
+    a = jaxloss.clip_loss(X, Y, temperature=0.25)
+    b = jaxloss.clip_loss(X, Y, logit_scale=jnp.log(4.0))
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("loss", [_clip, _siglip], ids=["clip", "siglip"])
+def test_normalize_makes_the_loss_scale_invariant(loss):
+    scales = RNG.uniform(0.1, 10.0, size=(B, 1))
+    np.testing.assert_allclose(loss(X * scales, Y), loss(X, Y), rtol=1e-12)
+    unit = X / np.linalg.norm(X, axis=-1, keepdims=True), Y / np.linalg.norm(Y, axis=-1)[:, None]
+    np.testing.assert_allclose(loss(*unit, normalize=False), loss(X, Y), rtol=1e-12)
+
+
+def test_siglip_mean_is_the_papers_double_sum():
+    """−(1/B) Σ_i Σ_j log σ(z_ij (t⟨x̂_i, ŷ_j⟩ + b)), written out with scipy's log σ."""
+    from scipy.special import log_expit
+
+    xn = X / np.linalg.norm(X, axis=-1, keepdims=True)
+    yn = Y / np.linalg.norm(Y, axis=-1, keepdims=True)
+    z = 2 * np.eye(B) - 1
+    expected = -np.sum(log_expit(z * (np.exp(1.1) * xn @ yn.T - 1.5))) / B
+    np.testing.assert_allclose(_siglip(X, Y, reduction="mean"), expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        _siglip(X, Y), siglip_reference(X, Y, logit_scale=1.1, logit_bias=-1.5), rtol=1e-12
+    )
+
+
+def test_clip_mean_is_the_average_of_both_cross_entropies():
+    """CLIP's pseudo-code: (CE(logits, arange, axis=0) + CE(logits, arange, axis=1)) / 2."""
+    t = np.exp(1.3)
+    xn = X / np.linalg.norm(X, axis=-1, keepdims=True)
+    yn = Y / np.linalg.norm(Y, axis=-1, keepdims=True)
+    logits = t * xn @ yn.T
+    ce = lambda z: np.mean(-np.diag(z - np.log(np.exp(z).sum(1, keepdims=True))))  # noqa: E731
+    np.testing.assert_allclose(
+        _clip(X, Y, reduction="mean"), (ce(logits) + ce(logits.T)) / 2, rtol=1e-12
+    )
+    np.testing.assert_allclose(_clip(X, Y), clip_reference(X, Y, logit_scale=1.3), rtol=1e-12)
+
+
+def test_ntxent_reference_sanity():
+    labels = np.repeat(np.arange(3), 2)
+    e = RNG.normal(size=(6, 3))
+    np.testing.assert_allclose(
+        jaxloss.ntxent_loss(e, labels, temperature=0.4),
+        ntxent_reference(e, labels, temperature=0.4),
+        rtol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("loss", [_clip, _siglip, _ntxent], ids=["clip", "siglip", "ntxent"])
+def test_zero_vectors_give_finite_values_and_gradients(loss):
+    x, y = X.copy(), Y.copy()
+    x[0] = 0.0
+    y[3] = 0.0
+    value, grads = jax.value_and_grad(lambda x, y: loss(x, y, reduction="mean"), argnums=(0, 1))(
+        x, y
+    )
+    assert np.isfinite(value)
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+
+
+# --------------------------------------------------------------------------------------
+# shard_map on a one-device mesh (the 8-device checks are below)
+# --------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _on_mesh(name, reduction):
+    loss = _clip if name == "clip" else _siglip
+    local = functools.partial(loss, batch_axis_name="batch", reduction=reduction)
+    return jax.jit(
+        jax.shard_map(
+            lambda x, y, m: local(x, y, where=m),
+            mesh=MESH,
+            in_specs=(P("batch"),) * 3,
+            out_specs=P("batch") if reduction == "none" else P(),
+        )
+    )
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_shard_map_form_equals_plain_on_one_device(name, reduction):
+    loss = _clip if name == "clip" else _siglip
+    f = _on_mesh(name, reduction)
+    np.testing.assert_allclose(
+        f(X, Y, KEEP), loss(X, Y, where=KEEP, reduction=reduction), rtol=1e-12, atol=1e-12
+    )
+    grad = jax.grad(lambda x, y: jnp.sum(f(x, y, KEEP)), argnums=(0, 1))(X, Y)
+    expected = jax.grad(
+        lambda x, y: jnp.sum(loss(x, y, where=KEEP, reduction=reduction)), argnums=(0, 1)
+    )(X, Y)
+    for g, e in zip(grad, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_shard_map_form_gradient_check(name):
+    """The ring's custom VJP (and the gather's) against finite differences, float64."""
+    f = _on_mesh(name, "mean")
+    check_grads(lambda x, y: f(x, y, KEEP), (X, Y), order=1, modes=("rev",))
+
+
+# --------------------------------------------------------------------------------------
+# Eight host devices, in a subprocess (tests/multidevice_contrastive.py)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def eight_device_report():
+    return run_script("multidevice_contrastive.py")
+
+
+SHARD_MAP_CHECKS = [
+    f"{name}[{dtype},{axes},{reduction}]"
+    for name in ("clip_loss", "siglip_loss")
+    for dtype, axes, reduction in [
+        ("float64", "data+model", "none"),
+        ("float64", "data+model", "mean"),
+        ("float64", "data", "none"),
+        ("float64", "data", "mean"),
+        ("float32", "data+model", "mean"),
+    ]
+]
+
+
+def test_subprocess_ran_on_eight_devices(eight_device_report):
+    assert eight_device_report["device_count"] == 8
+
+
+@pytest.mark.parametrize("check", SHARD_MAP_CHECKS)
+def test_shard_map_on_2x4_mesh_equals_one_device(eight_device_report, check):
+    """Values and gradients (x, y, logit scale, bias; masked, weighted) equal the
+    single-device computation on the whole batch: float64 to rounding, float32 to 2e-6."""
+    assert eight_device_report[check] < (1e-12 if "float64" in check else 2e-6)
+
+
+def test_ring_holds_no_full_y_and_no_b_by_B_block(eight_device_report):
+    assert not eight_device_report["ring_holds_full_y_or_b_by_B_block"]
+    assert eight_device_report["ring_has_collective_permute"]
+    assert not eight_device_report["ring_has_all_gather"]
+
+
+@pytest.mark.parametrize("kind", ["Explicit", "Auto"])
+@pytest.mark.parametrize("name", ["clip_loss", "siglip_loss", "ntxent_loss"])
+def test_plain_jit_with_sharded_batch_is_the_global_mean(eight_device_report, name, kind):
+    assert eight_device_report[f"plain_jit[{kind},{name}]"] < 1e-12
+
+
+# --------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------
+
+Z = jnp.zeros((3, 2))
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: jaxloss.clip_loss(Z, Z), ValueError, r"exactly one of `temperature`"),
+        (
+            lambda: jaxloss.clip_loss(Z, Z, temperature=0.1, logit_scale=1.0),
+            ValueError,
+            r"exactly one of `temperature`",
+        ),
+        (lambda: jaxloss.clip_loss(Z, Z, temperature=-1.0), ValueError, r"`temperature` must"),
+        (
+            lambda: jaxloss.clip_loss(Z, jnp.zeros((4, 2)), temperature=0.1),
+            ValueError,
+            r"`x` \(3, 2\) and `y` \(4, 2\) must have the same shape",
+        ),
+        (
+            lambda: jaxloss.clip_loss(jnp.zeros(3), jnp.zeros(3), temperature=0.1),
+            ValueError,
+            r"`x` must have shape \[..., B, D\]",
+        ),
+        (
+            lambda: jaxloss.clip_loss(Z, Z, logit_scale=jnp.ones(3)),
+            ValueError,
+            r"`logit_scale` must be a scalar",
+        ),
+        (
+            lambda: jaxloss.clip_loss(Z.astype(int), Z, temperature=0.1),
+            TypeError,
+            r"`x` must be a floating-point array",
+        ),
+        (
+            lambda: jaxloss.clip_loss(Z, Z, temperature=0.1, where=jnp.ones(3)),
+            TypeError,
+            r"`where` must be a boolean mask",
+        ),
+        (
+            lambda: jaxloss.siglip_loss(Z, Z, logit_scale=1.0, logit_bias=None),
+            TypeError,
+            r"`logit_bias` is required",
+        ),
+        (
+            lambda: jaxloss.siglip_loss(Z, Z, logit_scale=1.0, logit_bias=0.0, weights=jnp.ones(4)),
+            ValueError,
+            r"`weights` of shape \(4,\) does not broadcast",
+        ),
+        (
+            lambda: jaxloss.ntxent_loss(Z, jnp.zeros(3)),
+            TypeError,
+            r"`labels` must be an integer array",
+        ),
+        (
+            lambda: jaxloss.ntxent_loss(Z, jnp.zeros(4, int)),
+            ValueError,
+            r"`labels` of shape \(4,\)",
+        ),
+        (
+            lambda: jaxloss.ntxent_loss(Z, jnp.zeros(3, int), temperature=0.0),
+            ValueError,
+            r"`temperature` must be a positive",
+        ),
+    ],
+)
+def test_bad_input_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+    with pytest.raises(error, match=message):
+        jax.jit(call)()
