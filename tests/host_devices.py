@@ -1,43 +1,28 @@
 """Run a check script on 8 host CPU devices in a subprocess, and compare its results.
 
 JAX reads ``--xla_force_host_platform_device_count`` once, when it is imported, so the
-multi-device checks (``tests/multidevice_*.py``) run in a separate process; each prints
-one JSON object (its last line of output), which the pytest side reads with `run_script`
-and asserts on. `difference` is how the scripts compare a sharded computation with the
+multi-device checks (``tests/multidevice_*.py``) run in a separate process (started by
+`tests.multiprocess.run_workers`, the one subprocess mechanism); each prints one JSON
+object (its last line of output), which the pytest side reads with `run_script` and
+asserts on. `difference` is how the scripts compare a sharded computation with the
 unsharded one.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
+
+from tests.multiprocess import run_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_script(name: str, devices: int = 8) -> dict:
     """Run ``tests/<name>`` with ``devices`` host CPU devices and return its JSON report."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / name)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_workers(ROOT / "tests" / name, devices_per_process=devices, timeout=600)[0]
 
 
 def difference(a, b) -> float:
