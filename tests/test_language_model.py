@@ -112,6 +112,9 @@ def test_distillation_each_divergence(divergence):
     assert np.all(np.asarray(out) >= 0)
     f = lambda s: jaxloss.distillation_loss(s, f64(TEACHER), **kw)  # noqa: E731
     check_grads(f, (f64(LOGITS),), order=1, modes=("rev",))  # order 2: the contract table
+    # Softmax losses are invariant to a per-token shift of either model's logits.
+    shifted = jaxloss.distillation_loss(f64(LOGITS + 3.0), f64(TEACHER - LABELS[..., None]), **kw)
+    np.testing.assert_allclose(shifted, out, 1e-10, 1e-12)
     # No gradient reaches the teacher.
     g_t = _grad(lambda t: jaxloss.distillation_loss(f64(LOGITS), t, **kw), f64(TEACHER))
     assert np.all(np.asarray(g_t) == 0)
