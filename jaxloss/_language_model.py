@@ -177,16 +177,50 @@ def sequence_log_probs(
 # --------------------------------------------------------------------------------------
 
 
+# Coefficients (−1)ⁿ/(n(n − 1)), n = 2 … 17, of φ(1 + u)/u² = Σₙ (−1)ⁿ uⁿ⁻²/(n(n − 1)),
+# φ(x) = x log x − x + 1; for |u| < 0.1 the 16 terms reach float64 precision.
+_PHI_SERIES = tuple((-1.0) ** n / (n * (n - 1)) for n in range(2, 18))
+_PHI_SMALL = 0.1
+
+
+def _bregman_term(p: jax.Array, m: jax.Array, d: jax.Array) -> jax.Array:
+    """p log(p/m) − p + m ≥ 0 for probabilities p, m, given d = p − m; 0 where p = m = 0.
+
+    The generalized KL term, each one ≥ 0, so their sum has no cancellation; in turn
+    p log(p/m) and p − m cancel for p ≈ m, so there, with u = d/m, it is computed as
+    d²/m · Σₙ (−1)ⁿ uⁿ⁻²/(n(n − 1)) (each branch sees only inputs it is safe for).
+    """
+    positive = m > 0
+    m_safe = jnp.where(positive, m, 1.0)
+    u = jnp.where(positive, d / m_safe, 0.0)
+    small = jnp.abs(u) < _PHI_SMALL
+    us = jnp.where(small, u, 0.0)
+    series = jnp.zeros_like(us)
+    for c in reversed(_PHI_SERIES):
+        series = series * us + c
+    ds = jnp.where(small, d, 0.0)
+    near = ds * ds / m_safe * series
+    pf, mf = jnp.where(small, 1.0, p), jnp.where(small, 1.0, m)
+    far = N.relative_entropy_term(pf, mf) - pf + mf
+    return jnp.where(small, near, far)
+
+
 def _jsd(s_logits: jax.Array, t_logits: jax.Array, beta: float, axis: int) -> jax.Array:
     """β·KL(t‖m) + (1 − β)·KL(s‖m), m = β·t + (1 − β)·s, for 0 < β < 1.
 
-    Each term p·log(p/m) is `N.relative_entropy_term` (accurate for p ≈ m, 0 for p = 0);
-    m ≥ β·t and m ≥ (1 − β)·s, so m > 0 wherever the term's p is.
+    Per class β(t − m) + (1 − β)(s − m) = 0, so the divergence is the sum of the
+    generalized terms β·[t log(t/m) − t + m] + (1 − β)·[s log(s/m) − s + m], each ≥ 0
+    and accurate also for s ≈ t (`_bregman_term`): the plain sum of t log(t/m) terms
+    would lose every digit to cancellation there, where JSD is of order (s − t)².
+    With d = t − s: t − m = (1 − β)·d and s − m = −β·d.
     """
     p_s = jnp.exp(N.log_softmax(s_logits, axis))
     p_t = jnp.exp(N.log_softmax(t_logits, axis))
     m = beta * p_t + (1.0 - beta) * p_s
-    terms = beta * N.relative_entropy_term(p_t, m) + (1.0 - beta) * N.relative_entropy_term(p_s, m)
+    d = p_t - p_s
+    terms = beta * _bregman_term(p_t, m, (1.0 - beta) * d) + (1.0 - beta) * _bregman_term(
+        p_s, m, -beta * d
+    )
     return jnp.sum(terms, axis=axis)
 
 
