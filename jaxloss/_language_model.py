@@ -261,8 +261,11 @@ def distillation_loss(
     −inf logits (a masked vocabulary) are tokens of probability 0: with −inf at the same
     tokens in both models every divergence is finite with finite gradients. The KLs are
     +inf where the reference distribution has mass that the other puts −inf logits on,
-    as the math says. The KLs are `kl_divergence_from_logits`'s computation (accurate
-    also for nearby distributions).
+    as the math says. Every divergence stays accurate for nearby distributions (a
+    converged student), where the textbook forms cancel: the KLs are
+    `kl_divergence_from_logits`'s computation, and JSD is summed from the generalized
+    terms β·[t log(t/m) − t + m] + (1 − β)·[s log(s/m) − s + m], each ≥ 0 (a series
+    where s ≈ t), equal to it because β(t − m) + (1 − β)(s − m) = 0.
 
     Args:
       student_logits: floating array [..., V, ...], vocabulary along ``axis``.

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax.test_util import check_grads
 from scipy import special
 
@@ -118,6 +120,30 @@ def test_distillation_each_divergence(divergence):
     # No gradient reaches the teacher.
     g_t = _grad(lambda t: jaxloss.distillation_loss(f64(LOGITS), t, **kw), f64(TEACHER))
     assert np.all(np.asarray(g_t) == 0)
+
+
+@settings(max_examples=10)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    beta=st.floats(0.01, 0.99),
+    temperature=st.floats(0.25, 4.0),
+    scale=st.floats(0.01, 20.0),
+)
+def test_divergence_bounds_property(seed, beta, temperature, scale):
+    """0 ≤ JSD_β ≤ h(β) (the entropy of (β, 1 − β)), 0 ≤ TVD ≤ 1, KLs ≥ 0, and Pinsker's
+    TVD ≤ √(KL/2), for any logits and temperature."""
+    rng = np.random.default_rng(seed)
+    s, t = f64(rng.normal(size=(3, 9)) * scale), f64(rng.normal(size=(3, 9)) * scale)
+    kw = {"temperature": temperature}
+    out = {
+        d: np.asarray(jaxloss.distillation_loss(s, t, divergence=d, beta=beta, **kw))
+        for d in DIVERGENCES
+    }
+    h = -beta * np.log(beta) - (1 - beta) * np.log1p(-beta)
+    assert np.all(out["jsd"] >= 0) and np.all(out["jsd"] <= h + 1e-12)
+    assert np.all(out["tvd"] >= 0) and np.all(out["tvd"] <= 1 + 1e-12)
+    assert np.all(out["forward_kl"] >= 0) and np.all(out["reverse_kl"] >= 0)
+    assert np.all(out["tvd"] <= np.sqrt(out["forward_kl"] / 2) + 1e-12)
 
 
 def test_forward_kl_is_kl_divergence_from_logits():
