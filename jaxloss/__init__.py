@@ -38,6 +38,14 @@ from jaxloss._information import (
     kl_divergence_from_logits,
     surprisal,
 )
+from jaxloss._language_model import (
+    distillation_loss,
+    group_relative_advantages,
+    kl_penalty,
+    policy_gradient_loss,
+    sequence_log_probs,
+    token_log_probs,
+)
 from jaxloss._large_vocab import fused_linear_cross_entropy
 from jaxloss._margin import (
     hinge_loss,
@@ -175,6 +183,13 @@ __all__ = [
     "ntxent_loss",
     "clip_loss",
     "siglip_loss",
+    # language models: token log-probabilities, distillation, policy-gradient losses
+    "token_log_probs",
+    "sequence_log_probs",
+    "distillation_loss",
+    "policy_gradient_loss",
+    "kl_penalty",
+    "group_relative_advantages",
 ]
 
 

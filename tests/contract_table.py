@@ -1628,3 +1628,205 @@ CASES += [
         extreme=lambda: _con_extreme(logit_scale=np.float32(np.log(100.0)), logit_bias=-10.0),
     ),
 ]
+
+
+# --------------------------------------------------------------------------------------
+# Language models: token log-probabilities, distillation, policy-gradient losses (issue 13)
+# --------------------------------------------------------------------------------------
+# References from the formulas in float64 numpy (the GKD/TRL generalized JSD, PPO's
+# clipped surrogate with TRL's aggregations, Schulman's k1/k2/k3). One case per function
+# or so, to keep the suite fast; tests/test_language_model.py checks the other options
+# (every divergence, aggregation and estimator) against the same references.
+
+
+def _lm_logits(rng):
+    return _normal(rng, (N, 3, 5), scale=2.0)
+
+
+def _ref_token_log_probs(logits, labels, *, temperature=1.0, where=None):
+    lp = special.log_softmax(logits / temperature, axis=-1)
+    out = np.take_along_axis(lp, labels[..., None], axis=-1)[..., 0]
+    return out if where is None else np.where(where, out, 0.0)
+
+
+def _ref_sequence_log_probs(x, *, where=None, average=False):
+    keep = np.ones(x.shape, bool) if where is None else np.broadcast_to(where, x.shape)
+    total = np.where(keep, x, 0.0).sum(-1)
+    if not average:
+        return total
+    count = keep.sum(-1)
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
+def _ref_kl_rows(p, q):
+    return np.sum(np.where(p > 0, p * (np.log(np.where(p > 0, p, 1)) - np.log(q)), 0.0), -1)
+
+
+def _ref_distillation(
+    s, t, *, temperature=1.0, divergence="forward_kl", beta=0.5, scale_by_temperature_squared=False
+):
+    ps = np.exp(special.log_softmax(s / temperature, axis=-1))
+    pt = np.exp(special.log_softmax(t / temperature, axis=-1))
+    if divergence == "forward_kl":
+        out = _ref_kl_rows(pt, ps)
+    elif divergence == "reverse_kl":
+        out = _ref_kl_rows(ps, pt)
+    elif divergence == "jsd":
+        m = beta * pt + (1 - beta) * ps
+        out = beta * _ref_kl_rows(pt, m) + (1 - beta) * _ref_kl(ps, m)
+    else:
+        out = 0.5 * np.abs(ps - pt).sum(-1)
+    return out * (temperature**2 if scale_by_temperature_squared else 1.0)
+
+
+def _pg_make(**options):
+    def make(rng):
+        lp = np.log(rng.uniform(0.05, 0.95, size=(N, 3, 4)))
+        old = lp + rng.normal(size=lp.shape) * 0.3
+        adv = rng.normal(size=(N, 3))
+        kwargs = dict(options)
+        kwargs["where"] = rng.random((N, 3, 4)) < 0.7
+        return (lp, old, adv), kwargs
+
+    return make
+
+
+def _ref_policy_gradient(
+    lp,
+    old,
+    adv,
+    *,
+    clip_epsilon=0.2,
+    clip_epsilon_high=None,
+    where=None,
+    aggregation="token_mean",
+    max_length=None,
+):
+    high = clip_epsilon if clip_epsilon_high is None else clip_epsilon_high
+    t = lp.shape[-1]
+    lp, old = lp.reshape(-1, t), old.reshape(-1, t)
+    adv = np.broadcast_to(adv.reshape(-1, 1), lp.shape)
+    keep = np.ones(lp.shape, bool) if where is None else np.asarray(where).reshape(-1, t)
+    r = np.exp(lp - old)
+    loss = -np.minimum(r * adv, np.clip(r, 1 - clip_epsilon, 1 + high) * adv)
+    loss = np.where(keep, loss, 0.0)
+    if aggregation == "token_mean":
+        return loss.sum() / keep.sum() if keep.sum() else 0.0
+    if aggregation == "sequence_mean":
+        count = keep.sum(-1)
+        return np.mean(np.where(count > 0, loss.sum(-1) / np.maximum(count, 1), 0.0))
+    return loss.sum() / (lp.shape[0] * max_length)
+
+
+def _ref_kl_penalty(lp, ref, *, estimator="k3"):
+    d = ref - lp
+    if estimator == "k1":
+        return -d
+    if estimator == "k2":
+        return 0.5 * d**2
+    return np.exp(d) - d - 1  # accurate enough in float64 at the sample |Δ| ~ 1
+
+
+def _ref_group_advantages(r, *, group_size, normalize=True, eps=1e-4):
+    g = r.reshape(r.shape[:-1] + (-1, group_size))
+    c = g - g.mean(-1, keepdims=True)
+    if normalize:
+        c = c / (g.std(-1, ddof=1, keepdims=True) + eps)
+    return c.reshape(r.shape)
+
+
+# Student logits with the teacher's -inf (masked vocabulary) entries, and extreme values.
+_DISTILL_T = _LOGITS_EXTREME
+_DISTILL_S = np.where(
+    np.isinf(_LOGITS_EXTREME), -np.inf, np.nan_to_num(_Q_LOGITS_EXTREME, neginf=0)
+)
+
+
+def _distill_case(divergence="forward_kl", **options):
+    # String options are bound with partial: the harness casts every kwarg it is given.
+    name = ",".join([f"divergence={divergence}"] + [f"{k}={v}" for k, v in options.items()])
+    return Case(
+        "distillation_loss",
+        functools.partial(jaxloss.distillation_loss, divergence=divergence),
+        lambda rng: ((_normal(rng, scale=2.0), _normal(rng, scale=2.0)), dict(options)),
+        functools.partial(_ref_distillation, divergence=divergence),
+        grad_order=1 if divergence == "tvd" else 2,
+        extreme=lambda: ((_DISTILL_S, _DISTILL_T), dict(options)),
+        id=f"distillation_loss[{name}]",
+    )
+
+
+CASES += [
+    Case(
+        "token_log_probs",
+        jaxloss.token_log_probs,
+        lambda rng: (
+            (_lm_logits(rng), rng.integers(0, 5, size=(N, 3))),
+            {"temperature": 1.5, "where": rng.random((N, 3)) < 0.7},
+        ),
+        _ref_token_log_probs,
+        conventions=False,
+        # A label at a -inf logit gives the lowest float, not -inf.
+        extreme=lambda: ((_LOGITS_EXTREME, np.array([0, 1, 2, 3])), {}),
+    ),
+    Case(
+        "sequence_log_probs",
+        jaxloss.sequence_log_probs,
+        lambda rng: (
+            (-np.abs(_lm_logits(rng)),),
+            {"where": rng.random((N, 3, 5)) < 0.3, "average": True},
+        ),
+        _ref_sequence_log_probs,
+        conventions=False,
+        id="sequence_log_probs[average]",
+    ),
+    _distill_case(),
+    _distill_case(divergence="jsd", beta=0.3, temperature=2.0, scale_by_temperature_squared=True),
+    Case(
+        "policy_gradient_loss",
+        jaxloss.policy_gradient_loss,
+        _pg_make(),
+        _ref_policy_gradient,
+        conventions=False,
+        id="policy_gradient_loss[token_mean]",
+    ),
+    Case(
+        "policy_gradient_loss",
+        functools.partial(jaxloss.policy_gradient_loss, aggregation="sequence_sum_normalized"),
+        _pg_make(max_length=6, clip_epsilon_high=0.28),
+        functools.partial(_ref_policy_gradient, aggregation="sequence_sum_normalized"),
+        conventions=False,
+        id="policy_gradient_loss[sequence_sum_normalized,clip_high]",
+    ),
+    *[
+        Case(
+            "kl_penalty",
+            functools.partial(jaxloss.kl_penalty, estimator=e),
+            lambda rng: ((-np.abs(_normal(rng)), -np.abs(_normal(rng))), {}),
+            functools.partial(_ref_kl_penalty, estimator=e),
+            grad_args=(0, 1),
+            # k3 stays finite (and ≥ 0) for Δ from -1e30 to 80 and for tiny Δ.
+            extreme=lambda: (
+                (
+                    np.array([-1.0, 0.0, -20.0, -1e-7, 1e30], np.float32),
+                    np.array([-1.0 + 1e-7, -80.0, 60.0, -2e-7, 0.0], np.float32),
+                ),
+                {},
+            ),
+            id=f"kl_penalty[{e}]",
+        )
+        for e in ("k3",)
+    ],
+    Case(
+        "group_relative_advantages",
+        jaxloss.group_relative_advantages,
+        lambda rng: ((_normal(rng, (N, 6)),), {"group_size": 3}),
+        _ref_group_advantages,
+        conventions=False,
+        # A group of equal rewards (std 0) and rewards of 1e15.
+        extreme=lambda: (
+            (np.array([5.0, 5.0, 5.0, 1e15, -1e15, 0.0], np.float32),),
+            {"group_size": 3},
+        ),
+    ),
+]
