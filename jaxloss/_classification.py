@@ -184,7 +184,9 @@ def _categorical_inputs(
     if cw is not None:
         cw = cw.astype(dtype)
         if integer:
-            omega = jnp.take(cw, labels, mode="fill", fill_value=jnp.nan)
+            omega = jnp.take(
+                cw, _past_the_end(labels, cw.shape[0]), mode="fill", fill_value=jnp.nan
+            )
         else:
             omega = jnp.sum(labels * _along(cw, x.ndim, axis), axis=axis)
     return _Categorical(x, labels, integer, axis, keep, weights, cw, omega)
@@ -201,10 +203,17 @@ def _pick(x: jax.Array, labels: jax.Array, axis: int) -> jax.Array:
     "fill" gives NaN for an id outside [0, C) (``_class_ids`` maps every such id to −1),
     so a bad label can never produce a silent finite loss.
     """
-    index = jnp.expand_dims(labels, axis)
-    return jnp.take_along_axis(
-        x, index, axis=axis, mode="fill", fill_value=jnp.nan, wrap_negative_indices=False
-    )
+    index = jnp.expand_dims(_past_the_end(labels, x.shape[axis]), axis)
+    return jnp.take_along_axis(x, index, axis=axis, mode="fill", fill_value=jnp.nan)
+
+
+def _past_the_end(ids: jax.Array, n_classes: int) -> jax.Array:
+    """``ids`` with −1 (``_class_ids``' bad id) moved to C, out of range on the positive side.
+
+    A gather's "fill" mode fills only indices ≥ C; NumPy-style indexing reads −1 as the
+    last class (and ``wrap_negative_indices=False`` is not in every supported jax).
+    """
+    return jnp.where(ids < 0, n_classes, ids)
 
 
 def class_id_cross_entropy(

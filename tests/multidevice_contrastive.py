@@ -163,7 +163,7 @@ def main():
     jax.config.update("jax_enable_x64", True)
     report = {"device_count": jax.device_count()}
     if jax.device_count() == 8:
-        mesh = jax.make_mesh((2, 4), ("data", "model"))
+        mesh = jax.make_mesh((2, 4), ("data", "model"), (AxisType.Explicit,) * 2)
         report.update(check_shard_map(mesh))
         report.update(check_ring_memory(mesh))
         report.update(check_plain_jit())

@@ -238,7 +238,7 @@ def main():
     x = _inputs(np.random.default_rng(0))
     report = {"device_count": jax.device_count()}
     if jax.device_count() == 8:
-        mesh = jax.make_mesh((2, 4), ("data", "model"))
+        mesh = jax.make_mesh((2, 4), ("data", "model"), (AxisType.Explicit,) * 2)
         report.update(check_vocab_parallel_cross_entropy(mesh, x))
         report.update(check_vocab_parallel_fused(mesh, x))
         report.update(check_data_parallel(x))
