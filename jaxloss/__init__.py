@@ -54,6 +54,7 @@ from jaxloss._regularization import (
     resolve_mask,
     weight_matrix_mask,
 )
+from jaxloss._sequence import ctc_loss
 from jaxloss._version import __version__ as __version__
 
 __all__ = [
@@ -99,6 +100,8 @@ __all__ = [
     "fused_linear_cross_entropy",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_fused_linear_cross_entropy",
+    # sequence losses
+    "ctc_loss",
 ]
 
 
