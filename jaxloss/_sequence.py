@@ -55,10 +55,11 @@ def _lse3(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
 
 def _shift(x: jax.Array, k: int) -> jax.Array:
     """x moved k states to the right (k > 0) or left (k < 0) along the last axis, −inf in."""
-    pad = jnp.full(x.shape[:-1] + (abs(k),), -jnp.inf, x.dtype)
+    n = min(abs(k), x.shape[-1])
+    pad = jnp.full(x.shape[:-1] + (n,), -jnp.inf, x.dtype)
     if k > 0:
-        return jnp.concatenate([pad, x[..., :-k]], axis=-1)
-    return jnp.concatenate([x[..., -k:], pad], axis=-1)
+        return jnp.concatenate([pad, x[..., : x.shape[-1] - n]], axis=-1)
+    return jnp.concatenate([x[..., n:], pad], axis=-1)
 
 
 class _Problem:
@@ -124,7 +125,7 @@ class _Problem:
         last, has_prev = self.final_states()
         accept = (states == last[:, None]) | ((states == last[:, None] - 1) & has_prev[:, None])
         end = jnp.where(accept, 0.0, -jnp.inf).astype(self.emit.dtype)
-        skip_from = jnp.pad(self.skip[:, 2:], ((0, 0), (0, 2)))  # may skip into s + 2
+        skip_from = _shift(jnp.where(self.skip, 0.0, -jnp.inf), -2) == 0  # may skip into s + 2
         at_end = jnp.arange(self.emit.shape[0])[:, None] >= self.logit_lengths - 1  # [T, B]
 
         def step(c, inputs):  # c = log y_{t+1}(l'_s) + log β_{t+1}(s)
@@ -195,13 +196,15 @@ _ctc_jit = jax.jit(_ctc, static_argnums=(4, 5))
 # --------------------------------------------------------------------------------------
 
 
-def _concrete(x: jax.Array) -> np.ndarray | None:
+def _concrete(x) -> np.ndarray | None:
+    """The value of an input given as a concrete array (checked at trace time), else None."""
     return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
 
 
 def _lengths(name: str, x, batch: tuple[int, ...], size: int, size_name: str) -> jax.Array:
     if x is None:
         return jnp.full(batch, size, jnp.int32)
+    given = x
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.integer):
         raise TypeError(
@@ -216,7 +219,7 @@ def _lengths(name: str, x, batch: tuple[int, ...], size: int, size_name: str) ->
             f"`{name}` of shape {x.shape} must broadcast to the batch shape {batch} "
             f"(one length per sequence). {_PADDINGS_HINT}"
         )
-    values = _concrete(x)
+    values = _concrete(given)
     if values is not None and values.size and (values.min() < 0 or values.max() > size):
         raise ValueError(
             f"`{name}` must be in [0, {size_name} = {size}], got values in "
@@ -227,7 +230,10 @@ def _lengths(name: str, x, batch: tuple[int, ...], size: int, size_name: str) ->
 
 
 def _check_labels(labels, label_lengths, classes: int, blank_id: int) -> None:
-    values, lengths = _concrete(labels), _concrete(label_lengths)
+    """Labels within their lengths must be non-blank class ids (when known at trace time)."""
+    values = _concrete(labels)
+    size = 0 if values is None or values.ndim == 0 else values.shape[-1]
+    lengths = np.asarray(size) if label_lengths is None else _concrete(label_lengths)
     if values is None or lengths is None or values.size == 0:
         return
     kept = np.arange(values.shape[-1]) < lengths[..., None]
@@ -235,7 +241,7 @@ def _check_labels(labels, label_lengths, classes: int, blank_id: int) -> None:
     if bad.any():
         raise ValueError(
             f"`labels` must be class ids in [0, {classes}) within `label_lengths`, got "
-            f"{values[bad][0]}. Pad past the length with any id, or pass `label_lengths`."
+            f"{np.broadcast_to(values, bad.shape)[bad][0]}. Pad past the length with any id, or pass `label_lengths`."
         )
     if (kept & (values == blank_id)).any():
         raise ValueError(
@@ -356,7 +362,7 @@ def ctc_loss(
     t_len = _lengths("logit_lengths", logit_lengths, batch, frames, "T")
     l_len = _lengths("label_lengths", label_lengths, batch, size, "S")
     y = jnp.broadcast_to(y, batch + (size,))
-    _check_labels(y, l_len, classes, blank_id)
+    _check_labels(labels, label_lengths, classes, blank_id)
     where, weights = C.prepare(batch, where, weights, reduction)
     dtype = C.compute_dtype(z)
     if where is not None:  # dropped sequences: harmless logits before any unsafe step
