@@ -239,9 +239,10 @@ def _check_labels(labels, label_lengths, classes: int, blank_id: int) -> None:
     kept = np.arange(values.shape[-1]) < lengths[..., None]
     bad = kept & ((values < 0) | (values >= classes))
     if bad.any():
+        got = np.broadcast_to(values, bad.shape)[bad][0]
         raise ValueError(
-            f"`labels` must be class ids in [0, {classes}) within `label_lengths`, got "
-            f"{np.broadcast_to(values, bad.shape)[bad][0]}. Pad past the length with any id, or pass `label_lengths`."
+            f"`labels` must be class ids in [0, {classes}) within `label_lengths`, got {got}. "
+            "Pad past the length with any id, or pass `label_lengths`."
         )
     if (kept & (values == blank_id)).any():
         raise ValueError(
