@@ -54,16 +54,20 @@ def _lse3(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
 
 
 def _shift(x: jax.Array, k: int) -> jax.Array:
-    """x moved k states to the right (k > 0) or left (k < 0) along the last axis, −inf in."""
-    n = min(abs(k), x.shape[-1])
-    pad = jnp.full(x.shape[:-1] + (n,), -jnp.inf, x.dtype)
+    """x moved k states down (k > 0) or up (k < 0) along the first (state) axis, −inf in."""
+    n = min(abs(k), x.shape[0])
+    pad = jnp.full((n,) + x.shape[1:], -jnp.inf, x.dtype)
     if k > 0:
-        return jnp.concatenate([pad, x[..., : x.shape[-1] - n]], axis=-1)
-    return jnp.concatenate([x[..., n:], pad], axis=-1)
+        return jnp.concatenate([pad, x[: x.shape[0] - n]], axis=0)
+    return jnp.concatenate([x[n:], pad], axis=0)
 
 
 class _Problem:
-    """The blank-extended labels l' and the emission log-probabilities of one batch."""
+    """The blank-extended labels l' and the emission log-probabilities of one batch.
+
+    The recursions run on state-major arrays [U, B] (U = 2S + 1 states of l'): a shift
+    along the states then moves whole rows, and XLA vectorizes each step over the batch.
+    """
 
     def __init__(self, logits, labels, logit_lengths, label_lengths, blank_id):
         batch, frames, classes = logits.shape
@@ -77,29 +81,30 @@ class _Problem:
         ids = jnp.where(kept, jnp.clip(labels, 0, classes - 1), blank_id)
         ext = jnp.full((batch, 2 * size + 1), blank_id, labels.dtype)
         self.ext = ext.at[:, 1::2].set(ids)  # l' = (blank, l1, blank, l2, ..., blank)
-        # s → s + 2 skips the blank between two *different* labels only.
+        # s − 2 → s skips the blank between two *different* labels only.
         skip = jnp.zeros(self.ext.shape, bool)
-        self.skip = skip.at[:, 3::2].set(ids[:, 1:] != ids[:, :-1])
-        # e[t, b, s] = log y_t(l'_s), time-major for the scans.
-        emit = jnp.take_along_axis(self.log_probs, self.ext[:, None, :], axis=2)
-        self.emit = jnp.swapaxes(emit, 0, 1)  # [T, B, 2S + 1]
+        self.skip = skip.at[:, 3::2].set(ids[:, 1:] != ids[:, :-1]).T  # [U, B]
+        # e[t, s, b] = log y_t(l'_s), time- and state-major for the scans.
+        emit = jnp.take_along_axis(self.log_probs, self.ext[:, None, :], axis=2)  # [B, T, U]
+        self.emit = jnp.transpose(emit, (1, 2, 0))  # [T, U, B]
         self.logit_lengths = logit_lengths
         self.label_lengths = label_lengths
 
     def alpha(self, keep_all: bool):
-        """(log α after the last valid frame [B, U], log α_t for every t [T, B, U] or None).
+        """(log α after the last valid frame [U, B], log α_t for every t [T, U, B] or None).
 
         α_{−1} is the indicator of state 0, so that α_0 is the paper's initialization and
         a sequence of zero frames ends where it started. Past a sequence's last frame α
         is carried unchanged.
         """
-        start = jnp.where(jnp.arange(self.ext.shape[1]) == 0, 0.0, -jnp.inf)
-        start = jnp.broadcast_to(start, self.ext.shape).astype(self.emit.dtype)
+        states = self.emit.shape[1]
+        start = jnp.where(jnp.arange(states)[:, None] == 0, 0.0, -jnp.inf)
+        start = jnp.broadcast_to(start, self.skip.shape).astype(self.emit.dtype)
 
         def step(a, inputs):
             e, valid = inputs
             skipped = jnp.where(self.skip, _shift(a, 2), -jnp.inf)
-            new = jnp.where(valid[:, None], e + _lse3(a, _shift(a, 1), skipped), a)
+            new = jnp.where(valid, e + _lse3(a, _shift(a, 1), skipped), a)
             return new, (new if keep_all else None)
 
         return jax.lax.scan(step, start, (self.emit, self.frames_valid.T))
@@ -111,27 +116,27 @@ class _Problem:
 
     def log_likelihood(self, a_end: jax.Array) -> jax.Array:
         last, has_prev = self.final_states()
-        end = jnp.take_along_axis(a_end, last[:, None], axis=1)[:, 0]
-        prev = jnp.take_along_axis(a_end, jnp.maximum(last - 1, 0)[:, None], axis=1)[:, 0]
+        end = jnp.take_along_axis(a_end, last[None, :], axis=0)[0]
+        prev = jnp.take_along_axis(a_end, jnp.maximum(last - 1, 0)[None, :], axis=0)[0]
         return jnp.logaddexp(end, jnp.where(has_prev, prev, -jnp.inf))
 
     def beta(self):
-        """log β_t [T, B, U]: the log-probability of the remaining frames from state s at t.
+        """log β_t [T, U, B]: the log-probability of the remaining frames from state s at t.
 
         β excludes the emission at t (so α_t β_t summed over s is p for every valid t);
         it is the indicator of the accepting states at a sequence's last frame.
         """
-        states = jnp.arange(self.ext.shape[1])
+        states = jnp.arange(self.emit.shape[1])[:, None]
         last, has_prev = self.final_states()
-        accept = (states == last[:, None]) | ((states == last[:, None] - 1) & has_prev[:, None])
+        accept = (states == last) | ((states == last - 1) & has_prev)
         end = jnp.where(accept, 0.0, -jnp.inf).astype(self.emit.dtype)
-        skip_from = _shift(jnp.where(self.skip, 0.0, -jnp.inf), -2) == 0  # may skip into s + 2
+        skip_from = _shift(jnp.where(self.skip, 0.0, -jnp.inf), -2) == 0  # may skip to s + 2
         at_end = jnp.arange(self.emit.shape[0])[:, None] >= self.logit_lengths - 1  # [T, B]
 
         def step(c, inputs):  # c = log y_{t+1}(l'_s) + log β_{t+1}(s)
             e, last_or_after = inputs
             skipped = jnp.where(skip_from, _shift(c, -2), -jnp.inf)
-            b = jnp.where(last_or_after[:, None], end, _lse3(c, _shift(c, -1), skipped))
+            b = jnp.where(last_or_after, end, _lse3(c, _shift(c, -1), skipped))
             return e + b, b
 
         _, b = jax.lax.scan(step, end, (self.emit, at_end), reverse=True)
@@ -162,14 +167,14 @@ def _ctc_value_and_grad(logits, labels, logit_lengths, label_lengths, blank_id, 
     problem = _Problem(logits, labels, logit_lengths, label_lengths, blank_id)
     a_end, a = problem.alpha(keep_all=True)
     loss, kept = _finish(problem.log_likelihood(a_end), zero_infinity)
-    log_ab = a + problem.beta()  # [T, B, U]
+    log_ab = a + problem.beta()  # [T, U, B]
     # Normalized per frame: Σ_s α_t β_t = p at every valid t, so each frame's posterior
     # sums to one exactly (the gradient sums to zero over the classes, as it should).
-    norm = jax.scipy.special.logsumexp(log_ab, axis=-1, keepdims=True)
+    norm = jax.scipy.special.logsumexp(log_ab, axis=1, keepdims=True)
     norm = jnp.where(jnp.isfinite(norm), norm, 0.0)
     posterior = jnp.exp(log_ab - norm)
     one_hot = jax.nn.one_hot(problem.ext, logits.shape[-1], dtype=logits.dtype)  # [B, U, K]
-    gamma = jnp.einsum("tbu,buk->btk", posterior, one_hot)
+    gamma = jnp.einsum("tub,buk->btk", posterior, one_hot)
     grad = jnp.exp(problem.log_probs) - gamma
     keep = problem.frames_valid[..., None] & kept[:, None, None]
     return loss, jnp.where(keep, grad, 0.0)
