@@ -133,13 +133,18 @@ class _Problem:
         skip_from = _shift(jnp.where(self.skip, 0.0, -jnp.inf), -2) == 0  # may skip to s + 2
         at_end = jnp.arange(self.emit.shape[0])[:, None] >= self.logit_lengths - 1  # [T, B]
 
-        def step(c, inputs):  # c = log y_{t+1}(l'_s) + log β_{t+1}(s)
-            e, last_or_after = inputs
+        # At frame t the step needs y_{t+1}: the emissions one frame ahead (any values at
+        # t = T − 1, which is at or past every sequence's last frame).
+        emit_next = jnp.concatenate([self.emit[1:], jnp.zeros_like(self.emit[:1])], axis=0)
+
+        def step(b_next, inputs):
+            e_next, last_or_after = inputs
+            c = e_next + b_next  # log y_{t+1}(l'_s) + log β_{t+1}(s)
             skipped = jnp.where(skip_from, _shift(c, -2), -jnp.inf)
             b = jnp.where(last_or_after, end, _lse3(c, _shift(c, -1), skipped))
-            return e + b, b
+            return b, b
 
-        _, b = jax.lax.scan(step, end, (self.emit, at_end), reverse=True)
+        _, b = jax.lax.scan(step, end, (emit_next, at_end), reverse=True)
         return b
 
 
@@ -173,8 +178,11 @@ def _ctc_value_and_grad(logits, labels, logit_lengths, label_lengths, blank_id, 
     norm = jax.scipy.special.logsumexp(log_ab, axis=1, keepdims=True)
     norm = jnp.where(jnp.isfinite(norm), norm, 0.0)
     posterior = jnp.exp(log_ab - norm)
-    one_hot = jax.nn.one_hot(problem.ext, logits.shape[-1], dtype=logits.dtype)  # [B, U, K]
-    gamma = jnp.einsum("tub,buk->btk", posterior, one_hot)
+    # γ_t(k) = Σ_{s: l'_s = k} posterior: every even state is the blank (one sum), the odd
+    # states are the labels (a one-hot product of half the size of l').
+    one_hot = jax.nn.one_hot(problem.ext[:, 1::2], logits.shape[-1], dtype=logits.dtype)
+    gamma = jnp.einsum("tsb,bsk->btk", posterior[:, 1::2], one_hot)  # [B, T, K]
+    gamma = gamma.at[:, :, blank_id].add(jnp.sum(posterior[:, 0::2], axis=1).T)
     grad = jnp.exp(problem.log_probs) - gamma
     keep = problem.frames_valid[..., None] & kept[:, None, None]
     return loss, jnp.where(keep, grad, 0.0)
