@@ -292,8 +292,8 @@ def ctc_loss(
     ``torch.nn.functional.ctc_loss(log_softmax(logits).transpose(0, 1), labels,
     logit_lengths, label_lengths, blank=blank_id, reduction="none",
     zero_infinity=zero_infinity)``. PyTorch's ``reduction="mean"`` (each loss divided
-    by its label length, then averaged) is ``weights=1 / max(label_lengths, 1)`` with
-    ``reduction="mean"`` here up to the divisor (Σ w instead of B).
+    by its label length, then averaged over the batch) is
+    ``jnp.mean(ctc_loss(...) / jnp.maximum(label_lengths, 1))``.
 
     The loss is never negative (it is clamped at 0 where rounding would give −1e−8 for
     p ≈ 1; the gradient is the exact one). A label sequence that no alignment of the
@@ -317,7 +317,9 @@ def ctc_loss(
         [T, B, K]: use ``jnp.swapaxes(x, 0, 1)``).
       labels: integer array [..., S] of class ids, broadcastable to the batch shape
         ``logits.shape[:-2]`` plus S; entries past ``label_lengths`` are ignored (any
-        padding id, e.g. −1).
+        padding id, e.g. −1). Within the length, an id outside [0, K) or equal to
+        ``blank_id`` is a ``ValueError`` for concrete labels and gives a NaN loss for
+        traced ones (never a silent finite value).
       logit_lengths: optional integer array [...] of valid frames per sequence,
         0 ≤ T_b ≤ T (default T).
       label_lengths: optional integer array [...] of labels per sequence, 0 ≤ L_b ≤ S
@@ -390,4 +392,8 @@ def ctc_loss(
         blank_id,
         bool(zero_infinity),
     ).reshape(batch)
+    # Traced labels cannot be checked at trace time: a bad id within the length gives NaN.
+    kept = jnp.arange(size) < l_len[..., None]
+    bad = kept & ((y < 0) | (y >= classes) | (y == blank_id))
+    loss = jnp.where(jnp.any(bad, axis=-1), jnp.nan, loss)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)

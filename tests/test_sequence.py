@@ -228,6 +228,16 @@ def test_optax_peer_values_and_gradients_with_converted_paddings():
     np.testing.assert_allclose(g_ours, g_peer, rtol=1e-4, atol=1e-5)
 
 
+def test_traced_bad_labels_give_nan_not_a_finite_loss():
+    z = jnp.zeros((3, 4, 3))
+    labels = jnp.array([[1, 2], [1, 3], [0, 2]])  # fine, out of range, the blank
+    out = jax.jit(lambda z, y: jaxloss.ctc_loss(z, y))(z, labels)
+    assert np.isfinite(out[0]) and np.isnan(out[1]) and np.isnan(out[2])
+    # Past the length any id is padding.
+    short = jax.jit(lambda z, y: jaxloss.ctc_loss(z, y, label_lengths=jnp.array([1, 1, 0])))
+    assert np.isfinite(short(z, jnp.array([[1, -1], [2, 7], [0, 0]]))).all()
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
