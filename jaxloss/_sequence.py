@@ -84,9 +84,13 @@ class _Problem:
         # s − 2 → s skips the blank between two *different* labels only.
         skip = jnp.zeros(self.ext.shape, bool)
         self.skip = skip.at[:, 3::2].set(ids[:, 1:] != ids[:, :-1]).T  # [U, B]
-        # e[t, s, b] = log y_t(l'_s), time- and state-major for the scans.
-        emit = jnp.take_along_axis(self.log_probs, self.ext[:, None, :], axis=2)  # [B, T, U]
-        self.emit = jnp.transpose(emit, (1, 2, 0))  # [T, U, B]
+        # e[t, s, b] = log y_t(l'_s), time- and state-major for the scans: the blank's
+        # column for the even states, a gather of the S labels for the odd ones.
+        log_probs = jnp.transpose(self.log_probs, (1, 2, 0))  # [T, K, B]
+        labels_emit = jnp.take_along_axis(log_probs, ids.T[None], axis=1)  # [T, S, B]
+        blank_emit = jnp.broadcast_to(log_probs[:, blank_id : blank_id + 1], labels_emit.shape)
+        pairs = jnp.stack([blank_emit, labels_emit], axis=2).reshape(frames, 2 * size, batch)
+        self.emit = jnp.concatenate([pairs, log_probs[:, blank_id : blank_id + 1]], axis=1)
         self.logit_lengths = logit_lengths
         self.label_lengths = label_lengths
 
@@ -133,18 +137,13 @@ class _Problem:
         skip_from = _shift(jnp.where(self.skip, 0.0, -jnp.inf), -2) == 0  # may skip to s + 2
         at_end = jnp.arange(self.emit.shape[0])[:, None] >= self.logit_lengths - 1  # [T, B]
 
-        # At frame t the step needs y_{t+1}: the emissions one frame ahead (any values at
-        # t = T − 1, which is at or past every sequence's last frame).
-        emit_next = jnp.concatenate([self.emit[1:], jnp.zeros_like(self.emit[:1])], axis=0)
-
-        def step(b_next, inputs):
-            e_next, last_or_after = inputs
-            c = e_next + b_next  # log y_{t+1}(l'_s) + log β_{t+1}(s)
+        def step(c, inputs):  # c = log y_{t+1}(l'_s) + log β_{t+1}(s)
+            e, last_or_after = inputs
             skipped = jnp.where(skip_from, _shift(c, -2), -jnp.inf)
             b = jnp.where(last_or_after, end, _lse3(c, _shift(c, -1), skipped))
-            return b, b
+            return e + b, b
 
-        _, b = jax.lax.scan(step, end, (emit_next, at_end), reverse=True)
+        _, b = jax.lax.scan(step, end, (self.emit, at_end), reverse=True)
         return b
 
 
