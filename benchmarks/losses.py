@@ -61,6 +61,10 @@ class Case:
     ``bytes_forward``/``bytes_backward`` give the (read, written) bytes that no
     implementation can avoid. A row whose jaxloss function does not exist (yet) is
     reported as pending; an empty ``ours`` runs the peer on both sides (a control).
+    ``adapt(fn)``, where given, turns the jaxloss function into one that takes the
+    peer's positional inputs (keyword-only arguments such as CTC's lengths). ``dims``,
+    where given, is the case's own input shape: its ``make`` and byte counts ignore
+    ``--shape`` and the XLA column counts instructions of that shape.
     """
 
     name: str
@@ -71,6 +75,8 @@ class Case:
     grad_argnum: int
     bytes_forward: Callable[[int, int], tuple[int, int]]
     bytes_backward: Callable[[int, int], tuple[int, int]]
+    adapt: Callable | None = None
+    dims: tuple[int, ...] | None = None
 
 
 def _logits(rng, n, c):
@@ -104,6 +110,34 @@ def _pair(rng, n, c):
 
 def _full(n, c):
     return n * c * F32
+
+
+# CTC at the size of issue 11: B sequences of T frames over K classes, labels of S ids.
+CTC_B, CTC_T, CTC_K, CTC_S = 32, 200, 64, 40
+
+
+def _ctc(rng, n, c):
+    """Logits, labels, lengths and optax's paddings converted from the same lengths."""
+    b, t, k, s = CTC_B, CTC_T, CTC_K, CTC_S
+    logits = jnp.asarray(rng.normal(size=(b, t, k)).astype(np.float32))
+    labels = jnp.asarray(rng.integers(1, k, size=(b, s), dtype=np.int32))
+    logit_lengths = rng.integers(t // 2, t + 1, size=b, dtype=np.int32)
+    label_lengths = rng.integers(s // 2, s + 1, size=b, dtype=np.int32)
+    logit_paddings = (np.arange(t)[None] >= logit_lengths[:, None]).astype(np.float32)
+    label_paddings = (np.arange(s)[None] >= label_lengths[:, None]).astype(np.float32)
+    return (
+        logits,
+        labels,
+        jnp.asarray(logit_paddings),
+        jnp.asarray(label_paddings),
+        jnp.asarray(t - logit_paddings.sum(-1).astype(np.int32)),  # lengths = T − Σ paddings
+        jnp.asarray(s - label_paddings.sum(-1).astype(np.int32)),
+    )
+
+
+def _ctc_bytes(backward):
+    full = CTC_B * CTC_T * CTC_K * F32
+    return lambda n, c: (full + CTC_B * CTC_S * 4, full if backward else CTC_B * F32)
 
 
 CASES = [
@@ -190,6 +224,18 @@ CASES = [
         lambda n, c: (2 * _full(n, c), _full(n, c)),
     ),
     Case(
+        "ctc",
+        f"CTC, B={CTC_B} T={CTC_T} K={CTC_K} S={CTC_S}",
+        _ctc,
+        "ctc_loss",
+        lambda z, y, logit_pad, label_pad, _t, _s: optax.ctc_loss(z, logit_pad, y, label_pad),
+        0,
+        _ctc_bytes(backward=False),
+        _ctc_bytes(backward=True),
+        adapt=lambda fn: lambda z, y, _lp, _sp, t, s: fn(z, y, logit_lengths=t, label_lengths=s),
+        dims=(CTC_B, CTC_T, CTC_K),
+    ),
+    Case(
         "control",
         "control: optax squared error against itself",
         _pair,
@@ -227,17 +273,17 @@ def _normalized_hlo(text: str) -> str:
     return re.sub(r"\b(param|a)_[\w.]*", "p", text)
 
 
-def _full_size_ops(text: str, n: int, c: int) -> int:
-    """How many HLO instructions produce an [n, c] array (parameters excluded)."""
-    shape = re.compile(rf"= \w+\[{n},{c}\]\{{[^}}]*\}} (?!parameter)")
+def _full_size_ops(text: str, *dims: int) -> int:
+    """How many HLO instructions produce an array of shape ``dims`` (parameters excluded)."""
+    shape = re.compile(rf"= \w+\[{','.join(map(str, dims))}\]\{{[^}}]*\}} (?!parameter)")
     return sum(1 for line in text.splitlines() if shape.search(line))
 
 
-def _compare_programs(ours, peer, args, n: int, c: int) -> str:
+def _compare_programs(ours, peer, args, *dims: int) -> str:
     texts = [fn.lower(*args).compile().as_text() for fn in (ours, peer)]
     if _normalized_hlo(texts[0]) == _normalized_hlo(texts[1]):
         return "same"
-    return " / ".join(str(_full_size_ops(t, n, c)) for t in texts)
+    return " / ".join(str(_full_size_ops(t, *dims)) for t in texts)
 
 
 def _bandwidth(n: int, c: int, reps: int) -> float:
@@ -298,6 +344,8 @@ def run(cases: list[Case], n: int, c: int, reps: int) -> str:
     rows = []
     for case in cases:
         ours_fn = getattr(jaxloss, case.ours, None) if case.ours else case.peer
+        if ours_fn is not None and case.adapt is not None:
+            ours_fn = case.adapt(ours_fn)
         if ours_fn is None:
             rows.append(f"| {case.label} | pending: no `jaxloss.{case.ours}` yet | | | | | | |")
             print(f"{case.label}: pending (no jaxloss.{case.ours} yet)", file=sys.stderr)
@@ -330,7 +378,8 @@ def run(cases: list[Case], n: int, c: int, reps: int) -> str:
             row = (
                 f"| {case.label} | {mode} | {t_ours * 1e3:.1f} | {t_peer * 1e3:.1f} | "
                 f"**{t_ours / t_peer:.2f}** | {q1:.2f}–{q3:.2f} | "
-                f"{_compare_programs(ours, peer, args, n, c)} | {floor * 1e3:.1f} |"
+                f"{_compare_programs(ours, peer, args, *(case.dims or (n, c)))} | "
+                f"{floor * 1e3:.1f} |"
             )
             rows.append(row)
             print(row, file=sys.stderr)

@@ -99,6 +99,7 @@ from jaxloss._segmentation import (
     jaccard_loss,
     tversky_loss,
 )
+from jaxloss._sequence import ctc_loss
 from jaxloss._sparse import sparsemax, sparsemax_loss
 from jaxloss._version import __version__ as __version__
 
@@ -190,6 +191,8 @@ __all__ = [
     "policy_gradient_loss",
     "kl_penalty",
     "group_relative_advantages",
+    # sequence losses
+    "ctc_loss",
 ]
 
 

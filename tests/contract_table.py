@@ -1830,3 +1830,94 @@ CASES += [
         ),
     ),
 ]
+
+
+# --------------------------------------------------------------------------------------
+# Sequence losses: CTC (issue 11)
+# --------------------------------------------------------------------------------------
+
+
+def np_ctc_loss(
+    logits, labels, logit_lengths=None, label_lengths=None, blank_id=0, zero_infinity=False
+):
+    """−log p(labels | logits) per sequence by the α recursion of Graves et al. (2006).
+
+    Written from the paper (§4.1, eqs. 5–8 and 14, in log space), one sequence and one
+    state at a time, in float64; a sequence of zero frames has p = 1 for zero labels
+    and p = 0 otherwise.
+    """
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
+    *batch, frames, _ = logits.shape
+    batch = tuple(batch)
+    size = labels.shape[-1]
+    labels = np.broadcast_to(labels, batch + (size,))
+    t_len = np.broadcast_to(frames if logit_lengths is None else np.asarray(logit_lengths), batch)
+    l_len = np.broadcast_to(size if label_lengths is None else np.asarray(label_lengths), batch)
+    out = np.empty(batch)
+    for i in np.ndindex(*batch):
+        y = special.log_softmax(logits[i][: t_len[i]], axis=-1)  # log y_t(k)
+        ext = [blank_id]  # l': a blank before, between and after the labels
+        for c in labels[i][: l_len[i]]:
+            ext += [int(c), blank_id]
+        if t_len[i] == 0:
+            log_p = 0.0 if len(ext) == 1 else -np.inf
+        else:
+            alpha = np.full(len(ext), -np.inf)
+            alpha[: min(2, len(ext))] = y[0, ext[:2]]
+            for t in range(1, t_len[i]):
+                prev, alpha = alpha, np.full(len(ext), -np.inf)
+                for s, k in enumerate(ext):
+                    acc = prev[s]
+                    if s >= 1:
+                        acc = np.logaddexp(acc, prev[s - 1])
+                    if s >= 2 and k != blank_id and k != ext[s - 2]:
+                        acc = np.logaddexp(acc, prev[s - 2])
+                    alpha[s] = acc + y[t, k]
+            log_p = np.logaddexp.reduce(alpha[-2:])
+        out[i] = 0.0 if (zero_infinity and log_p == -np.inf) else -log_p
+    return out
+
+
+def _ctc_make(rng, frames=6, classes=4, size=3):
+    """Repeated labels, an empty label sequence and frames past the length; all possible."""
+    labels = rng.integers(1, classes, size=(N, size))
+    labels[0, 1] = labels[0, 0]  # a repeat: needs a blank in between
+    label_lengths = np.array([3, 2, 0, 1, 3, 2])
+    logit_lengths = np.array([6, 4, 5, 1, 6, 3])
+    labels[1, 2] = -1  # padding past the length is ignored
+    return (_normal(rng, (N, frames, classes), scale=2.0), labels), {
+        "logit_lengths": logit_lengths,
+        "label_lengths": label_lengths,
+    }
+
+
+CASES += [
+    Case(
+        "ctc_loss",
+        jaxloss.ctc_loss,
+        _ctc_make,
+        np_ctc_loss,
+        # The derivative is a closed-form forward–backward pass (a custom JVP): first
+        # order in both modes; second order raises NotImplementedError (tested in
+        # tests/test_sequence.py).
+        grad_order=1,
+        extreme=lambda: (
+            (
+                np.array([[[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4], [1e4, 0.0, -1e4]]], np.float32),
+                np.array([[1, 2]]),
+            ),
+            {},
+        ),
+    ),
+    Case(
+        "ctc_loss",
+        functools.partial(jaxloss.ctc_loss, blank_id=2, zero_infinity=True),
+        lambda rng: (
+            (_normal(rng, (N, 5, 3)), rng.integers(0, 2, size=(N, 4))),
+            {"label_lengths": np.array([4, 2, 1, 0, 3, 2])},  # 4 labels in 5 frames may not fit
+        ),
+        functools.partial(np_ctc_loss, blank_id=2, zero_infinity=True),
+        grad_order=1,
+        id="ctc_loss[blank_id=2,zero_infinity]",
+    ),
+]

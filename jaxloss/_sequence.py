@@ -1,0 +1,398 @@
+"""Sequence losses: connectionist temporal classification (CTC).
+
+The CTC loss is computed by the α (forward) recursion of Graves et al. (2006) in log
+space, one ``lax.scan`` over time vectorized over the 2S + 1 states of the
+blank-extended label sequence. Its derivative is not obtained by differentiating the
+scan: a custom JVP runs the β (backward) recursion once and forms the gradient with
+respect to the logits in closed form,
+
+    ∂ℓ/∂z_{t,k} = softmax(z_t)_k − γ_t(k),   γ_t(k) = Σ_{s: l'_s = k} α_t(s) β_t(s) / p,
+
+(Graves et al. 2006, eq. 16), which is both faster and more accurate than the adjoint of
+the scan. Forward- and reverse-mode first derivatives are supported; differentiating the
+derivative again raises an error that says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxloss import _conventions as C
+from jaxloss import _numerics as N
+
+ArrayLike = C.ArrayLike
+
+_SECOND_ORDER = (
+    "ctc_loss supports first-order derivatives only (jax.grad, jax.vjp, jax.jvp, "
+    "jax.jacfwd/jacrev of the loss); second-order derivatives (jax.hessian, grad of grad, "
+    "jvp of grad) are not implemented: its gradient comes from a closed-form "
+    "forward-backward pass that is not itself differentiable."
+)
+
+_PADDINGS_HINT = (
+    "Lengths are integer counts per sequence; to convert optax's padding indicators use "
+    "`logit_lengths = T - logit_paddings.sum(-1).astype(int)` and "
+    "`label_lengths = S - label_paddings.sum(-1).astype(int)`."
+)
+
+
+# --------------------------------------------------------------------------------------
+# The α and β recursions (log space, states of the blank-extended labels on the last axis)
+# --------------------------------------------------------------------------------------
+
+
+def _lse3(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
+    """log(eᵃ + eᵇ + eᶜ), −inf when all three are −inf (one log, three exps)."""
+    m = jnp.maximum(jnp.maximum(a, b), c)
+    m = jnp.where(m == -jnp.inf, 0.0, m)
+    return m + jnp.log(jnp.exp(a - m) + jnp.exp(b - m) + jnp.exp(c - m))
+
+
+def _shift(x: jax.Array, k: int) -> jax.Array:
+    """x moved k states down (k > 0) or up (k < 0) along the first (state) axis, −inf in."""
+    n = min(abs(k), x.shape[0])
+    pad = jnp.full((n,) + x.shape[1:], -jnp.inf, x.dtype)
+    if k > 0:
+        return jnp.concatenate([pad, x[: x.shape[0] - n]], axis=0)
+    return jnp.concatenate([x[n:], pad], axis=0)
+
+
+class _Problem:
+    """The blank-extended labels l' and the emission log-probabilities of one batch.
+
+    The recursions run on state-major arrays [U, B] (U = 2S + 1 states of l'): a shift
+    along the states then moves whole rows, and XLA vectorizes each step over the batch.
+    """
+
+    def __init__(self, logits, labels, logit_lengths, label_lengths, blank_id):
+        batch, frames, classes = logits.shape
+        self.frames_valid = jnp.arange(frames) < logit_lengths[:, None]  # [B, T]
+        # Frames past the length are replaced before the softmax (double where): they
+        # get exactly zero gradient even when they hold NaN or inf.
+        z = jnp.where(self.frames_valid[..., None], logits, 0.0)
+        self.log_probs = N.log_softmax(z, axis=-1)  # [B, T, K]
+        size = labels.shape[1]
+        kept = jnp.arange(size) < label_lengths[:, None]
+        ids = jnp.where(kept, jnp.clip(labels, 0, classes - 1), blank_id)
+        ext = jnp.full((batch, 2 * size + 1), blank_id, labels.dtype)
+        self.ext = ext.at[:, 1::2].set(ids)  # l' = (blank, l1, blank, l2, ..., blank)
+        # s − 2 → s skips the blank between two *different* labels only.
+        skip = jnp.zeros(self.ext.shape, bool)
+        self.skip = skip.at[:, 3::2].set(ids[:, 1:] != ids[:, :-1]).T  # [U, B]
+        # e[t, s, b] = log y_t(l'_s), time- and state-major for the scans: the blank's
+        # column for the even states, a gather of the S labels for the odd ones.
+        log_probs = jnp.transpose(self.log_probs, (1, 2, 0))  # [T, K, B]
+        labels_emit = jnp.take_along_axis(log_probs, ids.T[None], axis=1)  # [T, S, B]
+        blank_emit = jnp.broadcast_to(log_probs[:, blank_id : blank_id + 1], labels_emit.shape)
+        pairs = jnp.stack([blank_emit, labels_emit], axis=2).reshape(frames, 2 * size, batch)
+        self.emit = jnp.concatenate([pairs, log_probs[:, blank_id : blank_id + 1]], axis=1)
+        self.logit_lengths = logit_lengths
+        self.label_lengths = label_lengths
+
+    def alpha(self, keep_all: bool):
+        """(log α after the last valid frame [U, B], log α_t for every t [T, U, B] or None).
+
+        α_{−1} is the indicator of state 0, so that α_0 is the paper's initialization and
+        a sequence of zero frames ends where it started. Past a sequence's last frame α
+        is carried unchanged.
+        """
+        states = self.emit.shape[1]
+        start = jnp.where(jnp.arange(states)[:, None] == 0, 0.0, -jnp.inf)
+        start = jnp.broadcast_to(start, self.skip.shape).astype(self.emit.dtype)
+
+        def step(a, inputs):
+            e, valid = inputs
+            skipped = jnp.where(self.skip, _shift(a, 2), -jnp.inf)
+            new = jnp.where(valid, e + _lse3(a, _shift(a, 1), skipped), a)
+            return new, (new if keep_all else None)
+
+        return jax.lax.scan(step, start, (self.emit, self.frames_valid.T))
+
+    def final_states(self) -> tuple[jax.Array, jax.Array]:
+        """Indices of the two accepting states 2L and 2L − 1 (the latter only for L > 0)."""
+        last = 2 * self.label_lengths
+        return last, last > 0
+
+    def log_likelihood(self, a_end: jax.Array) -> jax.Array:
+        last, has_prev = self.final_states()
+        end = jnp.take_along_axis(a_end, last[None, :], axis=0)[0]
+        prev = jnp.take_along_axis(a_end, jnp.maximum(last - 1, 0)[None, :], axis=0)[0]
+        return jnp.logaddexp(end, jnp.where(has_prev, prev, -jnp.inf))
+
+    def beta(self):
+        """log β_t [T, U, B]: the log-probability of the remaining frames from state s at t.
+
+        β excludes the emission at t (so α_t β_t summed over s is p for every valid t);
+        it is the indicator of the accepting states at a sequence's last frame.
+        """
+        states = jnp.arange(self.emit.shape[1])[:, None]
+        last, has_prev = self.final_states()
+        accept = (states == last) | ((states == last - 1) & has_prev)
+        end = jnp.where(accept, 0.0, -jnp.inf).astype(self.emit.dtype)
+        skip_from = _shift(jnp.where(self.skip, 0.0, -jnp.inf), -2) == 0  # may skip to s + 2
+        at_end = jnp.arange(self.emit.shape[0])[:, None] >= self.logit_lengths - 1  # [T, B]
+
+        def step(c, inputs):  # c = log y_{t+1}(l'_s) + log β_{t+1}(s)
+            e, last_or_after = inputs
+            skipped = jnp.where(skip_from, _shift(c, -2), -jnp.inf)
+            b = jnp.where(last_or_after, end, _lse3(c, _shift(c, -1), skipped))
+            return e + b, b
+
+        _, b = jax.lax.scan(step, end, (self.emit, at_end), reverse=True)
+        return b
+
+
+def _finish(log_p: jax.Array, zero_infinity: bool) -> tuple[jax.Array, jax.Array]:
+    """(loss, whether the gradient is kept): −log p ≥ 0, +inf (or 0) when p = 0."""
+    impossible = log_p == -jnp.inf
+    # The true value is ≥ 0 (p ≤ 1); rounding can give −log p = −1e−8 when p ≈ 1, which
+    # the clamp removes. The derivative is left to the custom rule (the exact one).
+    loss = jnp.maximum(-log_p, 0.0)
+    if zero_infinity:
+        loss = jnp.where(impossible, 0.0, loss)
+    return loss, ~impossible
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def _ctc(logits, labels, logit_lengths, label_lengths, blank_id, zero_infinity):
+    problem = _Problem(logits, labels, logit_lengths, label_lengths, blank_id)
+    a_end, _ = problem.alpha(keep_all=False)
+    return _finish(problem.log_likelihood(a_end), zero_infinity)[0]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
+def _ctc_value_and_grad(logits, labels, logit_lengths, label_lengths, blank_id, zero_infinity):
+    """(loss [B], ∂loss/∂logits [B, T, K]) by the forward–backward algorithm."""
+    problem = _Problem(logits, labels, logit_lengths, label_lengths, blank_id)
+    a_end, a = problem.alpha(keep_all=True)
+    loss, kept = _finish(problem.log_likelihood(a_end), zero_infinity)
+    log_ab = a + problem.beta()  # [T, U, B]
+    # Normalized per frame: Σ_s α_t β_t = p at every valid t, so each frame's posterior
+    # sums to one exactly (the gradient sums to zero over the classes, as it should).
+    norm = jax.scipy.special.logsumexp(log_ab, axis=1, keepdims=True)
+    norm = jnp.where(jnp.isfinite(norm), norm, 0.0)
+    posterior = jnp.exp(log_ab - norm)
+    # γ_t(k) = Σ_{s: l'_s = k} posterior: every even state is the blank (one sum), the odd
+    # states are the labels (a one-hot product of half the size of l').
+    one_hot = jax.nn.one_hot(problem.ext[:, 1::2], logits.shape[-1], dtype=logits.dtype)
+    gamma = jnp.einsum("tsb,bsk->btk", posterior[:, 1::2], one_hot)  # [B, T, K]
+    gamma = gamma.at[:, :, blank_id].add(jnp.sum(posterior[:, 0::2], axis=1).T)
+    grad = jnp.exp(problem.log_probs) - gamma
+    keep = problem.frames_valid[..., None] & kept[:, None, None]
+    return loss, jnp.where(keep, grad, 0.0)
+
+
+@_ctc_value_and_grad.defjvp
+def _ctc_value_and_grad_jvp(blank_id, zero_infinity, primals, tangents):
+    raise NotImplementedError(_SECOND_ORDER)
+
+
+@_ctc.defjvp
+def _ctc_jvp(blank_id, zero_infinity, primals, tangents):
+    loss, grad = _ctc_value_and_grad(*primals, blank_id, zero_infinity)
+    return loss, jnp.einsum("btk,btk->b", grad, tangents[0])
+
+
+# Jitted once per shape, so that eager calls (and a loop over examples) compile the scans
+# once instead of dispatching them op by op; inside an outer jit it is inlined.
+_ctc_jit = jax.jit(_ctc, static_argnums=(4, 5))
+
+
+# --------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------
+
+
+def _concrete(x) -> np.ndarray | None:
+    """The value of an input given as a concrete array (checked at trace time), else None."""
+    return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
+
+
+def _lengths(name: str, x, batch: tuple[int, ...], size: int, size_name: str) -> jax.Array:
+    if x is None:
+        return jnp.full(batch, size, jnp.int32)
+    given = x
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(
+            f"`{name}` must be an integer array, got {C._describe(x)}. {_PADDINGS_HINT}"
+        )
+    try:
+        ok = jnp.broadcast_shapes(x.shape, batch) == batch
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"`{name}` of shape {x.shape} must broadcast to the batch shape {batch} "
+            f"(one length per sequence). {_PADDINGS_HINT}"
+        )
+    values = _concrete(given)
+    if values is not None and values.size and (values.min() < 0 or values.max() > size):
+        raise ValueError(
+            f"`{name}` must be in [0, {size_name} = {size}], got values in "
+            f"[{values.min()}, {values.max()}]. {_PADDINGS_HINT}"
+        )
+    # Traced lengths cannot be checked; they are clipped to [0, size].
+    return jnp.clip(jnp.broadcast_to(x, batch), 0, size).astype(jnp.int32)
+
+
+def _check_labels(labels, label_lengths, classes: int, blank_id: int) -> None:
+    """Labels within their lengths must be non-blank class ids (when known at trace time)."""
+    values = _concrete(labels)
+    size = 0 if values is None or values.ndim == 0 else values.shape[-1]
+    lengths = np.asarray(size) if label_lengths is None else _concrete(label_lengths)
+    if values is None or lengths is None or values.size == 0:
+        return
+    kept = np.arange(values.shape[-1]) < lengths[..., None]
+    bad = kept & ((values < 0) | (values >= classes))
+    if bad.any():
+        got = np.broadcast_to(values, bad.shape)[bad][0]
+        raise ValueError(
+            f"`labels` must be class ids in [0, {classes}) within `label_lengths`, got {got}. "
+            "Pad past the length with any id, or pass `label_lengths`."
+        )
+    if (kept & (values == blank_id)).any():
+        raise ValueError(
+            f"`labels` contain the blank id {blank_id} within `label_lengths`; the blank "
+            "cannot be a label. Pass the right `blank_id`, or shorten `label_lengths`."
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Public function
+# --------------------------------------------------------------------------------------
+
+
+def ctc_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    logit_lengths: ArrayLike | None = None,
+    label_lengths: ArrayLike | None = None,
+    blank_id: int = 0,
+    zero_infinity: bool = False,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Connectionist temporal classification loss: −log p(labels | logits) per sequence.
+
+        ℓ = −log Σ_{π ∈ B⁻¹(l)} Π_{t < T} y_t(π_t),   y_t = softmax(z_t)
+
+    over every alignment π of T frames that collapses to the labels l under B (merge
+    repeats, then drop blanks), computed by the α recursion in log space over the
+    blank-extended labels l' = (∅, l₁, ∅, l₂, …, ∅); two equal consecutive labels need a
+    blank between them. Values and gradients are those of
+    ``torch.nn.functional.ctc_loss(log_softmax(logits).transpose(0, 1), labels,
+    logit_lengths, label_lengths, blank=blank_id, reduction="none",
+    zero_infinity=zero_infinity)``. PyTorch's ``reduction="mean"`` (each loss divided
+    by its label length, then averaged over the batch) is
+    ``jnp.mean(ctc_loss(...) / jnp.maximum(label_lengths, 1))``.
+
+    The loss is never negative (it is clamped at 0 where rounding would give −1e−8 for
+    p ≈ 1; the gradient is the exact one). A label sequence that no alignment of the
+    frames can produce (fewer frames than labels plus repeats) has loss +inf and
+    gradient 0, or loss 0 and gradient 0 with ``zero_infinity=True``. Frames past
+    ``logit_lengths`` and labels past ``label_lengths`` are ignored: their logits get
+    exactly zero gradient even if they hold NaN or inf.
+
+    Derivatives: the gradient comes from the β recursion in closed form (a custom JVP),
+    so ``jax.grad``, ``jax.vjp`` and ``jax.jvp`` work and cost about one more pass;
+    second-order derivatives raise ``NotImplementedError``.
+
+    From optax: ``optax.ctc_loss(logits, logit_paddings, labels, label_paddings)``
+    takes 0/1 padding indicators; pass ``logit_lengths = T - logit_paddings.sum(-1)``
+    and ``label_lengths = S - label_paddings.sum(-1)`` (as integers) instead. optax's
+    paddings must be right-padded, which is what lengths describe.
+
+    Args:
+      logits: z, floating array [..., T, K] of unnormalized scores (log-softmax is taken
+        inside, in float32 or wider), batch-major (PyTorch's input is time-major
+        [T, B, K]: use ``jnp.swapaxes(x, 0, 1)``).
+      labels: integer array [..., S] of class ids, broadcastable to the batch shape
+        ``logits.shape[:-2]`` plus S; entries past ``label_lengths`` are ignored (any
+        padding id, e.g. −1). Within the length, an id outside [0, K) or equal to
+        ``blank_id`` is a ``ValueError`` for concrete labels and gives a NaN loss for
+        traced ones (never a silent finite value).
+      logit_lengths: optional integer array [...] of valid frames per sequence,
+        0 ≤ T_b ≤ T (default T).
+      label_lengths: optional integer array [...] of labels per sequence, 0 ≤ L_b ≤ S
+        (default S).
+      blank_id: the class id of the blank, in [0, K) (default 0).
+      zero_infinity: give impossible sequences loss 0 (and gradient 0) instead of +inf.
+      where: optional boolean mask [...] of the sequences to keep (True = keep).
+      weights: optional non-negative per-sequence weights [...].
+      reduction: ``"none"`` (per sequence), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
+
+    Returns:
+      The batch shape ``logits.shape[:-2]`` for ``"none"``, else a scalar; float32, or
+      float64 for float64 logits (bf16/f16 are computed and returned in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> logits = jnp.zeros((1, 3, 3))  # T = 3 frames, K = 3 classes, uniform
+      >>> loss = jaxloss.ctc_loss(logits, jnp.array([[1, 1]]))  # "1 1" needs 1 ∅ 1
+      >>> bool(jnp.allclose(loss, 3 * jnp.log(3.0)))  # the single alignment (1, ∅, 1)
+      True
+      >>> jaxloss.ctc_loss(logits, jnp.array([[1, 2, 1, 2]]))  # too long for 3 frames
+      Array([inf], dtype=float32)
+
+    References:
+      Graves, Fernández, Gomez and Schmidhuber, "Connectionist temporal classification:
+      labelling unsegmented sequence data with recurrent neural networks", ICML 2006,
+      §4.1 (the α and β recursions, eqs. 6–16).
+    """
+    z = C.as_float("logits", logits)
+    if z.ndim < 2:
+        raise ValueError(f"`logits` must have shape [..., T, K] (frames, classes), got {z.shape}.")
+    y = C.as_labels("labels", labels)
+    if y.ndim < 1:
+        raise ValueError("`labels` must have shape [..., S], got a scalar.")
+    *batch, frames, classes = z.shape
+    batch = tuple(batch)
+    size = y.shape[-1]
+    try:
+        label_batch_ok = jnp.broadcast_shapes(y.shape[:-1], batch) == batch
+    except ValueError:
+        label_batch_ok = False
+    if not label_batch_ok:
+        raise ValueError(
+            f"`labels` of shape {y.shape} do not match `logits` of shape {z.shape}: the "
+            f"labels' batch shape {y.shape[:-1]} must broadcast to the logits' {batch}. "
+            "`logits` is batch-major [..., T, K]; PyTorch's time-major [T, B, K] needs "
+            "`jnp.swapaxes(log_probs, 0, 1)`."
+        )
+    if isinstance(blank_id, bool) or not isinstance(blank_id, (int, np.integer)):
+        raise TypeError(f"`blank_id` must be a Python int, got {blank_id!r}.")
+    blank_id = int(blank_id)
+    if not 0 <= blank_id < classes:
+        raise ValueError(f"`blank_id` must be in [0, K = {classes}), got {blank_id}.")
+    if not isinstance(zero_infinity, (bool, np.bool_)):
+        raise TypeError(f"`zero_infinity` must be a bool, got {zero_infinity!r}.")
+    t_len = _lengths("logit_lengths", logit_lengths, batch, frames, "T")
+    l_len = _lengths("label_lengths", label_lengths, batch, size, "S")
+    y = jnp.broadcast_to(y, batch + (size,))
+    _check_labels(labels, label_lengths, classes, blank_id)
+    where, weights = C.prepare(batch, where, weights, reduction)
+    dtype = C.compute_dtype(z)
+    if where is not None:  # dropped sequences: harmless logits before any unsafe step
+        z = C.keep(where[..., None, None], z, 0.0)
+    flat = math.prod(batch)
+    loss = _ctc_jit(
+        z.astype(dtype).reshape(flat, frames, classes),
+        y.reshape(flat, size),
+        t_len.reshape(flat),
+        l_len.reshape(flat),
+        blank_id,
+        bool(zero_infinity),
+    ).reshape(batch)
+    # Traced labels cannot be checked at trace time: a bad id within the length gives NaN.
+    kept = jnp.arange(size) < l_len[..., None]
+    bad = kept & ((y < 0) | (y >= classes) | (y == blank_id))
+    loss = jnp.where(jnp.any(bad, axis=-1), jnp.nan, loss)
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
