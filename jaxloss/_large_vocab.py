@@ -115,36 +115,64 @@ def _targets(cfg: Config, labels: jax.Array, v_local: int):
     return jnp.clip(local, 0, v_local - 1), here, valid
 
 
-def _token_losses(cfg: Config, z: jax.Array, labels: jax.Array):
-    """(lse, loss) per token of a chunk of logits.
+def _finite_classes(cfg: Config, b: jax.Array | None):
+    """(mask [V] of the classes with a finite logit or None for all, their global count K).
 
-    ℓ = lse − (1 − ε)·z_y − (ε/C)·Σ_c z_c + λ·lse², and NaN for a label outside [0, C).
-    The max is only a shift for stability (lse does not depend on it), so it is taken
-    without gradient.
+    Only a −inf bias entry makes a logit −inf (h·W is finite, and a soft cap maps −inf
+    to −cap), so the support of label smoothing is read off the bias once, not per token.
+    """
+    if b is None or cfg.soft_cap is not None or not cfg.label_smoothing:
+        return None, cfg.n_classes
+    finite = b != -jnp.inf
+    return finite, _psum(cfg, jnp.sum(finite).astype(cfg.dtype))
+
+
+def _token_losses(cfg: Config, z: jax.Array, labels: jax.Array, b: jax.Array | None = None):
+    """(lse, loss, on) per token of a chunk of logits.
+
+    ℓ = (1 − ε)·min(lse − z_y, MAX) + ε·(lse − (1/K)·Σ_{c: z_c > −∞} z_c) + λ·lse², and
+    NaN for a label outside [0, C); K counts the classes with a finite logit (as
+    `softmax_cross_entropy`), and MAX is the largest float, the cap that a label on a
+    −inf class hits (``on`` is False there: that term then has zero gradient). The max
+    is only a shift for stability (lse does not depend on it), so it is taken without
+    gradient.
     """
     local, here, valid = _targets(cfg, labels, z.shape[1])
     m = _pmax(cfg, lax.stop_gradient(jnp.max(z, axis=1)))
     lse = m + jnp.log(_psum(cfg, jnp.sum(jnp.exp(z - m[:, None]), axis=1)))
     picked = jnp.take_along_axis(z, local[:, None], axis=1)[:, 0]
+    big = jnp.finfo(cfg.dtype).max
+    nll = lse - _psum(cfg, jnp.where(here, picked, 0.0))
+    on = nll <= big
     eps = cfg.label_smoothing
-    loss = lse - (1.0 - eps) * _psum(cfg, jnp.where(here, picked, 0.0))
+    loss = jnp.minimum(nll, big)
     if eps:
-        loss = loss - (eps / cfg.n_classes) * _psum(cfg, jnp.sum(z, axis=1))
+        finite, count = _finite_classes(cfg, b)
+        total = jnp.sum(z if finite is None else jnp.where(finite, z, 0.0), axis=1)
+        loss = (1.0 - eps) * loss + eps * (lse - _psum(cfg, total) / count)
     if cfg.z_loss:
         loss = loss + cfg.z_loss * jnp.square(lse)
-    return lse, jnp.where(valid, loss, jnp.nan)
+    return lse, jnp.where(valid, loss, jnp.nan), on
 
 
-def _dlogits(cfg: Config, z, t, lse, labels):
-    """∂ℓ/∂z per token (unscaled): softmax·(1 + 2λ·lse) − target, times the cap's 1 − t²."""
+def _dlogits(cfg: Config, z, t, lse, labels, on, b=None):
+    """∂ℓ/∂z per token (unscaled), times the cap's 1 − t²:
+
+    softmax·((1 − ε)·on + ε + 2λ·lse) − (1 − ε)·on·onehot(y) − ε·finite/K.
+    """
     local, here, valid = _targets(cfg, labels, z.shape[1])
+    eps = cfg.label_smoothing
     p = jnp.exp(z - lse[:, None])
+    a = jnp.where(on, 1.0 - eps, 0.0).astype(cfg.dtype)  # the weight of −log p_y's gradient
+    coef = a + eps
     if cfg.z_loss:
-        p = p * (1.0 + 2.0 * cfg.z_loss * lse)[:, None]
-    if cfg.label_smoothing:
-        p = p - cfg.label_smoothing / cfg.n_classes
+        coef = coef + 2.0 * cfg.z_loss * lse
+    p = p * coef[:, None]
+    if eps:
+        finite, count = _finite_classes(cfg, b)
+        p = p - (eps / count if finite is None else jnp.where(finite, eps / count, 0.0))
     rows = jnp.arange(z.shape[0])
-    g = p.at[rows, local].add(jnp.where(here, cfg.label_smoothing - 1.0, 0.0))
+    g = p.at[rows, local].add(jnp.where(here, -a, 0.0))
     if t is not None:
         g = g * (1.0 - jnp.square(t))
     # A token with an invalid label has a NaN loss; its gradient is NaN too.
@@ -239,17 +267,17 @@ def _put(buf: jax.Array, value: jax.Array, start) -> jax.Array:
 
 
 def _losses(cfg: Config, h, w, b, labels):
-    """(loss, lse) of every token, [N] each; only a [chunk, V] block exists at a time."""
+    """(loss, lse, on) of every token, [N] each; only a [chunk, V] block exists at a time."""
 
     def step(carry, start, fresh, xs):
-        loss, lse = carry
+        loss, lse, on = carry
         h_c, y_c = xs
-        lse_c, loss_c = _token_losses(cfg, _logits(cfg, h_c, w, b)[0], y_c)
-        return _put(loss, loss_c, start), _put(lse, lse_c, start)
+        lse_c, loss_c, on_c = _token_losses(cfg, _logits(cfg, h_c, w, b)[0], y_c, b)
+        return _put(loss, loss_c, start), _put(lse, lse_c, start), _put(on, on_c, start)
 
     n = h.shape[0]
     zeros = _token_zeros(cfg, (n,), h, w, b, labels)
-    init = (zeros, zeros)
+    init = (zeros, zeros, zeros.astype(bool))
     return _over_chunks(n, cfg.chunk, step, init, (h, labels))
 
 
@@ -269,8 +297,8 @@ def _loss_and_grads(cfg: Config, h, w, b, labels, scale, need: tuple[bool, bool,
         loss, gh, gw, gb = carry
         h_c, y_c, s_c = xs
         z, t = _logits(cfg, h_c, w, b)
-        lse_c, loss_c = _token_losses(cfg, z, y_c)
-        g, nan_if_invalid = _dlogits(cfg, z, t, lse_c, y_c)
+        lse_c, loss_c, on_c = _token_losses(cfg, z, y_c, b)
+        g, nan_if_invalid = _dlogits(cfg, z, t, lse_c, y_c, on_c, b)
         r = s_c * nan_if_invalid
         # Rows of a shifted last chunk seen before are rewritten with the same values in
         # the per-token outputs, but must not be added to the sums again.
@@ -347,15 +375,19 @@ def _per_token_jvp(cfg: Config, primals, tangents):
     # [chunk, V] block at a time instead of saving every chunk's softmax.
     h, w, b, labels = primals
     dh, dw, db, _ = tangents
-    loss, lse = _losses(cfg, h, w, b, labels)
+    loss, lse, on = _losses(cfg, h, w, b, labels)
     dh, dw, db = (None if _zero(t) else t for t in (dh, dw, db))
     if dh is None and dw is None and db is None:
         return loss, jnp.zeros_like(loss)
 
     @functools.partial(jax.checkpoint, prevent_cse=False)
-    def piece(h_c, y_c, lse_c, dh_c, w, b, dw, db):
+    def piece(h_c, y_c, lse_c, on_c, real_c, dh_c, w, b, dw, db):
         z, t = _logits(cfg, h_c, w, b)
-        g, nan_if_invalid = _dlogits(cfg, z, t, lse_c, y_c)
+        g, nan_if_invalid = _dlogits(cfg, z, t, lse_c, y_c, on_c, b)
+        if real_c is not None:
+            # Padding rows (h = 0, lse = 0) would give exp(b) = inf for a bias entry above
+            # log(MAX) ≈ 88.7 in float32, and 0·inf = NaN in the transposed products.
+            g = jnp.where(real_c[:, None], g, 0.0)
         dz = jnp.zeros((), cfg.dtype)
         if dh_c is not None:
             dz = dz + _project(cfg, dh_c, w)
@@ -367,7 +399,7 @@ def _per_token_jvp(cfg: Config, primals, tangents):
 
     n, chunk = h.shape[0], cfg.chunk
     if n <= chunk:
-        return loss, piece(h, labels, lse, dh, w, b, dw, db)
+        return loss, piece(h, labels, lse, on, None, dh, w, b, dw, db)
     count = -(-n // chunk)
 
     def stack(x):
@@ -381,7 +413,9 @@ def _per_token_jvp(cfg: Config, primals, tangents):
     def body(_, xs):
         return None, piece(*xs, w, b, dw, db)
 
-    tangent = lax.scan(body, None, tuple(stack(x) for x in (h, labels, lse, dh)))[1]
+    real = None if n % chunk == 0 else jnp.ones(n, bool)
+    xs = tuple(stack(x) for x in (h, labels, lse, on, real, dh))
+    tangent = lax.scan(body, None, xs)[1]
     return loss, tangent.reshape(count * chunk)[:n]
 
 
@@ -396,6 +430,14 @@ _per_token_jit = jax.jit(per_token, static_argnums=0)
 # --------------------------------------------------------------------------------------
 # Input handling shared by the fused losses
 # --------------------------------------------------------------------------------------
+
+
+def wide_labels(labels: jax.Array) -> jax.Array:
+    """Class ids as int32 (int64 for 64-bit ids, under x64), so that comparing them with the
+    vocabulary size cannot wrap: V = 260 does not fit uint8, nor V = 50257 int16. A 64-bit
+    id ≥ 2³² stays out of range (NaN), and an unsigned id ≥ 2³¹ (≥ 2⁶³) becomes negative,
+    out of range too; never another class."""
+    return labels.astype(jnp.int64 if labels.dtype.itemsize == 8 else jnp.int32)
 
 
 def _python_number(name: str, value: Any) -> float:
@@ -448,7 +490,7 @@ def prepare(
     hidden = C.as_float("hidden", hidden)
     weight = C.as_float("weight", weight)
     bias = None if bias is None else C.as_float("bias", bias)
-    labels = C.as_labels("labels", labels)
+    labels = wide_labels(C.as_labels("labels", labels))
     if weight_layout not in LAYOUTS:
         raise ValueError(
             f"`weight_layout` must be one of {LAYOUTS}, got {weight_layout!r}: 'dense' for a "
@@ -533,7 +575,8 @@ def reduce(cfg, h, w, b, labels, keep, weights, batch, reduction, batch_axis_nam
         count = jnp.sum(w_tok)
         if batch_axis_name is not None:
             count = lax.psum(count, batch_axis_name)
-        scale = jnp.where(count > 0, w_tok / jnp.where(count > 0, count, 1.0), 0.0)
+        # 0 when nothing is kept; a NaN weight (or count) stays NaN, never 0.
+        scale = jnp.where(count == 0, 0.0, w_tok / jnp.where(count == 0, 1.0, count))
     total = _weighted_sum_jit(cfg, h, w, b, labels, scale.reshape(-1))
     if batch_axis_name is not None:
         total = lax.psum(total, batch_axis_name)

@@ -21,21 +21,51 @@ from jaxloss._classification import _batch_shape, _class_axis, _class_weights
 ArrayLike = C.ArrayLike
 
 
-def _reduce(loss, keep, weights, reduction, batch_axis_name):
-    """The conventions' reduction, with sums taken over ``batch_axis_name`` as well."""
-    if batch_axis_name is None or reduction == "none":
-        return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
-    w = jnp.ones(loss.shape, loss.dtype)
-    if weights is not None:
-        w = jnp.broadcast_to(weights, loss.shape).astype(loss.dtype)
+def axis_size(axis_name, function: str) -> int:
+    """The number of shards along ``axis_name``, or an error saying how to call ``function``."""
+    try:
+        return lax.axis_size(axis_name)
+    except NameError:
+        fallback = (
+            "softmax_cross_entropy"
+            if function == "vocab_parallel_cross_entropy"
+            else "fused_linear_cross_entropy"
+        )
+        raise ValueError(
+            f"`{function}` was called with axis_name={axis_name!r}, but no mesh axis of that "
+            "name is bound here: it must run inside `jax.shard_map` over a mesh with that "
+            "axis, the vocabulary sharded along it (e.g. in_specs=P(None, "
+            f"{axis_name!r}) for [N, V] logits). For unsharded inputs use `jaxloss.{fallback}`."
+        ) from None
+
+
+def _reduce(loss, keep, weights, reduction, batch_axis_name, class_weight=None):
+    """The conventions' reduction, with sums taken over ``batch_axis_name`` as well.
+
+    ``loss`` already holds the class weights (PyTorch's per-example loss); ``"mean"``
+    divides by Σ w·ω over the kept tokens, ω = ``class_weight`` of each token's label.
+    A NaN there (a NaN weight, or a label outside [0, C)) makes the mean NaN, never 0.
+    """
+    w = None if weights is None else jnp.broadcast_to(weights, loss.shape).astype(loss.dtype)
     if keep is not None:
-        w = jnp.where(keep, w, 0.0)
-    terms = C.reduce(loss, where=keep, weights=weights, reduction="none")
-    total = lax.psum(jnp.sum(terms), batch_axis_name)
+        loss = jnp.where(keep, loss, 0.0)
+        w = jnp.where(keep, 1.0 if w is None else w, 0.0).astype(loss.dtype)
+    terms = loss if w is None else loss * w
+    if reduction == "none":
+        return terms
+    total = jnp.sum(terms)
+    if batch_axis_name is not None:
+        total = lax.psum(total, batch_axis_name)
     if reduction == "sum":
         return total
-    count = lax.psum(jnp.sum(w), batch_axis_name)
-    return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
+    if class_weight is not None:
+        w = class_weight if w is None else w * class_weight
+        if keep is not None:
+            w = jnp.where(keep, w, 0.0)
+    count = jnp.asarray(loss.size, loss.dtype) if w is None else jnp.sum(w)
+    if batch_axis_name is not None:
+        count = lax.psum(count, batch_axis_name)
+    return jnp.where(count == 0, 0.0, total / jnp.where(count == 0, 1.0, count))
 
 
 def vocab_parallel_cross_entropy(
@@ -108,7 +138,7 @@ def vocab_parallel_cross_entropy(
     """
     x = C.as_float("logits", logits)
     axis = _class_axis(axis, x, "logits")
-    labels = C.as_labels("labels", labels)
+    labels = LV.wide_labels(C.as_labels("labels", labels))
     batch = _batch_shape(x, axis)
     try:
         labels = jnp.broadcast_to(labels, batch)
@@ -127,12 +157,13 @@ def vocab_parallel_cross_entropy(
     if ignore_index is not None:
         valid = labels != ignore_index
         keep = valid if keep is None else keep & valid
-        labels = jnp.where(valid, labels, 0)
     if keep is not None:
+        keep = jnp.broadcast_to(keep, batch)
+        labels = jnp.where(keep, labels, 0)  # a safe index; the token is dropped anyway
         x = C.keep(keep[..., None], x, 0.0)
 
     v_local = x.shape[-1]
-    n_classes = v_local * lax.axis_size(axis_name)
+    n_classes = v_local * axis_size(axis_name, "vocab_parallel_cross_entropy")
     local = labels - lax.axis_index(axis_name) * v_local
     here = (local >= 0) & (local < v_local)
     local = jnp.clip(local, 0, v_local - 1)
@@ -143,18 +174,34 @@ def vocab_parallel_cross_entropy(
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     lse = m + jnp.log(lax.psum(jnp.sum(jnp.exp(x - m[..., None]), axis=-1), axis_name))
     picked = jnp.take_along_axis(x, local[..., None], axis=-1)[..., 0]
-    loss = lse - lax.psum(jnp.where(here, picked, 0.0), axis_name)
-    if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0):
-        finite = x != -jnp.inf
-        count = lax.psum(jnp.sum(finite, axis=-1).astype(dtype), axis_name)
-        total = lax.psum(jnp.sum(jnp.where(finite, x, 0.0), axis=-1), axis_name)
-        loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse - total / count)
-    loss = jnp.where(valid, loss, jnp.nan)  # a class id outside [0, C) is never silent
+    # −log p_y, capped at the largest float (a label on a −inf class), as in
+    # softmax_cross_entropy: the value of a −inf logit clipped to the lowest float.
+    loss = jnp.minimum(
+        lse - lax.psum(jnp.where(here, picked, 0.0), axis_name), jnp.finfo(dtype).max
+    )
+    omega = None
     if cw is not None:
-        omega = jnp.where(here, jnp.take(cw.astype(dtype), local), 0.0)
-        omega = jnp.where(valid, lax.psum(omega, axis_name), jnp.nan)
-        weights = omega if weights is None else weights * omega
-    return _reduce(loss, keep, weights, reduction, batch_axis_name)
+        cw = cw.astype(dtype)
+        omega = lax.psum(jnp.where(here, jnp.take(cw, local), 0.0), axis_name)
+        omega = jnp.where(valid, omega, jnp.nan)
+        loss = omega * loss
+    if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0):
+        # PyTorch's smoothing term (1/K)·Σ_c w_c·(lse − z_c), over the K classes with a
+        # finite logit (as softmax_cross_entropy); w ≡ 1 without class weights.
+        finite = x != -jnp.inf
+        z = jnp.where(finite, x, 0.0)
+        if cw is None:
+            parts = (jnp.sum(finite, axis=-1).astype(dtype), jnp.sum(z, axis=-1))
+            count, total = lax.psum(parts, axis_name)
+            smooth = lse - total / count
+        else:
+            cwf = jnp.where(finite, cw, 0.0)
+            parts = (jnp.sum(finite, axis=-1).astype(dtype), jnp.sum(cwf, axis=-1), z @ cw)
+            count, mass, total = lax.psum(parts, axis_name)
+            smooth = (mass * lse - total) / count
+        loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
+    loss = jnp.where(valid, loss, jnp.nan)  # a class id outside [0, C) is never silent
+    return _reduce(loss, keep, weights, reduction, batch_axis_name, omega)
 
 
 def vocab_parallel_fused_linear_cross_entropy(
@@ -236,6 +283,6 @@ def vocab_parallel_fused_linear_cross_entropy(
         logit_soft_cap=logit_soft_cap,
         reduction=reduction,
         axis_name=axis_name,
-        n_shards=lax.axis_size(axis_name),
+        n_shards=axis_size(axis_name, "vocab_parallel_fused_linear_cross_entropy"),
     )
     return LV.reduce(cfg, h, w, b, y, keep, weights, batch, reduction, batch_axis_name)
