@@ -672,11 +672,21 @@ def fused_linear_cross_entropy(
     """Softmax cross-entropy of ``hidden @ weight (+ bias)``, never forming all the logits.
 
         z = h·W + b                 (then z ← cap·tanh(z/cap) with ``logit_soft_cap``)
-        ℓ = logsumexp(z) − Σ_c t_c·z_c + λ·logsumexp(z)²,     t = (1 − ε)·onehot(y) + ε/V
+        ℓ = (1 − ε)·(lse − z_y) + ε·(lse − (1/K)·Σ_{c: z_c > −∞} z_c) + λ·lse²,
+        lse = logsumexp(z),  K = the number of classes with a finite logit (V without −inf)
 
     the same loss as `softmax_cross_entropy` of the materialized logits (plus λ times
     `z_loss`), computed ``chunk_size`` tokens at a time, so that only a [chunk, V] block
-    of logits exists at once: never the [N, V] logits, nor their gradient.
+    of logits exists at once: never the [N, V] logits, nor their gradient. Per token
+    (``"none"``), ``"sum"`` and ``"mean"`` equal PyTorch's ``cross_entropy(z, y,
+    ignore_index=..., label_smoothing=ε)`` (no class weights) when no logit is −inf.
+
+    −inf bias entries (classes a model can never predict), as in `softmax_cross_entropy`:
+    label smoothing spreads its mass ε over the K classes with a finite logit only (the
+    uniform target over all V classes would make the loss infinite), and a token whose
+    label is such a class gets (1 − ε)·(largest float) + ε·(…), with zero gradient from
+    its −log p_y term (the value of that logit clipped to the lowest float), never inf or
+    NaN. Forward-mode derivatives (``jax.jvp``, ``jax.jacfwd``) are finite there too.
 
     Algorithm: a loop over token chunks computes each chunk's logits, their logsumexp
     and the loss. Under reverse-mode differentiation with ``reduction="sum"`` or
@@ -699,6 +709,11 @@ def fused_linear_cross_entropy(
     with these defaults (two runs), in 1/16 and 1/12 of its temp memory. Pass
     ``chunk_size`` to trade memory for speed. ``reduction="none"`` also needs a [D, V]
     temporary in its backward pass.
+
+    No ``class_weights``: ``weights=class_weights[labels]`` weights each token by its
+    label's class weight, which is PyTorch's class weighting without label smoothing
+    (PyTorch also weights the smoothing term of class c by w[c]: use
+    `softmax_cross_entropy` on materialized logits, or `vocab_parallel_cross_entropy`).
 
     When to use it: language-model heads and any classifier whose N×V logits are large
     next to the rest of the activations. For small vocabularies `softmax_cross_entropy`
@@ -725,8 +740,9 @@ def fused_linear_cross_entropy(
       hidden: h, floating array [..., D] (e.g. [N, D] or [batch, seq, D]).
       weight: W, floating [D, V] (``weight_layout="dense"``, the Flax ``Dense`` kernel) or
         [V, D] (``weight_layout="embedding"``, a tied input-embedding table).
-      labels: integer class ids in [0, V), of ``hidden``'s shape without D. A kept label
-        outside [0, V) gives NaN.
+      labels: integer class ids in [0, V), of ``hidden``'s shape without D, of any integer
+        dtype (compared with V in int32, or int64 for 64-bit ids: uint8 ids with V = 260
+        are read correctly). A kept label outside [0, V) gives NaN, also one ≥ 2³².
       bias: optional b, floating [V].
       weight_layout: ``"dense"`` or ``"embedding"``, the layout of ``weight``.
       chunk_size: tokens per chunk (a Python int); default as above. Larger chunks update
@@ -736,13 +752,20 @@ def fused_linear_cross_entropy(
       where: optional boolean mask broadcastable to ``labels``; True keeps a token. A
         dropped token's row of ``hidden`` gets exactly zero gradient, even if NaN.
       weights: optional non-negative per-token weights broadcastable to ``labels``.
-      label_smoothing: ε ∈ [0, 1] (a Python number), the uniform mass in the target.
+      label_smoothing: ε ∈ [0, 1] (a Python number), the uniform mass in the target,
+        spread over the K classes with a finite logit.
       z_loss: λ ≥ 0 (a Python number), the coefficient of the squared logsumexp.
       logit_soft_cap: optional cap > 0 (a Python number): the logits become
         cap·tanh(z/cap), Gemma 2's final-logit soft-capping.
       batch_axis_name: inside ``shard_map``, the mesh axis (or axes) the tokens are
         sharded over; "sum" and "mean" then reduce over all of them.
-      reduction: ``"mean"`` (default, Σ w·ℓ / Σ w over kept tokens), ``"sum"`` or ``"none"``.
+      reduction: ``"mean"`` (default, Σ w·ℓ / Σ w over kept tokens), ``"sum"`` or
+        ``"none"``. The one exception to jaxloss's per-element default, on purpose: this
+        loss exists to train a language-model head on the mean over tokens, and only
+        ``"sum"``/``"mean"`` get the one-pass gradient (``"none"`` recomputes every chunk's
+        logits in the backward pass and needs a [D, V] temporary); the fused losses of
+        Liger Kernel and Cut Cross-Entropy default to the mean too. A NaN weight or a kept
+        out-of-range label makes ``"mean"`` NaN; a mean over no kept token is 0.
 
     Returns:
       A scalar for ``"sum"``/``"mean"``, else ``labels``' shape; float32, or float64 for

@@ -84,15 +84,32 @@ def vocab_parallel_cross_entropy(
 ) -> jax.Array:
     """Softmax cross-entropy of logits sharded along the vocabulary, inside ``shard_map``.
 
-        ℓ = logsumexp(z) − z_y,  logsumexp(z) = m + log Σ_shards Σ_c exp(z_c − m),
-        m = max over all shards,  z_y read on the shard that holds class y
+        ℓ = (1 − ε)·w_y·(lse − z_y) + (ε/K)·Σ_{c: z_c > −∞} w_c·(lse − z_c)
+        lse = m + log Σ_shards Σ_c exp(z_c − m),  m = max over all shards,
+        z_y and w_y read on the shard that holds class y
 
-    Equal to `softmax_cross_entropy` of the gathered logits (same options, same
-    conventions) without gathering them: each device holds the logits of one contiguous
-    slice of the C classes, the slice of device k along ``axis_name`` being classes
-    [k·C/S, (k+1)·C/S) for S devices (what ``PartitionSpec(..., axis_name)`` gives).
-    Per token it communicates three scalars (a ``pmax`` and two ``psum``s; two more
-    with ``label_smoothing``); the gradient of each shard's logits stays on it.
+    with w ≡ 1 without ``class_weights`` and K the number of classes with a finite logit
+    (C without −inf). Equal to `softmax_cross_entropy` of the gathered logits (same
+    options, same conventions) without gathering them: each device holds the logits of
+    one contiguous slice of the C classes, the slice of device k along ``axis_name``
+    being classes [k·C/S, (k+1)·C/S) for S devices (what ``PartitionSpec(...,
+    axis_name)`` gives). Per token it communicates three scalars (a ``pmax`` and two
+    ``psum``s; one more, of two or three numbers, with ``label_smoothing``); the
+    gradient of each shard's logits stays on it.
+
+    PyTorch's convention: per token (``"none"``), ``"sum"`` and ``"mean"`` equal
+    ``torch.nn.functional.cross_entropy(z, y, weight=w, ignore_index=...,
+    label_smoothing=ε)`` when no logit is −inf: the smoothing term of class c is weighted
+    by w_c, and ``"mean"`` divides by Σ w_y (times ``weights``) over the kept tokens. A
+    NaN weight or a kept label outside [0, C) makes ``"mean"`` NaN, never 0.
+
+    −inf logits (classes a token cannot take), as in `softmax_cross_entropy`: smoothing
+    spreads over the K finite classes only, and a label on a −inf class gives −log p_y
+    capped at the largest float, with zero gradient from that term (not inf with
+    gradient −1). Forward-mode derivatives are finite there.
+
+    Called outside ``shard_map`` (no mesh axis ``axis_name`` bound) it raises a
+    ValueError saying to wrap it in ``jax.shard_map``, or to use `softmax_cross_entropy`.
 
     Use it when the logits of a tensor-parallel output layer are sharded along the
     vocabulary; if the weight is sharded too, `vocab_parallel_fused_linear_cross_entropy`
@@ -102,13 +119,14 @@ def vocab_parallel_cross_entropy(
       logits: this device's shard of z, floating, with the class axis ``axis`` holding
         C/S classes.
       labels: integer class ids in [0, C) (global ids, the same on every shard of
-        ``axis_name``), of the logits' shape without ``axis``.
+        ``axis_name``), of the logits' shape without ``axis``; any integer dtype (compared
+        in int32, or int64 for 64-bit ids, so uint8 ids with C = 260 are read correctly).
       axis_name: the mesh axis (a name, or a tuple of names) the classes are sharded over.
       axis: the class axis of ``logits`` (default the last).
       label_smoothing: ε ∈ [0, 1]: t = (1 − ε)·onehot + ε/K, K the number of classes with
         a finite logit on all shards together (as `softmax_cross_entropy`).
-      class_weights: optional non-negative weights of this device's classes, shape
-        [C/S] (sharded like the logits): each token is weighted by its label's weight.
+      class_weights: optional non-negative weights w of this device's classes, shape
+        [C/S] (sharded like the logits), in PyTorch's convention above.
       ignore_index: optional class id whose tokens are dropped, as ``where=False``.
       where: optional boolean mask broadcastable to ``labels``; True keeps a token.
       weights: optional non-negative per-token weights broadcastable to ``labels``.
@@ -225,6 +243,10 @@ def vocab_parallel_fused_linear_cross_entropy(
     """`fused_linear_cross_entropy` with the weight sharded along the vocabulary, in ``shard_map``.
 
         z = h·W_k (+ b_k) on device k,    ℓ as in `fused_linear_cross_entropy`
+
+    Outside ``shard_map`` it raises a ValueError saying what to do instead. No
+    ``class_weights`` (as `fused_linear_cross_entropy`); with ``reduction="mean"`` by
+    default for the same reason.
 
     For a tensor-parallel language-model head: each device along ``axis_name`` holds
     the columns [k·V/S, (k+1)·V/S) of the [D, V] weight (rows of a [V, D] embedding)
