@@ -143,7 +143,7 @@ def _token_losses(cfg: Config, z: jax.Array, labels: jax.Array, b: jax.Array | N
     picked = jnp.take_along_axis(z, local[:, None], axis=1)[:, 0]
     big = jnp.finfo(cfg.dtype).max
     nll = lse - _psum(cfg, jnp.where(here, picked, 0.0))
-    on = nll <= big
+    on = ~(nll > big)  # False only for a label on a −inf class (NaN stays visible)
     eps = cfg.label_smoothing
     loss = jnp.minimum(nll, big)
     if eps:
@@ -156,18 +156,27 @@ def _token_losses(cfg: Config, z: jax.Array, labels: jax.Array, b: jax.Array | N
 
 
 def _dlogits(cfg: Config, z, t, lse, labels, on, b=None):
-    """∂ℓ/∂z per token (unscaled), times the cap's 1 − t²:
+    """(∂ℓ/∂z per token, unscaled, and a per-token factor to scale it by).
 
-    softmax·((1 − ε)·on + ε + 2λ·lse) − (1 − ε)·on·onehot(y) − ε·finite/K.
+    ∂ℓ/∂z = softmax·((1 − ε)·on + ε + 2λ·lse) − (1 − ε)·on·onehot(y) − ε·finite/K, times
+    the cap's 1 − t². The factor is NaN for an invalid label (its loss is NaN, so is its
+    gradient); without smoothing it also carries ``on`` (the whole gradient of a token
+    whose label is on a −inf class is then 0), which spares a [chunk, V] product.
     """
     local, here, valid = _targets(cfg, labels, z.shape[1])
     eps = cfg.label_smoothing
+    row = jnp.where(valid, 1.0, jnp.nan).astype(cfg.dtype)
     p = jnp.exp(z - lse[:, None])
-    a = jnp.where(on, 1.0 - eps, 0.0).astype(cfg.dtype)  # the weight of −log p_y's gradient
-    coef = a + eps
+    if eps:
+        a = jnp.where(on, 1.0 - eps, 0.0).astype(cfg.dtype)  # the weight of −log p_y
+        coef = a + eps
+    else:
+        a, coef = 1.0, None
+        row = jnp.where(on, row, 0.0)
     if cfg.z_loss:
-        coef = coef + 2.0 * cfg.z_loss * lse
-    p = p * coef[:, None]
+        coef = (1.0 if coef is None else coef) + 2.0 * cfg.z_loss * lse
+    if coef is not None:
+        p = p * coef[:, None]
     if eps:
         finite, count = _finite_classes(cfg, b)
         p = p - (eps / count if finite is None else jnp.where(finite, eps / count, 0.0))
@@ -175,8 +184,7 @@ def _dlogits(cfg: Config, z, t, lse, labels, on, b=None):
     g = p.at[rows, local].add(jnp.where(here, -a, 0.0))
     if t is not None:
         g = g * (1.0 - jnp.square(t))
-    # A token with an invalid label has a NaN loss; its gradient is NaN too.
-    return g, jnp.where(valid, 1.0, jnp.nan).astype(cfg.dtype)
+    return g, row
 
 
 def _add_weight_grad(cfg: Config, gw: jax.Array, hs: jax.Array, g: jax.Array) -> jax.Array:
@@ -298,8 +306,8 @@ def _loss_and_grads(cfg: Config, h, w, b, labels, scale, need: tuple[bool, bool,
         h_c, y_c, s_c = xs
         z, t = _logits(cfg, h_c, w, b)
         lse_c, loss_c, on_c = _token_losses(cfg, z, y_c, b)
-        g, nan_if_invalid = _dlogits(cfg, z, t, lse_c, y_c, on_c, b)
-        r = s_c * nan_if_invalid
+        g, row = _dlogits(cfg, z, t, lse_c, y_c, on_c, b)
+        r = s_c * row
         # Rows of a shifted last chunk seen before are rewritten with the same values in
         # the per-token outputs, but must not be added to the sums again.
         r_sum = r if fresh is None else jnp.where(fresh, r, 0.0)
@@ -383,7 +391,7 @@ def _per_token_jvp(cfg: Config, primals, tangents):
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def piece(h_c, y_c, lse_c, on_c, real_c, dh_c, w, b, dw, db):
         z, t = _logits(cfg, h_c, w, b)
-        g, nan_if_invalid = _dlogits(cfg, z, t, lse_c, y_c, on_c, b)
+        g, row = _dlogits(cfg, z, t, lse_c, y_c, on_c, b)
         if real_c is not None:
             # Padding rows (h = 0, lse = 0) would give exp(b) = inf for a bias entry above
             # log(MAX) ≈ 88.7 in float32, and 0·inf = NaN in the transposed products.
@@ -395,7 +403,7 @@ def _per_token_jvp(cfg: Config, primals, tangents):
             dz = dz + _project(cfg, h_c, dw)
         if db is not None:
             dz = dz + db.astype(cfg.dtype)
-        return _psum(cfg, jnp.sum(g * dz, axis=1)) * nan_if_invalid
+        return _psum(cfg, jnp.sum(g * dz, axis=1)) * row
 
     n, chunk = h.shape[0], cfg.chunk
     if n <= chunk:
