@@ -34,6 +34,11 @@ def _class_axis(axis, x: jax.Array, name: str) -> int:
         raise ValueError(f"`{name}` must have a class axis; got a scalar.")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"`axis` {axis} is out of range for `{name}` of shape {x.shape}.")
+    if x.shape[axis] == 0:
+        raise ValueError(
+            f"`{name}` of shape {x.shape} has 0 classes along axis {axis % x.ndim}: a distribution "
+            "over no class is undefined. Pass at least one class (check the class axis)."
+        )
     return axis % x.ndim
 
 
@@ -56,6 +61,13 @@ def _labels(labels: ArrayLike, x: jax.Array, axis: int, name: str) -> tuple[jax.
             "pass a floating array of the logits' shape."
         )
     if jnp.issubdtype(labels.dtype, jnp.floating):
+        if labels.ndim != x.ndim:
+            raise TypeError(
+                f"Floating `labels` of shape {labels.shape} are read as probabilities, one "
+                f"distribution along the class axis, and must have the {x.ndim} dimensions "
+                f"of `{name}` {x.shape}. Class ids need an integer dtype: pass "
+                "`labels.astype(jnp.int32)`."
+            )
         if _broadcasts_to(labels.shape, x.shape):
             return labels, False
         raise ValueError(
@@ -111,17 +123,33 @@ class _Categorical(NamedTuple):
     """Validated inputs of a loss with a class axis (see ``_categorical_inputs``)."""
 
     x: jax.Array  # logits or log-probabilities, masked rows replaced by 0
-    labels: jax.Array  # class ids (ignored ones replaced by 0) or probabilities
+    labels: jax.Array  # int32 class ids (ignored ones 0, out-of-range −1) or probabilities
     integer: bool
     axis: int
     keep: jax.Array | None  # where & (labels != ignore_index)
-    weights: jax.Array | None  # weights · class_weights[label]
+    weights: jax.Array | None  # the per-example ``weights`` (not the class weights)
+    class_weights: jax.Array | None  # [C] in the compute dtype
+    label_weight: jax.Array | None  # ω per example: class_weights[y], or Σ_c w_c·t_c
+
+
+def _class_ids(labels: jax.Array, n_classes: int) -> jax.Array:
+    """int32 class ids, −1 for any id outside [0, C).
+
+    The range test runs in the labels' own dtype, before the cast, so that no id can wrap
+    into range (an int64 id of 2³² would become 0 in int32, a uint8 bound of 260 would
+    become 4); −1 makes every gather below fill NaN.
+    """
+    valid = labels >= 0
+    if jnp.iinfo(labels.dtype).max >= n_classes:
+        valid = valid & (labels < n_classes)
+    return jnp.where(valid, labels.astype(jnp.int32), -1)
 
 
 def _categorical_inputs(
     name, x, labels, *, axis, class_weights, ignore_index, where, weights, reduction
 ) -> _Categorical:
     """Validate and convert the inputs shared by every loss with a class axis."""
+    C.check_ignore_index(ignore_index)
     x = C.as_float(name, x)
     axis = _class_axis(axis, x, name)
     labels, integer = _labels(labels, x, axis, name)
@@ -131,15 +159,19 @@ def _categorical_inputs(
             "labels use `where=` to drop examples."
         )
     where, weights = C.prepare(_batch_shape(x, axis), where, weights, reduction)
+    if integer:
+        C.check_class_ids(labels, ignore_index, where)
     cw = _class_weights(class_weights, x.shape[axis])
     dtype = C.compute_dtype(x) if integer else C.compute_dtype(x, labels)
     x = x.astype(dtype)
 
     keep = where
-    if ignore_index is not None:
-        valid = labels != ignore_index
-        keep = _combine(where, valid)
-        labels = jnp.where(valid, labels, 0)  # a safe index; the example is dropped anyway
+    if integer:
+        ignored = C.is_ignored(labels, ignore_index)
+        labels = _class_ids(labels, x.shape[axis])
+        if ignored is not None:
+            keep = _combine(where, ~ignored)
+            labels = jnp.where(ignored, 0, labels)  # a safe index; the example is dropped
     if keep is not None:
         row = jnp.expand_dims(keep, axis)
         x = C.keep(row, x, 0.0)
@@ -148,27 +180,78 @@ def _categorical_inputs(
     if not integer:
         labels = labels.astype(dtype)
 
+    omega = None
     if cw is not None:
         cw = cw.astype(dtype)
         if integer:
             omega = jnp.take(cw, labels, mode="fill", fill_value=jnp.nan)
         else:
-            shape = (-1,) + (1,) * (x.ndim - axis - 1)
-            omega = jnp.sum(labels * cw.reshape(shape), axis=axis)
-        weights = omega if weights is None else weights * omega
-    return _Categorical(x, labels, integer, axis, keep, weights)
+            omega = jnp.sum(labels * _along(cw, x.ndim, axis), axis=axis)
+    return _Categorical(x, labels, integer, axis, keep, weights, cw, omega)
+
+
+def _along(v: jax.Array, ndim: int, axis: int) -> jax.Array:
+    """A [C] vector shaped to broadcast along ``axis`` of an ``ndim``-dim array."""
+    return v.reshape((-1,) + (1,) * (ndim - axis - 1))
 
 
 def _pick(x: jax.Array, labels: jax.Array, axis: int) -> jax.Array:
     """x at each example's class id, keeping ``axis`` with size 1; no one-hot is built.
 
-    "fill" gives NaN for an id outside [0, C) (negative ones included), so a bad label
-    can never produce a silent finite loss.
+    "fill" gives NaN for an id outside [0, C) (``_class_ids`` maps every such id to −1),
+    so a bad label can never produce a silent finite loss.
     """
     index = jnp.expand_dims(labels, axis)
     return jnp.take_along_axis(
         x, index, axis=axis, mode="fill", fill_value=jnp.nan, wrap_negative_indices=False
     )
+
+
+def class_id_cross_entropy(
+    lse: jax.Array,
+    label_logit: jax.Array,
+    *,
+    label_smoothing: float | jax.Array = 0.0,
+    label_weight: jax.Array | None = None,
+    smooth_count: jax.Array | None = None,
+    smooth_weight: jax.Array | None = None,
+    smooth_logit_sum: jax.Array | None = None,
+) -> jax.Array:
+    """Per-example cross-entropy of class ids with PyTorch's options, from row statistics.
+
+        ℓ = (1 − ε)·ω_y·min(lse − z_y, big) + (ε/K)·(W·lse − S)
+
+    the per-example (``reduction="none"``) loss of ``torch.nn.functional.cross_entropy(
+    weight=w, label_smoothing=ε)``: ω_y = w[y] weights the label's term and each class
+    c weights its own smoothing term, (ε/K)·Σ_c w_c·(lse − z_c). The sums run over the
+    K classes with a finite logit (K = C when none is −inf), W = Σ_c w_c and
+    S = Σ_c w_c·z_c over them (W = K and S = Σ_c z_c without class weights). lse − z_y
+    is capped at the largest float (a label on a −inf logit). The matching ``"mean"``
+    divides Σ ℓ by Σ ω_y: pass ``label_weight`` as `C.reduce`'s ``denominator``.
+
+    Every softmax cross-entropy with class ids computes its value here, from statistics
+    it may gather in any way (in one array, in chunks, or summed over vocabulary shards).
+
+    Args:
+      lse: logsumexp of the logits over the classes, [...].
+      label_logit: z_y, the logit of each example's label, [...] (NaN for a bad label).
+      label_smoothing: ε ∈ [0, 1].
+      label_weight: ω_y = class_weights[y], [...]; None for no class weights.
+      smooth_count, smooth_weight, smooth_logit_sum: K, W and S, [...]; needed only
+        when ε ≠ 0 (``smooth_weight`` may be None without class weights: W = K).
+
+    Returns:
+      ℓ, the shape of ``lse``.
+    """
+    big = jnp.finfo(lse.dtype).max
+    loss = jnp.minimum(lse - label_logit, big)
+    if label_weight is not None:
+        loss = label_weight * loss
+    if _is_zero(label_smoothing):
+        return loss
+    weight = smooth_count if smooth_weight is None else smooth_weight
+    smooth = (weight * lse - smooth_logit_sum) / smooth_count
+    return (1.0 - label_smoothing) * loss + label_smoothing * smooth
 
 
 def _categorical(
@@ -191,7 +274,7 @@ def _categorical(
     (`nll_loss`). Integer labels gather one entry per example; they never build a one-hot.
     """
     C.check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
-    x, labels, integer, axis, keep, weights = _categorical_inputs(
+    inputs = _categorical_inputs(
         name,
         x,
         labels,
@@ -202,28 +285,46 @@ def _categorical(
         weights=weights,
         reduction=reduction,
     )
+    x, labels, axis, cw = inputs.x, inputs.labels, inputs.axis, inputs.class_weights
     smooth = not _is_zero(label_smoothing)
-    big = jnp.finfo(x.dtype).max
-    if integer:
+    if inputs.integer:
         # The same operations as optax's integer-label loss (logsumexp, one gather), so
         # the default path costs what it does; −log p is capped at the largest float,
         # the value a −inf logit clipped to the lowest float gives (see N.finite_floor).
-        lse = jax.nn.logsumexp(x, axis=axis) if normalize else 0.0
-        loss = jnp.minimum(lse - jnp.squeeze(_pick(x, labels, axis), axis), big)
+        lse = jax.nn.logsumexp(x, axis=axis) if normalize else jnp.zeros((), x.dtype)
+        stats = {}
         if smooth:
             finite, count = _uniform_over_finite(x, axis)
-            total = jnp.sum(jnp.where(finite, x, 0.0), axis=axis)
-            mean = total / jnp.squeeze(count, axis)
-            loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse - mean)
+            wf = finite if cw is None else jnp.where(finite, _along(cw, x.ndim, axis), 0.0)
+            stats = {
+                "smooth_count": jnp.squeeze(count, axis),
+                "smooth_weight": None if cw is None else jnp.sum(wf, axis=axis),
+                "smooth_logit_sum": jnp.sum(wf * jnp.where(finite, x, 0.0), axis=axis),
+            }
+        loss = class_id_cross_entropy(
+            lse,
+            jnp.squeeze(_pick(x, labels, axis), axis),
+            label_smoothing=label_smoothing,
+            label_weight=inputs.label_weight,
+            **stats,
+        )
     else:
         target = labels
         if smooth:
             finite, count = _uniform_over_finite(x, axis)
             target = (1.0 - label_smoothing) * target + label_smoothing * (finite / count)
+        if cw is not None:
+            target = target * _along(cw, x.ndim, axis)  # PyTorch: −Σ_c w_c·t_c·log p_c
         # optax's formula, −Σ t·log_softmax(z), with −inf at the lowest float.
         log_p = N.log_softmax(x, axis) if normalize else N.finite_floor(x)
         loss = -jnp.sum(target * log_p, axis=axis)
-    return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
+    return C.reduce(
+        loss,
+        where=inputs.keep,
+        weights=inputs.weights,
+        reduction=reduction,
+        denominator=inputs.label_weight,
+    )
 
 
 def softmax_cross_entropy(
@@ -244,9 +345,25 @@ def softmax_cross_entropy(
         ℓ = logsumexp(z) − z_y                    for an integer label y (t one-hot)
 
     ``labels`` may be integer class ids (shape of ``logits`` without ``axis``) or
-    floating probability vectors (the shape of ``logits``); the dtype decides, and a
-    one-hot vector gives exactly the result of its class id. Integer labels gather one
-    logit per example (no one-hot array is built).
+    floating probability vectors (the logits' number of dimensions); the dtype decides,
+    and a one-hot vector gives the result of its class id (the same formula; the two
+    paths round differently, by about 1e-6 in float32). Float labels with fewer
+    dimensions than the logits raise (class ids stored as floats would otherwise be read
+    as one probability vector). Integer labels gather one logit per example (no one-hot
+    array is built).
+
+    With ``class_weights`` w, ``label_smoothing`` ε and ``ignore_index`` this is
+    PyTorch's ``cross_entropy(weight=w, label_smoothing=ε, ignore_index=...)`` per
+    example, for both label kinds:
+
+        ℓ = (1 − ε)·w_y·(lse − z_y) + (ε/K)·Σ_c w_c·(lse − z_c)     class id y
+        ℓ = −Σ_c w_c·t̃_c·log p_c,  t̃ = (1 − ε)·t + ε/K              probabilities t
+
+    and ``"mean"`` = Σ w·ℓ / Σ w·ω over the kept examples, ω = w_y (PyTorch's mean for
+    class ids) or, for probability labels, ω = Σ_c w_c·t_c, the expected class weight of
+    the unsmoothed label. That makes one-hot labels equal their class ids in every
+    reduction; PyTorch instead divides by the number of examples for probability labels
+    (the same as here without class weights, where ω = 1).
 
     A class whose logit is −inf (masked out) is handled exactly as if its logit were the
     lowest finite float: where the target puts no mass on it, the loss and its gradient
@@ -259,16 +376,17 @@ def softmax_cross_entropy(
     Args:
       logits: z, floating array with a class axis of size C.
       labels: integer class ids broadcastable to ``logits``' shape without ``axis``, or
-        floating target probabilities broadcastable to ``logits``' shape.
+        floating target probabilities with ``logits``' number of dimensions,
+        broadcastable to its shape. Concrete (not traced) negative ids other than
+        ``ignore_index`` raise (PyTorch's −100 padding needs ``ignore_index=-100``).
       axis: the class axis of ``logits`` (default the last).
       label_smoothing: ε ∈ [0, 1], the weight of the uniform distribution mixed into the
         target: t = (1 − ε)·y + ε/K, for both label kinds. K counts the classes with a
         finite logit (a −inf logit marks a class as impossible, and it gets no target
         mass); with no −inf logits K = C, the usual definition.
-      class_weights: optional non-negative weights of shape [C]. Each example is weighted
-        by its label's weight ω = class_weights[y] (for probability labels
-        ω = Σ_c class_weights_c·y_c, the same for one-hot labels), and ``"mean"`` divides
-        by Σ ω over the kept examples (PyTorch's convention).
+      class_weights: optional non-negative weights w of shape [C]: the label's term is
+        weighted by w_y, each class's smoothing (and probability) term by its own w_c,
+        and ``"mean"`` divides by Σ ω over the kept examples (see above).
       ignore_index: optional class id (integer labels only, e.g. −100) whose examples
         are dropped: loss 0, no gradient, and left out of sums and means, exactly as
         ``where=False``. Combines with ``where`` and ``weights``.
@@ -455,7 +573,7 @@ def sigmoid_binary_cross_entropy(
       reduction: ``"none"`` (per element), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
 
     Returns:
-      The broadcast shape of the inputs for ``"none"``, else a scalar; float32, or
+      The shape of the predictions for ``"none"``, else a scalar; float32, or
       float64 for float64 inputs (bf16/f16 are computed and returned in float32).
 
     Example:
@@ -509,7 +627,7 @@ def binary_cross_entropy(
 
     Args:
       probs: q ∈ [0, 1], floating array of any shape.
-      labels: y ∈ [0, 1], broadcastable with ``probs``; integers and booleans are cast.
+      labels: y ∈ [0, 1], broadcastable to the shape of ``probs``; integers and booleans are cast.
       where, weights, reduction: as in `sigmoid_binary_cross_entropy`.
 
     Returns:
@@ -522,6 +640,13 @@ def binary_cross_entropy(
     """
     (q, y), where, weights = C.float_inputs(
         where, weights, reduction, allow_int=("labels",), probs=probs, labels=labels
+    )
+    C.check_probabilities(
+        "`binary_cross_entropy` takes probabilities in [0, 1]; for logits use "
+        "`sigmoid_binary_cross_entropy`.",
+        None if where is None else jnp.broadcast_to(where, q.shape),
+        probs=q,
+        labels=y,
     )
     q = C.keep(where, q, 0.5)
     y = C.keep(where, y, 0.5)
@@ -556,7 +681,7 @@ def sigmoid_focal_loss(
 
     Args:
       logits: z, floating array of any shape.
-      labels: y ∈ [0, 1], broadcastable with ``logits``; integers and booleans are cast.
+      labels: y ∈ [0, 1], broadcastable to the shape of ``logits``; integers and booleans are cast.
       alpha: optional α ∈ [0, 1], the weight of the positive class (RetinaNet uses
         0.25). Default None: no α weighting.
       gamma: γ ≥ 0, the focusing exponent; γ = 0 gives BCE (times α_t).
@@ -642,7 +767,7 @@ def softmax_focal_loss(
       ICCV 2017.
     """
     _check_gamma(gamma)
-    x, labels, integer, axis, keep, weights = _categorical_inputs(
+    x, labels, integer, axis, keep, weights, cw, omega = _categorical_inputs(
         "logits",
         logits,
         labels,
@@ -667,6 +792,8 @@ def softmax_focal_loss(
             log_not_p = jax.nn.logsumexp(others, axis=axis, keepdims=True)
             loss = jnp.exp(gamma * log_not_p) * loss
         loss = jnp.squeeze(loss, axis)
+        if omega is not None:
+            loss = omega * loss  # PyTorch's class weighting, as in softmax_cross_entropy
     else:
         factor = 1.0
         if focal:
@@ -676,5 +803,7 @@ def softmax_focal_loss(
             p_rest = jnp.exp(others)  # each ≤ ½, so log1p(−p) does not cancel
             log_not_p = jnp.where(top, log_not_top, jnp.log1p(-p_rest))
             factor = jnp.exp(gamma * log_not_p)
+        if cw is not None:
+            labels = labels * _along(cw, x.ndim, axis)  # −Σ_c w_c·t_c·(1 − p_c)^γ·log p_c
         loss = -jnp.sum(labels * factor * log_p, axis=axis)
-    return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
+    return C.reduce(loss, where=keep, weights=weights, reduction=reduction, denominator=omega)

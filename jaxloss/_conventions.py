@@ -5,13 +5,15 @@ Each public loss does the same four things, with the helpers below:
 1. ``as_float`` / ``as_labels``: turn each input into an array once, check its dtype, and
    promote bf16/f16 to float32 (``compute_dtype``) so low precision is never silently
    computed in low precision.
-2. ``broadcast_shape`` and ``check_*``: validate shapes, ``reduction``, ``where``,
-   ``weights`` and hyperparameters given as Python numbers, at trace time, with a message
-   that names the argument and shows what came in.
+2. ``loss_shape`` and ``check_*``: validate shapes (the shape rule: the per-element loss
+   has the shape of the predictions, the other inputs only broadcast to it),
+   ``reduction``, ``where``, ``weights`` and hyperparameters given as Python numbers, at
+   trace time, with a message that names the argument and shows what came in.
 3. ``keep``: replace masked-out inputs by a harmless value *before* the unsafe
    operation ("double where"), so masked elements get exactly zero gradient even when
    their inputs are NaN or inf.
-4. ``reduce``: apply ``where``/``weights`` and ``reduction``; a mean over nothing is 0.
+4. ``reduce``: apply ``where``/``weights`` and ``reduction``; a mean over nothing is 0,
+   a NaN weight gives NaN.
 
 See ``docs/conventions.md`` for the user-facing statement of these rules.
 """
@@ -75,6 +77,88 @@ def as_labels(name: str, x: ArrayLike) -> Array:
     return arr
 
 
+def check_ignore_index(ignore_index: Any) -> None:
+    """``ignore_index`` must be None or an int class id (not a bool, not a float)."""
+    if ignore_index is None:
+        return
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(
+            f"`ignore_index` must be an int class id (e.g. -100) or None, got {ignore_index!r}."
+        )
+
+
+def is_ignored(labels: Array, ignore_index: int | None) -> Array | None:
+    """Where integer ``labels`` equal ``ignore_index`` (None: no ``ignore_index``).
+
+    Compared in the labels' own dtype when ``ignore_index`` fits it; an id the dtype
+    cannot hold (−100 for uint8 labels) matches no label.
+    """
+    if ignore_index is None:
+        return None
+    info = jnp.iinfo(labels.dtype)
+    if not info.min <= ignore_index <= info.max:
+        return jnp.zeros(labels.shape, bool)
+    return labels == jnp.asarray(ignore_index, labels.dtype)
+
+
+def check_class_ids(labels: Array, ignore_index: int | None, where: Array | None = None) -> None:
+    """Reject concrete negative class ids that are not ``ignore_index`` nor masked out.
+
+    PyTorch pads labels with −100 and ignores them by default; here a negative id
+    without ``ignore_index`` would give NaN, so where the labels (and ``where``) are
+    concrete, not traced, it raises, naming the fix. Under ``jit`` the documented NaN
+    stays.
+    """
+    if isinstance(labels, jax.core.Tracer) or isinstance(where, jax.core.Tracer):
+        return
+    values = np.asarray(labels)
+    bad = values < 0
+    if ignore_index is not None:
+        bad &= values != ignore_index
+    if where is not None:
+        bad = bad & np.asarray(where)
+    if not bad.any():
+        return
+    found = sorted({int(v) for v in values[bad].ravel()[:1000]})[:3]
+    if ignore_index is None:
+        raise ValueError(
+            f"`labels` hold negative class ids {found} and `ignore_index` is None. Class ids "
+            "lie in [0, C); PyTorch pads labels with -100 and ignores them by default, "
+            "jaxloss does not. Pass `ignore_index=-100` (or your padding id), or drop them "
+            "with `where=labels >= 0`."
+        )
+    raise ValueError(
+        f"`labels` hold negative class ids {found} other than `ignore_index={ignore_index}`. "
+        "Class ids lie in [0, C); drop the others with `where=` or map them to the "
+        "ignored id."
+    )
+
+
+def check_probabilities(hint: str, where: Array | None = None, **named: Array) -> None:
+    """Reject a concrete probability argument with a negative entry, with ``hint``.
+
+    A negative "probability" is almost always a log-probability passed where a
+    probability belongs (PyTorch's ``kl_div(log q, p)`` habit); the math would give NaN.
+    Only concrete arrays (not traced) can be inspected, so under ``jit`` the documented
+    NaN stays. Entries masked out by a concrete ``where`` (broadcast against the inputs
+    by the caller) are not inspected.
+    """
+    if isinstance(where, jax.core.Tracer):
+        return
+    for name, x in named.items():
+        if x is None or isinstance(x, jax.core.Tracer):
+            continue
+        values = np.asarray(x)
+        bad = values < 0
+        if where is not None:
+            bad = bad & np.asarray(where)
+        if bad.any():
+            raise ValueError(
+                f"`{name}` holds a negative entry ({float(values[bad].min()):.4g}), which is not a "
+                f"probability. {hint}"
+            )
+
+
 def cast(dtype: jnp.dtype, *arrays: Array) -> tuple[Array, ...]:
     return tuple(a.astype(dtype) for a in arrays)
 
@@ -89,6 +173,46 @@ def broadcast_shape(**named: Any) -> tuple[int, ...]:
         raise ValueError(
             f"Shapes do not broadcast: {listing}. Every argument must broadcast to one shape."
         ) from None
+
+
+def loss_shape(prediction: str | None, **named: Any) -> tuple[int, ...]:
+    """The shape of the per-element loss, enforcing the shape rule.
+
+    With ``prediction`` (the name of one of ``named``), the loss has the shape of that
+    input and every other input (``None`` entries are skipped) must broadcast *to* it:
+    an input that would enlarge it (``predictions`` [N, 1] against ``targets`` [N]
+    becoming [N, N]) raises a ``ValueError`` naming both shapes and the fix. With
+    ``prediction=None`` (inputs with no prediction among them, e.g. the two
+    distributions of a divergence) the loss has the broadcast shape of the inputs, which
+    must be the shape of one of them: broadcasting may stretch an input, never create a
+    shape none of them has.
+    """
+    shapes = {k: tuple(jnp.shape(v)) for k, v in named.items() if v is not None}
+    common = broadcast_shape(**named)
+    if prediction is None:
+        if shapes and common not in shapes.values():
+            listing = ", ".join(f"`{k}` {s}" for k, s in shapes.items())
+            raise ValueError(
+                f"Broadcasting {listing} would create the shape {common}, which none of them "
+                "has: an input has an extra axis of size 1 where another has a real one. "
+                "Squeeze that axis (e.g. `x[:, 0]` or `jnp.squeeze(x, -1)`), or broadcast "
+                f"explicitly (`jnp.broadcast_to(x, {common})`) if that is intended."
+            )
+        return common
+    shape = shapes[prediction]
+    if common != shape:
+        other, other_shape = next(
+            (k, s) for k, s in shapes.items() if jnp.broadcast_shapes(s, shape) != shape
+        )
+        raise ValueError(
+            f"`{other}` of shape {other_shape} would enlarge the loss beyond the shape of "
+            f"`{prediction}` {shape} (to {common}): the per-element loss has the shape of "
+            f"`{prediction}`, and the other inputs may only broadcast to it. If "
+            f"`{prediction}` has an extra axis of size 1, squeeze it (e.g. "
+            f"`{prediction}[:, 0]` or `jnp.squeeze({prediction}, -1)`); if the larger loss "
+            f"is intended, broadcast explicitly (`jnp.broadcast_to({prediction}, {common})`)."
+        )
+    return shape
 
 
 def _is_concrete_number(value: Any) -> bool:
@@ -176,21 +300,25 @@ def float_inputs(
     /,
     *,
     allow_int: Sequence[str] = (),
+    symmetric: bool = False,
     **named: ArrayLike | None,
 ) -> tuple[list[Array | None], Array | None, Array | None]:
     """Validate and convert the floating inputs of an elementwise loss in one call.
 
     Each named input (``None`` passes through) becomes an array of the compute dtype
-    (``compute_dtype``); their shapes must broadcast together, and ``where``/``weights``
-    must broadcast to that shape. Returns ``(arrays, where, weights)`` with the arrays in
-    the order given.
+    (``compute_dtype``). The first named input is the prediction: the loss has its shape
+    and every other input, ``where`` and ``weights`` must broadcast to it (the shape rule,
+    `loss_shape`). ``symmetric=True`` is for inputs with no prediction among them (the
+    two sides of a divergence): the loss has their broadcast shape, which must be the
+    shape of one of them. Returns ``(arrays, where, weights)`` with the arrays in the
+    order given.
     """
     arrays = {
         k: None if v is None else as_float(k, v, allow_int=k in allow_int) for k, v in named.items()
     }
     present = [a for a in arrays.values() if a is not None]
     dtype = compute_dtype(*present)
-    shape = broadcast_shape(**arrays)
+    shape = loss_shape(None if symmetric else next(iter(arrays)), **arrays)
     where, weights = prepare(shape, where, weights, reduction)
     return [None if a is None else a.astype(dtype) for a in arrays.values()], where, weights
 
@@ -213,12 +341,17 @@ def reduce(
     where: Array | None = None,
     weights: Array | None = None,
     reduction: str = "none",
+    denominator: Array | None = None,
 ) -> Array:
     """Apply the mask, the weights and the reduction to an elementwise loss.
 
     ``"none"`` returns the loss with masked-out entries set to 0 (times ``weights``);
-    ``"sum"`` returns Σ w·ℓ over kept entries; ``"mean"`` returns Σ w·ℓ / Σ w over kept
-    entries, which is 0 (with zero gradient) when nothing is kept.
+    ``"sum"`` returns Σ w·ℓ over kept entries; ``"mean"`` returns Σ w·ℓ / Σ w·d over kept
+    entries, where ``denominator`` d (default 1) is a per-element weight the caller has
+    already applied inside ℓ (a class weight ω_y: PyTorch's mean divides by Σ ω_y). A
+    mean over nothing (no kept entry, or zero total weight) is 0 with zero gradient; a
+    NaN total weight (a NaN weight, or a class weight read at an out-of-range label)
+    gives NaN, never 0.
     """
     check_reduction(reduction)
     w = None
@@ -235,5 +368,15 @@ def reduce(
     total = jnp.sum(loss)
     if reduction == "sum":
         return total
-    count = jnp.sum(w) if w is not None else jnp.asarray(loss.size, loss.dtype)
-    return jnp.where(count > 0, total / jnp.where(count > 0, count, 1), 0).astype(loss.dtype)
+    d = None
+    if denominator is not None:
+        d = jnp.broadcast_to(denominator.astype(loss.dtype), loss.shape)
+        if where is not None:
+            d = jnp.where(mask, d, 0)
+    if w is None and d is None:
+        count = jnp.asarray(loss.size, loss.dtype)
+    else:
+        count = jnp.sum(w if d is None else d if w is None else w * d)
+    # `count == 0`, not `count > 0`: a NaN count must reach the result, not select 0.
+    empty = count == 0
+    return jnp.where(empty, 0, total / jnp.where(empty, 1, count)).astype(loss.dtype)

@@ -55,17 +55,39 @@ def _distribution_inputs(where, weights, reduction, axis, allow_int=(), **named)
     ``axis`` so that `C.keep` replaces every input of a masked-out distribution.
     """
     arrays = {k: C.as_float(k, v, allow_int=k in allow_int) for k, v in named.items()}
+    probabilities = {k: a for k, a in arrays.items() if k in ("probs", "p", "q")}
     dtype = C.compute_dtype(*arrays.values())
-    shape = C.broadcast_shape(**arrays)
+    shape = C.loss_shape(None, **arrays)
     axis = _normalize_axis(axis, shape)
     loss_shape = shape[:axis] + shape[axis + 1 :]
     where, weights = C.prepare(loss_shape, where, weights, reduction)
     row_where = None
     if where is not None:
         row_where = jnp.expand_dims(jnp.broadcast_to(where, loss_shape), axis)
+    if probabilities:
+        _check_probabilities(probabilities, row_where, shape)
     # Broadcast up front: ``axis`` indexes the common shape, not each input's own.
     arrays = [jnp.broadcast_to(a.astype(dtype), shape) for a in arrays.values()]
     return arrays, axis, where, row_where, weights
+
+
+def _check_probabilities(probabilities, row_where, shape) -> None:
+    """Issue 10: a log-probability passed as a probability (PyTorch's argument habit)."""
+    if "probs" in probabilities:
+        hint = (
+            "Pass probabilities in [0, 1]: for log-probabilities use `jnp.exp(log_p)`, "
+            "for logits `entropy_from_logits`."
+        )
+    else:
+        hint = (
+            "Divergences take probabilities in the math order (p, q), p the reference, "
+            "KL(p‖q) = Σ p·log(p/q). PyTorch's `kl_div(input, target)` takes the other "
+            "order and log-probabilities, (log q, p): call `kl_divergence(p, jnp.exp(log_q))`, "
+            "or `kl_divergence_from_logits` for logits."
+        )
+    if row_where is not None and not isinstance(row_where, jax.core.Tracer):
+        row_where = jnp.broadcast_to(row_where, shape)
+    C.check_probabilities(hint, row_where, **probabilities)
 
 
 def _negate(x: jax.Array) -> jax.Array:
@@ -114,6 +136,11 @@ def surprisal(
     """
     factor = N.log_base_factor(base)
     (probs,), where, weights = C.float_inputs(where, weights, reduction, probs=probs)
+    C.check_probabilities(
+        "Pass probabilities in [0, 1]; for log-probabilities `-log_p` is the surprisal.",
+        None if where is None else jnp.broadcast_to(where, probs.shape),
+        probs=probs,
+    )
     probs = C.keep(where, probs, 1.0)
     loss = _negate(jnp.log(probs)) * factor
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
@@ -600,6 +627,7 @@ def gaussian_kl(
         weights,
         reduction,
         allow_int=("mean_q", "scale_p", "log_scale_p", "scale_q", "log_scale_q"),
+        symmetric=True,
         mean_p=mean_p,
         mean_q=mean_q,
         scale_p=scale_p,

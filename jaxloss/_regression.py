@@ -34,13 +34,13 @@ def squared_error(
 
     Args:
       predictions: ŷ, floating array of any shape.
-      targets: y, array broadcastable with ``predictions`` (integers are cast).
+      targets: y, array broadcastable to the shape of ``predictions`` (integers are cast).
       where: optional boolean mask broadcastable to the loss; True keeps an element.
       weights: optional non-negative weights broadcastable to the loss.
       reduction: ``"none"`` (per element), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
 
     Returns:
-      The broadcast shape of the inputs for ``"none"``, else a scalar; float32, or
+      The shape of the predictions for ``"none"``, else a scalar; float32, or
       float64 for float64 inputs (bf16/f16 are computed and returned in float32).
 
     Example:
@@ -73,7 +73,7 @@ def absolute_error(
 
     Args:
       predictions: ŷ, floating array of any shape.
-      targets: y, array broadcastable with ``predictions`` (integers are cast).
+      targets: y, array broadcastable to the shape of ``predictions`` (integers are cast).
       where, weights, reduction: as in `squared_error`.
 
     Returns:
@@ -110,7 +110,7 @@ def huber(
 
     Args:
       predictions: ŷ, floating array of any shape.
-      targets: y, array broadcastable with ``predictions`` (integers are cast).
+      targets: y, array broadcastable to the shape of ``predictions`` (integers are cast).
       delta: δ > 0, where the quadratic turns linear.
       where, weights, reduction: as in `squared_error`.
 
@@ -157,7 +157,7 @@ def log_cosh(
 
     Args:
       predictions: ŷ, floating array of any shape.
-      targets: y, array broadcastable with ``predictions`` (integers are cast).
+      targets: y, array broadcastable to the shape of ``predictions`` (integers are cast).
       where, weights, reduction: as in `squared_error`.
 
     Returns:
@@ -218,14 +218,14 @@ def gaussian_nll(
 
     Args:
       mean: μ, floating array of any shape.
-      targets: y, broadcastable with ``mean`` (integers are cast).
-      scale: σ > 0, scalar or array broadcastable with ``mean``. Default 1.
+      targets: y, broadcastable to the shape of ``mean`` (integers are cast).
+      scale: σ > 0, scalar or array broadcastable to the shape of ``mean``. Default 1.
       log_scale: log σ instead of ``scale`` (at most one of the two).
       full: include the constant ½ log 2π (the exact NLL); ``False`` drops only it.
       where, weights, reduction: as in `squared_error`.
 
     Returns:
-      The broadcast shape of all inputs for ``"none"``, else a scalar; float32, or
+      The shape of the predictions for ``"none"``, else a scalar; float32, or
       float64 for float64 inputs.
 
     Example:
@@ -269,8 +269,8 @@ def laplace_nll(
 
     Args:
       loc: μ, floating array of any shape.
-      targets: y, broadcastable with ``loc`` (integers are cast).
-      scale: b > 0, scalar or array broadcastable with ``loc``. Default 1.
+      targets: y, broadcastable to the shape of ``loc`` (integers are cast).
+      scale: b > 0, scalar or array broadcastable to the shape of ``loc``. Default 1.
       log_scale: log b instead of ``scale`` (at most one of the two).
       full: include the constant log 2 (the exact NLL); ``False`` drops only it.
       where, weights, reduction: as in `squared_error`.
@@ -313,8 +313,8 @@ def student_t_nll(
 
     Args:
       loc: μ, floating array of any shape.
-      targets: y, broadcastable with ``loc`` (integers are cast).
-      df: degrees of freedom ν > 0, scalar or array broadcastable with ``loc``
+      targets: y, broadcastable to the shape of ``loc`` (integers are cast).
+      df: degrees of freedom ν > 0, scalar or array broadcastable to the shape of ``loc``
         (differentiable, so it may be learned).
       scale: σ > 0, scalar or array. Default 1.
       log_scale: log σ instead of ``scale`` (at most one of the two).
@@ -337,7 +337,7 @@ def student_t_nll(
     z, log_scale, where, weights = _location_scale_inputs(
         "loc", loc, targets, scale, log_scale, where, weights, reduction
     )
-    C.broadcast_shape(df=df_arr, loss=z)
+    C.loss_shape("loc", loc=z, df=df_arr)
     nu = C.keep(where, df_arr.astype(z.dtype), 1.0)
     half_nu1 = 0.5 * (nu + 1.0)
     loss = (
@@ -364,11 +364,12 @@ def poisson_nll(
         ℓ = λ − k log λ + log k!,       log λ = log_rate
 
     Parameterized by log λ (the canonical link), so λ > 0 always and the loss is convex.
-    ``log k!`` is computed exactly as ``gammaln(k + 1)``.
+    ``log k!`` is ``gammaln(k + 1)``, accurate to rounding but not exact at k = 0, 1 in
+    float32 (gammaln(1) = 4.8e-7 there, so ``poisson_nll(0., 0)`` is 1.0000005).
 
     Args:
       log_rate: log λ, floating array of any shape.
-      counts: k ≥ 0, broadcastable with ``log_rate`` (integers are cast).
+      counts: k ≥ 0, broadcastable to the shape of ``log_rate`` (integers are cast).
       full: include log k! (the exact NLL); ``False`` drops only it (it does not depend
         on the prediction).
       where, weights, reduction: as in `squared_error`.

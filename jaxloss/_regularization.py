@@ -126,8 +126,15 @@ def _lookup(table: dict[str, bool], path: str) -> bool:
     )
 
 
-def _selection(params: PyTree, mask: Mask) -> list[tuple[str, Any, bool]]:
-    """``(path, leaf, selected)`` for every leaf of ``params``: penalizable and kept by ``mask``."""
+def _selection(
+    params: PyTree, mask: Mask, *, require_any: bool = True
+) -> list[tuple[str, Any, bool]]:
+    """``(path, leaf, selected)`` for every leaf of ``params``: penalizable and kept by ``mask``.
+
+    A callable mask that selects none of the penalizable leaves is almost always a typo
+    in a pattern (``path_mask(r"^encodr/")``) and would make the penalty silently 0, so
+    it raises (``require_any``), listing some of the available paths.
+    """
     leaves = _named_leaves(params)
     if mask is None:
         return leaves
@@ -136,6 +143,14 @@ def _selection(params: PyTree, mask: Mask) -> list[tuple[str, Any, bool]]:
         for path, leaf, ok in leaves:
             keep = _mask_flag(path, mask(path, leaf)) if ok else False
             out.append((path, leaf, keep))
+        candidates = [path for path, _, ok in leaves if ok]
+        if require_any and candidates and not any(keep for _, _, keep in out):
+            name = getattr(mask, "__name__", repr(mask))
+            raise ValueError(
+                f"`mask` {name} selects none of the {len(candidates)} parameters, so the "
+                f"penalty would be 0. Their paths include {candidates[:6]}; check the mask "
+                "against them (`jaxloss.resolve_mask(params, mask)` shows what it selects)."
+            )
         return out
     table = _tree_mask_lookup(mask)
     return [(path, leaf, ok and _lookup(table, path)) for path, leaf, ok in leaves]
@@ -170,7 +185,7 @@ def resolve_mask(params: PyTree, mask: Mask = None) -> dict[str, bool]:
       >>> jaxloss.resolve_mask(params, jaxloss.weight_matrix_mask)
       {'dense/bias': False, 'dense/kernel': True}
     """
-    return {path: keep for path, _, keep in _selection(_as_tree(params), mask)}
+    return {path: keep for path, _, keep in _selection(_as_tree(params), mask, require_any=False)}
 
 
 _NORM_NAMES = frozenset({"scale", "bias", "gamma", "beta", "mean", "var"})
@@ -270,11 +285,14 @@ def l2_penalty(params: PyTree, *, mask: Mask = None) -> jax.Array:
         ``variables["params"]`` (not the whole variables dict, whose ``batch_stats`` are
         plain arrays too), NNX ``State`` or ``Module``: only ``nnx.Param`` variables count).
       mask: which leaves to penalize: ``None`` (all), a pytree of bools, or a callable
-        ``(path, leaf) -> bool`` such as `weight_matrix_mask` (see `resolve_mask`).
+        ``(path, leaf) -> bool`` such as `weight_matrix_mask` (see `resolve_mask`). A
+        callable mask that selects no parameter raises a ``ValueError`` listing some
+        paths (a mistyped `path_mask` pattern would otherwise give 0 silently).
 
     Returns:
       A scalar: float32, or float64 when a penalized leaf is float64 (bf16/f16 leaves are
-      accumulated in float32). 0 when no leaf is penalized.
+      accumulated in float32). 0 when no leaf is penalized (no floating leaf, or a
+      pytree mask of ``False``).
 
     Example:
       >>> import jax.numpy as jnp, jaxloss

@@ -69,9 +69,10 @@ def sow_aux_loss(module: Any, name: str, value: Any) -> bool:
 
     Linen: sown into the ``"aux_loss"`` collection (`AUX_LOSS_COLLECTION`), recorded
     only when ``apply`` is given ``mutable=["aux_loss"]``; collect with `sum_aux_losses`.
-    Linen's ``init`` makes every collection mutable, so the variables it returns hold the
-    terms sown during ``init``; keep only ``{"params": variables["params"]}`` (and other
-    state collections), or ``apply`` would append to, and the sum include, those values.
+    Nothing is sown while a module is initializing (``init`` would otherwise return the
+    init-time terms in its variables, and ``apply`` given those whole variables would
+    add them to the new ones), so ``init``'s variables can be passed to ``apply`` as
+    they are; ``False`` is returned there.
 
     Each call appends the value; collection sums all of them (see the module docstring).
 
@@ -108,6 +109,8 @@ def sow_aux_loss(module: Any, name: str, value: Any) -> bool:
         return bool(module.sow(AuxLoss, name, value))
     linen = sys.modules.get("flax.linen")
     if linen is not None and isinstance(module, linen.Module):
+        if module.is_initializing():
+            return False
         return bool(module.sow(AUX_LOSS_COLLECTION, name, value))
     raise TypeError(
         f"`module` must be a Flax NNX or Linen module (pass `self`), got {type(module).__name__}."

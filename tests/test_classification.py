@@ -129,11 +129,14 @@ def test_ignore_index_equals_dropping_the_examples():
 def test_a_label_outside_the_classes_gives_nan_not_a_finite_loss(bad):
     labels = IDS.copy()
     labels[2] = bad
-    out = np.asarray(jaxloss.softmax_cross_entropy(LOGITS, labels))
+    # Concrete negative ids raise (issue 10 item 3); under jit every bad id gives NaN.
+    sce = jax.jit(jaxloss.softmax_cross_entropy, static_argnames=("reduction",))
+    nll = jax.jit(jaxloss.nll_loss, static_argnames=("reduction",))
+    out = np.asarray(sce(LOGITS, labels))
     assert np.isnan(out[2]) and np.isfinite(np.delete(out, 2)).all()
-    assert np.isnan(jaxloss.softmax_cross_entropy(LOGITS, labels, reduction="mean"))
-    assert np.isnan(jaxloss.nll_loss(LOGITS, labels, reduction="sum"))
-    assert np.isnan(jaxloss.softmax_cross_entropy(LOGITS, labels, class_weights=CLASS_W)[2])
+    assert np.isnan(sce(LOGITS, labels, reduction="mean"))
+    assert np.isnan(nll(LOGITS, labels, reduction="sum"))
+    assert np.isnan(sce(LOGITS, labels, class_weights=CLASS_W)[2])
     # A masked-out example is dropped whatever its label.
     keep = np.arange(N) != 2
     assert np.isfinite(jaxloss.softmax_cross_entropy(LOGITS, labels, where=keep, reduction="mean"))
@@ -560,3 +563,266 @@ def test_bad_input_errors_eagerly_and_under_jit(call, error, message):
 def test_negative_concrete_class_weights_are_rejected():
     with pytest.raises(ValueError, match=r"`class_weights` must be non-negative"):
         jaxloss.softmax_cross_entropy(Z0, jnp.zeros(3, int), class_weights=-jnp.ones(4))
+
+
+# --------------------------------------------------------------------------------------
+# Issue 10, parity: PyTorch's documented cross-entropy convention in every combination
+# of label kind × label smoothing × class weights × ignore_index × reduction.
+# --------------------------------------------------------------------------------------
+
+TORCH_N, TORCH_C = 7, 5
+TORCH_LOGITS = np.random.default_rng(10).normal(size=(TORCH_N, TORCH_C)) * 2.0
+TORCH_IDS = np.array([0, 3, -100, 1, 4, 4, -100])
+TORCH_PROBS = np.random.default_rng(11).dirichlet(np.ones(TORCH_C), size=TORCH_N)
+TORCH_W = np.array([0.5, 2.0, 1.0, 0.25, 3.0])
+
+
+def _torch_cross_entropy(logits, target, weight, ignore_index, eps, reduction):
+    """torch.nn.functional.cross_entropy's documented formula, float64 numpy.
+
+    Class ids: ℓ_n = (1 − ε)·(−w[y_n] log p[n, y_n]) + ε·(−(1/C) Σ_c w[c] log p[n, c]),
+    ignored rows 0; mean = Σ ℓ_n / Σ_{kept} w[y_n]. Probabilities: t̃ = (1 − ε) t + ε/C,
+    ℓ_n = −Σ_c w[c] t̃[n, c] log p[n, c]; mean = Σ ℓ_n / N.
+    """
+    n, c = logits.shape
+    w = np.ones(c) if weight is None else np.asarray(weight, float)
+    log_p = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+    log_p -= logits.max(1, keepdims=True)
+    if target.dtype.kind == "f":
+        t = (1 - eps) * target + eps / c
+        loss = -(w * t * log_p).sum(1)
+        denominator = n
+    else:
+        kept = np.ones(n, bool) if ignore_index is None else target != ignore_index
+        y = np.where(kept, target, 0)
+        nll = -w[y] * log_p[np.arange(n), y]
+        smooth = -(w * log_p).sum(1) / c
+        loss = np.where(kept, (1 - eps) * nll + eps * smooth, 0.0)
+        denominator = w[y][kept].sum()
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.sum() / denominator
+
+
+TORCH_COMBOS = [
+    (kind, eps, weighted, ignore, reduction)
+    for kind in ("ids", "probabilities")
+    for eps in (0.0, 0.2)
+    for weighted in (False, True)
+    for ignore in ((False, True) if kind == "ids" else (False,))
+    for reduction in ("none", "sum", "mean")
+]
+
+
+def _torch_case(kind, ignore):
+    if kind == "probabilities":
+        return TORCH_PROBS, None
+    if ignore:
+        return TORCH_IDS, -100
+    return np.where(TORCH_IDS < 0, 2, TORCH_IDS), None
+
+
+@pytest.mark.parametrize("kind, eps, weighted, ignore, reduction", TORCH_COMBOS)
+def test_softmax_cross_entropy_matches_pytorch_in_every_combination(
+    kind, eps, weighted, ignore, reduction
+):
+    """Issue 10, parity item: `softmax_cross_entropy` is torch's `cross_entropy(weight=,
+    label_smoothing=, ignore_index=)` per example for both label kinds, and for
+    "mean"/"sum" with class ids; probability labels' "mean" follows the documented
+    denominator Σ_n Σ_c w_c·t_nc (torch's N without class weights). Before the fix the
+    smoothing term was weighted by w[y] instead of w[c]."""
+    labels, ignore_index = _torch_case(kind, ignore)
+    w = TORCH_W if weighted else None
+    options = {"label_smoothing": eps, "class_weights": w, "ignore_index": ignore_index}
+    out = jaxloss.softmax_cross_entropy(TORCH_LOGITS, labels, reduction=reduction, **options)
+    expected = _torch_cross_entropy(TORCH_LOGITS, labels, w, ignore_index, eps, reduction)
+    if kind == "probabilities" and reduction == "mean" and weighted:
+        per_example = _torch_cross_entropy(TORCH_LOGITS, labels, w, None, eps, "none")
+        expected = per_example.sum() / (labels * w).sum()  # jaxloss's rule, not torch's N
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-14)
+    # nll_loss on log-probabilities has every option meaning the same.
+    log_p = special.log_softmax(TORCH_LOGITS, axis=-1)
+    out_nll = jaxloss.nll_loss(log_p, labels, reduction=reduction, **options)
+    np.testing.assert_allclose(out_nll, expected, rtol=1e-12, atol=1e-14)
+    if eps == 0.0:  # softmax_focal_loss with γ = 0 shares the other options
+        focal = jaxloss.softmax_focal_loss(
+            TORCH_LOGITS,
+            labels,
+            gamma=0.0,
+            class_weights=w,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
+        np.testing.assert_allclose(focal, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_probability_label_mean_one_hot_equals_class_ids_and_differs_from_torch_as_documented():
+    """Issue 10, parity item: with class weights, one-hot labels' "mean" equals the class
+    ids' (torch's Σ w[y_n] denominator), where torch itself divides by N."""
+    ids = np.where(TORCH_IDS < 0, 2, TORCH_IDS)
+    one_hot = np.eye(TORCH_C)[ids]
+    for eps in (0.0, 0.2):
+        options = {"label_smoothing": eps, "class_weights": TORCH_W, "reduction": "mean"}
+        by_id = jaxloss.softmax_cross_entropy(TORCH_LOGITS, ids, **options)
+        by_vector = jaxloss.softmax_cross_entropy(TORCH_LOGITS, one_hot, **options)
+        torch_ids = _torch_cross_entropy(TORCH_LOGITS, ids, TORCH_W, None, eps, "mean")
+        torch_probs = _torch_cross_entropy(TORCH_LOGITS, one_hot, TORCH_W, None, eps, "mean")
+        np.testing.assert_allclose(by_id, torch_ids, rtol=1e-12)
+        np.testing.assert_allclose(by_vector, torch_ids, rtol=1e-12)
+        assert abs(torch_probs - torch_ids) > 1e-3  # so the two rules really differ here
+
+
+@pytest.mark.parametrize("kind", ["ids", "probabilities"])
+def test_softmax_focal_loss_class_weights_weight_each_class_term(kind):
+    """Issue 10, parity item: class weights in `softmax_focal_loss` weight class c's term
+    by w[c] (ℓ = −Σ_c w_c t_c (1 − p_c)^γ log p_c), so γ → 0 is torch's cross-entropy;
+    "mean" divides by Σ_n Σ_c w_c t_nc as `softmax_cross_entropy` does."""
+    gamma = 1.5
+    labels = np.where(TORCH_IDS < 0, 2, TORCH_IDS) if kind == "ids" else TORCH_PROBS
+    t = np.eye(TORCH_C)[labels] if kind == "ids" else labels
+    log_p = special.log_softmax(TORCH_LOGITS, axis=-1)
+    per_example = -(TORCH_W * t * (1 - np.exp(log_p)) ** gamma * log_p).sum(-1)
+    for reduction, expected in [
+        ("none", per_example),
+        ("mean", per_example.sum() / (TORCH_W * t).sum()),
+    ]:
+        out = jaxloss.softmax_focal_loss(
+            TORCH_LOGITS, labels, gamma=gamma, class_weights=TORCH_W, reduction=reduction
+        )
+        np.testing.assert_allclose(out, expected, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# Issue 10: labels that cannot be misread, NaN that is never turned into 0
+# --------------------------------------------------------------------------------------
+
+CATEGORICAL = [jaxloss.softmax_cross_entropy, jaxloss.nll_loss, jaxloss.softmax_focal_loss]
+
+
+@pytest.mark.parametrize("fn", CATEGORICAL)
+def test_float_class_ids_are_not_read_as_one_probability_vector(fn):
+    """Issue 10 item 2: float class ids with N == C were read as one probability vector."""
+    logits = jnp.asarray(LOGITS[:3, :3])
+    message = r"Floating `labels` of shape \(3,\) are read as probabilities.*integer dtype"
+    with pytest.raises(TypeError, match=message):
+        fn(logits, jnp.array([0.0, 2.0, 1.0]))
+    with pytest.raises(TypeError, match=message):
+        jax.jit(fn)(logits, jnp.array([0.0, 2.0, 1.0]))
+    by_id = fn(logits, jnp.array([0, 2, 1]))
+    np.testing.assert_allclose(by_id, fn(logits, jnp.eye(3)[jnp.array([0, 2, 1])]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fn", CATEGORICAL)
+def test_negative_class_ids_without_ignore_index_raise_when_concrete(fn):
+    """Issue 10 item 3: PyTorch's −100 padding without `ignore_index` returned NaN with no
+    hint. Concrete labels raise naming `ignore_index=-100`; under jit the NaN stays."""
+    labels = np.where(np.arange(N) % 3 == 0, -100, IDS)
+    with pytest.raises(ValueError, match=r"negative class ids \[-100\].*`ignore_index=-100`"):
+        fn(LOGITS, labels, reduction="mean")
+    with pytest.raises(
+        ValueError, match=r"negative class ids \[-1\] other than `ignore_index=-100`"
+    ):
+        fn(LOGITS, np.where(labels == -100, -1, labels), ignore_index=-100)
+    traced = jax.jit(lambda z, y: fn(z, y, reduction="mean"))(LOGITS, labels)
+    assert np.isnan(traced)
+    kept = labels >= 0
+    np.testing.assert_allclose(
+        fn(LOGITS, labels, ignore_index=-100, reduction="mean"),
+        fn(LOGITS, np.where(kept, labels, 0), where=kept, reduction="mean"),
+        rtol=1e-12,
+    )
+    # Masked out by `where`, a negative id is not an error (it is dropped).
+    np.testing.assert_allclose(
+        fn(LOGITS, labels, where=kept, reduction="mean"),
+        fn(LOGITS, labels, ignore_index=-100, reduction="mean"),
+        rtol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("fn", CATEGORICAL)
+def test_mean_is_nan_when_an_out_of_range_label_makes_a_class_weight_nan(fn):
+    """Issue 10, float64-review defect 2: the NaN class weight of an out-of-range label
+    made the count NaN and the empty-mask guard returned 0; it must poison the mean."""
+    labels = IDS.copy()
+    labels[2] = K + 4
+    for reduction in ("mean", "sum"):
+        assert np.isnan(fn(LOGITS, labels, class_weights=CLASS_W, reduction=reduction))
+    nan_weight = W.copy()
+    nan_weight[5] = np.nan
+    assert np.isnan(fn(LOGITS, IDS, weights=nan_weight, reduction="mean"))
+    # ... while dropping it, or keeping nothing at all, still gives a finite value / 0.
+    keep = np.arange(N) != 2
+    assert np.isfinite(fn(LOGITS, labels, class_weights=CLASS_W, where=keep, reduction="mean"))
+    nothing = np.zeros(N, bool)
+    assert float(fn(LOGITS, labels, class_weights=CLASS_W, where=nothing, reduction="mean")) == 0
+
+
+@pytest.mark.parametrize("bad", [True, 1.5, np.float64(-100.0)])
+def test_ignore_index_must_be_an_int(bad):
+    """Issue 10, float64-review defect 14: `ignore_index=True` or `1.5` was accepted."""
+    for fn in CATEGORICAL:
+        with pytest.raises(TypeError, match=r"`ignore_index` must be an int class id"):
+            fn(LOGITS, IDS, ignore_index=bad)
+    assert np.isfinite(
+        jaxloss.softmax_cross_entropy(LOGITS, IDS, ignore_index=np.int64(-100))
+    ).all()
+
+
+def test_zero_classes_raise():
+    """Issue 10, float64-review defect 14: C = 0 classes gave −inf instead of an error."""
+    empty = jnp.zeros((3, 0))
+    for fn in CATEGORICAL:
+        with pytest.raises(ValueError, match=r"`\w+` of shape \(3, 0\) has 0 classes along axis 1"):
+            fn(empty, jnp.zeros(3, jnp.int32))
+    with pytest.raises(ValueError, match=r"has 0 classes"):
+        jaxloss.z_loss(empty)
+
+
+@pytest.mark.parametrize("fn", CATEGORICAL)
+def test_large_int64_labels_do_not_wrap_into_another_class(fn):
+    """Issue 10, float64-review defect 3 (last sentence): an int64 label ≥ 2³² wrapped in
+    the gather (2³² + 1 read class 1); every id outside [0, C) must give NaN."""
+    assert jax.config.jax_enable_x64
+    logits = jnp.asarray(LOGITS[:4])
+    for big in (2**32, 2**32 + 1, 2**31, 2**63 - 1):
+        labels = jnp.asarray([0, big, 1, 2], jnp.int64)
+        out = np.asarray(jax.jit(fn)(logits, labels))
+        assert np.isnan(out[1]) and np.isfinite(np.delete(out, 1)).all(), big
+        weighted = jax.jit(lambda z, y: fn(z, y, class_weights=CLASS_W, reduction="mean"))
+        assert np.isnan(weighted(logits, labels))
+    # Narrow dtypes hold their valid ids: uint8 / int16 labels give the int32 result.
+    ids = jnp.asarray(IDS[:4], jnp.int32)
+    for dtype in (jnp.uint8, jnp.int8, jnp.int16, jnp.uint32):
+        np.testing.assert_array_equal(fn(logits, ids.astype(dtype)), fn(logits, ids))
+    np.testing.assert_array_equal(
+        fn(logits, ids.astype(jnp.uint8), ignore_index=-100), fn(logits, ids)
+    )
+
+
+@pytest.mark.parametrize("kind", ["ids", "probabilities"])
+def test_class_weighted_smoothing_gradients_in_logits_and_class_weights(kind):
+    """Issue 10, parity item: the new class-weighted smoothing path is smooth in the
+    logits and the class weights (float64 check_grads, order 2, both modes), equals its
+    jit, and a −inf logit keeps value and gradient finite."""
+    from jax.test_util import check_grads
+
+    labels = np.where(TORCH_IDS < 0, 2, TORCH_IDS) if kind == "ids" else TORCH_PROBS
+
+    def f(z, w):
+        return jaxloss.softmax_cross_entropy(
+            z, labels, label_smoothing=0.2, class_weights=w, reduction="mean"
+        )
+
+    check_grads(f, (TORCH_LOGITS, TORCH_W), order=2, modes=("fwd", "rev"))
+    np.testing.assert_allclose(jax.jit(f)(TORCH_LOGITS, TORCH_W), f(TORCH_LOGITS, TORCH_W))
+    z = TORCH_LOGITS.copy()
+    z[:, 3] = -np.inf
+    lab = np.where(labels == 3, 0, labels) if kind == "ids" else labels * (np.arange(5) != 3)
+    value, grads = jax.value_and_grad(
+        lambda z, w: jaxloss.softmax_cross_entropy(
+            z, lab, label_smoothing=0.2, class_weights=w, reduction="sum"
+        ),
+        argnums=(0, 1),
+    )(z, TORCH_W)
+    assert np.isfinite(value) and all(np.isfinite(g).all() for g in grads)
+    assert np.all(np.asarray(grads[0])[:, 3] == 0)

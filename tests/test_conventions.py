@@ -81,3 +81,145 @@ def test_zero_total_weight_mean_is_zero():
     loss = jnp.asarray([1.0, 2.0])
     assert float(C.reduce(loss, weights=jnp.zeros(2), reduction="mean")) == 0.0
     assert float(C.reduce(jnp.zeros((0,)), reduction="mean")) == 0.0
+
+
+# --------------------------------------------------------------------------------------
+# Issue 10, silent wrong answers item 1: the shape rule. The per-element loss has the
+# shape of the predictions; targets, scales, masks and weights broadcast *to* it, and an
+# input that would enlarge it raises a ValueError naming both shapes.
+# --------------------------------------------------------------------------------------
+
+N_RULE = 4
+_PRED = jnp.arange(N_RULE, dtype=jnp.float32) / 8 + 0.25  # valid probabilities too
+_LABELS = jnp.asarray([0.0, 1.0, 1.0, 0.0])
+
+# (name, call(pred, target), name of the prediction, name of the target)
+ELEMENTWISE = [
+    ("squared_error", lambda p, t: jaxloss.squared_error(p, t), "predictions", "targets"),
+    ("absolute_error", lambda p, t: jaxloss.absolute_error(p, t), "predictions", "targets"),
+    ("huber", lambda p, t: jaxloss.huber(p, t), "predictions", "targets"),
+    ("log_cosh", lambda p, t: jaxloss.log_cosh(p, t), "predictions", "targets"),
+    ("gaussian_nll", lambda p, t: jaxloss.gaussian_nll(p, t), "mean", "targets"),
+    ("laplace_nll", lambda p, t: jaxloss.laplace_nll(p, t), "loc", "targets"),
+    ("student_t_nll", lambda p, t: jaxloss.student_t_nll(p, t, df=3.0), "loc", "targets"),
+    ("poisson_nll", lambda p, t: jaxloss.poisson_nll(p, t), "log_rate", "counts"),
+    (
+        "sigmoid_binary_cross_entropy",
+        lambda p, t: jaxloss.sigmoid_binary_cross_entropy(p, t),
+        "logits",
+        "labels",
+    ),
+    ("binary_cross_entropy", lambda p, t: jaxloss.binary_cross_entropy(p, t), "probs", "labels"),
+    ("sigmoid_focal_loss", lambda p, t: jaxloss.sigmoid_focal_loss(p, t), "logits", "labels"),
+]
+
+
+def test_shape_rule_issue_example_raises_instead_of_a_wrong_mean():
+    """Issue 10 item 1: `squared_error(pred[:, None], target)` gave 2.5 for a perfect fit."""
+    pred = jnp.arange(4.0)
+    message = (
+        r"`targets` of shape \(4,\) would enlarge the loss beyond the shape of "
+        r"`predictions` \(4, 1\).*squeeze it.*`predictions\[:, 0\]`"
+    )
+    with pytest.raises(ValueError, match=message):
+        jaxloss.squared_error(pred[:, None], pred, reduction="mean")
+    with pytest.raises(ValueError, match=message):
+        jax.jit(lambda p, t: jaxloss.squared_error(p, t, reduction="mean"))(pred[:, None], pred)
+    assert float(jaxloss.squared_error(pred, pred, reduction="mean")) == 0.0
+
+
+def test_shape_rule_optax_squared_error_shape_mismatch():
+    """Issue 10 item 1: optax's own `SquaredErrorTest.test_shape_mismatch`, on jaxloss."""
+    ys = jnp.asarray([-2.0, -1.0, 0.5, 1.0])
+    ts = jnp.asarray([-1.5, 0.0, -1, 1.0])
+    with pytest.raises(ValueError, match=r"`targets` of shape \(4, 1\).*`predictions` \(4,\)"):
+        jax.jit(jaxloss.squared_error)(ys, jnp.expand_dims(ts, axis=-1))
+
+
+@pytest.mark.parametrize("name, call, pred_name, target_name", ELEMENTWISE)
+def test_shape_rule_every_elementwise_loss(name, call, pred_name, target_name):
+    """Issue 10 item 1: either input with a stray size-1 axis raises; broadcasting *to*
+    the predictions (a scalar target, a target missing leading axes) still works."""
+    with pytest.raises(ValueError, match=rf"`{target_name}` of shape \(4,\).*`{pred_name}`"):
+        call(_PRED[:, None], _LABELS)
+    with pytest.raises(ValueError, match=rf"`{target_name}` of shape \(4, 1\).*`{pred_name}`"):
+        call(_PRED, _LABELS[:, None])
+    assert call(_PRED, _LABELS).shape == (N_RULE,)
+    assert call(_PRED, 1.0).shape == (N_RULE,)
+    two_rows = jnp.stack([_PRED, _PRED])
+    assert call(two_rows, _LABELS).shape == (2, N_RULE)
+    np.testing.assert_allclose(call(two_rows, _LABELS)[1], call(_PRED, _LABELS), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call, culprit",
+    [
+        (lambda: jaxloss.gaussian_nll(_PRED, _LABELS, scale=jnp.ones((N_RULE, 1))), "scale"),
+        (lambda: jaxloss.laplace_nll(_PRED, _LABELS, log_scale=jnp.zeros((3, 1))), "log_scale"),
+        (lambda: jaxloss.student_t_nll(_PRED, _LABELS, df=jnp.ones((N_RULE, 1))), "df"),
+        (lambda: jaxloss.huber(_PRED, _LABELS, delta=jnp.ones((N_RULE, 1))), "delta"),
+        (
+            lambda: jaxloss.sigmoid_binary_cross_entropy(
+                _PRED, _LABELS, pos_weight=jnp.ones((N_RULE, 1))
+            ),
+            "pos_weight",
+        ),
+        (lambda: jaxloss.sigmoid_focal_loss(_PRED, _LABELS, gamma=jnp.ones((2, 1))), "gamma"),
+    ],
+)
+def test_shape_rule_covers_scales_and_hyperparameter_arrays(call, culprit):
+    """Issue 10 item 1: scales and hyperparameter arrays may not enlarge the loss either."""
+    with pytest.raises(ValueError, match=rf"`{culprit}` of shape .* would enlarge the loss"):
+        call()
+
+
+def test_shape_rule_masks_and_weights_cannot_enlarge_the_loss():
+    """Issue 10 item 1: `where`/`weights` broadcast to the loss shape, never enlarge it."""
+    with pytest.raises(ValueError, match=r"`where` of shape \(4, 1\) does not broadcast"):
+        jaxloss.squared_error(_PRED, _LABELS, where=jnp.ones((N_RULE, 1), bool))
+    with pytest.raises(ValueError, match=r"`weights` of shape \(4, 1\) does not broadcast"):
+        jaxloss.squared_error(_PRED, _LABELS, weights=jnp.ones((N_RULE, 1)))
+
+
+def test_shape_rule_for_inputs_without_a_prediction():
+    """Issue 10 item 1: divergences have no prediction side; their inputs may broadcast
+    (a [C] reference against [N, C]), but never to a shape neither of them has."""
+    p = jnp.full((3, 1, 4), 0.25)
+    q = jnp.full((5, 4), 0.25)
+    for call in (jaxloss.kl_divergence, jaxloss.cross_entropy, jaxloss.js_divergence):
+        with pytest.raises(ValueError, match=r"`p` \(3, 1, 4\), `q` \(5, 4\).*\(3, 5, 4\)"):
+            call(p, q)
+        assert call(q, q[0]).shape == (5,)
+    with pytest.raises(ValueError, match=r"would create the shape \(4, 4\)"):
+        jaxloss.gaussian_kl(_PRED[:, None], mean_q=_PRED)
+    assert jaxloss.gaussian_kl(_PRED, mean_q=0.5).shape == (N_RULE,)
+
+
+def test_mean_is_nan_not_zero_when_a_weight_is_nan():
+    """Issue 10, float64-review defect 2: `reduction="mean"` returned 0 for a NaN weight
+    (the guard for an empty mask saw `count > 0` False and selected 0)."""
+    w = jnp.array([1.0, jnp.nan, 1.0])
+    assert np.isnan(jaxloss.squared_error(jnp.ones(3), 0.0, weights=w, reduction="mean"))
+    assert np.isnan(C.reduce(jnp.ones(3), weights=w, reduction="mean"))
+    assert np.isnan(C.reduce(jnp.ones(3), denominator=w, reduction="mean"))
+    # A NaN weight on a dropped element does not count; nothing kept is still 0.
+    keep = jnp.array([True, False, True])
+    out = jaxloss.squared_error(jnp.ones(3), 0.0, weights=w, where=keep, reduction="mean")
+    assert float(out) == 1.0
+    nothing = jnp.zeros(3, bool)
+    assert float(C.reduce(jnp.ones(3), weights=w, where=nothing, reduction="mean")) == 0.0
+    g = jax.grad(lambda x: C.reduce(x, where=nothing, reduction="mean"))(jnp.ones(3))
+    np.testing.assert_array_equal(g, 0.0)
+
+
+def test_reduce_denominator_counts_in_the_mean_only():
+    """Issue 10 (PyTorch parity): "mean" = Σ w·ℓ / Σ w·d over kept elements, the class
+    weight d already inside ℓ; "none" and "sum" ignore d."""
+    loss = jnp.asarray([1.0, 2.0, 3.0, 4.0])
+    w = jnp.asarray([1.0, 0.5, 2.0, 1.0])
+    d = jnp.asarray([2.0, 1.0, 0.5, 3.0])
+    keep = jnp.asarray([True, True, False, True])
+    mean = C.reduce(loss, where=keep, weights=w, denominator=d, reduction="mean")
+    np.testing.assert_allclose(mean, (1 + 1 + 4) / (2 + 0.5 + 3), rtol=1e-12)
+    total = C.reduce(loss, where=keep, weights=w, denominator=d, reduction="sum")
+    np.testing.assert_allclose(total, 6.0, rtol=1e-12)

@@ -597,3 +597,38 @@ def test_inputs_of_different_rank_broadcast_along_the_common_axis():
     np.testing.assert_allclose(
         jaxloss.kl_divergence(p, q), np.sum(p * (np.log(p) - np.log(q)), axis=-1), rtol=1e-12
     )
+
+
+# --------------------------------------------------------------------------------------
+# Issue 10 item 3: PyTorch's `kl_div(log q, p)` habit raises where the inputs are concrete
+# --------------------------------------------------------------------------------------
+
+
+def test_log_probabilities_in_a_probability_argument_raise_naming_the_math_order():
+    """Issue 10 item 3: `kl_divergence(log_q, p)` (torch's `kl_div(input, target)` order)
+    returned NaN with no hint. A concrete negative probability raises naming (p, q) and
+    torch's order; under jit the documented NaN stays."""
+    p = jnp.asarray([[0.2, 0.8], [0.5, 0.5]])
+    q = jnp.asarray([[0.4, 0.6], [0.1, 0.9]])
+    message = (
+        r"`p` holds a negative entry \(-2.303\).*math order \(p, q\).*`kl_div\(input, target\)`"
+    )
+    with pytest.raises(ValueError, match=message):
+        jaxloss.kl_divergence(jnp.log(q), p)
+    for fn in (jaxloss.kl_divergence, jaxloss.cross_entropy, jaxloss.js_divergence):
+        with pytest.raises(ValueError, match=r"`q` holds a negative entry.*\(p, q\)"):
+            fn(p, jnp.log(q))
+        assert np.isnan(jax.jit(fn)(p, jnp.log(q))).all()
+        assert np.isfinite(fn(p, q)).all()
+    with pytest.raises(ValueError, match=r"`probs` holds a negative entry.*entropy_from_logits"):
+        jaxloss.entropy(jnp.log(p))
+    with pytest.raises(ValueError, match=r"`probs` holds a negative entry"):
+        jaxloss.surprisal(jnp.log(p))
+    with pytest.raises(ValueError, match=r"`probs` holds.*`sigmoid_binary_cross_entropy`"):
+        jaxloss.binary_cross_entropy(jnp.log(p), p)
+    # A masked-out distribution may hold anything, negative entries included.
+    bad_row = q.at[1].set(-1.0)
+    keep = jnp.asarray([True, False])
+    np.testing.assert_allclose(
+        jaxloss.kl_divergence(p, bad_row, where=keep), jaxloss.kl_divergence(p, q, where=keep)
+    )

@@ -249,7 +249,7 @@ def test_dtypes_float64_bf16_and_nothing_selected():
     assert jaxloss.l1_penalty(mixed).dtype == jnp.float64
     assert jaxloss.l1_penalty(mixed, mask=jaxloss.path_mask("a")).dtype == jnp.float32
     for fn in (jaxloss.l2_penalty, jaxloss.l1_penalty, jaxloss.elastic_net_penalty):
-        zero = fn(PARAMS, mask=lambda path, leaf: False)
+        zero = fn(PARAMS, mask=jax.tree.map(lambda leaf: False, PARAMS))
         assert zero.dtype == jnp.float32 and float(zero) == 0.0
     ints = {"step": jnp.array(3), "key": jax.random.key(0), "w": jnp.array([2.0])}
     assert float(jaxloss.l2_penalty(ints)) == 2.0  # integer and key leaves are skipped
@@ -440,3 +440,27 @@ def test_import_jaxloss_works_without_flax():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_a_callable_mask_that_selects_no_parameter_raises_listing_paths(linen_variables):
+    """Issue 10 item 5: `path_mask(r"^encodr/")` (a typo) made every penalty silently 0."""
+    params = {"encoder": {"kernel": jnp.ones((2, 2))}, "head": {"kernel": jnp.ones((2, 1))}}
+    typo = jaxloss.path_mask(r"^encodr/")
+    message = r"path_mask\('\^encodr/'\) selects none of the 2 parameters.*'encoder/kernel'"
+    for fn in (
+        jaxloss.l2_penalty,
+        jaxloss.l1_penalty,
+        jaxloss.elastic_net_penalty,
+        functools.partial(jaxloss.group_lasso_penalty, group_axis=-1),
+    ):
+        with pytest.raises(ValueError, match=message):
+            fn(params, mask=typo)
+        with pytest.raises(ValueError, match=message):
+            jax.jit(functools.partial(fn, mask=typo))(params)
+    with pytest.raises(ValueError, match=message):
+        jaxloss.penalized(lambda p: 0.0, alpha=0.1, mask=typo)(params)
+    with pytest.raises(ValueError, match=r"selects none of the .*'params/"):
+        jaxloss.l2_penalty(linen_variables, mask=jaxloss.path_mask(r"^params/Dens/"))
+    # resolve_mask is the diagnostic: it answers, it does not raise.
+    assert jaxloss.resolve_mask(params, typo) == {"encoder/kernel": False, "head/kernel": False}
+    assert float(jaxloss.l2_penalty(params, mask=jaxloss.path_mask(r"^encoder/"))) == 2.0
