@@ -29,6 +29,7 @@ from jax.custom_derivatives import SymbolicZero
 from jax.sharding import PartitionSpec as P
 
 from jaxloss import _conventions as C
+from jaxloss._classification import _class_ids, class_id_cross_entropy
 
 ArrayLike = C.ArrayLike
 
@@ -141,15 +142,15 @@ def _token_losses(cfg: Config, z: jax.Array, labels: jax.Array, b: jax.Array | N
     m = _pmax(cfg, lax.stop_gradient(jnp.max(z, axis=1)))
     lse = m + jnp.log(_psum(cfg, jnp.sum(jnp.exp(z - m[:, None]), axis=1)))
     picked = jnp.take_along_axis(z, local[:, None], axis=1)[:, 0]
-    big = jnp.finfo(cfg.dtype).max
-    nll = lse - _psum(cfg, jnp.where(here, picked, 0.0))
-    on = ~(nll > big)  # False only for a label on a −inf class (NaN stays visible)
-    eps = cfg.label_smoothing
-    loss = jnp.minimum(nll, big)
-    if eps:
+    z_y = _psum(cfg, jnp.where(here, picked, 0.0))
+    on = ~(lse - z_y > jnp.finfo(cfg.dtype).max)  # False only for a label on a −inf class
+    stats = {}
+    if cfg.label_smoothing:
         finite, count = _finite_classes(cfg, b)
         total = jnp.sum(z if finite is None else jnp.where(finite, z, 0.0), axis=1)
-        loss = (1.0 - eps) * loss + eps * (lse - _psum(cfg, total) / count)
+        stats = {"smooth_count": count, "smooth_logit_sum": _psum(cfg, total)}
+    # The per-example formula every class-id cross-entropy shares (PyTorch's convention).
+    loss = class_id_cross_entropy(lse, z_y, label_smoothing=cfg.label_smoothing, **stats)
     if cfg.z_loss:
         loss = loss + cfg.z_loss * jnp.square(lse)
     return lse, jnp.where(valid, loss, jnp.nan), on
@@ -440,14 +441,6 @@ _per_token_jit = jax.jit(per_token, static_argnums=0)
 # --------------------------------------------------------------------------------------
 
 
-def wide_labels(labels: jax.Array) -> jax.Array:
-    """Class ids as int32 (int64 for 64-bit ids, under x64), so that comparing them with the
-    vocabulary size cannot wrap: V = 260 does not fit uint8, nor V = 50257 int16. A 64-bit
-    id ≥ 2³² stays out of range (NaN), and an unsigned id ≥ 2³¹ (≥ 2⁶³) becomes negative,
-    out of range too; never another class."""
-    return labels.astype(jnp.int64 if labels.dtype.itemsize == 8 else jnp.int32)
-
-
 def _python_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
@@ -498,7 +491,8 @@ def prepare(
     hidden = C.as_float("hidden", hidden)
     weight = C.as_float("weight", weight)
     bias = None if bias is None else C.as_float("bias", bias)
-    labels = wide_labels(C.as_labels("labels", labels))
+    C.check_ignore_index(ignore_index)
+    labels = C.as_labels("labels", labels)
     if weight_layout not in LAYOUTS:
         raise ValueError(
             f"`weight_layout` must be one of {LAYOUTS}, got {weight_layout!r}: 'dense' for a "
@@ -524,6 +518,7 @@ def prepare(
     if bias is not None and bias.shape != (v,):
         raise ValueError(f"`bias` must have shape ({v},), one entry per class, got {bias.shape}.")
     where, weights = C.prepare(batch, where, weights, reduction)
+    C.check_class_ids(labels, ignore_index, where)
     eps = _python_number("label_smoothing", label_smoothing)
     C.check_in_range("label_smoothing", eps, 0.0, 1.0)
     lam = _python_number("z_loss", z_loss)
@@ -556,10 +551,13 @@ def prepare(
         dtype=np.dtype(dtype),
         axis_name=axis_name,
     )
+    ignored = C.is_ignored(labels, ignore_index)
+    # int32 ids, −1 for any id outside [0, V) (tested in the labels' own dtype: a uint8 id
+    # cannot wrap the bound 260, nor an int64 id ≥ 2³² land in range).
+    labels = _class_ids(labels, cfg.n_classes)
     keep = where
-    if ignore_index is not None:
-        valid = labels != ignore_index
-        keep = valid if keep is None else keep & valid
+    if ignored is not None:
+        keep = ~ignored if keep is None else keep & ~ignored
     if keep is not None:
         keep = jnp.broadcast_to(keep, batch)
         labels = jnp.where(keep, labels, 0)  # a safe index; the token is dropped anyway

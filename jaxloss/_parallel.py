@@ -16,7 +16,14 @@ from jax import lax
 
 from jaxloss import _conventions as C
 from jaxloss import _large_vocab as LV
-from jaxloss._classification import _batch_shape, _class_axis, _class_weights
+from jaxloss._classification import (
+    _batch_shape,
+    _class_axis,
+    _class_ids,
+    _class_weights,
+    _is_zero,
+    class_id_cross_entropy,
+)
 
 ArrayLike = C.ArrayLike
 
@@ -40,11 +47,12 @@ def axis_size(axis_name, function: str) -> int:
 
 
 def _reduce(loss, keep, weights, reduction, batch_axis_name, class_weight=None):
-    """The conventions' reduction, with sums taken over ``batch_axis_name`` as well.
+    """`C.reduce`, with the sums taken over ``batch_axis_name`` as well.
 
     ``loss`` already holds the class weights (PyTorch's per-example loss); ``"mean"``
-    divides by Σ w·ω over the kept tokens, ω = ``class_weight`` of each token's label.
-    A NaN there (a NaN weight, or a label outside [0, C)) makes the mean NaN, never 0.
+    divides by Σ w·ω over the kept tokens of every device, ω = ``class_weight`` (C.reduce's
+    ``denominator``). A NaN there (a NaN weight, or a label outside [0, C)) makes the
+    mean NaN, never 0.
     """
     w = None if weights is None else jnp.broadcast_to(weights, loss.shape).astype(loss.dtype)
     if keep is not None:
@@ -154,9 +162,10 @@ def vocab_parallel_cross_entropy(
       Shoeybi et al., "Megatron-LM: training multi-billion parameter language models
       using model parallelism" (2019), §3.
     """
+    C.check_ignore_index(ignore_index)
     x = C.as_float("logits", logits)
     axis = _class_axis(axis, x, "logits")
-    labels = LV.wide_labels(C.as_labels("labels", labels))
+    labels = C.as_labels("labels", labels)
     batch = _batch_shape(x, axis)
     try:
         labels = jnp.broadcast_to(labels, batch)
@@ -167,58 +176,62 @@ def vocab_parallel_cross_entropy(
         ) from None
     C.check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
     where, weights = C.prepare(batch, where, weights, reduction)
+    C.check_class_ids(labels, ignore_index, where)
     cw = _class_weights(class_weights, x.shape[axis])
+    v_local = x.shape[axis]
+    n_classes = v_local * axis_size(axis_name, "vocab_parallel_cross_entropy")
     dtype = C.compute_dtype(x)
     x = jnp.moveaxis(x.astype(dtype), axis, -1)
 
+    ignored = C.is_ignored(labels, ignore_index)
+    labels = _class_ids(labels, n_classes)  # int32, −1 for any id outside [0, C)
     keep = where
-    if ignore_index is not None:
-        valid = labels != ignore_index
-        keep = valid if keep is None else keep & valid
+    if ignored is not None:
+        keep = ~ignored if keep is None else keep & ~ignored
     if keep is not None:
         keep = jnp.broadcast_to(keep, batch)
         labels = jnp.where(keep, labels, 0)  # a safe index; the token is dropped anyway
         x = C.keep(keep[..., None], x, 0.0)
 
-    v_local = x.shape[-1]
-    n_classes = v_local * axis_size(axis_name, "vocab_parallel_cross_entropy")
     local = labels - lax.axis_index(axis_name) * v_local
     here = (local >= 0) & (local < v_local)
     local = jnp.clip(local, 0, v_local - 1)
-    valid = (labels >= 0) & (labels < n_classes)
+    valid = labels >= 0
 
     # The max only shifts the exponentials for stability; lse does not depend on it.
     m = lax.pmax(lax.stop_gradient(jnp.max(x, axis=-1)), axis_name)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     lse = m + jnp.log(lax.psum(jnp.sum(jnp.exp(x - m[..., None]), axis=-1), axis_name))
     picked = jnp.take_along_axis(x, local[..., None], axis=-1)[..., 0]
-    # −log p_y, capped at the largest float (a label on a −inf class), as in
-    # softmax_cross_entropy: the value of a −inf logit clipped to the lowest float.
-    loss = jnp.minimum(
-        lse - lax.psum(jnp.where(here, picked, 0.0), axis_name), jnp.finfo(dtype).max
-    )
     omega = None
     if cw is not None:
         cw = cw.astype(dtype)
         omega = lax.psum(jnp.where(here, jnp.take(cw, local), 0.0), axis_name)
         omega = jnp.where(valid, omega, jnp.nan)
-        loss = omega * loss
-    if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0):
-        # PyTorch's smoothing term (1/K)·Σ_c w_c·(lse − z_c), over the K classes with a
-        # finite logit (as softmax_cross_entropy); w ≡ 1 without class weights.
+    stats = {}
+    if not _is_zero(label_smoothing):
+        # K, and Σ_c w_c, Σ_c w_c·z_c over the classes with a finite logit (w ≡ 1 without
+        # class weights), summed over the shards in one collective.
         finite = x != -jnp.inf
         z = jnp.where(finite, x, 0.0)
         if cw is None:
             parts = (jnp.sum(finite, axis=-1).astype(dtype), jnp.sum(z, axis=-1))
             count, total = lax.psum(parts, axis_name)
-            smooth = lse - total / count
+            stats = {"smooth_count": count, "smooth_logit_sum": total}
         else:
-            cwf = jnp.where(finite, cw, 0.0)
-            parts = (jnp.sum(finite, axis=-1).astype(dtype), jnp.sum(cwf, axis=-1), z @ cw)
+            mass = jnp.sum(jnp.where(finite, cw, 0.0), axis=-1)
+            parts = (jnp.sum(finite, axis=-1).astype(dtype), mass, z @ cw)
             count, mass, total = lax.psum(parts, axis_name)
-            smooth = (mass * lse - total) / count
-        loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
+            stats = {"smooth_count": count, "smooth_weight": mass, "smooth_logit_sum": total}
+    # The per-example formula every class-id cross-entropy shares (PyTorch's convention),
+    # −log p_y capped at the largest float for a label on a −inf class.
+    z_y = lax.psum(jnp.where(here, picked, 0.0), axis_name)
+    loss = class_id_cross_entropy(
+        lse, z_y, label_smoothing=label_smoothing, label_weight=omega, **stats
+    )
     loss = jnp.where(valid, loss, jnp.nan)  # a class id outside [0, C) is never silent
+    if batch_axis_name is None:
+        return C.reduce(loss, where=keep, weights=weights, reduction=reduction, denominator=omega)
     return _reduce(loss, keep, weights, reduction, batch_axis_name, omega)
 
 
