@@ -747,8 +747,10 @@ def fused_linear_cross_entropy(
       weight: W, floating [D, V] (``weight_layout="dense"``, the Flax ``Dense`` kernel) or
         [V, D] (``weight_layout="embedding"``, a tied input-embedding table).
       labels: integer class ids in [0, V), of ``hidden``'s shape without D, of any integer
-        dtype (compared with V in int32, or int64 for 64-bit ids: uint8 ids with V = 260
-        are read correctly). A kept label outside [0, V) gives NaN, also one ≥ 2³².
+        dtype (range-checked in that dtype, then int32: uint8 ids with V = 260 are read
+        correctly). A kept label outside [0, V) gives NaN, also one ≥ 2³². Concrete (not
+        traced) negative ids other than ``ignore_index`` raise, as in
+        `softmax_cross_entropy`.
       bias: optional b, floating [V].
       weight_layout: ``"dense"`` or ``"embedding"``, the layout of ``weight``.
       chunk_size: tokens per chunk (a Python int); default as above. Larger chunks update

@@ -127,8 +127,9 @@ def vocab_parallel_cross_entropy(
       logits: this device's shard of z, floating, with the class axis ``axis`` holding
         C/S classes.
       labels: integer class ids in [0, C) (global ids, the same on every shard of
-        ``axis_name``), of the logits' shape without ``axis``; any integer dtype (compared
-        in int32, or int64 for 64-bit ids, so uint8 ids with C = 260 are read correctly).
+        ``axis_name``), of the logits' shape without ``axis``; any integer dtype
+        (range-checked in that dtype, then int32: uint8 ids with C = 260 are read
+        correctly, an int64 id ≥ 2³² gives NaN).
       axis_name: the mesh axis (a name, or a tuple of names) the classes are sharded over.
       axis: the class axis of ``logits`` (default the last).
       label_smoothing: ε ∈ [0, 1]: t = (1 − ε)·onehot + ε/K, K the number of classes with
