@@ -363,6 +363,9 @@ BAD_CALLS = [
      r"`reduction` must be one of"),
     (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, where=jnp.ones(3)), TypeError,
      r"`where` must be a boolean mask"),
+    # Issue 10: a non-int ignore_index.
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, ignore_index=True), TypeError,
+     r"`ignore_index` must be an int class id"),
 ]  # fmt: skip
 
 
@@ -547,3 +550,15 @@ def test_mean_with_a_nan_weight_is_nan():
         jnp.asarray(H7), jnp.asarray(W7), Y7, where=jnp.zeros(7, bool), chunk_size=3
     )
     assert nothing == 0.0
+
+
+def test_negative_ids_without_ignore_index_raise_when_concrete():
+    """Issue 10, silent-wrong-answer item 3 for the fused loss: PyTorch's −100 padding without
+    ``ignore_index`` raises where the labels are concrete; under jit the documented NaN stays."""
+    labels = jnp.array([0, -100, 2])
+    with pytest.raises(ValueError, match=r"negative class ids \[-100\].*`ignore_index=-100`"):
+        jaxloss.fused_linear_cross_entropy(h3, w34, labels)
+    out = jax.jit(lambda y: jaxloss.fused_linear_cross_entropy(h3, w34, y, reduction="none"))(
+        labels
+    )
+    assert np.isnan(out[1]) and np.isfinite(out[0]) and np.isfinite(out[2])
