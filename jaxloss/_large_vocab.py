@@ -29,6 +29,7 @@ from jax.custom_derivatives import SymbolicZero
 from jax.sharding import PartitionSpec as P
 
 from jaxloss import _conventions as C
+from jaxloss._classification import _class_ids, class_id_cross_entropy
 
 ArrayLike = C.ArrayLike
 
@@ -115,40 +116,76 @@ def _targets(cfg: Config, labels: jax.Array, v_local: int):
     return jnp.clip(local, 0, v_local - 1), here, valid
 
 
-def _token_losses(cfg: Config, z: jax.Array, labels: jax.Array):
-    """(lse, loss) per token of a chunk of logits.
+def _finite_classes(cfg: Config, b: jax.Array | None):
+    """(mask [V] of the classes with a finite logit or None for all, their global count K).
 
-    ℓ = lse − (1 − ε)·z_y − (ε/C)·Σ_c z_c + λ·lse², and NaN for a label outside [0, C).
-    The max is only a shift for stability (lse does not depend on it), so it is taken
-    without gradient.
+    Only a −inf bias entry makes a logit −inf (h·W is finite, and a soft cap maps −inf
+    to −cap), so the support of label smoothing is read off the bias once, not per token.
+    """
+    if b is None or cfg.soft_cap is not None or not cfg.label_smoothing:
+        return None, cfg.n_classes
+    finite = b != -jnp.inf
+    return finite, _psum(cfg, jnp.sum(finite).astype(cfg.dtype))
+
+
+def _token_losses(cfg: Config, z: jax.Array, labels: jax.Array, b: jax.Array | None = None):
+    """(lse, loss, on) per token of a chunk of logits.
+
+    ℓ = (1 − ε)·min(lse − z_y, MAX) + ε·(lse − (1/K)·Σ_{c: z_c > −∞} z_c) + λ·lse², and
+    NaN for a label outside [0, C); K counts the classes with a finite logit (as
+    `softmax_cross_entropy`), and MAX is the largest float, the cap that a label on a
+    −inf class hits (``on`` is False there: that term then has zero gradient). The max
+    is only a shift for stability (lse does not depend on it), so it is taken without
+    gradient.
     """
     local, here, valid = _targets(cfg, labels, z.shape[1])
     m = _pmax(cfg, lax.stop_gradient(jnp.max(z, axis=1)))
     lse = m + jnp.log(_psum(cfg, jnp.sum(jnp.exp(z - m[:, None]), axis=1)))
     picked = jnp.take_along_axis(z, local[:, None], axis=1)[:, 0]
-    eps = cfg.label_smoothing
-    loss = lse - (1.0 - eps) * _psum(cfg, jnp.where(here, picked, 0.0))
-    if eps:
-        loss = loss - (eps / cfg.n_classes) * _psum(cfg, jnp.sum(z, axis=1))
+    z_y = _psum(cfg, jnp.where(here, picked, 0.0))
+    on = ~(lse - z_y > jnp.finfo(cfg.dtype).max)  # False only for a label on a −inf class
+    stats = {}
+    if cfg.label_smoothing:
+        finite, count = _finite_classes(cfg, b)
+        total = jnp.sum(z if finite is None else jnp.where(finite, z, 0.0), axis=1)
+        stats = {"smooth_count": count, "smooth_logit_sum": _psum(cfg, total)}
+    # The per-example formula every class-id cross-entropy shares (PyTorch's convention).
+    loss = class_id_cross_entropy(lse, z_y, label_smoothing=cfg.label_smoothing, **stats)
     if cfg.z_loss:
         loss = loss + cfg.z_loss * jnp.square(lse)
-    return lse, jnp.where(valid, loss, jnp.nan)
+    return lse, jnp.where(valid, loss, jnp.nan), on
 
 
-def _dlogits(cfg: Config, z, t, lse, labels):
-    """∂ℓ/∂z per token (unscaled): softmax·(1 + 2λ·lse) − target, times the cap's 1 − t²."""
+def _dlogits(cfg: Config, z, t, lse, labels, on, b=None):
+    """(∂ℓ/∂z per token, unscaled, and a per-token factor to scale it by).
+
+    ∂ℓ/∂z = softmax·((1 − ε)·on + ε + 2λ·lse) − (1 − ε)·on·onehot(y) − ε·finite/K, times
+    the cap's 1 − t². The factor is NaN for an invalid label (its loss is NaN, so is its
+    gradient); without smoothing it also carries ``on`` (the whole gradient of a token
+    whose label is on a −inf class is then 0), which spares a [chunk, V] product.
+    """
     local, here, valid = _targets(cfg, labels, z.shape[1])
+    eps = cfg.label_smoothing
+    row = jnp.where(valid, 1.0, jnp.nan).astype(cfg.dtype)
     p = jnp.exp(z - lse[:, None])
+    if eps:
+        a = jnp.where(on, 1.0 - eps, 0.0).astype(cfg.dtype)  # the weight of −log p_y
+        coef = a + eps
+    else:
+        a, coef = 1.0, None
+        row = jnp.where(on, row, 0.0)
     if cfg.z_loss:
-        p = p * (1.0 + 2.0 * cfg.z_loss * lse)[:, None]
-    if cfg.label_smoothing:
-        p = p - cfg.label_smoothing / cfg.n_classes
+        coef = (1.0 if coef is None else coef) + 2.0 * cfg.z_loss * lse
+    if coef is not None:
+        p = p * coef[:, None]
+    if eps:
+        finite, count = _finite_classes(cfg, b)
+        p = p - (eps / count if finite is None else jnp.where(finite, eps / count, 0.0))
     rows = jnp.arange(z.shape[0])
-    g = p.at[rows, local].add(jnp.where(here, cfg.label_smoothing - 1.0, 0.0))
+    g = p.at[rows, local].add(jnp.where(here, -a, 0.0))
     if t is not None:
         g = g * (1.0 - jnp.square(t))
-    # A token with an invalid label has a NaN loss; its gradient is NaN too.
-    return g, jnp.where(valid, 1.0, jnp.nan).astype(cfg.dtype)
+    return g, row
 
 
 def _add_weight_grad(cfg: Config, gw: jax.Array, hs: jax.Array, g: jax.Array) -> jax.Array:
@@ -239,17 +276,17 @@ def _put(buf: jax.Array, value: jax.Array, start) -> jax.Array:
 
 
 def _losses(cfg: Config, h, w, b, labels):
-    """(loss, lse) of every token, [N] each; only a [chunk, V] block exists at a time."""
+    """(loss, lse, on) of every token, [N] each; only a [chunk, V] block exists at a time."""
 
     def step(carry, start, fresh, xs):
-        loss, lse = carry
+        loss, lse, on = carry
         h_c, y_c = xs
-        lse_c, loss_c = _token_losses(cfg, _logits(cfg, h_c, w, b)[0], y_c)
-        return _put(loss, loss_c, start), _put(lse, lse_c, start)
+        lse_c, loss_c, on_c = _token_losses(cfg, _logits(cfg, h_c, w, b)[0], y_c, b)
+        return _put(loss, loss_c, start), _put(lse, lse_c, start), _put(on, on_c, start)
 
     n = h.shape[0]
     zeros = _token_zeros(cfg, (n,), h, w, b, labels)
-    init = (zeros, zeros)
+    init = (zeros, zeros, zeros.astype(bool))
     return _over_chunks(n, cfg.chunk, step, init, (h, labels))
 
 
@@ -269,9 +306,9 @@ def _loss_and_grads(cfg: Config, h, w, b, labels, scale, need: tuple[bool, bool,
         loss, gh, gw, gb = carry
         h_c, y_c, s_c = xs
         z, t = _logits(cfg, h_c, w, b)
-        lse_c, loss_c = _token_losses(cfg, z, y_c)
-        g, nan_if_invalid = _dlogits(cfg, z, t, lse_c, y_c)
-        r = s_c * nan_if_invalid
+        lse_c, loss_c, on_c = _token_losses(cfg, z, y_c, b)
+        g, row = _dlogits(cfg, z, t, lse_c, y_c, on_c, b)
+        r = s_c * row
         # Rows of a shifted last chunk seen before are rewritten with the same values in
         # the per-token outputs, but must not be added to the sums again.
         r_sum = r if fresh is None else jnp.where(fresh, r, 0.0)
@@ -347,15 +384,19 @@ def _per_token_jvp(cfg: Config, primals, tangents):
     # [chunk, V] block at a time instead of saving every chunk's softmax.
     h, w, b, labels = primals
     dh, dw, db, _ = tangents
-    loss, lse = _losses(cfg, h, w, b, labels)
+    loss, lse, on = _losses(cfg, h, w, b, labels)
     dh, dw, db = (None if _zero(t) else t for t in (dh, dw, db))
     if dh is None and dw is None and db is None:
         return loss, jnp.zeros_like(loss)
 
     @functools.partial(jax.checkpoint, prevent_cse=False)
-    def piece(h_c, y_c, lse_c, dh_c, w, b, dw, db):
+    def piece(h_c, y_c, lse_c, on_c, real_c, dh_c, w, b, dw, db):
         z, t = _logits(cfg, h_c, w, b)
-        g, nan_if_invalid = _dlogits(cfg, z, t, lse_c, y_c)
+        g, row = _dlogits(cfg, z, t, lse_c, y_c, on_c, b)
+        if real_c is not None:
+            # Padding rows (h = 0, lse = 0) would give exp(b) = inf for a bias entry above
+            # log(MAX) ≈ 88.7 in float32, and 0·inf = NaN in the transposed products.
+            g = jnp.where(real_c[:, None], g, 0.0)
         dz = jnp.zeros((), cfg.dtype)
         if dh_c is not None:
             dz = dz + _project(cfg, dh_c, w)
@@ -363,11 +404,11 @@ def _per_token_jvp(cfg: Config, primals, tangents):
             dz = dz + _project(cfg, h_c, dw)
         if db is not None:
             dz = dz + db.astype(cfg.dtype)
-        return _psum(cfg, jnp.sum(g * dz, axis=1)) * nan_if_invalid
+        return _psum(cfg, jnp.sum(g * dz, axis=1)) * row
 
     n, chunk = h.shape[0], cfg.chunk
     if n <= chunk:
-        return loss, piece(h, labels, lse, dh, w, b, dw, db)
+        return loss, piece(h, labels, lse, on, None, dh, w, b, dw, db)
     count = -(-n // chunk)
 
     def stack(x):
@@ -381,7 +422,9 @@ def _per_token_jvp(cfg: Config, primals, tangents):
     def body(_, xs):
         return None, piece(*xs, w, b, dw, db)
 
-    tangent = lax.scan(body, None, tuple(stack(x) for x in (h, labels, lse, dh)))[1]
+    real = None if n % chunk == 0 else jnp.ones(n, bool)
+    xs = tuple(stack(x) for x in (h, labels, lse, on, real, dh))
+    tangent = lax.scan(body, None, xs)[1]
     return loss, tangent.reshape(count * chunk)[:n]
 
 
@@ -448,6 +491,7 @@ def prepare(
     hidden = C.as_float("hidden", hidden)
     weight = C.as_float("weight", weight)
     bias = None if bias is None else C.as_float("bias", bias)
+    C.check_ignore_index(ignore_index)
     labels = C.as_labels("labels", labels)
     if weight_layout not in LAYOUTS:
         raise ValueError(
@@ -474,6 +518,7 @@ def prepare(
     if bias is not None and bias.shape != (v,):
         raise ValueError(f"`bias` must have shape ({v},), one entry per class, got {bias.shape}.")
     where, weights = C.prepare(batch, where, weights, reduction)
+    C.check_class_ids(labels, ignore_index, where)
     eps = _python_number("label_smoothing", label_smoothing)
     C.check_in_range("label_smoothing", eps, 0.0, 1.0)
     lam = _python_number("z_loss", z_loss)
@@ -506,10 +551,13 @@ def prepare(
         dtype=np.dtype(dtype),
         axis_name=axis_name,
     )
+    ignored = C.is_ignored(labels, ignore_index)
+    # int32 ids, −1 for any id outside [0, V) (tested in the labels' own dtype: a uint8 id
+    # cannot wrap the bound 260, nor an int64 id ≥ 2³² land in range).
+    labels = _class_ids(labels, cfg.n_classes)
     keep = where
-    if ignore_index is not None:
-        valid = labels != ignore_index
-        keep = valid if keep is None else keep & valid
+    if ignored is not None:
+        keep = ~ignored if keep is None else keep & ~ignored
     if keep is not None:
         keep = jnp.broadcast_to(keep, batch)
         labels = jnp.where(keep, labels, 0)  # a safe index; the token is dropped anyway
@@ -533,7 +581,8 @@ def reduce(cfg, h, w, b, labels, keep, weights, batch, reduction, batch_axis_nam
         count = jnp.sum(w_tok)
         if batch_axis_name is not None:
             count = lax.psum(count, batch_axis_name)
-        scale = jnp.where(count > 0, w_tok / jnp.where(count > 0, count, 1.0), 0.0)
+        # 0 when nothing is kept; a NaN weight (or count) stays NaN, never 0.
+        scale = jnp.where(count == 0, 0.0, w_tok / jnp.where(count == 0, 1.0, count))
     total = _weighted_sum_jit(cfg, h, w, b, labels, scale.reshape(-1))
     if batch_axis_name is not None:
         total = lax.psum(total, batch_axis_name)
@@ -629,11 +678,21 @@ def fused_linear_cross_entropy(
     """Softmax cross-entropy of ``hidden @ weight (+ bias)``, never forming all the logits.
 
         z = h·W + b                 (then z ← cap·tanh(z/cap) with ``logit_soft_cap``)
-        ℓ = logsumexp(z) − Σ_c t_c·z_c + λ·logsumexp(z)²,     t = (1 − ε)·onehot(y) + ε/V
+        ℓ = (1 − ε)·(lse − z_y) + ε·(lse − (1/K)·Σ_{c: z_c > −∞} z_c) + λ·lse²,
+        lse = logsumexp(z),  K = the number of classes with a finite logit (V without −inf)
 
     the same loss as `softmax_cross_entropy` of the materialized logits (plus λ times
     `z_loss`), computed ``chunk_size`` tokens at a time, so that only a [chunk, V] block
-    of logits exists at once: never the [N, V] logits, nor their gradient.
+    of logits exists at once: never the [N, V] logits, nor their gradient. Per token
+    (``"none"``), ``"sum"`` and ``"mean"`` equal PyTorch's ``cross_entropy(z, y,
+    ignore_index=..., label_smoothing=ε)`` (no class weights) when no logit is −inf.
+
+    −inf bias entries (classes a model can never predict), as in `softmax_cross_entropy`:
+    label smoothing spreads its mass ε over the K classes with a finite logit only (the
+    uniform target over all V classes would make the loss infinite), and a token whose
+    label is such a class gets (1 − ε)·(largest float) + ε·(…), with zero gradient from
+    its −log p_y term (the value of that logit clipped to the lowest float), never inf or
+    NaN. Forward-mode derivatives (``jax.jvp``, ``jax.jacfwd``) are finite there too.
 
     Algorithm: a loop over token chunks computes each chunk's logits, their logsumexp
     and the loss. Under reverse-mode differentiation with ``reduction="sum"`` or
@@ -656,6 +715,11 @@ def fused_linear_cross_entropy(
     with these defaults (two runs), in 1/16 and 1/12 of its temp memory. Pass
     ``chunk_size`` to trade memory for speed. ``reduction="none"`` also needs a [D, V]
     temporary in its backward pass.
+
+    No ``class_weights``: ``weights=class_weights[labels]`` weights each token by its
+    label's class weight, which is PyTorch's class weighting without label smoothing
+    (PyTorch also weights the smoothing term of class c by w[c]: use
+    `softmax_cross_entropy` on materialized logits, or `vocab_parallel_cross_entropy`).
 
     When to use it: language-model heads and any classifier whose N×V logits are large
     next to the rest of the activations. For small vocabularies `softmax_cross_entropy`
@@ -682,8 +746,11 @@ def fused_linear_cross_entropy(
       hidden: h, floating array [..., D] (e.g. [N, D] or [batch, seq, D]).
       weight: W, floating [D, V] (``weight_layout="dense"``, the Flax ``Dense`` kernel) or
         [V, D] (``weight_layout="embedding"``, a tied input-embedding table).
-      labels: integer class ids in [0, V), of ``hidden``'s shape without D. A kept label
-        outside [0, V) gives NaN.
+      labels: integer class ids in [0, V), of ``hidden``'s shape without D, of any integer
+        dtype (range-checked in that dtype, then int32: uint8 ids with V = 260 are read
+        correctly). A kept label outside [0, V) gives NaN, also one ≥ 2³². Concrete (not
+        traced) negative ids other than ``ignore_index`` raise, as in
+        `softmax_cross_entropy`.
       bias: optional b, floating [V].
       weight_layout: ``"dense"`` or ``"embedding"``, the layout of ``weight``.
       chunk_size: tokens per chunk (a Python int); default as above. Larger chunks update
@@ -693,13 +760,20 @@ def fused_linear_cross_entropy(
       where: optional boolean mask broadcastable to ``labels``; True keeps a token. A
         dropped token's row of ``hidden`` gets exactly zero gradient, even if NaN.
       weights: optional non-negative per-token weights broadcastable to ``labels``.
-      label_smoothing: ε ∈ [0, 1] (a Python number), the uniform mass in the target.
+      label_smoothing: ε ∈ [0, 1] (a Python number), the uniform mass in the target,
+        spread over the K classes with a finite logit.
       z_loss: λ ≥ 0 (a Python number), the coefficient of the squared logsumexp.
       logit_soft_cap: optional cap > 0 (a Python number): the logits become
         cap·tanh(z/cap), Gemma 2's final-logit soft-capping.
       batch_axis_name: inside ``shard_map``, the mesh axis (or axes) the tokens are
         sharded over; "sum" and "mean" then reduce over all of them.
-      reduction: ``"mean"`` (default, Σ w·ℓ / Σ w over kept tokens), ``"sum"`` or ``"none"``.
+      reduction: ``"mean"`` (default, Σ w·ℓ / Σ w over kept tokens), ``"sum"`` or
+        ``"none"``. The one exception to jaxloss's per-element default, on purpose: this
+        loss exists to train a language-model head on the mean over tokens, and only
+        ``"sum"``/``"mean"`` get the one-pass gradient (``"none"`` recomputes every chunk's
+        logits in the backward pass and needs a [D, V] temporary); the fused losses of
+        Liger Kernel and Cut Cross-Entropy default to the mean too. A NaN weight or a kept
+        out-of-range label makes ``"mean"`` NaN; a mean over no kept token is 0.
 
     Returns:
       A scalar for ``"sum"``/``"mean"``, else ``labels``' shape; float32, or float64 for

@@ -16,26 +16,64 @@ from jax import lax
 
 from jaxloss import _conventions as C
 from jaxloss import _large_vocab as LV
-from jaxloss._classification import _batch_shape, _class_axis, _class_weights
+from jaxloss._classification import (
+    _batch_shape,
+    _class_axis,
+    _class_ids,
+    _class_weights,
+    _is_zero,
+    class_id_cross_entropy,
+)
 
 ArrayLike = C.ArrayLike
 
 
-def _reduce(loss, keep, weights, reduction, batch_axis_name):
-    """The conventions' reduction, with sums taken over ``batch_axis_name`` as well."""
-    if batch_axis_name is None or reduction == "none":
-        return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
-    w = jnp.ones(loss.shape, loss.dtype)
-    if weights is not None:
-        w = jnp.broadcast_to(weights, loss.shape).astype(loss.dtype)
+def axis_size(axis_name, function: str) -> int:
+    """The number of shards along ``axis_name``, or an error saying how to call ``function``."""
+    try:
+        return lax.axis_size(axis_name)
+    except NameError:
+        fallback = (
+            "softmax_cross_entropy"
+            if function == "vocab_parallel_cross_entropy"
+            else "fused_linear_cross_entropy"
+        )
+        raise ValueError(
+            f"`{function}` was called with axis_name={axis_name!r}, but no mesh axis of that "
+            "name is bound here: it must run inside `jax.shard_map` over a mesh with that "
+            "axis, the vocabulary sharded along it (e.g. in_specs=P(None, "
+            f"{axis_name!r}) for [N, V] logits). For unsharded inputs use `jaxloss.{fallback}`."
+        ) from None
+
+
+def _reduce(loss, keep, weights, reduction, batch_axis_name, class_weight=None):
+    """`C.reduce`, with the sums taken over ``batch_axis_name`` as well.
+
+    ``loss`` already holds the class weights (PyTorch's per-example loss); ``"mean"``
+    divides by Σ w·ω over the kept tokens of every device, ω = ``class_weight`` (C.reduce's
+    ``denominator``). A NaN there (a NaN weight, or a label outside [0, C)) makes the
+    mean NaN, never 0.
+    """
+    w = None if weights is None else jnp.broadcast_to(weights, loss.shape).astype(loss.dtype)
     if keep is not None:
-        w = jnp.where(keep, w, 0.0)
-    terms = C.reduce(loss, where=keep, weights=weights, reduction="none")
-    total = lax.psum(jnp.sum(terms), batch_axis_name)
+        loss = jnp.where(keep, loss, 0.0)
+        w = jnp.where(keep, 1.0 if w is None else w, 0.0).astype(loss.dtype)
+    terms = loss if w is None else loss * w
+    if reduction == "none":
+        return terms
+    total = jnp.sum(terms)
+    if batch_axis_name is not None:
+        total = lax.psum(total, batch_axis_name)
     if reduction == "sum":
         return total
-    count = lax.psum(jnp.sum(w), batch_axis_name)
-    return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
+    if class_weight is not None:
+        w = class_weight if w is None else w * class_weight
+        if keep is not None:
+            w = jnp.where(keep, w, 0.0)
+    count = jnp.asarray(loss.size, loss.dtype) if w is None else jnp.sum(w)
+    if batch_axis_name is not None:
+        count = lax.psum(count, batch_axis_name)
+    return jnp.where(count == 0, 0.0, total / jnp.where(count == 0, 1.0, count))
 
 
 def vocab_parallel_cross_entropy(
@@ -54,15 +92,32 @@ def vocab_parallel_cross_entropy(
 ) -> jax.Array:
     """Softmax cross-entropy of logits sharded along the vocabulary, inside ``shard_map``.
 
-        ℓ = logsumexp(z) − z_y,  logsumexp(z) = m + log Σ_shards Σ_c exp(z_c − m),
-        m = max over all shards,  z_y read on the shard that holds class y
+        ℓ = (1 − ε)·w_y·(lse − z_y) + (ε/K)·Σ_{c: z_c > −∞} w_c·(lse − z_c)
+        lse = m + log Σ_shards Σ_c exp(z_c − m),  m = max over all shards,
+        z_y and w_y read on the shard that holds class y
 
-    Equal to `softmax_cross_entropy` of the gathered logits (same options, same
-    conventions) without gathering them: each device holds the logits of one contiguous
-    slice of the C classes, the slice of device k along ``axis_name`` being classes
-    [k·C/S, (k+1)·C/S) for S devices (what ``PartitionSpec(..., axis_name)`` gives).
-    Per token it communicates three scalars (a ``pmax`` and two ``psum``s; two more
-    with ``label_smoothing``); the gradient of each shard's logits stays on it.
+    with w ≡ 1 without ``class_weights`` and K the number of classes with a finite logit
+    (C without −inf). Equal to `softmax_cross_entropy` of the gathered logits (same
+    options, same conventions) without gathering them: each device holds the logits of
+    one contiguous slice of the C classes, the slice of device k along ``axis_name``
+    being classes [k·C/S, (k+1)·C/S) for S devices (what ``PartitionSpec(...,
+    axis_name)`` gives). Per token it communicates three scalars (a ``pmax`` and two
+    ``psum``s; one more, of two or three numbers, with ``label_smoothing``); the
+    gradient of each shard's logits stays on it.
+
+    PyTorch's convention: per token (``"none"``), ``"sum"`` and ``"mean"`` equal
+    ``torch.nn.functional.cross_entropy(z, y, weight=w, ignore_index=...,
+    label_smoothing=ε)`` when no logit is −inf: the smoothing term of class c is weighted
+    by w_c, and ``"mean"`` divides by Σ w_y (times ``weights``) over the kept tokens. A
+    NaN weight or a kept label outside [0, C) makes ``"mean"`` NaN, never 0.
+
+    −inf logits (classes a token cannot take), as in `softmax_cross_entropy`: smoothing
+    spreads over the K finite classes only, and a label on a −inf class gives −log p_y
+    capped at the largest float, with zero gradient from that term (not inf with
+    gradient −1). Forward-mode derivatives are finite there.
+
+    Called outside ``shard_map`` (no mesh axis ``axis_name`` bound) it raises a
+    ValueError saying to wrap it in ``jax.shard_map``, or to use `softmax_cross_entropy`.
 
     Use it when the logits of a tensor-parallel output layer are sharded along the
     vocabulary; if the weight is sharded too, `vocab_parallel_fused_linear_cross_entropy`
@@ -72,13 +127,15 @@ def vocab_parallel_cross_entropy(
       logits: this device's shard of z, floating, with the class axis ``axis`` holding
         C/S classes.
       labels: integer class ids in [0, C) (global ids, the same on every shard of
-        ``axis_name``), of the logits' shape without ``axis``.
+        ``axis_name``), of the logits' shape without ``axis``; any integer dtype
+        (range-checked in that dtype, then int32: uint8 ids with C = 260 are read
+        correctly, an int64 id ≥ 2³² gives NaN).
       axis_name: the mesh axis (a name, or a tuple of names) the classes are sharded over.
       axis: the class axis of ``logits`` (default the last).
       label_smoothing: ε ∈ [0, 1]: t = (1 − ε)·onehot + ε/K, K the number of classes with
         a finite logit on all shards together (as `softmax_cross_entropy`).
-      class_weights: optional non-negative weights of this device's classes, shape
-        [C/S] (sharded like the logits): each token is weighted by its label's weight.
+      class_weights: optional non-negative weights w of this device's classes, shape
+        [C/S] (sharded like the logits), in PyTorch's convention above.
       ignore_index: optional class id whose tokens are dropped, as ``where=False``.
       where: optional boolean mask broadcastable to ``labels``; True keeps a token.
       weights: optional non-negative per-token weights broadcastable to ``labels``.
@@ -106,6 +163,7 @@ def vocab_parallel_cross_entropy(
       Shoeybi et al., "Megatron-LM: training multi-billion parameter language models
       using model parallelism" (2019), §3.
     """
+    C.check_ignore_index(ignore_index)
     x = C.as_float("logits", logits)
     axis = _class_axis(axis, x, "logits")
     labels = C.as_labels("labels", labels)
@@ -119,42 +177,63 @@ def vocab_parallel_cross_entropy(
         ) from None
     C.check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
     where, weights = C.prepare(batch, where, weights, reduction)
+    C.check_class_ids(labels, ignore_index, where)
     cw = _class_weights(class_weights, x.shape[axis])
+    v_local = x.shape[axis]
+    n_classes = v_local * axis_size(axis_name, "vocab_parallel_cross_entropy")
     dtype = C.compute_dtype(x)
     x = jnp.moveaxis(x.astype(dtype), axis, -1)
 
+    ignored = C.is_ignored(labels, ignore_index)
+    labels = _class_ids(labels, n_classes)  # int32, −1 for any id outside [0, C)
     keep = where
-    if ignore_index is not None:
-        valid = labels != ignore_index
-        keep = valid if keep is None else keep & valid
-        labels = jnp.where(valid, labels, 0)
+    if ignored is not None:
+        keep = ~ignored if keep is None else keep & ~ignored
     if keep is not None:
+        keep = jnp.broadcast_to(keep, batch)
+        labels = jnp.where(keep, labels, 0)  # a safe index; the token is dropped anyway
         x = C.keep(keep[..., None], x, 0.0)
 
-    v_local = x.shape[-1]
-    n_classes = v_local * lax.axis_size(axis_name)
     local = labels - lax.axis_index(axis_name) * v_local
     here = (local >= 0) & (local < v_local)
     local = jnp.clip(local, 0, v_local - 1)
-    valid = (labels >= 0) & (labels < n_classes)
+    valid = labels >= 0
 
     # The max only shifts the exponentials for stability; lse does not depend on it.
     m = lax.pmax(lax.stop_gradient(jnp.max(x, axis=-1)), axis_name)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     lse = m + jnp.log(lax.psum(jnp.sum(jnp.exp(x - m[..., None]), axis=-1), axis_name))
     picked = jnp.take_along_axis(x, local[..., None], axis=-1)[..., 0]
-    loss = lse - lax.psum(jnp.where(here, picked, 0.0), axis_name)
-    if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0):
-        finite = x != -jnp.inf
-        count = lax.psum(jnp.sum(finite, axis=-1).astype(dtype), axis_name)
-        total = lax.psum(jnp.sum(jnp.where(finite, x, 0.0), axis=-1), axis_name)
-        loss = (1.0 - label_smoothing) * loss + label_smoothing * (lse - total / count)
-    loss = jnp.where(valid, loss, jnp.nan)  # a class id outside [0, C) is never silent
+    omega = None
     if cw is not None:
-        omega = jnp.where(here, jnp.take(cw.astype(dtype), local), 0.0)
-        omega = jnp.where(valid, lax.psum(omega, axis_name), jnp.nan)
-        weights = omega if weights is None else weights * omega
-    return _reduce(loss, keep, weights, reduction, batch_axis_name)
+        cw = cw.astype(dtype)
+        omega = lax.psum(jnp.where(here, jnp.take(cw, local), 0.0), axis_name)
+        omega = jnp.where(valid, omega, jnp.nan)
+    stats = {}
+    if not _is_zero(label_smoothing):
+        # K, and Σ_c w_c, Σ_c w_c·z_c over the classes with a finite logit (w ≡ 1 without
+        # class weights), summed over the shards in one collective.
+        finite = x != -jnp.inf
+        z = jnp.where(finite, x, 0.0)
+        if cw is None:
+            parts = (jnp.sum(finite, axis=-1).astype(dtype), jnp.sum(z, axis=-1))
+            count, total = lax.psum(parts, axis_name)
+            stats = {"smooth_count": count, "smooth_logit_sum": total}
+        else:
+            mass = jnp.sum(jnp.where(finite, cw, 0.0), axis=-1)
+            parts = (jnp.sum(finite, axis=-1).astype(dtype), mass, z @ cw)
+            count, mass, total = lax.psum(parts, axis_name)
+            stats = {"smooth_count": count, "smooth_weight": mass, "smooth_logit_sum": total}
+    # The per-example formula every class-id cross-entropy shares (PyTorch's convention),
+    # −log p_y capped at the largest float for a label on a −inf class.
+    z_y = lax.psum(jnp.where(here, picked, 0.0), axis_name)
+    loss = class_id_cross_entropy(
+        lse, z_y, label_smoothing=label_smoothing, label_weight=omega, **stats
+    )
+    loss = jnp.where(valid, loss, jnp.nan)  # a class id outside [0, C) is never silent
+    if batch_axis_name is None:
+        return C.reduce(loss, where=keep, weights=weights, reduction=reduction, denominator=omega)
+    return _reduce(loss, keep, weights, reduction, batch_axis_name, omega)
 
 
 def vocab_parallel_fused_linear_cross_entropy(
@@ -178,6 +257,10 @@ def vocab_parallel_fused_linear_cross_entropy(
     """`fused_linear_cross_entropy` with the weight sharded along the vocabulary, in ``shard_map``.
 
         z = h·W_k (+ b_k) on device k,    ℓ as in `fused_linear_cross_entropy`
+
+    Outside ``shard_map`` it raises a ValueError saying what to do instead. No
+    ``class_weights`` (as `fused_linear_cross_entropy`); with ``reduction="mean"`` by
+    default for the same reason.
 
     For a tensor-parallel language-model head: each device along ``axis_name`` holds
     the columns [k·V/S, (k+1)·V/S) of the [D, V] weight (rows of a [V, D] embedding)
@@ -236,6 +319,6 @@ def vocab_parallel_fused_linear_cross_entropy(
         logit_soft_cap=logit_soft_cap,
         reduction=reduction,
         axis_name=axis_name,
-        n_shards=lax.axis_size(axis_name),
+        n_shards=axis_size(axis_name, "vocab_parallel_fused_linear_cross_entropy"),
     )
     return LV.reduce(cfg, h, w, b, y, keep, weights, batch, reduction, batch_axis_name)

@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxloss
 from tests.host_devices import difference
+from tests.torch_ce_reference import torch_cross_entropy
 
 N, D, V = 16, 8, 24  # tokens, hidden size, vocabulary: 8 tokens and 6 classes per shard
 
@@ -96,6 +97,40 @@ def check_vocab_parallel_cross_entropy(mesh, x):
         results[f"vocab_parallel_cross_entropy[{reduction}]"] = difference(
             value_and_grad(sharded, args_sharded), value_and_grad(unsharded, args)
         )
+    return results
+
+
+def check_torch_convention(mesh, x):
+    """Issue 10: logits sharded (data, model), every reduction, class weights, label smoothing
+    and ignore_index together, against PyTorch's documented formula (float64 numpy)."""
+    logits = np.where(np.isfinite(x["logits"]), x["logits"], -3.0)
+    results = {}
+    for reduction in ("none", "sum", "mean"):
+        for class_weights in (None, x["class_weights"]):
+            options = {"label_smoothing": 0.2, "ignore_index": -100, "reduction": reduction}
+            cw = {}
+            if class_weights is not None:
+                cw = {"class_weights": _put(mesh, P("model"), class_weights)}
+            specs = {k: P("model") for k in cw}
+
+            def local(z, y, cw, options=options):
+                return jaxloss.vocab_parallel_cross_entropy(
+                    z, y, axis_name="model", batch_axis_name="data", **cw, **options
+                )
+
+            f = jax.jit(
+                jax.shard_map(
+                    local,
+                    mesh=mesh,
+                    in_specs=(P("data", "model"), P("data"), specs),
+                    out_specs=P("data") if reduction == "none" else P(),
+                )
+            )
+            got = f(_put(mesh, P("data", "model"), logits), _put(mesh, P("data"), x["labels"]), cw)
+            want = torch_cross_entropy(logits, x["labels"], weight=class_weights, **options)
+            name = "class_weights" if class_weights is not None else "no_class_weights"
+            key = f"vocab_parallel_cross_entropy[torch,{name},{reduction}]"
+            results[key] = difference(got, want)
     return results
 
 
@@ -240,6 +275,7 @@ def main():
     if jax.device_count() == 8:
         mesh = jax.make_mesh((2, 4), ("data", "model"), (AxisType.Explicit,) * 2)
         report.update(check_vocab_parallel_cross_entropy(mesh, x))
+        report.update(check_torch_convention(mesh, x))
         report.update(check_vocab_parallel_fused(mesh, x))
         report.update(check_data_parallel(x))
     print(json.dumps(report))

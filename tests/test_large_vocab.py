@@ -16,6 +16,7 @@ from jax.test_util import check_grads
 
 import jaxloss
 from jaxloss import _large_vocab as LV
+from tests.torch_ce_reference import torch_cross_entropy
 
 N, D, V, CHUNK = 37, 16, 50, 8  # 37 tokens: four chunks of 8 and a tail of 5
 RNG = np.random.default_rng(0)
@@ -362,6 +363,9 @@ BAD_CALLS = [
      r"`reduction` must be one of"),
     (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, where=jnp.ones(3)), TypeError,
      r"`where` must be a boolean mask"),
+    # Issue 10: a non-int ignore_index.
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, ignore_index=True), TypeError,
+     r"`ignore_index` must be an int class id"),
 ]  # fmt: skip
 
 
@@ -371,3 +375,190 @@ def test_bad_input_errors_eagerly_and_under_jit(call, error, message):
         call()
     with pytest.raises(error, match=message):
         jax.jit(call)()
+
+
+# --------------------------------------------------------------------------------------
+# Issue 10: PyTorch's convention, −inf bias entries, narrow label dtypes, NaN weights
+# --------------------------------------------------------------------------------------
+
+_R = np.random.default_rng(10)
+H7 = _R.normal(size=(7, 4))  # 7 tokens, chunks of 3: two chunks and a tail of one
+W7 = _R.normal(size=(4, 6)) / 2.0
+B7 = _R.normal(size=6) * 0.5
+Y7 = _R.integers(0, 6, size=7)
+Y7_IGNORED = np.where(np.arange(7) % 3 == 1, -100, Y7)
+
+
+@pytest.mark.parametrize("ignore_index", [None, -100])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_torch_convention_every_combination(label_smoothing, ignore_index):
+    """Issue 10, parity: per token ("none"), "sum" and "mean" equal PyTorch's documented
+    cross_entropy (float64 reference from its formula). No class weights here: the fused
+    losses do not take them (softmax_cross_entropy does, on materialized logits)."""
+    labels = Y7 if ignore_index is None else Y7_IGNORED
+    for reduction in ("none", "sum", "mean"):
+        got = jaxloss.fused_linear_cross_entropy(
+            jnp.asarray(H7),
+            jnp.asarray(W7),
+            labels,
+            bias=jnp.asarray(B7),
+            chunk_size=3,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+        )
+        want = torch_cross_entropy(
+            H7 @ W7 + B7,
+            labels,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+        )
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+
+
+def _fused_and_materialized(bias, labels, reduction, **options):
+    """(fused, softmax_cross_entropy of the materialized logits) as functions of (h, W, b)."""
+
+    def fused_loss(h, w, b):
+        return jaxloss.fused_linear_cross_entropy(
+            h, w, labels, bias=b, chunk_size=3, reduction=reduction, **options
+        )
+
+    def materialized(h, w, b):
+        out = jaxloss.softmax_cross_entropy(h @ w + b, labels, reduction=reduction, **options)
+        return out
+
+    return fused_loss, materialized
+
+
+def _values_and_grads(f, args, n):
+    cotangent = jnp.linspace(0.5, 1.5, n)
+    scalar = lambda *a: jnp.sum(f(*a) * cotangent)  # noqa: E731
+    return jax.jit(f)(*args), jax.jit(jax.grad(scalar, argnums=(0, 1, 2)))(*args)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_minus_inf_bias_agrees_with_softmax_cross_entropy(label_smoothing, reduction):
+    """Issue 10, float64 review defect 5: a −inf bias entry with label smoothing gave inf per
+    token and smoothed over K = V classes. Now, as softmax_cross_entropy on the same logits:
+    the smoothing mass goes to the K finite classes, and a label on the −inf class gives the
+    largest float with zero gradient from −log p_y. Value and gradients, float64."""
+    bias = B7.copy()
+    bias[2] = -np.inf
+    labels = np.where(Y7 == 2, 0, Y7)
+    labels[4] = 2  # a token labelled with the impossible class
+    args = tuple(jnp.asarray(x) for x in (H7, W7, bias))
+    fused_loss, materialized = _fused_and_materialized(
+        bias, labels, reduction, label_smoothing=label_smoothing
+    )
+    got, got_grads = _values_and_grads(fused_loss, args, 7)
+    want, want_grads = _values_and_grads(materialized, args, 7)
+    assert np.isfinite(np.asarray(got)).all()
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert np.isfinite(np.asarray(g)).all()
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+    if reduction == "none":  # −log p_y capped at the largest float
+        big = np.finfo(np.float64).max
+        np.testing.assert_allclose(got[4], (1.0 - label_smoothing) * big, rtol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_forward_mode_is_finite_at_minus_inf_bias(reduction):
+    """Issue 10, optax #1762 (NaN tangents of a log-softmax at −inf logits): jax.jvp and
+    jax.jacfwd of the fused loss with −inf bias entries (label smoothing on) are finite and
+    equal reverse mode of softmax_cross_entropy on the materialized logits."""
+    bias = B7.copy()
+    bias[[1, 5]] = -np.inf
+    labels = np.where((Y7 == 1) | (Y7 == 5), 0, Y7)
+    h, w, b = (jnp.asarray(x) for x in (H7, W7, bias))
+    fused_loss, materialized = _fused_and_materialized(bias, labels, reduction, label_smoothing=0.1)
+    _, tangent = jax.jvp(fused_loss, (h, w, b), tuple(jnp.ones_like(x) for x in (h, w, b)))
+    assert np.isfinite(np.asarray(tangent)).all()
+    forward = jax.jit(jax.jacfwd(fused_loss, argnums=(0, 2)))(h, w, b)
+    reverse = jax.jit(jax.jacrev(materialized, argnums=(0, 2)))(h, w, b)
+    for fwd, rev in zip(forward, reverse, strict=True):
+        assert np.isfinite(np.asarray(fwd)).all()
+        np.testing.assert_allclose(fwd, rev, rtol=1e-10, atol=1e-12)
+
+
+def test_large_bias_with_ragged_chunks_has_finite_gradients():
+    """Issue 10, float64 review defect 10: reduction="none", a chunk that does not divide N
+    and a bias entry above log(float32 max) ≈ 88.7 gave NaN ∂b and ∂W (the padding rows of
+    the last chunk overflowed exp). Float32, against the materialized logits."""
+    bias = B7.astype(np.float32).copy()
+    bias[3] = 100.0
+    args = tuple(jnp.asarray(x, jnp.float32) for x in (H7, W7, bias))
+    fused_loss, materialized = _fused_and_materialized(bias, Y7, "none")
+    got, got_grads = _values_and_grads(fused_loss, args, 7)
+    want, want_grads = _values_and_grads(materialized, args, 7)
+    assert_close(got, want, 1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert np.isfinite(np.asarray(g)).all()
+        assert_close(g, w, 1e-5)
+
+
+@pytest.mark.parametrize(
+    "dtype, v, ids",
+    [(jnp.uint8, 260, [3, 200]), (jnp.int16, 50257, [7, 30000]), (jnp.uint16, 50257, [9, 50000])],
+)
+def test_narrow_label_dtypes(dtype, v, ids):
+    """Issue 10, float64 review defect 3: with V beyond the labels' dtype (uint8 and V = 260,
+    int16 and V = 50257) the bound wrapped and valid labels gave NaN. Uniform logits: log V."""
+    labels = jnp.asarray(ids, dtype)
+    for reduction in ("none", "mean"):
+        got = jaxloss.fused_linear_cross_entropy(
+            jnp.ones((2, 2), jnp.float32),
+            jnp.zeros((2, v), jnp.float32),
+            labels,
+            reduction=reduction,
+        )
+        np.testing.assert_allclose(got, np.full(got.shape, np.log(v)), rtol=1e-6)
+    out = jaxloss.fused_linear_cross_entropy(
+        jnp.ones((2, 2), jnp.float32),
+        jnp.zeros((2, v), jnp.float32),
+        labels,
+        ignore_index=ids[1],
+        reduction="none",
+    )
+    np.testing.assert_allclose(out, [np.log(v), 0.0], rtol=1e-6)
+
+
+def test_64_bit_labels_beyond_the_vocabulary_give_nan():
+    """Issue 10, float64 review defect 3: an int64 (or uint64) id ≥ 2³² must be out of
+    range (NaN), never wrap into another class."""
+    for dtype in (jnp.int64, jnp.uint64, jnp.uint32):
+        big = 2**32 + 3 if dtype != jnp.uint32 else 2**31 + 3
+        labels = jnp.asarray([3, big], dtype)
+        out = jaxloss.fused_linear_cross_entropy(
+            jnp.asarray(H7[:2]), jnp.asarray(W7), labels, reduction="none"
+        )
+        assert np.isfinite(out[0]) and np.isnan(out[1])
+
+
+def test_mean_with_a_nan_weight_is_nan():
+    """Issue 10, float64 review defect 2: "mean" returned 0 when a weight was NaN (the
+    count turned NaN and the guard for an empty mask mapped it to 0)."""
+    weights = jnp.asarray([1.0, np.nan, 1.0, 1.0, 1.0, 1.0, 1.0])
+    out = jaxloss.fused_linear_cross_entropy(
+        jnp.asarray(H7), jnp.asarray(W7), Y7, weights=weights, chunk_size=3
+    )
+    assert np.isnan(out)
+    nothing = jaxloss.fused_linear_cross_entropy(
+        jnp.asarray(H7), jnp.asarray(W7), Y7, where=jnp.zeros(7, bool), chunk_size=3
+    )
+    assert nothing == 0.0
+
+
+def test_negative_ids_without_ignore_index_raise_when_concrete():
+    """Issue 10, silent-wrong-answer item 3 for the fused loss: PyTorch's −100 padding without
+    ``ignore_index`` raises where the labels are concrete; under jit the documented NaN stays."""
+    labels = jnp.array([0, -100, 2])
+    with pytest.raises(ValueError, match=r"negative class ids \[-100\].*`ignore_index=-100`"):
+        jaxloss.fused_linear_cross_entropy(h3, w34, labels)
+    out = jax.jit(lambda y: jaxloss.fused_linear_cross_entropy(h3, w34, y, reduction="none"))(
+        labels
+    )
+    assert np.isnan(out[1]) and np.isfinite(out[0]) and np.isfinite(out[2])

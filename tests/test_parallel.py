@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxloss
 from tests.host_devices import run_script
+from tests.torch_ce_reference import torch_cross_entropy
 
 MESH = jax.sharding.Mesh(jax.devices()[:1], ("model",))
 
@@ -23,6 +24,11 @@ def eight_device_report():
 
 
 SHARDED_CHECKS = [
+    *(
+        f"vocab_parallel_cross_entropy[torch,{cw},{reduction}]"
+        for cw in ("class_weights", "no_class_weights")
+        for reduction in ("none", "sum", "mean")
+    ),
     "vocab_parallel_cross_entropy[none]",
     "vocab_parallel_cross_entropy[mean]",
     "vocab_parallel_fused_linear_cross_entropy[dense,mean]",
@@ -154,3 +160,199 @@ def test_bad_input_errors_inside_shard_map(call, error, message):
         run()
     with pytest.raises(error, match=message):
         jax.jit(run)()
+
+
+# --------------------------------------------------------------------------------------
+# Issue 10: PyTorch's convention, −inf classes, narrow label dtypes, NaN, outside shard_map
+# --------------------------------------------------------------------------------------
+
+_R = np.random.default_rng(10)
+Z = _R.normal(size=(6, 5)) * 2.0
+Y = _R.integers(0, 5, size=6)
+Y_IGNORED = np.where(np.arange(6) % 3 == 2, -100, Y)
+CW = _R.random(5) + 0.3
+
+
+@functools.cache
+def _vp(options, with_class_weights):
+    """vocab_parallel_cross_entropy on the one-device mesh: f(logits, labels[, class_weights])."""
+
+    def local(z, y, *cw):
+        cw = {"class_weights": cw[0]} if cw else {}
+        return jaxloss.vocab_parallel_cross_entropy(z, y, axis_name="model", **cw, **dict(options))
+
+    specs = (P(None, "model"), P()) + ((P("model"),) if with_class_weights else ())
+    return jax.jit(jax.shard_map(local, mesh=MESH, in_specs=specs, out_specs=P()))
+
+
+@pytest.mark.parametrize("ignore_index", [None, -100])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("class_weights", [None, "given"])
+def test_torch_convention_every_combination(class_weights, label_smoothing, ignore_index):
+    """Issue 10, parity: per token ("none"), "sum" and "mean" equal PyTorch's documented
+    cross_entropy (float64 reference from its formula), with the smoothing term of class c
+    weighted by w[c] and "mean" divided by Σ w[y] over the kept tokens."""
+    labels = Y if ignore_index is None else Y_IGNORED
+    extra = () if class_weights is None else (CW,)
+    for reduction in ("none", "sum", "mean"):
+        options = (
+            ("ignore_index", ignore_index),
+            ("label_smoothing", label_smoothing),
+            ("reduction", reduction),
+        )
+        got = _vp(options, bool(extra))(Z, labels, *extra)
+        want = torch_cross_entropy(
+            Z,
+            labels,
+            weight=None if class_weights is None else CW,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+        )
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+
+
+@functools.cache
+def _vp_fused(options):
+    def local(h, w, b, y):
+        return jaxloss.vocab_parallel_fused_linear_cross_entropy(
+            h, w, y, bias=b, axis_name="model", chunk_size=4, **dict(options)
+        )
+
+    specs = (P(), P(None, "model"), P("model"), P())
+    return jax.jit(jax.shard_map(local, mesh=MESH, in_specs=specs, out_specs=P()))
+
+
+H6 = _R.normal(size=(6, 3))
+W6 = _R.normal(size=(3, 5))
+B6 = _R.normal(size=5) * 0.3
+
+
+@pytest.mark.parametrize("ignore_index", [None, -100])
+def test_fused_torch_convention(ignore_index):
+    """Issue 10, parity for vocab_parallel_fused_linear_cross_entropy (no class weights: it
+    does not take them), label smoothing on, every reduction, against PyTorch's formula."""
+    labels = Y if ignore_index is None else Y_IGNORED
+    for reduction in ("none", "sum", "mean"):
+        options = (
+            ("ignore_index", ignore_index),
+            ("label_smoothing", 0.2),
+            ("reduction", reduction),
+        )
+        got = _vp_fused(options)(H6, W6, B6, labels)
+        want = torch_cross_entropy(
+            H6 @ W6 + B6,
+            labels,
+            ignore_index=ignore_index,
+            label_smoothing=0.2,
+            reduction=reduction,
+        )
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: jaxloss.vocab_parallel_cross_entropy(
+            jnp.zeros((3, 4)), jnp.zeros(3, int), axis_name="model"
+        ),
+        lambda: jaxloss.vocab_parallel_fused_linear_cross_entropy(
+            jnp.zeros((3, 2)), jnp.zeros((2, 4)), jnp.zeros(3, int), axis_name="model"
+        ),
+    ],
+    ids=["vocab_parallel_cross_entropy", "vocab_parallel_fused_linear_cross_entropy"],
+)
+def test_outside_shard_map_says_what_to_do(call):
+    """Issue 10, silent-wrong-answer item 4: outside shard_map the functions raised JAX's
+    NameError "unbound axis name"; now an error that says how to call them instead."""
+    message = r"inside `jax.shard_map` over a mesh with that axis.*For unsharded inputs use"
+    with pytest.raises(ValueError, match=message):
+        call()
+    with pytest.raises(ValueError, match=message):
+        jax.jit(call)()
+
+
+def test_mean_is_nan_for_a_nan_weight_or_an_out_of_range_label():
+    """Issue 10, float64 review defect 2: "mean" returned 0 instead of NaN when a weight was
+    NaN, or when an out-of-range label (with class weights) poisoned the count."""
+
+    def local(z, y, w, cw):
+        return jaxloss.vocab_parallel_cross_entropy(
+            z, y, axis_name="model", weights=w, class_weights=cw, reduction="mean"
+        )
+
+    f = jax.jit(
+        jax.shard_map(
+            local, mesh=MESH, in_specs=(P(None, "model"), P(), P(), P("model")), out_specs=P()
+        )
+    )
+    nan_weight = np.ones(6)
+    nan_weight[2] = np.nan
+    assert np.isnan(f(Z, Y, nan_weight, CW))
+    bad_label = Y.copy()
+    bad_label[1] = 5
+    assert np.isnan(f(Z, bad_label, np.ones(6), CW))
+    assert np.isfinite(f(Z, Y, np.ones(6), CW))
+
+
+@pytest.mark.parametrize(
+    "dtype, v, ids", [(jnp.uint8, 260, [3, 200]), (jnp.int16, 50257, [7, 30000])]
+)
+def test_narrow_label_dtypes(dtype, v, ids):
+    """Issue 10, float64 review defect 3: uint8 labels with V = 260 and int16 labels with
+    V = 50257 gave NaN for valid ids (the bound wrapped). Uniform logits: log V."""
+    f = _vp((("reduction", "none"),), False)
+    out = f(jnp.zeros((2, v), jnp.float32), jnp.asarray(ids, dtype))
+    np.testing.assert_allclose(out, [np.log(v)] * 2, rtol=1e-6)
+    big = f(jnp.zeros((2, 6), jnp.float32), jnp.asarray([3, 2**32 + 3], jnp.int64))
+    assert np.isfinite(big[0]) and np.isnan(big[1])
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_label_on_a_minus_inf_class_agrees_with_softmax_cross_entropy(label_smoothing):
+    """Issue 10, float64 review defect 5: the label on a −inf class gave inf with gradient −1;
+    now the largest float (times 1 − ε) and zero gradient from −log p_y, as
+    softmax_cross_entropy; smoothing spreads over the finite classes only."""
+    z = Z.copy()
+    z[0, 3] = z[4, 1] = -np.inf
+    labels = Y.copy()
+    labels[0] = 3
+    labels[4] = 1
+    options = (("label_smoothing", label_smoothing), ("reduction", "none"))
+    f = _vp(options, False)
+    got = f(z, labels)
+    want = jaxloss.softmax_cross_entropy(z, labels, label_smoothing=label_smoothing)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_allclose(got[0], (1 - label_smoothing) * np.finfo(np.float64).max)
+    cotangent = jnp.linspace(0.5, 1.5, 6)
+    grad = jax.grad(lambda z: jnp.sum(f(z, labels) * cotangent))(z)
+    want_grad = jax.grad(
+        lambda z: jnp.sum(
+            jaxloss.softmax_cross_entropy(z, labels, label_smoothing=label_smoothing) * cotangent
+        )
+    )(z)
+    assert np.isfinite(np.asarray(grad)).all()
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-12, atol=1e-14)
+    if label_smoothing == 0:
+        assert np.all(np.asarray(grad)[[0, 4]] == 0)
+
+
+def test_forward_mode_is_finite_at_minus_inf_logits():
+    """Issue 10, optax #1762 (NaN forward-mode tangents of a weighted log-softmax at −inf
+    logits): jax.jacfwd (a vmap of jax.jvp) of both vocab-parallel losses, label smoothing
+    and class weights on, is finite there and equals reverse mode."""
+    z = Z.copy()
+    z[0, 3] = z[4, 1] = -np.inf
+    options = (("label_smoothing", 0.1), ("reduction", "none"))
+    f = lambda z: _vp(options, True)(z, Y, CW)  # noqa: E731
+    forward, reverse = jax.jit(jax.jacfwd(f))(z), jax.jit(jax.jacrev(f))(z)
+    assert np.isfinite(np.asarray(forward)).all()
+    np.testing.assert_allclose(forward, reverse, rtol=1e-12, atol=1e-14)
+
+    bias = B6.copy()
+    bias[2] = -np.inf
+    labels = np.where(Y == 2, 0, Y)
+    g = lambda b: _vp_fused(options)(H6, W6, b, labels)  # noqa: E731
+    forward, reverse = jax.jit(jax.jacfwd(g))(bias), jax.jit(jax.jacrev(g))(bias)
+    assert np.isfinite(np.asarray(forward)).all()
+    np.testing.assert_allclose(forward, reverse, rtol=1e-12, atol=1e-14)
