@@ -258,6 +258,8 @@ def class_id_cross_entropy(
         loss = label_weight * loss
     if _is_zero(label_smoothing):
         return loss
+    # Internal invariant: the callers pass the statistics whenever ε ≠ 0.
+    assert smooth_count is not None and smooth_logit_sum is not None
     weight = smooth_count if smooth_weight is None else smooth_weight
     smooth = (weight * lse - smooth_logit_sum) / smooth_count
     return (1.0 - label_smoothing) * loss + label_smoothing * smooth

@@ -17,6 +17,8 @@ ever holds all of ``y`` or a [b, B] block of logits.
 from __future__ import annotations
 
 import functools
+from collections.abc import Hashable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +61,7 @@ def _pair(x, y, where, weights, reduction, scalars):
     return x.astype(dtype), y.astype(dtype), where, weights, dtype
 
 
-def _scalar(name: str, value: ArrayLike, dtype) -> jax.Array:
+def _scalar(name: str, value: ArrayLike | None, dtype) -> jax.Array:
     arr = C.as_float(name, value, allow_int=True)
     if arr.ndim != 0:
         raise ValueError(
@@ -87,7 +89,7 @@ def _similarity(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum("...id,...jd->...ij", a, b, precision=lax.Precision.HIGHEST)
 
 
-def _explicit_batch(x: jax.Array, name: str = "x"):
+def _explicit_batch(x: jax.Array, name: str = "x") -> tuple[Any, Any] | None:
     """``(mesh, axes)`` if x's batch axis (−2) is sharded over explicit mesh axes, else None.
 
     Under plain ``jit`` a batch sharded that way has no legal sharding for the B × B
@@ -96,7 +98,7 @@ def _explicit_batch(x: jax.Array, name: str = "x"):
     sharding = getattr(jax.typeof(x), "sharding", None)
     mesh = getattr(sharding, "mesh", None)
     types = getattr(mesh, "axis_types", ())
-    if not any(t == jax.sharding.AxisType.Explicit for t in types):
+    if sharding is None or not any(t == jax.sharding.AxisType.Explicit for t in types):
         return None
     spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
     if all(entry is None for entry in spec):
@@ -145,7 +147,7 @@ def _varying(x: jax.Array, axis_name) -> jax.Array:
     """``x`` typed as varying over ``axis_name`` inside ``shard_map`` (a no-op if it is)."""
     names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
     aval = jax.typeof(x)
-    vma = getattr(aval, "vma", None)  # the varying mesh axes: `vma` before JAX 0.10
+    vma: Any = getattr(aval, "vma", None)  # the varying mesh axes: `vma` before JAX 0.10
     if vma is None:
         vma = getattr(getattr(aval, "mat", None), "varying", frozenset())
     missing = tuple(a for a in names if a not in vma)
@@ -261,7 +263,7 @@ def clip_loss(
     temperature: ArrayLike | None = None,
     logit_scale: ArrayLike | None = None,
     normalize: bool = True,
-    batch_axis_name=None,
+    batch_axis_name: Hashable | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
@@ -439,7 +441,7 @@ def siglip_loss(
     logit_scale: ArrayLike,
     logit_bias: ArrayLike,
     normalize: bool = True,
-    batch_axis_name=None,
+    batch_axis_name: Hashable | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,7 @@ import numpy as np
 REDUCTIONS = ("none", "sum", "mean")
 
 Array = jax.Array
-ArrayLike = Any
+ArrayLike = jax.typing.ArrayLike
 
 
 def _describe(x: Any) -> str:
@@ -51,7 +51,7 @@ def compute_dtype(*arrays: Array) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def as_float(name: str, x: ArrayLike, *, allow_int: bool = False) -> Array:
+def as_float(name: str, x: ArrayLike | None, *, allow_int: bool = False) -> Array:
     """``x`` as a floating array; integers only where ``allow_int`` (e.g. targets, counts)."""
     if x is None:
         raise TypeError(f"`{name}` is required, got None.")
@@ -302,7 +302,7 @@ def float_inputs(
     allow_int: Sequence[str] = (),
     symmetric: bool = False,
     **named: ArrayLike | None,
-) -> tuple[list[Array | None], Array | None, Array | None]:
+) -> tuple[list[Any], Array | None, Array | None]:
     """Validate and convert the floating inputs of an elementwise loss in one call.
 
     Each named input (``None`` passes through) becomes an array of the compute dtype
@@ -323,6 +323,12 @@ def float_inputs(
     return [None if a is None else a.astype(dtype) for a in arrays.values()], where, weights
 
 
+@overload
+def keep(where: Array | None, x: Array, fill: float) -> Array: ...
+@overload
+def keep(where: Array | None, x: None, fill: float) -> None: ...
+@overload
+def keep(where: Array | None, x: Array | None, fill: float) -> Array | None: ...
 def keep(where: Array | None, x: Array | None, fill: float) -> Array | None:
     """``x`` with masked-out entries replaced by ``fill``, so their gradient is exactly 0.
 
@@ -373,10 +379,14 @@ def reduce(
         d = jnp.broadcast_to(denominator.astype(loss.dtype), loss.shape)
         if where is not None:
             d = jnp.where(mask, d, 0)
-    if w is None and d is None:
-        count = jnp.asarray(loss.size, loss.dtype)
+    if w is not None and d is not None:
+        count = jnp.sum(w * d)
+    elif w is not None:
+        count = jnp.sum(w)
+    elif d is not None:
+        count = jnp.sum(d)
     else:
-        count = jnp.sum(w if d is None else d if w is None else w * d)
+        count = jnp.asarray(loss.size, loss.dtype)
     # `count == 0`, not `count > 0`: a NaN count must reach the result, not select 0.
     empty = count == 0
     return jnp.where(empty, 0, total / jnp.where(empty, 1, count)).astype(loss.dtype)

@@ -467,6 +467,7 @@ def policy_gradient_loss(
         per_sequence = _safe_mean(jnp.sum(per_token, axis=-1), jnp.sum(mask, axis=-1))
         loss = jnp.sum(per_sequence) / n_sequences
     else:
+        assert max_length is not None  # checked above for "sequence_sum_normalized"
         loss = jnp.sum(per_token) / (n_sequences * max_length)
     loss = loss.astype(dtype)
     if not return_metrics:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -362,7 +363,8 @@ def _weighted_sum_jvp(cfg: Config, primals, tangents):
     loss, gh, gw, gb = _loss_and_grads(cfg, h, w, b, labels, scale, need)
     out = jnp.sum(scale * loss)
     parts = [_vdot(g, d) for g, d in zip((gh, gw, gb), (dh, dw, db), strict=True) if g is not None]
-    tangent = _psum(cfg, sum(parts)) if parts else jnp.zeros_like(out)
+    # A sum of arrays is an array (`sum` starts at the int 0, which typeshed keeps).
+    tangent = _psum(cfg, cast(jax.Array, sum(parts))) if parts else jnp.zeros_like(out)
     if not _zero(dscale):
         tangent = tangent + _vdot(loss, dscale)
     return out, tangent
@@ -594,7 +596,7 @@ def _explicit_mesh(*arrays):
     for x in arrays:
         sharding = getattr(jax.typeof(x), "sharding", None) if isinstance(x, jax.Array) else None
         spec = getattr(sharding, "spec", None)
-        if spec is not None and any(entry is not None for entry in spec):
+        if sharding is not None and spec is not None and any(e is not None for e in spec):
             return sharding.mesh
     return None
 
@@ -672,7 +674,7 @@ def fused_linear_cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     logit_soft_cap: float | None = None,
-    batch_axis_name=None,
+    batch_axis_name: Hashable | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
     """Softmax cross-entropy of ``hidden @ weight (+ bias)``, never forming all the logits.
@@ -798,7 +800,7 @@ def fused_linear_cross_entropy(
       the chunked linear cross-entropy; Chowdhery et al., "PaLM" (2022), §5, for the
       z-loss; Gemma Team, "Gemma 2" (2024), for logit soft-capping.
     """
-    options = dict(
+    options: dict[str, Any] = dict(
         weight_layout=weight_layout,
         chunk_size=chunk_size,
         ignore_index=ignore_index,

@@ -10,6 +10,8 @@ move, and the gradient of each shard's logits is computed on that shard.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -80,14 +82,14 @@ def vocab_parallel_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
     *,
-    axis_name,
+    axis_name: Hashable,
     axis: int = -1,
     label_smoothing: float = 0.0,
     class_weights: ArrayLike | None = None,
     ignore_index: int | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
-    batch_axis_name=None,
+    batch_axis_name: Hashable | None = None,
     reduction: str = "none",
 ) -> jax.Array:
     """Softmax cross-entropy of logits sharded along the vocabulary, inside ``shard_map``.
@@ -241,8 +243,8 @@ def vocab_parallel_fused_linear_cross_entropy(
     weight: ArrayLike,
     labels: ArrayLike,
     *,
-    axis_name,
-    batch_axis_name=None,
+    axis_name: Hashable,
+    batch_axis_name: Hashable | None = None,
     bias: ArrayLike | None = None,
     weight_layout: str = "dense",
     chunk_size: int | None = None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TypeGuard
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,7 @@ DPO_LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo")
 # --------------------------------------------------------------------------------------
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 

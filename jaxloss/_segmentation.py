@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -128,7 +129,7 @@ def tversky_loss(
     *,
     alpha: float = 0.5,
     beta: float = 0.5,
-    axis,
+    axis: int | Sequence[int],
     smooth: float = 1.0,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
@@ -188,7 +189,7 @@ def dice_loss(
     probs: ArrayLike,
     targets: ArrayLike,
     *,
-    axis,
+    axis: int | Sequence[int],
     smooth: float = 1.0,
     class_weights: ArrayLike | None = None,
     where: ArrayLike | None = None,
@@ -246,7 +247,7 @@ def jaccard_loss(
     probs: ArrayLike,
     targets: ArrayLike,
     *,
-    axis,
+    axis: int | Sequence[int],
     smooth: float = 1.0,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
@@ -284,7 +285,7 @@ def generalized_dice_loss(
     probs: ArrayLike,
     targets: ArrayLike,
     *,
-    axis,
+    axis: int | Sequence[int],
     class_axis: int = -1,
     smooth: float = 1e-5,
     where: ArrayLike | None = None,

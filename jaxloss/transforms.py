@@ -38,7 +38,8 @@ _NO_PARAMS = (
 class RegularizerState(NamedTuple):
     """State of the jaxloss transforms: the number of updates so far (for schedules)."""
 
-    count: jax.Array
+    # Shadows tuple.count, as optax's states' `count` fields do; the name is public API.
+    count: jax.Array  # type: ignore[assignment]
 
 
 def _value(x: optax.ScalarOrSchedule, count: jax.Array) -> Any:
