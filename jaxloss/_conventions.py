@@ -311,7 +311,7 @@ def float_inputs(
     `loss_shape`). ``symmetric=True`` is for inputs with no prediction among them (the
     two sides of a divergence): the loss has their broadcast shape, which must be the
     shape of one of them. Returns ``(arrays, where, weights)`` with the arrays in the
-    order given.
+    order given (typed ``Any``: which entries are None depends on the call).
     """
     arrays = {
         k: None if v is None else as_float(k, v, allow_int=k in allow_int) for k, v in named.items()
