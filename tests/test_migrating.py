@@ -523,7 +523,7 @@ def _():
     # alpha=0.25 (a constant factor), gamma=2, from_logits=True: −Σ α y (1 − p)^γ log p
     p = special.softmax(Z, axis=-1)
     ref = np.mean(-(0.25 * ONE_HOT * (1 - p) ** 2 * np.log(p)).sum(-1))
-    return 0.25 * jaxloss.softmax_focal_loss(Z, IDS, gamma=2.0, reduction="mean"), ref
+    return 0.25 * jaxloss.softmax_focal_loss(Z, ONE_HOT, gamma=2.0, reduction="mean"), ref
 
 
 @row("keras-KLDivergence")
