@@ -186,6 +186,7 @@ def _weighted_binary_logit_nll_jvp(primals, tangents):
 weighted_binary_logit_nll.defjvp(_weighted_binary_logit_nll_jvp, symbolic_zeros=True)
 
 
+@jax.custom_jvp
 def _log_ratio(p: jax.Array, q: jax.Array) -> jax.Array:
     """log(p/q) for p > 0, q ≥ 0, to within ε·|p − q|/min(p, q) (one divide, one log1p).
 
@@ -193,9 +194,27 @@ def _log_ratio(p: jax.Array, q: jax.Array) -> jax.Array:
     −log1p((q − p)/p) for p < q. The difference is exact for p within a factor 2 of q
     (Sterbenz), and the argument of log1p is never near −1, where (p − q)/q would round
     to −1 for p < ε·q and give −∞.
+
+    The derivatives are those of log p − log q, 1/p and −1/q, written out: the automatic
+    ones of sign(d)·log1p(|d|/m) are 0 at p = q (sign′ = 0 and sign(0) = 0), which made
+    every second derivative of KL vanish where p = q (issue 10, item 1).
     """
     d = p - q
     return jnp.sign(d) * jnp.log1p(jnp.abs(d) / jnp.minimum(p, q))
+
+
+def _log_ratio_jvp(primals, tangents):
+    p, q = primals
+    dp, dq = tangents
+    tangent = jnp.zeros(jnp.broadcast_shapes(p.shape, q.shape), jnp.result_type(p, q))
+    if not isinstance(dp, SymbolicZero):
+        tangent = tangent + dp / p
+    if not isinstance(dq, SymbolicZero):
+        tangent = tangent - dq / q
+    return _log_ratio(p, q), tangent
+
+
+_log_ratio.defjvp(_log_ratio_jvp, symbolic_zeros=True)
 
 
 @jax.custom_jvp
