@@ -33,6 +33,20 @@ def log_cosh(x: jax.Array) -> jax.Array:
     return jnp.logaddexp(x, -x) - LOG_2
 
 
+@jax.custom_jvp
+def abs0(x: jax.Array) -> jax.Array:
+    """|x| with the derivative sign(x), which is 0 at x = 0 (the zero subgradient).
+
+    JAX differentiates ``jnp.abs`` at 0 as +1 (a select on x ≥ 0), so an exact zero of a
+    residual or a weight would be pushed away by the L1 term's gradient; 0 is the
+    minimum-norm subgradient the docs promise, and the fixed point of a descent step.
+    """
+    return jnp.abs(x)
+
+
+abs0.defjvp(lambda primals, tangents: (abs0(primals[0]), jnp.sign(primals[0]) * tangents[0]))
+
+
 def scale_and_log_scale(
     scale: jax.Array | None, log_scale: jax.Array | None, dtype: jnp.dtype
 ) -> tuple[jax.Array, jax.Array]:

@@ -88,7 +88,7 @@ def absolute_error(
         where, weights, reduction, allow_int=("targets",), predictions=predictions, targets=targets
     )
     diff = C.keep(where, predictions - targets, 0.0)
-    return C.reduce(jnp.abs(diff), where=where, weights=weights, reduction=reduction)
+    return C.reduce(N.abs0(diff), where=where, weights=weights, reduction=reduction)
 
 
 def huber(
@@ -286,7 +286,7 @@ def laplace_nll(
     z, log_scale, where, weights = _location_scale_inputs(
         "loc", loc, targets, scale, log_scale, where, weights, reduction
     )
-    loss = jnp.abs(z) + log_scale
+    loss = N.abs0(z) + log_scale
     if full:
         loss = loss + N.LOG_2
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
