@@ -192,8 +192,8 @@ def _location_scale_inputs(loc_name, loc, targets, scale, log_scale, where, weig
     residual = C.keep(where, targets - loc, 0.0)
     scale = C.keep(where, scale, 1.0)
     log_scale = C.keep(where, log_scale, 0.0)
-    inv_scale, log_scale = N.scale_and_log_scale(scale, log_scale, residual.dtype)
-    return residual * inv_scale, log_scale, where, weights
+    z, log_scale = N.standardize(residual, scale, log_scale)
+    return z, log_scale, where, weights
 
 
 def gaussian_nll(
@@ -340,13 +340,22 @@ def student_t_nll(
     C.broadcast_shape(df=df_arr, loss=z)
     nu = C.keep(where, df_arr.astype(z.dtype), 1.0)
     half_nu1 = 0.5 * (nu + 1.0)
-    loss = (
-        gammaln(0.5 * nu)
-        - gammaln(half_nu1)
-        + 0.5 * (jnp.log(nu) + N.LOG_PI)
-        + log_scale
-        + half_nu1 * jnp.log1p(jnp.square(z) / nu)
+    # log Γ(ν/2) − log Γ((ν+1)/2) + ½ log(νπ) = ½ log 2π − A(ν/2) with A(x) = log Γ(x + ½)
+    # − log Γ(x) − ½ log x, which is −1/(8x) + O(x⁻³) and is computed without the
+    # cancellation of the two log-gammas (N.log_gamma_half_ratio).
+    # (ν+1)/2 · log1p(u), u = z²/ν, → z²/2 as ν → ∞; for u < 0.1 it is written as
+    # ½z²(1 + 1/ν) − (ν+1)/2 · (u − log1p u) so that its ν-derivative, of order u², is
+    # not the difference of two terms of order u (N.log1p_minus).
+    z2 = jnp.square(z)
+    u = z2 / nu
+    small = u < 0.1
+    us, ub = jnp.where(small, u, 0.0), jnp.where(small, 1.0, u)
+    tail = jnp.where(
+        small,
+        0.5 * z2 * (1.0 + 1.0 / nu) - half_nu1 * N.log1p_minus(us),
+        half_nu1 * jnp.log1p(ub),
     )
+    loss = N.HALF_LOG_2PI - N.log_gamma_half_ratio(0.5 * nu) + log_scale + tail
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 
