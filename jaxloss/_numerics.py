@@ -30,8 +30,17 @@ def log_base_factor(base: float | None) -> float:
 
 
 def log_cosh(x: jax.Array) -> jax.Array:
-    """log(cosh x) without overflow: logaddexp(x, −x) − log 2 (smooth at every x)."""
-    return jnp.logaddexp(x, -x) - LOG_2
+    """log(cosh x) without overflow and with full relative accuracy at every x.
+
+    logaddexp(x, −x) − log 2 never overflows but cancels for small |x| (7 % error at
+    1e-3 and 0 for |x| ≤ 1e-4 in float32, where log cosh x ≈ x²/2); for |x| < 1 the
+    identity cosh x − 1 = 2 sinh²(x/2) gives log1p(2 sinh²(x/2)), which does not cancel.
+    Both forms are smooth (derivative tanh x) and each sees only inputs it is safe for.
+    """
+    small = jnp.abs(x) < 1.0
+    s = jnp.sinh(jnp.where(small, x, 0.0) * 0.5)
+    xb = jnp.where(small, 1.0, x)
+    return jnp.where(small, jnp.log1p(2.0 * s * s), jnp.logaddexp(xb, -xb) - LOG_2)
 
 
 @jax.custom_jvp

@@ -152,8 +152,9 @@ def log_cosh(
 
         ℓ = log cosh(ŷ − y)
 
-    Computed as logaddexp(r, −r) − log 2, which never overflows (cosh does at |r| ≈ 89
-    in float32) and is smooth everywhere; its gradient is tanh(r).
+    Computed as log1p(2 sinh²(r/2)) for |r| < 1 (accurate to a few ulp relative, also
+    where it is ≈ ½r²) and as logaddexp(r, −r) − log 2 elsewhere, which never overflows
+    (cosh does at |r| ≈ 89 in float32); smooth everywhere, its gradient is tanh(r).
 
     Args:
       predictions: ŷ, floating array of any shape.
