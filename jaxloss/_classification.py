@@ -589,8 +589,11 @@ def sigmoid_focal_loss(
     )
     z = C.keep(where, logits, 0.0)
     y = C.keep(where, labels, 0.0)
+    gamma = C.keep(where, gamma, 0.0)
+    alpha = C.keep(where, alpha, 0.5)
     loss = N.binary_logit_nll(z, y)
-    log_not_pt = jnp.logaddexp(jnp.log(y) - jax.nn.softplus(z), jnp.log1p(-y) - jax.nn.softplus(-z))
+    # 1 − p_t = y·σ(−z) + (1 − y)·σ(z), in log space; finite gradient in y at 0 and 1.
+    log_not_pt = N.log_mixture(y, -jax.nn.softplus(z), -jax.nn.softplus(-z))
     loss = jnp.exp(gamma * log_not_pt) * loss
     if alpha is not None:
         loss = (alpha * y + (1.0 - alpha) * (1.0 - y)) * loss

@@ -291,6 +291,40 @@ weighted_binary_logit_nll.defjvp(_weighted_binary_logit_nll_jvp, symbolic_zeros=
 
 
 @jax.custom_jvp
+def log_mixture(y: jax.Array, log_a: jax.Array, log_b: jax.Array) -> jax.Array:
+    """log(y·a + (1 − y)·b) from log a and log b, for a mixing weight y ∈ [0, 1].
+
+    As logaddexp(log y + log a, log(1 − y) + log b) with log 0 = −∞ taken exactly at the
+    hard weights y = 0 and y = 1. The derivatives are written out, (a − b)/m in y and
+    y·a/m, (1 − y)·b/m in log a and log b (m the mixture): the automatic ones pass
+    through 1/y and are 0·∞ = NaN at y = 0 (and at y = 1). The y-derivative is capped at
+    the largest float, where it overflows only because m underflowed.
+    """
+    ly = jnp.where(y > 0, jnp.log(jnp.where(y > 0, y, 1.0)), -jnp.inf)
+    l1y = jnp.where(y < 1, jnp.log1p(-jnp.where(y < 1, y, 0.0)), -jnp.inf)
+    return jnp.logaddexp(ly + log_a, l1y + log_b)
+
+
+def _log_mixture_jvp(primals, tangents):
+    y, log_a, log_b = primals
+    dy, da, db = tangents
+    out = log_mixture(y, log_a, log_b)
+    tangent = jnp.zeros_like(out)
+    ra, rb = jnp.exp(log_a - out), jnp.exp(log_b - out)
+    if not isinstance(dy, SymbolicZero):
+        big = jnp.finfo(out.dtype).max
+        tangent = tangent + jnp.clip(ra - rb, -big, big) * dy
+    if not isinstance(da, SymbolicZero):
+        tangent = tangent + jnp.where(y > 0, y * jnp.where(y > 0, ra, 0.0), 0.0) * da
+    if not isinstance(db, SymbolicZero):
+        tangent = tangent + jnp.where(y < 1, (1.0 - y) * jnp.where(y < 1, rb, 0.0), 0.0) * db
+    return out, tangent
+
+
+log_mixture.defjvp(_log_mixture_jvp, symbolic_zeros=True)
+
+
+@jax.custom_jvp
 def _log_ratio(p: jax.Array, q: jax.Array) -> jax.Array:
     """log(p/q) for p > 0, q ≥ 0, to within ε·|p − q|/min(p, q) (one divide, one log1p).
 

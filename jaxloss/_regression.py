@@ -133,6 +133,7 @@ def huber(
         delta=delta,
     )
     r = jnp.abs(C.keep(where, predictions - targets, 0.0))
+    delta = C.keep(where, delta, 1.0)
     # min(|r|, δ) splits |r| into its quadratic and linear parts without a branch:
     # ½q² + δ(|r| − q) equals both pieces of the definition and is finite everywhere.
     quad = jnp.minimum(r, delta)

@@ -207,3 +207,67 @@ def test_log_cosh_relative_accuracy_small_residuals():
     np.testing.assert_allclose(np.asarray(g, np.float64), np.tanh(r), rtol=3e-7)
     h = jax.vmap(jax.grad(jax.grad(lambda x: jaxloss.log_cosh(x, 0.0))))(jnp.asarray(r[:6]))
     np.testing.assert_allclose(h, 1 / np.cosh(r[:6]) ** 2, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# Item 8: masked NaN/inf hyperparameter arrays
+# --------------------------------------------------------------------------------------
+
+
+def test_masked_nan_hyperparameters_get_zero_gradient():
+    """Item 8: a NaN/inf hyperparameter of a masked-out element gets gradient 0 and does
+    not reach the loss (∂/∂delta of huber was [0, nan]; the same for the focal γ, α)."""
+    pred, tgt = jnp.array([2.0, 0.5, 1.0]), jnp.array([0.0, 0.0, 0.0])
+    keep = jnp.array([True, False, False])
+    bad = jnp.array([1.0, jnp.nan, jnp.inf])
+    for name, f in {
+        "huber delta": lambda h: jaxloss.huber(pred, tgt, delta=h, where=keep, reduction="sum"),
+        "focal gamma": lambda h: jaxloss.sigmoid_focal_loss(
+            pred, tgt, gamma=h, where=keep, reduction="sum"
+        ),
+        "focal alpha": lambda h: jaxloss.sigmoid_focal_loss(
+            pred, tgt, alpha=h * 0.25, where=keep, reduction="sum"
+        ),
+        "student_t df": lambda h: jaxloss.student_t_nll(
+            pred, tgt, df=h, where=keep, reduction="sum"
+        ),
+    }.items():
+        assert np.isfinite(f(bad)), name
+        for grad in (jax.grad(f)(bad), jax.jacfwd(f)(bad)):
+            assert np.isfinite(grad[0]), name
+            np.testing.assert_array_equal(grad[1:], 0.0, err_msg=name)
+
+
+# --------------------------------------------------------------------------------------
+# Item 9: sigmoid_focal_loss gradient in hard labels
+# --------------------------------------------------------------------------------------
+
+
+def _sigmoid_focal_reference(z, y, gamma):
+    """Value and ∂/∂y of (y σ(−z) + (1 − y) σ(z))^γ · BCE(z, y), float64 closed form."""
+    m = y * special.expit(-z) + (1 - y) * special.expit(z)
+    bce = y * np.logaddexp(0, -z) + (1 - y) * np.logaddexp(0, z)
+    d_m = special.expit(-z) - special.expit(z)
+    return m**gamma * bce, gamma * m ** (gamma - 1) * d_m * bce - m**gamma * z
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_sigmoid_focal_gradient_in_hard_labels(gamma):
+    """Item 9: ∂/∂labels is finite and exact at hard 0/1 labels (it was NaN: log y at 0)."""
+    z = np.array([-3.0, -0.5, 0.0, 0.7, 4.0, -3.0, 0.7, 4.0])
+    y = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    value, d_y = _sigmoid_focal_reference(z, y, gamma)
+
+    def f(lab):
+        return jaxloss.sigmoid_focal_loss(jnp.asarray(z), lab, gamma=gamma)
+
+    np.testing.assert_allclose(f(jnp.asarray(y)), value, rtol=1e-12)
+    rev = jax.grad(lambda lab: jnp.sum(f(lab)))(jnp.asarray(y))
+    fwd = jax.jvp(f, (jnp.asarray(y),), (jnp.ones(8),))[1]
+    np.testing.assert_allclose(rev, d_y, rtol=1e-10)
+    np.testing.assert_allclose(fwd, d_y, rtol=1e-10)
+    # float32 and extreme logits: finite.
+    z32 = jnp.array([-1e4, 1e4, -100.0, 100.0], jnp.float32)
+    y32 = jnp.array([0.0, 1.0, 1.0, 0.0], jnp.float32)
+    g = jax.grad(lambda lab: jnp.sum(jaxloss.sigmoid_focal_loss(z32, lab, gamma=gamma)))(y32)
+    assert np.all(np.isfinite(g))
