@@ -271,3 +271,33 @@ def test_sigmoid_focal_gradient_in_hard_labels(gamma):
     y32 = jnp.array([0.0, 1.0, 1.0, 0.0], jnp.float32)
     g = jax.grad(lambda lab: jnp.sum(jaxloss.sigmoid_focal_loss(z32, lab, gamma=gamma)))(y32)
     assert np.all(np.isfinite(g))
+
+
+# --------------------------------------------------------------------------------------
+# Item 11: zero-size and Python-float leaves in the transforms
+# --------------------------------------------------------------------------------------
+
+
+def test_proximal_group_lasso_zero_size_leaves():
+    """Item 11: zero-size leaves pass through proximal_group_lasso (it crashed)."""
+    params = {"a": jnp.zeros((0, 3)), "b": jnp.zeros((3, 0)), "c": jnp.array([[3.0], [4.0]])}
+    tx = jaxloss.transforms.proximal_group_lasso(1.0, 1.0, group_axis=-1)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    assert updates["a"].shape == (0, 3) and updates["b"].shape == (3, 0)
+    # Group of norm 5 and size 2, threshold √2: w·(1 − √2/5) − w.
+    np.testing.assert_allclose(updates["c"], -np.array([[3.0], [4.0]]) * np.sqrt(2) / 5, 1e-6)
+
+
+def test_transforms_accept_python_float_leaves():
+    """Item 11: proximal_l1 and add_penalty_gradient take Python-float leaves, as
+    l2_penalty does (they crashed on `.astype`/`.dtype`)."""
+    params = {"a": 0.3, "b": jnp.array([-2.0])}
+    updates = {"a": 0.0, "b": jnp.zeros(1)}
+    prox = jaxloss.transforms.proximal_l1(0.5, 1.0)
+    out, _ = prox.update(updates, prox.init(params), params)
+    np.testing.assert_allclose(out["a"], -0.3)  # soft-threshold to 0
+    np.testing.assert_allclose(out["b"], [0.5])
+    for penalty, expected in ((jaxloss.l1_penalty, 0.1), (jaxloss.l2_penalty, 0.03)):
+        tx = jaxloss.transforms.add_penalty_gradient(penalty, 0.1)
+        out, _ = tx.update(updates, tx.init(params), params)
+        np.testing.assert_allclose(out["a"], expected, rtol=1e-6)
