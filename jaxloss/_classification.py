@@ -664,10 +664,18 @@ def softmax_focal_loss(
     # logsumexp over any subset of classes is finite too, even one of −inf logits only.
     log_p = N.log_softmax(x, axis)
     if integer:
-        loss = -_pick(log_p, labels, axis)
+        log_p_y = _pick(log_p, labels, axis)
+        loss = -log_p_y
         if focal:
+            # As for probability labels: log(1 − p_y) from the other classes where p_y ≥ ½,
+            # else log1p(−p_y). The logsumexp alone puts a cotangent of γ·ℓ on log p
+            # (1e7 at a logit gap of 1e7), which cancels against the normalizer's in the
+            # backward pass and lost the gradient of the top class (issue 10, item 13).
+            top = log_p_y >= -N.LOG_2
             others = jnp.where(classes == jnp.expand_dims(labels, axis), -jnp.inf, log_p)
-            log_not_p = jax.nn.logsumexp(others, axis=axis, keepdims=True)
+            log_not_top = jax.nn.logsumexp(others, axis=axis, keepdims=True)
+            p_rest = jnp.exp(jnp.where(top, -jnp.inf, log_p_y))
+            log_not_p = jnp.where(top, log_not_top, jnp.log1p(-p_rest))
             loss = jnp.exp(gamma * log_not_p) * loss
         loss = jnp.squeeze(loss, axis)
     else:

@@ -301,3 +301,45 @@ def test_transforms_accept_python_float_leaves():
         tx = jaxloss.transforms.add_penalty_gradient(penalty, 0.1)
         out, _ = tx.update(updates, tx.init(params), params)
         np.testing.assert_allclose(out["a"], expected, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Item 13: softmax_focal_loss with integer labels at a large logit gap
+# --------------------------------------------------------------------------------------
+
+
+def _softmax_focal_grad_reference(x, y, gamma):
+    """∂/∂x of −(1 − p_y)^γ log p_y, float64: (p − e_y)·(1 − p_y)^γ·(1 + γ ℓ p_y/(1 − p_y))."""
+    p = special.softmax(x)
+    s = np.sum(np.exp(np.delete(x, y) - x[y]))  # (1 − p_y)/p_y, without cancellation
+    not_p, ell = s / (1 + s), np.log1p(s)
+    e = np.eye(len(x))[y]
+    return (p - e) * not_p**gamma * (1 + gamma * ell / s)
+
+
+@pytest.mark.parametrize("gap", [1e7, 1e8, 1e30])
+def test_softmax_focal_integer_labels_large_gap(gap):
+    """Item 13: at a logit gap ≥ 1e7 the integer-label gradient is [1, −1] (it was [0, −1],
+    not summing to zero), as with probability labels, in reverse and forward mode."""
+    x = jnp.array([[gap, 0.0]], jnp.float32)
+    for labels in (jnp.array([1]), jnp.array([[0.0, 1.0]])):
+
+        def f(z, labels=labels):
+            return jnp.sum(jaxloss.softmax_focal_loss(z, labels, gamma=2.0))
+
+        for g in (jax.grad(f)(x), jax.jacfwd(f)(x)):
+            np.testing.assert_array_equal(np.asarray(g), [[1.0, -1.0]])
+
+
+def test_softmax_focal_integer_labels_gradient_float64():
+    """Item 13: the integer-label gradient matches the closed form across the p_y = ½
+    switch and at large gaps."""
+    for x, y in [([0.0, 0.1, -0.3], 1), ([0.7, 0.0, 0.0], 0), ([30.0, 0.0], 1), ([12.0, 0.0], 0)]:
+        for gamma in (0.5, 2.0):
+            g = jax.grad(
+                lambda z, y=y, gamma=gamma: jaxloss.softmax_focal_loss(
+                    z[None], jnp.array([y]), gamma=gamma
+                )[0]
+            )(jnp.asarray(x))
+            expected = _softmax_focal_grad_reference(np.asarray(x), y, gamma)
+            np.testing.assert_allclose(g, expected, rtol=1e-8, atol=1e-300)
