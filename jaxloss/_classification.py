@@ -687,5 +687,8 @@ def softmax_focal_loss(
             p_rest = jnp.exp(others)  # each ≤ ½, so log1p(−p) does not cancel
             log_not_p = jnp.where(top, log_not_top, jnp.log1p(-p_rest))
             factor = jnp.exp(gamma * log_not_p)
-        loss = -jnp.sum(labels * factor * log_p, axis=axis)
+        # t·log p first: a class with a −inf logit has log p at the lowest float, and the
+        # factor's cotangent w·log p·t would overflow to −inf for a weight w > 1 before
+        # t = 0 could zero it (0·inf = NaN); t·log p is exactly 0 there.
+        loss = -jnp.sum(factor * (labels * log_p), axis=axis)
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction)

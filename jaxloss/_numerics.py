@@ -297,8 +297,10 @@ def log_mixture(y: jax.Array, log_a: jax.Array, log_b: jax.Array) -> jax.Array:
     As logaddexp(log y + log a, log(1 − y) + log b) with log 0 = −∞ taken exactly at the
     hard weights y = 0 and y = 1. The derivatives are written out, (a − b)/m in y and
     y·a/m, (1 − y)·b/m in log a and log b (m the mixture): the automatic ones pass
-    through 1/y and are 0·∞ = NaN at y = 0 (and at y = 1). The y-derivative is capped at
-    the largest float, where it overflows only because m underflowed.
+    through 1/y and are 0·∞ = NaN at y = 0 (and at y = 1). The y-derivative (a − b)/m is
+    capped at √(largest float), which it exceeds only where m is below ε·(largest float)^(−½)
+    of the larger of a and b (|logit| > 44 in float32), where every use multiplies it by a
+    power of m that underflows.
     """
     ly = jnp.where(y > 0, jnp.log(jnp.where(y > 0, y, 1.0)), -jnp.inf)
     l1y = jnp.where(y < 1, jnp.log1p(-jnp.where(y < 1, y, 0.0)), -jnp.inf)
@@ -312,7 +314,9 @@ def _log_mixture_jvp(primals, tangents):
     tangent = jnp.zeros_like(out)
     ra, rb = jnp.exp(log_a - out), jnp.exp(log_b - out)
     if not isinstance(dy, SymbolicZero):
-        big = jnp.finfo(out.dtype).max
+        # Capped at √(largest float), so that a factor such as γ or a tangent cannot
+        # overflow it to ∞ before the mixture's own tiny power m^γ multiplies it by 0.
+        big = math.sqrt(jnp.finfo(out.dtype).max)
         tangent = tangent + jnp.clip(ra - rb, -big, big) * dy
     if not isinstance(da, SymbolicZero):
         tangent = tangent + jnp.where(y > 0, y * jnp.where(y > 0, ra, 0.0), 0.0) * da
