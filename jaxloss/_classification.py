@@ -638,7 +638,7 @@ def softmax_focal_loss(
       >>> import jax.numpy as jnp, jaxloss
       >>> jaxloss.softmax_focal_loss(jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]]),
       ...                            jnp.array([0, 1]))
-      Array([0.01086933, 0.488272  ], dtype=float32)
+      Array([0.01086933, 0.488272], dtype=float32)
 
     References:
       Lin, Goyal, Girshick, He & Dollár, "Focal loss for dense object detection",
