@@ -348,15 +348,21 @@ def student_t_nll(
     # (ν+1)/2 · log1p(u), u = z²/ν, → z²/2 as ν → ∞; for u < 0.1 it is written as
     # ½z²(1 + 1/ν) − (ν+1)/2 · (u − log1p u) so that its ν-derivative, of order u², is
     # not the difference of two terms of order u (N.log1p_minus).
-    z2 = jnp.square(z)
-    u = z2 / nu
-    small = u < 0.1
-    us, ub = jnp.where(small, u, 0.0), jnp.where(small, 1.0, u)
-    tail = jnp.where(
-        small,
-        0.5 * z2 * (1.0 + 1.0 / nu) - half_nu1 * N.log1p_minus(us),
-        half_nu1 * jnp.log1p(ub),
+    small = jnp.square(z) < 0.1 * nu
+    zs = jnp.where(small, z, 0.0)
+    z2 = jnp.square(zs)
+    small_tail = 0.5 * z2 * (1.0 + 1.0 / nu) - half_nu1 * N.log1p_minus(z2 / nu)
+    # log1p(a²) with a = |z|/√ν as 2 log a + log1p(a⁻²) for a > 1: z² overflows at
+    # |z| ≈ 1.8e19 in float32, where the loss is still about (ν+1) log |z|.
+    a = jnp.abs(jnp.where(small, 1.0, z)) / jnp.sqrt(nu)
+    far = a > 1.0
+    a_far, a_near = jnp.where(far, a, 2.0), jnp.where(far, 0.0, a)
+    log1p_a2 = jnp.where(
+        far,
+        2.0 * jnp.log(a_far) + jnp.log1p(1.0 / jnp.square(a_far)),
+        jnp.log1p(jnp.square(a_near)),
     )
+    tail = jnp.where(small, small_tail, half_nu1 * log1p_a2)
     loss = N.HALF_LOG_2PI - N.log_gamma_half_ratio(0.5 * nu) + log_scale + tail
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 

@@ -343,3 +343,31 @@ def test_softmax_focal_integer_labels_gradient_float64():
             )(jnp.asarray(x))
             expected = _softmax_focal_grad_reference(np.asarray(x), y, gamma)
             np.testing.assert_allclose(g, expected, rtol=1e-8, atol=1e-300)
+
+
+# --------------------------------------------------------------------------------------
+# Adversarial review: found while trying to break docs/conventions.md
+# --------------------------------------------------------------------------------------
+
+
+def test_student_t_huge_residual_float32():
+    """Adversarial review: at |z| = 1e30 in float32 student_t_nll was inf (z² overflows);
+    the loss is (ν+1)/2 · log(1 + z²/ν) + const ≈ (ν+1) log |z|, and its gradients are
+    finite: −(ν+1)z/(ν + z²) in loc."""
+    df = 2.0
+    z = np.array([1e30, -3e25, 1e19])
+    log1p_u = 2 * np.log(np.abs(z)) - np.log(df) + np.log1p(df / z**2)
+    expected = (
+        special.gammaln(df / 2)
+        - special.gammaln((df + 1) / 2)
+        + 0.5 * np.log(df * np.pi)
+        + (df + 1) / 2 * log1p_u
+    )
+    zf = jnp.asarray(z, jnp.float32)
+    out = jaxloss.student_t_nll(jnp.zeros(3), zf, df=df)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    g_loc, g_df = jax.grad(lambda m, d: jnp.sum(jaxloss.student_t_nll(m, zf, df=d)), (0, 1))(
+        jnp.zeros(3), jnp.float32(df)
+    )
+    np.testing.assert_allclose(g_loc, -(df + 1) / np.asarray(zf, np.float64), rtol=1e-5)
+    assert np.isfinite(g_df)
