@@ -146,7 +146,7 @@ def test_student_t_large_df_matches_scipy(df, dtype):
 def test_student_t_approaches_gaussian_nll_float32():
     """Item 6: at df = 1e30 the float32 loss is the Gaussian NLL (the limit ν → ∞)."""
     z = jnp.asarray(Z_T, jnp.float32)
-    t = jaxloss.student_t_nll(jnp.zeros(3), z, df=1e30)
+    t = jaxloss.student_t_nll(jnp.zeros(3, jnp.float32), z, df=1e30)
     np.testing.assert_allclose(t, -stats.norm.logpdf(Z_T), rtol=1e-6)
 
 
@@ -364,10 +364,10 @@ def test_student_t_huge_residual_float32():
         + (df + 1) / 2 * log1p_u
     )
     zf = jnp.asarray(z, jnp.float32)
-    out = jaxloss.student_t_nll(jnp.zeros(3), zf, df=df)
+    out = jaxloss.student_t_nll(jnp.zeros(3, jnp.float32), zf, df=df)
     np.testing.assert_allclose(out, expected, rtol=1e-6)
     g_loc, g_df = jax.grad(lambda m, d: jnp.sum(jaxloss.student_t_nll(m, zf, df=d)), (0, 1))(
-        jnp.zeros(3), jnp.float32(df)
+        jnp.zeros(3, jnp.float32), jnp.float32(df)
     )
     np.testing.assert_allclose(g_loc, -(df + 1) / np.asarray(zf, np.float64), rtol=1e-5)
     assert np.isfinite(g_df)
