@@ -7,9 +7,11 @@
 - The benchmarks page includes every table in ``benchmarks/results/*.md``.
 - The examples page replaces ``<!-- gallery:NAME -->`` with the plots and the results
   table of example NAME as committed in ``docs/assets/examples/NAME/``.
-- Pages may link to the tests that check a statement, as ``tests/test_x.py#test_name``:
-  the test files are published with the site, and a link to a missing file or to a test
-  that the file does not define fails the build.
+- Pages may link to the tests that check a statement, as ``../tests/test_x.py#test_name``
+  (relative to the page's file, so that the link also resolves on the repository host):
+  the test files are published with the site under ``tests/``, such links are rewritten
+  to point there, and a link to a missing file or to a test that the file does not
+  define fails the build.
 
 ``__all__`` is read from the source with ``ast``, so building the docs imports nothing
 (and mkdocs is imported only inside the hooks, so tests/test_docs.py can load this file).
@@ -27,6 +29,7 @@ API_MARKER = "<!-- api-reference -->"
 BENCHMARK_MARKER = "<!-- benchmark-tables -->"
 GALLERY_MARKER = re.compile(r"<!-- gallery:(\w+) -->")
 TEST_LINK = re.compile(r"\]\((?:\.\./)*(tests/[\w/]+\.py)(?:#([\w\[\]-]+))?\)")
+REPO_TEST_LINK = re.compile(r"\]\(((?:\.\./)+)(tests/[\w/]+\.py(?:#[\w\[\]-]+)?)\)")
 
 
 def _module_file(module: str) -> Path:
@@ -116,6 +119,18 @@ def _check_test_links(markdown: str, page: str) -> None:
                 raise PluginError(f"{page}: link to {path}#{test}, which defines no {name}")
 
 
+def _site_test_links(markdown: str, page: str) -> str:
+    """``../tests/x.py`` (from the repository's docs/ folder) -> ``tests/x.py`` (on the site)."""
+    depth = page.count("/")  # folders between docs/ and the page
+
+    def to_site(match: re.Match) -> str:
+        if len(match.group(1)) // 3 != depth + 1:  # not the repository root's tests/
+            return match.group(0)
+        return f"]({'../' * depth}{match.group(2)})"
+
+    return REPO_TEST_LINK.sub(to_site, markdown)
+
+
 def on_files(files, config):
     """Publish the test files so that pages can link to them."""
     from mkdocs.structure.files import File
@@ -133,7 +148,7 @@ def on_page_markdown(markdown, page, config, files):
         markdown = markdown.replace(BENCHMARK_MARKER, _benchmark_markdown())
     markdown = GALLERY_MARKER.sub(_gallery_markdown, markdown)
     _check_test_links(markdown, page.file.src_uri)
-    return markdown
+    return _site_test_links(markdown, page.file.src_uri)
 
 
 def on_page_content(html, page, config, files):

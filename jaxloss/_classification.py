@@ -725,8 +725,11 @@ def sigmoid_focal_loss(
     )
     z = C.keep(where, logits, 0.0)
     y = C.keep(where, labels, 0.0)
+    gamma = C.keep(where, gamma, 0.0)
+    alpha = C.keep(where, alpha, 0.5)
     loss = N.binary_logit_nll(z, y)
-    log_not_pt = jnp.logaddexp(jnp.log(y) - jax.nn.softplus(z), jnp.log1p(-y) - jax.nn.softplus(-z))
+    # 1 − p_t = y·σ(−z) + (1 − y)·σ(z), in log space; finite gradient in y at 0 and 1.
+    log_not_pt = N.log_mixture(y, -jax.nn.softplus(z), -jax.nn.softplus(-z))
     loss = jnp.exp(gamma * log_not_pt) * loss
     if alpha is not None:
         loss = (alpha * y + (1.0 - alpha) * (1.0 - y)) * loss
@@ -771,7 +774,7 @@ def softmax_focal_loss(
       >>> import jax.numpy as jnp, jaxloss
       >>> jaxloss.softmax_focal_loss(jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]]),
       ...                            jnp.array([0, 1]))
-      Array([0.01086933, 0.4882721 ], dtype=float32)
+      Array([0.01086933, 0.488272], dtype=float32)
 
     References:
       Lin, Goyal, Girshick, He & Dollár, "Focal loss for dense object detection",
@@ -797,10 +800,18 @@ def softmax_focal_loss(
     # logsumexp over any subset of classes is finite too, even one of −inf logits only.
     log_p = N.log_softmax(x, axis)
     if integer:
-        loss = -_pick(log_p, labels, axis)
+        log_p_y = _pick(log_p, labels, axis)
+        loss = -log_p_y
         if focal:
+            # As for probability labels: log(1 − p_y) from the other classes where p_y ≥ ½,
+            # else log1p(−p_y). The logsumexp alone puts a cotangent of γ·ℓ on log p
+            # (1e7 at a logit gap of 1e7), which cancels against the normalizer's in the
+            # backward pass and lost the gradient of the top class (issue 10, item 13).
+            top = log_p_y >= -N.LOG_2
             others = jnp.where(classes == jnp.expand_dims(labels, axis), -jnp.inf, log_p)
-            log_not_p = jax.nn.logsumexp(others, axis=axis, keepdims=True)
+            log_not_top = jax.nn.logsumexp(others, axis=axis, keepdims=True)
+            p_rest = jnp.exp(jnp.where(top, -jnp.inf, log_p_y))
+            log_not_p = jnp.where(top, log_not_top, jnp.log1p(-p_rest))
             loss = jnp.exp(gamma * log_not_p) * loss
         loss = jnp.squeeze(loss, axis)
         if omega is not None:
@@ -816,7 +827,10 @@ def softmax_focal_loss(
             factor = jnp.exp(gamma * log_not_p)
         if cw is not None:
             labels = labels * _along(cw, x.ndim, axis)  # −Σ_c w_c·t_c·(1 − p_c)^γ·log p_c
-        loss = -jnp.sum(labels * factor * log_p, axis=axis)
+        # t·log p first: a class with a −inf logit has log p at the lowest float, and the
+        # factor's cotangent w·log p·t would overflow to −inf for a weight w > 1 before
+        # t = 0 could zero it (0·inf = NaN); t·log p is exactly 0 there.
+        loss = -jnp.sum(factor * (labels * log_p), axis=axis)
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction, denominator=omega)
 
 

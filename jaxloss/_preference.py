@@ -200,9 +200,9 @@ def dpo_implicit_rewards(
     ``jax.lax.stop_gradient`` when only logging.
 
     Args:
-      policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
-        reference_rejected_logps: as in `dpo_loss` (each broadcastable to
-        ``policy_chosen_logps``' shape).
+      policy_chosen_logps, policy_rejected_logps: as in `dpo_loss`.
+      reference_chosen_logps, reference_rejected_logps: as in `dpo_loss` (all four
+        broadcastable to ``policy_chosen_logps``' shape).
       beta: β > 0, as in `dpo_loss`.
 
     Returns:

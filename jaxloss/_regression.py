@@ -88,7 +88,7 @@ def absolute_error(
         where, weights, reduction, allow_int=("targets",), predictions=predictions, targets=targets
     )
     diff = C.keep(where, predictions - targets, 0.0)
-    return C.reduce(jnp.abs(diff), where=where, weights=weights, reduction=reduction)
+    return C.reduce(N.abs0(diff), where=where, weights=weights, reduction=reduction)
 
 
 def huber(
@@ -133,6 +133,7 @@ def huber(
         delta=delta,
     )
     r = jnp.abs(C.keep(where, predictions - targets, 0.0))
+    delta = C.keep(where, delta, 1.0)
     # min(|r|, δ) splits |r| into its quadratic and linear parts without a branch:
     # ½q² + δ(|r| − q) equals both pieces of the definition and is finite everywhere.
     quad = jnp.minimum(r, delta)
@@ -152,8 +153,9 @@ def log_cosh(
 
         ℓ = log cosh(ŷ − y)
 
-    Computed as logaddexp(r, −r) − log 2, which never overflows (cosh does at |r| ≈ 89
-    in float32) and is smooth everywhere; its gradient is tanh(r).
+    Computed as log1p(2 sinh²(r/2)) for |r| < 1 (accurate to a few ulp relative, also
+    where it is ≈ ½r²) and as logaddexp(r, −r) − log 2 elsewhere, which never overflows
+    (cosh does at |r| ≈ 89 in float32); smooth everywhere, its gradient is tanh(r).
 
     Args:
       predictions: ŷ, floating array of any shape.
@@ -192,8 +194,8 @@ def _location_scale_inputs(loc_name, loc, targets, scale, log_scale, where, weig
     residual = C.keep(where, targets - loc, 0.0)
     scale = C.keep(where, scale, 1.0)
     log_scale = C.keep(where, log_scale, 0.0)
-    inv_scale, log_scale = N.scale_and_log_scale(scale, log_scale, residual.dtype)
-    return residual * inv_scale, log_scale, where, weights
+    z, log_scale = N.standardize(residual, scale, log_scale)
+    return z, log_scale, where, weights
 
 
 def gaussian_nll(
@@ -286,7 +288,7 @@ def laplace_nll(
     z, log_scale, where, weights = _location_scale_inputs(
         "loc", loc, targets, scale, log_scale, where, weights, reduction
     )
-    loss = jnp.abs(z) + log_scale
+    loss = N.abs0(z) + log_scale
     if full:
         loss = loss + N.LOG_2
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
@@ -340,13 +342,28 @@ def student_t_nll(
     C.loss_shape("loc", loc=z, df=df_arr)
     nu = C.keep(where, df_arr.astype(z.dtype), 1.0)
     half_nu1 = 0.5 * (nu + 1.0)
-    loss = (
-        gammaln(0.5 * nu)
-        - gammaln(half_nu1)
-        + 0.5 * (jnp.log(nu) + N.LOG_PI)
-        + log_scale
-        + half_nu1 * jnp.log1p(jnp.square(z) / nu)
+    # log Γ(ν/2) − log Γ((ν+1)/2) + ½ log(νπ) = ½ log 2π − A(ν/2) with A(x) = log Γ(x + ½)
+    # − log Γ(x) − ½ log x, which is −1/(8x) + O(x⁻³) and is computed without the
+    # cancellation of the two log-gammas (N.log_gamma_half_ratio).
+    # (ν+1)/2 · log1p(u), u = z²/ν, → z²/2 as ν → ∞; for u < 0.1 it is written as
+    # ½z²(1 + 1/ν) − (ν+1)/2 · (u − log1p u) so that its ν-derivative, of order u², is
+    # not the difference of two terms of order u (N.log1p_minus).
+    small = jnp.square(z) < 0.1 * nu
+    zs = jnp.where(small, z, 0.0)
+    z2 = jnp.square(zs)
+    small_tail = 0.5 * z2 * (1.0 + 1.0 / nu) - half_nu1 * N.log1p_minus(z2 / nu)
+    # log1p(a²) with a = |z|/√ν as 2 log a + log1p(a⁻²) for a > 1: z² overflows at
+    # |z| ≈ 1.8e19 in float32, where the loss is still about (ν+1) log |z|.
+    a = jnp.abs(jnp.where(small, 1.0, z)) / jnp.sqrt(nu)
+    far = a > 1.0
+    a_far, a_near = jnp.where(far, a, 2.0), jnp.where(far, 0.0, a)
+    log1p_a2 = jnp.where(
+        far,
+        2.0 * jnp.log(a_far) + jnp.log1p(1.0 / jnp.square(a_far)),
+        jnp.log1p(jnp.square(a_near)),
     )
+    tail = jnp.where(small, small_tail, half_nu1 * log1p_a2)
+    loss = N.HALF_LOG_2PI - N.log_gamma_half_ratio(0.5 * nu) + log_scale + tail
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 

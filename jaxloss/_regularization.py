@@ -335,7 +335,7 @@ def l1_penalty(params: PyTree, *, mask: Mask = None) -> jax.Array:
       Tibshirani, "Regression shrinkage and selection via the lasso", JRSS B 1996.
     """
     leaves, dtype = _selected_leaves(params, mask)
-    return _total([jnp.sum(jnp.abs(x)) for _, x in leaves], dtype)
+    return _total([jnp.sum(N.abs0(x)) for _, x in leaves], dtype)
 
 
 def elastic_net_penalty(params: PyTree, *, l1_ratio: float = 0.5, mask: Mask = None) -> jax.Array:
@@ -366,7 +366,7 @@ def elastic_net_penalty(params: PyTree, *, l1_ratio: float = 0.5, mask: Mask = N
     C.check_in_range("l1_ratio", l1_ratio, 0.0, 1.0)
     leaves, dtype = _selected_leaves(params, mask)
     terms = [
-        l1_ratio * jnp.sum(jnp.abs(x)) + (1 - l1_ratio) * 0.5 * jnp.sum(jnp.square(x))
+        l1_ratio * jnp.sum(N.abs0(x)) + (1 - l1_ratio) * 0.5 * jnp.sum(jnp.square(x))
         for _, x in leaves
     ]
     return _total(terms, dtype)
@@ -399,7 +399,7 @@ def _group_axis_of(path: str, x: jax.Array, group_axis: int) -> int:
 def group_norms(x: jax.Array, group_axis: int) -> jax.Array:
     """‖w_g‖₂ for each index g along ``group_axis`` (finite gradient at zero groups)."""
     other = tuple(a for a in range(x.ndim) if a != group_axis)
-    return N.safe_norm(x, other) if other else jnp.abs(x)
+    return N.safe_norm(x, other) if other else N.abs0(x)
 
 
 def group_lasso_penalty(params: PyTree, *, group_axis: int, mask: Mask = None) -> jax.Array:

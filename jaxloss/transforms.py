@@ -131,7 +131,7 @@ def add_penalty_gradient(
         a = _value(alpha, state.count)
         u_leaves, _, u_def = _flat_aligned(updates, params)
         for i, g in zip(where, grads, strict=True):
-            u = u_leaves[i]
+            u = jnp.asarray(u_leaves[i])  # a Python-float leaf (as `l2_penalty` accepts)
             u_leaves[i] = u + (a * g).astype(u.dtype)
         new_state = RegularizerState(count=optax.safe_increment(state.count))
         return jax.tree.unflatten(u_def, u_leaves), new_state
@@ -161,7 +161,8 @@ def _proximal(
             if not keep:
                 out.append(u)
                 continue
-            dtype = C.compute_dtype(jnp.asarray(p))
+            p, u = jnp.asarray(p), jnp.asarray(u)  # Python-float leaves too
+            dtype = C.compute_dtype(p)
             z = p.astype(dtype) + u.astype(dtype)
             # The update that lands exactly on prox(z): p + (prox(z) − p) is exactly 0
             # wherever prox(z) is 0, so zeros are exact after `optax.apply_updates`.
@@ -268,6 +269,8 @@ def proximal_group_lasso(
 
     def group_soft_threshold(path, z, threshold):
         axis = R._group_axis_of(path, z, int(group_axis))
+        if z.size == 0:
+            return z  # no groups, or groups of no weights: nothing to threshold
         other = tuple(a for a in range(z.ndim) if a != axis)
         size = z.size // z.shape[axis]
         norms = N.safe_norm(z, other, keepdims=True) if other else jnp.abs(z)

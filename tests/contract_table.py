@@ -319,6 +319,32 @@ CASES += [
         # Reversing the classes gives disjoint supports in the first row (JS = log 2).
         extreme=lambda: ((_P_EXTREME, _P_EXTREME[:, ::-1]), {}),
     ),
+    # Second-order checks where p = q, the minimum of every divergence: the place a
+    # Hessian (a Fisher matrix) is taken, where sign-based accurate forms had zero
+    # second derivatives (issue 10, item 1).
+    *[
+        Case(
+            name,
+            getattr(jaxloss, name),
+            lambda rng, m=make: (lambda x: ((x, x.copy()), {}))(m(rng)),
+            ref,
+            grad_args=(0, 1),
+            id=f"{name}[p = q]",
+        )
+        for name, make, ref in [
+            ("kl_divergence", _simplex, _ref_kl),
+            ("cross_entropy", _simplex, _ref_cross_entropy),
+            ("js_divergence", _simplex, _ref_js),
+            (
+                "kl_divergence_from_logits",
+                lambda rng: _normal(rng, scale=2.0),
+                lambda zp, zq: _ref_kl(
+                    np.exp(special.log_softmax(zp, axis=-1)),
+                    np.exp(special.log_softmax(zq, axis=-1)),
+                ),
+            ),
+        ]
+    ],
     Case(
         "gaussian_kl",
         jaxloss.gaussian_kl,

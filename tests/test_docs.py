@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
+import re
 from pathlib import Path
 
 import jaxloss
@@ -36,3 +37,17 @@ def test_api_reference_reads_the_same_all_that_python_sees():
     for module in hooks.public_modules():
         names = importlib.import_module(module).__all__
         assert hooks.declared_all(module) == list(names), module
+
+
+def test_links_in_docs_resolve_on_the_repository_host():
+    """A relative link in docs/*.md names a file that exists relative to the page, so the
+    page reads correctly on the repository host too (the site build checks its side)."""
+    link = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+    broken = []
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for target in link.findall(page.read_text()):
+            if re.match(r"^[a-z]+:", target):  # https:, mailto:
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.name}: {target}")
+    assert not broken, broken

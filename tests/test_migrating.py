@@ -1,0 +1,640 @@
+"""The migration guide's rows (docs/migrating.md), each one computed both ways.
+
+Every row of the guide's three tables names an id of ``test_migration_row`` below:
+``optax-NAME`` rows call ``optax.losses.NAME`` itself; ``torch-NAME`` rows
+(``torch.nn.functional.NAME``) and ``keras-NAME`` rows (``keras.losses.NAME``) compare
+with a float64 numpy reference written from the peer's documented formula (neither torch
+nor keras is a dependency). References that the family tests already have are imported
+from them. ``test_every_guide_row_names_a_test`` parses the guide so that the tables and
+this file cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import special
+
+import jaxloss
+from tests.contract_table import np_ctc_loss
+from tests.test_margin import _keras_hinge, _torch_multi_margin
+from tests.torch_ce_reference import torch_cross_entropy
+
+ROOT = Path(__file__).resolve().parent.parent
+GUIDE = ROOT / "docs" / "migrating.md"
+
+RNG = np.random.default_rng(15)
+N, C, D = 6, 5, 4
+Z = RNG.normal(size=(N, C)) * 2.0  # logits
+IDS = RNG.integers(0, C, size=N)
+ONE_HOT = np.eye(C)[IDS]
+P = special.softmax(RNG.normal(size=(N, C)), axis=-1)
+Q = special.softmax(RNG.normal(size=(N, C)), axis=-1)
+X = RNG.normal(size=(N, D))
+Y = RNG.normal(size=(N, D))
+W = RNG.normal(size=(N, D))
+S = RNG.normal(size=N) * 2.0  # binary scores
+SIGNS = RNG.choice(np.array([-1.0, 1.0]), size=N)
+B01 = (SIGNS > 0).astype(np.float64)
+PROB = special.expit(RNG.normal(size=(N, D)))  # probabilities away from 0 and 1
+MULTI = (RNG.random((N, D)) < 0.5).astype(np.float64)  # multi-label 0/1 targets
+CW = np.array([0.5, 2.0, 1.0, 0.25, 3.0])  # class weights
+
+ROWS = {}
+
+
+def row(name, rtol=1e-10, atol=1e-12):
+    """Register ``fn(rng) -> (jaxloss value, peer value)`` under the guide's id ``name``."""
+
+    def register(fn):
+        assert name not in ROWS, name
+        ROWS[name] = (fn, rtol, atol)
+        return fn
+
+    return register
+
+
+def _xent(logits, labels):
+    """−Σ t log softmax(z) over the last axis, float64."""
+    return -(labels * special.log_softmax(logits, axis=-1)).sum(-1)
+
+
+# --- optax.losses: calls optax --------------------------------------------------------
+
+L = optax.losses
+
+
+@row("optax-squared_error")
+def _(rng):
+    return jaxloss.squared_error(X, Y), L.squared_error(X, Y)
+
+
+@row("optax-l2_loss")
+def _(rng):
+    return 0.5 * jaxloss.squared_error(X, Y), L.l2_loss(X, Y)
+
+
+@row("optax-huber_loss")
+def _(rng):
+    return jaxloss.huber(X, Y, delta=0.7), L.huber_loss(X, Y, delta=0.7)
+
+
+@row("optax-log_cosh")
+def _(rng):
+    return jaxloss.log_cosh(X, Y), L.log_cosh(X, Y)
+
+
+@row("optax-softmax_cross_entropy")
+def _(rng):
+    return jaxloss.softmax_cross_entropy(Z, P), L.softmax_cross_entropy(Z, P)
+
+
+@row("optax-safe_softmax_cross_entropy")
+def _(rng):
+    z = Z.copy()
+    z[0, 1] = -np.inf  # a masked-out class without label mass: finite on both sides
+    p = P.copy()
+    p[0, 1] = 0.0
+    p[0] /= p[0].sum()
+    return jaxloss.softmax_cross_entropy(z, p), L.safe_softmax_cross_entropy(z, p)
+
+
+@row("optax-softmax_cross_entropy_with_integer_labels")
+def _(rng):
+    return (
+        jaxloss.softmax_cross_entropy(Z, IDS),
+        L.softmax_cross_entropy_with_integer_labels(Z, IDS),
+    )
+
+
+@row("optax-smooth_labels")
+def _(rng):
+    peer = L.softmax_cross_entropy(Z, optax.smooth_labels(ONE_HOT, 0.2))
+    return jaxloss.softmax_cross_entropy(Z, IDS, label_smoothing=0.2), peer
+
+
+@row("optax-poly_loss_cross_entropy")
+def _(rng):
+    return (
+        jaxloss.poly_cross_entropy(Z, IDS, epsilon=1.5),
+        L.poly_loss_cross_entropy(Z, ONE_HOT, epsilon=1.5),
+    )
+
+
+@row("optax-sigmoid_binary_cross_entropy")
+def _(rng):
+    return jaxloss.sigmoid_binary_cross_entropy(X, PROB), L.sigmoid_binary_cross_entropy(X, PROB)
+
+
+@row("optax-sigmoid_focal_loss")
+def _(rng):
+    return (
+        jaxloss.sigmoid_focal_loss(X, MULTI, alpha=0.25, gamma=2.0),
+        L.sigmoid_focal_loss(X, MULTI, alpha=0.25, gamma=2.0),
+    )
+
+
+@row("optax-hinge_loss")
+def _(rng):
+    return jaxloss.hinge_loss(S, SIGNS), L.hinge_loss(S, SIGNS)
+
+
+@row("optax-perceptron_loss")
+def _(rng):
+    return jaxloss.perceptron_loss(S, SIGNS), L.perceptron_loss(S, SIGNS)
+
+
+@row("optax-multiclass_hinge_loss")
+def _(rng):
+    return jaxloss.multiclass_hinge_loss(Z, IDS), L.multiclass_hinge_loss(Z, IDS)
+
+
+@row("optax-multiclass_perceptron_loss")
+def _(rng):
+    return jaxloss.multiclass_perceptron_loss(Z, IDS), L.multiclass_perceptron_loss(Z, IDS)
+
+
+@row("optax-multiclass_sparsemax_loss")
+def _(rng):
+    return jaxloss.sparsemax_loss(Z, IDS), L.multiclass_sparsemax_loss(Z, IDS)
+
+
+@row("optax-sparsemax_loss")
+def _(rng):
+    labels = B01.astype(np.int64)
+    two_class = np.stack([S, np.zeros_like(S)], axis=-1)  # class 0 is "label 1"
+    return jaxloss.sparsemax_loss(two_class, 1 - labels), L.sparsemax_loss(S, labels)
+
+
+@row("optax-kl_divergence")
+def _(rng):
+    return jaxloss.kl_divergence(P, Q), L.kl_divergence(np.log(Q), P)
+
+
+@row("optax-kl_divergence_with_log_targets")
+def _(rng):
+    return (
+        jaxloss.kl_divergence_from_logits(np.log(P), np.log(Q)),
+        L.kl_divergence_with_log_targets(np.log(Q), np.log(P)),
+    )
+
+
+@row("optax-convex_kl_divergence")
+def _(rng):
+    q = 2.0 * Q  # unnormalized predictions
+    with pytest.warns(DeprecationWarning, match="generalized_kl_divergence"):
+        peer = L.convex_kl_divergence(np.log(q), P)  # deprecated in optax 0.2.8
+    return jaxloss.generalized_kl_divergence(P, q), peer
+
+
+@row("optax-generalized_kl_divergence")
+def _(rng):
+    q = 2.0 * Q
+    return jaxloss.generalized_kl_divergence(P, q), L.generalized_kl_divergence(np.log(q), P)
+
+
+@row("optax-cosine_similarity")
+def _(rng):
+    return jaxloss.cosine_similarity(X, Y, eps=1e-3), L.cosine_similarity(X, Y, epsilon=1e-6)
+
+
+@row("optax-cosine_distance")
+def _(rng):
+    return jaxloss.cosine_distance(X, Y, eps=1e-3), L.cosine_distance(X, Y, epsilon=1e-6)
+
+
+@row("optax-triplet_margin_loss")
+def _(rng):
+    return (
+        jaxloss.triplet_margin_loss(X, Y, W, margin=2.0, eps=0.0),
+        L.triplet_margin_loss(X, Y, W, margin=2.0, eps=0.0),
+    )
+
+
+@row("optax-ntxent")
+def _(rng):
+    e = rng.normal(size=(6, 3))
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    return (
+        jaxloss.ntxent_loss(e, labels, temperature=0.2, reduction="mean"),
+        L.ntxent(e, labels, temperature=0.2),
+    )
+
+
+@row("optax-ranking_softmax_loss")
+def _(rng):
+    relevance = rng.integers(0, 3, size=(N, D)).astype(np.float64)
+    relevance[:, 0] += 1.0  # every list has a relevant item
+    peer = L.ranking_softmax_loss(X, relevance, reduce_fn=None)
+    return jaxloss.ranking_softmax_loss(X, relevance) * relevance.sum(-1), peer
+
+
+SEG_PROBS = special.softmax(RNG.normal(size=(2, 3, 4, 3)) * 2.0, axis=-1)  # [B, H, W, C]
+SEG_TARGETS = np.eye(3)[RNG.integers(0, 3, size=(2, 3, 4))]
+
+
+@row("optax-dice_loss")
+def _(rng):
+    ours = jaxloss.tversky_loss(SEG_PROBS, SEG_TARGETS, alpha=0.3, beta=0.7, axis=(1, 2))
+    peer = L.dice_loss(
+        SEG_PROBS,
+        SEG_TARGETS,
+        alpha=0.3,
+        beta=0.7,
+        smooth=1.0,
+        apply_softmax=False,
+        reduction="none",
+    )
+    return ours, peer
+
+
+@row("optax-binary_dice_loss")
+def _(rng):
+    logits = rng.normal(size=(2, 3, 4))
+    masks = (rng.random((2, 3, 4)) < 0.4).astype(np.float64)
+    ours = jaxloss.dice_loss(jax.nn.sigmoid(logits), masks, axis=(1, 2), smooth=2.0)
+    return ours, L.binary_dice_loss(logits, masks, smooth=1.0)
+
+
+def _ctc_batch(rng):
+    logits = rng.normal(size=(3, 6, 4))  # [B, T, K], blank 0
+    labels = np.array([[1, 2, 2], [3, 1, 0], [2, 0, 0]])
+    logit_lengths = np.array([6, 5, 3])
+    label_lengths = np.array([3, 2, 1])
+    return logits, labels, logit_lengths, label_lengths
+
+
+@row("optax-ctc_loss", rtol=1e-9, atol=1e-9)
+def _(rng):
+    logits, labels, t_len, l_len = _ctc_batch(rng)
+    logit_paddings = (np.arange(6)[None] >= t_len[:, None]).astype(np.float64)
+    label_paddings = (np.arange(3)[None] >= l_len[:, None]).astype(np.float64)
+    ours = jaxloss.ctc_loss(
+        logits,
+        labels,
+        logit_lengths=(1 - logit_paddings).sum(-1).astype(np.int32),
+        label_lengths=(1 - label_paddings).sum(-1).astype(np.int32),
+    )
+    return ours, optax.ctc_loss(logits, logit_paddings, labels, label_paddings)
+
+
+# --- torch.nn.functional: float64 references of the documented formulas ---------------
+
+
+@row("torch-mse_loss")
+def _(rng):
+    return jaxloss.squared_error(X, Y, reduction="mean"), np.mean((X - Y) ** 2)
+
+
+@row("torch-l1_loss")
+def _(rng):
+    return jaxloss.absolute_error(X, Y, reduction="mean"), np.mean(np.abs(X - Y))
+
+
+def _np_huber(r, delta):
+    a = np.abs(r)
+    return np.where(a < delta, 0.5 * r**2, delta * (a - 0.5 * delta))
+
+
+@row("torch-huber_loss")
+def _(rng):
+    return jaxloss.huber(X, Y, delta=0.7, reduction="mean"), np.mean(_np_huber(X - Y, 0.7))
+
+
+@row("torch-smooth_l1_loss")
+def _(rng):
+    beta, r = 0.7, X - Y  # smooth_l1: 0.5 r²/β if |r| < β, else |r| − 0.5 β
+    ref = np.where(np.abs(r) < beta, 0.5 * r**2 / beta, np.abs(r) - 0.5 * beta)
+    return jaxloss.huber(X, Y, delta=beta, reduction="mean") / beta, np.mean(ref)
+
+
+@row("torch-binary_cross_entropy")
+def _(rng):
+    w = rng.random((N, D)) + 0.5  # weight: rescales each element; the mean divides by N·D
+    ref = np.mean(-w * (MULTI * np.log(PROB) + (1 - MULTI) * np.log1p(-PROB)))
+    return jnp.mean(jaxloss.binary_cross_entropy(PROB, MULTI, weights=w)), ref
+
+
+@row("torch-binary_cross_entropy_with_logits")
+def _(rng):
+    pw = np.array([0.5, 1.0, 2.0, 3.0])  # pos_weight, one per class (last axis)
+    log_sig = -np.logaddexp(0.0, -X)
+    ref = -(pw * MULTI * log_sig + (1 - MULTI) * (log_sig - X))
+    out = jaxloss.sigmoid_binary_cross_entropy(X, MULTI, pos_weight=pw, reduction="mean")
+    return out, np.mean(ref)
+
+
+@row("torch-poisson_nll_loss")
+def _(rng):
+    counts = rng.poisson(2.0, size=(N, D)).astype(np.float64)
+    ref = np.mean(np.exp(X) - counts * X)  # log_input=True, full=False
+    return jaxloss.poisson_nll(X, counts, full=False, reduction="mean"), ref
+
+
+@row("torch-gaussian_nll_loss")
+def _(rng):
+    var = rng.random((N, D)) + 0.1
+    ref = np.mean(0.5 * (np.log(var) + (X - Y) ** 2 / var))  # full=False
+    out = jaxloss.gaussian_nll(X, Y, scale=np.sqrt(var), full=False, reduction="mean")
+    return out, ref
+
+
+@row("torch-kl_div")
+def _(rng):
+    # kl_div(input=log q, target=p, reduction="batchmean") = Σ p (log p − log q) / N
+    ref = (P * (np.log(P) - np.log(Q))).sum() / N
+    return jaxloss.kl_divergence(P, Q, reduction="mean"), ref
+
+
+@row("torch-cross_entropy")
+def _(rng):
+    z = rng.normal(size=(N, C, 3)) * 2.0  # [N, C, L]: torch's class axis 1
+    ids = rng.integers(0, C, size=(N, 3))
+    ids[0, 1] = ids[3, 2] = -100  # torch's default ignore_index
+    ref = torch_cross_entropy(
+        np.moveaxis(z, 1, -1).reshape(-1, C),
+        ids.reshape(-1),
+        weight=CW,
+        ignore_index=-100,
+        label_smoothing=0.1,
+        reduction="mean",
+    )
+    out = jaxloss.softmax_cross_entropy(
+        z,
+        ids,
+        axis=1,
+        class_weights=CW,
+        ignore_index=-100,
+        label_smoothing=0.1,
+        reduction="mean",
+    )
+    return out, ref
+
+
+@row("torch-nll_loss")
+def _(rng):
+    ids = IDS.copy()
+    ids[2] = -100
+    ref = torch_cross_entropy(Z, ids, weight=CW, ignore_index=-100, reduction="mean")
+    log_p = special.log_softmax(Z, axis=-1)
+    out = jaxloss.nll_loss(log_p, ids, class_weights=CW, ignore_index=-100, reduction="mean")
+    return out, ref
+
+
+@row("torch-multi_margin_loss")
+def _(rng):
+    out = jaxloss.multiclass_hinge_loss(
+        Z, IDS, formulation="weston_watkins", power=2, margin=0.5, reduction="mean"
+    )
+    return out, np.mean(_torch_multi_margin(Z, IDS, p=2, margin=0.5))
+
+
+@row("torch-multilabel_soft_margin_loss")
+def _(rng):
+    log_sig = lambda v: -np.logaddexp(0.0, -v)  # noqa: E731
+    ref = -(MULTI * log_sig(X) + (1 - MULTI) * log_sig(-X)).mean(-1)  # mean over classes
+    return jnp.mean(jaxloss.sigmoid_binary_cross_entropy(X, MULTI), axis=-1).mean(), ref.mean()
+
+
+@row("torch-soft_margin_loss")
+def _(rng):
+    ref = np.mean(np.log1p(np.exp(-SIGNS * S)))
+    return jaxloss.soft_margin_loss(S, SIGNS, reduction="mean"), ref
+
+
+@row("torch-margin_ranking_loss")
+def _(rng):
+    s2 = rng.normal(size=N)
+    ref = np.mean(np.maximum(0.0, -SIGNS * (S - s2) + 0.25))
+    return jaxloss.margin_ranking_loss(S, s2, SIGNS, margin=0.25, reduction="mean"), ref
+
+
+@row("torch-cosine_similarity")
+def _(rng):
+    ref = (X * Y).sum(-1) / (np.linalg.norm(X, axis=-1) * np.linalg.norm(Y, axis=-1))
+    return jaxloss.cosine_similarity(X, Y), ref
+
+
+@row("torch-cosine_embedding_loss")
+def _(rng):
+    # torch's own cosine: ⟨x₁, x₂⟩ / √((‖x₁‖² + 1e-12)(‖x₂‖² + 1e-12))
+    cos = (X * Y).sum(-1) / np.sqrt(((X**2).sum(-1) + 1e-12) * ((Y**2).sum(-1) + 1e-12))
+    ref = np.mean(np.where(SIGNS > 0, 1 - cos, np.maximum(0.0, cos - 0.3)))
+    return jaxloss.cosine_embedding_loss(X, Y, SIGNS, margin=0.3, reduction="mean"), ref
+
+
+@row("torch-triplet_margin_loss")
+def _(rng):
+    d = lambda u, v: np.linalg.norm(u - v + 1e-6, axis=-1)  # pairwise_distance: ‖u − v + ε‖  # noqa: E731
+    ref = np.mean(np.maximum(d(X, Y) - d(X, W) + 1.0, 0.0))
+    return jaxloss.triplet_margin_loss(X, Y, W, reduction="mean"), ref
+
+
+@row("torch-ctc_loss", rtol=1e-9, atol=1e-9)
+def _(rng):
+    logits, labels, t_len, l_len = _ctc_batch(rng)
+    log_probs = np.moveaxis(special.log_softmax(logits, axis=-1), 1, 0)  # torch: [T, N, C]
+    # reduction="mean": each loss divided by its target length, then the batch mean
+    ref = np.mean(np_ctc_loss(logits, labels, t_len, l_len) / l_len)
+    per_seq = jaxloss.ctc_loss(
+        jnp.moveaxis(log_probs, 0, 1), labels, logit_lengths=t_len, label_lengths=l_len
+    )
+    return jnp.mean(per_seq / l_len), ref
+
+
+# --- keras.losses: float64 references of the documented formulas ---------------------
+# Keras calls loss(y_true, y_pred): targets FIRST. Its default reduction
+# "sum_over_batch_size" is the mean of the per-example losses (each already a mean over
+# the last axis for the elementwise losses), so the jaxloss "mean" over [N, D] equals it.
+
+
+@row("keras-MeanSquaredError")
+def _(rng):
+    return jaxloss.squared_error(X, Y, reduction="mean"), np.mean(np.mean((Y - X) ** 2, -1))
+
+
+@row("keras-MeanAbsoluteError")
+def _(rng):
+    return jaxloss.absolute_error(X, Y, reduction="mean"), np.mean(np.mean(np.abs(Y - X), -1))
+
+
+@row("keras-MeanSquaredLogarithmicError")
+def _(rng):
+    y_true, y_pred = PROB, 2.0 * PROB[::-1]  # non-negative
+    ref = np.mean((np.log1p(y_true) - np.log1p(y_pred)) ** 2, -1).mean()
+    return jaxloss.squared_error(jnp.log1p(y_pred), jnp.log1p(y_true), reduction="mean"), ref
+
+
+@row("keras-Huber")
+def _(rng):
+    return jaxloss.huber(X, Y, delta=1.0, reduction="mean"), np.mean(_np_huber(Y - X, 1.0))
+
+
+@row("keras-LogCosh")
+def _(rng):
+    r = X - Y  # keras: r + softplus(−2r) − log 2
+    ref = np.mean(r + np.logaddexp(0.0, -2.0 * r) - np.log(2.0))
+    return jaxloss.log_cosh(X, Y, reduction="mean"), ref
+
+
+@row("keras-BinaryCrossentropy")
+def _(rng):
+    # from_logits=True, label_smoothing=0.1: y ← y(1 − ε) + ε/2; mean over the last axis
+    y = MULTI * 0.9 + 0.05
+    ref = np.mean(np.logaddexp(0.0, X) - y * X)
+    out = jaxloss.sigmoid_binary_cross_entropy(X, MULTI, label_smoothing=0.1, reduction="mean")
+    return out, ref
+
+
+@row("keras-BinaryFocalCrossentropy")
+def _(rng):
+    # apply_class_balancing=True, alpha=0.25, gamma=2, from_logits=True
+    p = special.expit(X)
+    p_t = MULTI * p + (1 - MULTI) * (1 - p)
+    alpha_t = MULTI * 0.25 + (1 - MULTI) * 0.75
+    bce = -(MULTI * np.log(p) + (1 - MULTI) * np.log1p(-p))
+    ref = np.mean(alpha_t * (1 - p_t) ** 2 * bce)
+    out = jaxloss.sigmoid_focal_loss(X, MULTI, alpha=0.25, gamma=2.0, reduction="mean")
+    return out, ref
+
+
+@row("keras-CategoricalCrossentropy")
+def _(rng):
+    # from_logits=True, label_smoothing=0.1: y ← y(1 − ε) + ε/C
+    ref = np.mean(_xent(Z, ONE_HOT * 0.9 + 0.1 / C))
+    out = jaxloss.softmax_cross_entropy(Z, ONE_HOT, label_smoothing=0.1, reduction="mean")
+    return out, ref
+
+
+@row("keras-SparseCategoricalCrossentropy")
+def _(rng):
+    ref = np.mean(_xent(Z, ONE_HOT))  # from_logits=True
+    return jaxloss.softmax_cross_entropy(Z, IDS, reduction="mean"), ref
+
+
+@row("keras-CategoricalFocalCrossentropy")
+def _(rng):
+    # alpha=0.25 (a constant factor), gamma=2, from_logits=True: −Σ α y (1 − p)^γ log p
+    p = special.softmax(Z, axis=-1)
+    ref = np.mean(-(0.25 * ONE_HOT * (1 - p) ** 2 * np.log(p)).sum(-1))
+    return 0.25 * jaxloss.softmax_focal_loss(Z, ONE_HOT, gamma=2.0, reduction="mean"), ref
+
+
+@row("keras-KLDivergence")
+def _(rng):
+    ref = np.mean((P * np.log(P / Q)).sum(-1))  # y_true = p, y_pred = q (clipped to [ε, 1])
+    return jaxloss.kl_divergence(P, Q, reduction="mean"), ref
+
+
+@row("keras-Poisson", rtol=1e-6)
+def _(rng):
+    rate = PROB + 0.5
+    counts = rng.poisson(1.0, size=(N, D)).astype(np.float64)
+    ref = np.mean(rate - counts * np.log(rate + 1e-7))  # keras adds ε = 1e-7 in the log
+    return jaxloss.poisson_nll(jnp.log(rate), counts, full=False, reduction="mean"), ref
+
+
+@row("keras-CosineSimilarity")
+def _(rng):
+    unit = lambda v: v / np.sqrt(np.maximum((v**2).sum(-1, keepdims=True), 1e-12))  # noqa: E731
+    ref = np.mean(-(unit(Y) * unit(X)).sum(-1))
+    return -jaxloss.cosine_similarity(X, Y, reduction="mean"), ref
+
+
+@row("keras-Hinge")
+def _(rng):
+    out = jnp.mean(jaxloss.hinge_loss(X, MULTI.astype(bool)), axis=-1).mean()
+    return out, _keras_hinge(MULTI, X).mean()
+
+
+@row("keras-SquaredHinge")
+def _(rng):
+    out = jnp.mean(jaxloss.hinge_loss(X, MULTI.astype(bool), squared=True), axis=-1).mean()
+    return out, _keras_hinge(MULTI, X, squared=True).mean()
+
+
+@row("keras-CategoricalHinge")
+def _(rng):
+    # pos = Σ y·s, neg = max((1 − y)·s) ≥ 0 (the true class counts as 0), max(0, neg − pos + 1)
+    pos = (ONE_HOT * Z).sum(-1)
+    neg = ((1 - ONE_HOT) * Z).max(-1)
+    ref = np.mean(np.maximum(0.0, neg - pos + 1.0))
+    padded = jnp.pad(Z, ((0, 0), (0, 1)))  # an extra class of score 0: keras's floor
+    return jaxloss.multiclass_hinge_loss(padded, IDS, reduction="mean"), ref
+
+
+@row("keras-Dice", rtol=1e-7)
+def _(rng):
+    p, t = SEG_PROBS, SEG_TARGETS  # axis=None: one score over every element
+    ref = 1 - 2 * (p * t).sum() / (t.sum() + p.sum() + 1e-7)
+    return jaxloss.dice_loss(p, t, axis=(0, 1, 2, 3), smooth=0.0), ref
+
+
+@row("keras-Tversky", rtol=1e-7)
+def _(rng):
+    p, t = SEG_PROBS, SEG_TARGETS
+    tp, fp, fn = (p * t).sum(), (p * (1 - t)).sum(), ((1 - p) * t).sum()
+    ref = 1 - tp / (tp + 0.3 * fp + 0.7 * fn + 1e-7)
+    out = jaxloss.tversky_loss(p, t, alpha=0.3, beta=0.7, axis=(0, 1, 2, 3), smooth=0.0)
+    return out, ref
+
+
+# --- the tests ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_migration_row(x64, name):
+    fn, rtol, atol = ROWS[name]
+    ours, peer = fn(np.random.default_rng(zlib.crc32(name.encode())))  # order-independent
+    assert np.shape(ours) == np.shape(peer), (np.shape(ours), np.shape(peer))
+    assert np.all(np.isfinite(np.asarray(peer)))
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(peer), rtol=rtol, atol=atol)
+
+
+TEST_ID = re.compile(r"^`((?:optax|torch|keras)-\w+)`$")
+
+
+def _guide_ids():
+    """The last cell of every body row of the guide's tables (header and rule skipped)."""
+    ids = []
+    for line in GUIDE.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or set(line) <= set("|- ") or cells[-1] == "Test id":
+            continue
+        match = TEST_ID.match(cells[-1])
+        assert match, f"docs/migrating.md: a table row without a test id: {line!r}"
+        peer = match.group(1).split("-", 1)[1]
+        assert f".{peer}(" in cells[0], f"row {match.group(1)} documents {cells[0]}"
+        ids.append(match.group(1))
+    return ids
+
+
+def test_every_guide_row_names_a_test():
+    ids = _guide_ids()
+    assert len(ids) > 60  # the three tables were found
+    assert len(ids) == len(set(ids)), "a test id appears in two rows"
+    assert set(ids) == set(ROWS), {
+        "rows without a test": sorted(set(ids) - set(ROWS)),
+        "tests without a row": sorted(set(ROWS) - set(ids)),
+    }
+
+
+def test_every_optax_loss_is_in_the_guide():
+    """Each public name of optax.losses has a row or is listed as not covered."""
+    text = GUIDE.read_text()
+    names = [n for n in dir(optax.losses) if not n.startswith("_")]
+    missing = [n for n in names if not re.search(rf"`optax\.(?:losses\.)?{n}\b", text)]
+    assert not missing, missing
