@@ -91,16 +91,19 @@ class ChunkLoss(Protocol):
     arrays that are constants to the engine (no derivative flows to them).
     """
 
+    n_values: int  # per-token values: 1 for a loss, more for `per_token` only
+
     def dtypes(self, cfg: Config) -> tuple[Any, ...]:
-        """The dtypes of the per-token outputs of `forward`: (value, *saved)."""
+        """The dtypes of the per-token outputs of `forward`: (*values, *saved)."""
 
     def forward(self, cfg: Config, z: jax.Array, xs: tuple, b: jax.Array | None) -> tuple:
-        """(value [n], *saved [n]): the per-token loss, and what `backward` needs."""
+        """(*values [n], *saved [n]): the per-token values, and what `backward` needs."""
 
     def backward(
         self, cfg: Config, z: jax.Array, saved: tuple, xs: tuple, b: jax.Array | None
-    ) -> tuple[jax.Array, jax.Array]:
-        """(g [n, V], row [n]): ∂value/∂z = row[:, None]·g, of the logits z as given."""
+    ) -> tuple:
+        """(g [n, V], row [n]) with ∂value/∂z = row[:, None]·g, of the logits z as given
+        (after the cap and the temperature); one such pair per value if ``n_values > 1``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +140,14 @@ def shard_offset(cfg: Config, v_local: int):
     return 0 if cfg.axis_name is None else lax.axis_index(cfg.axis_name) * v_local
 
 
+def targets(cfg: Config, labels: jax.Array, v_local: int, n_classes: int):
+    """(index into this shard, whether the label lives on it, whether it is in [0, V))."""
+    local = labels - shard_offset(cfg, v_local)
+    here = (local >= 0) & (local < v_local)
+    valid = (labels >= 0) & (labels < n_classes)
+    return jnp.clip(local, 0, v_local - 1), here, valid
+
+
 def _dot(a: jax.Array, b: jax.Array, contract: tuple[int, int], dtype: Any) -> jax.Array:
     return lax.dot_general(
         a, b, ((contract[:1], contract[1:]), ((), ())), preferred_element_type=dtype
@@ -162,14 +173,24 @@ def _logits(cfg: Config, h: jax.Array, w: jax.Array, b: jax.Array | None):
     return z, t
 
 
+def _n_values(cfg: Config) -> int:
+    return cfg.loss.n_values
+
+
 def _grad_logits(cfg: Config, z, t, saved, xs, b):
-    """(∂value/∂(h·W + b) per token, unscaled, and the per-token factor to scale it by)."""
-    g, row = cfg.loss.backward(cfg, z, saved, xs, b)
-    if t is not None:
-        g = g * (1.0 - jnp.square(t))
-    if cfg.temperature != 1.0:
-        g = g / cfg.temperature
-    return g, row
+    """((∂value/∂(h·W + b) per token, unscaled, the per-token factor to scale it by), ...),
+    one pair per value."""
+    pairs = cfg.loss.backward(cfg, z, saved, xs, b)
+    if _n_values(cfg) == 1:
+        pairs = (pairs,)
+    out = []
+    for g, row in pairs:
+        if t is not None:
+            g = g * (1.0 - jnp.square(t))
+        if cfg.temperature != 1.0:
+            g = g / cfg.temperature
+        out.append((g, row))
+    return tuple(out)
 
 
 def _add_weight_grad(cfg: Config, gw: jax.Array, hs: jax.Array, g: jax.Array) -> jax.Array:
@@ -291,7 +312,7 @@ def _forward_and_grads(cfg: Config, h, w, b, xs, scale, need: tuple[bool, bool, 
         xs_c = tuple(xs_c)
         z, t = _logits(cfg, h_c, w, b)
         value_c, *saved_c = cfg.loss.forward(cfg, z, xs_c, b)
-        g, row = _grad_logits(cfg, z, t, tuple(saved_c), xs_c, b)
+        ((g, row),) = _grad_logits(cfg, z, t, tuple(saved_c), xs_c, b)
         r = s_c * row
         # Rows of a shifted last chunk seen before are rewritten with the same values in
         # the per-token outputs, but must not be added to the sums again.
@@ -333,6 +354,8 @@ def _vdot(a: jax.Array, b: jax.Array) -> jax.Array:
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def weighted_sum(cfg: Config, h, w, b, xs, scale):
     """Σ_i scale_i·value_i over the tokens (``scale`` [N] holds e.g. w_i or w_i/Σw)."""
+    if _n_values(cfg) != 1:
+        raise ValueError("weighted_sum needs a loss with one per-token value.")
     return jnp.sum(scale * _forward(cfg, h, w, b, xs)[0])
 
 
@@ -358,8 +381,10 @@ weighted_sum.defjvp(_weighted_sum_jvp, symbolic_zeros=True)
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def per_token(cfg: Config, h, w, b, xs):
-    """value_i for every token, [N]."""
-    return _forward(cfg, h, w, b, xs)[0]
+    """value_i for every token, [N]; a tuple of them for a loss with several values."""
+    k = _n_values(cfg)
+    out = _forward(cfg, h, w, b, xs)
+    return out[0] if k == 1 else tuple(out[:k])
 
 
 def _per_token_jvp(cfg: Config, primals, tangents):
@@ -369,20 +394,22 @@ def _per_token_jvp(cfg: Config, primals, tangents):
     # [chunk, V] block at a time instead of saving every chunk's softmax.
     h, w, b, xs = primals
     dh, dw, db, _ = tangents
-    value, *saved = _forward(cfg, h, w, b, xs)
+    k = _n_values(cfg)
+    out = _forward(cfg, h, w, b, xs)
+    value, saved = (out[0] if k == 1 else tuple(out[:k])), tuple(out[k:])
     dh, dw, db = (None if _zero(t) else t for t in (dh, dw, db))
     if dh is None and dw is None and db is None:
-        return value, jnp.zeros_like(value)
+        return value, jax.tree.map(jnp.zeros_like, value)
 
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def piece(h_c, xs_c, saved_c, real_c, dh_c, w, b, dw, db):
         z, t = _logits(cfg, h_c, w, b)
-        g, row = _grad_logits(cfg, z, t, saved_c, xs_c, b)
+        pairs = _grad_logits(cfg, z, t, saved_c, xs_c, b)
         if real_c is not None:
             # Padding rows (h = 0, saved values 0) would give exp(b) = inf for a bias
             # entry above log(MAX) ≈ 88.7 in float32, and 0·inf = NaN in the transposed
             # products.
-            g = jnp.where(real_c[:, None], g, 0.0)
+            pairs = tuple((jnp.where(real_c[:, None], g, 0.0), row) for g, row in pairs)
         dz = jnp.zeros((), cfg.dtype)
         if dh_c is not None:
             dz = dz + _project(cfg, dh_c, w)
@@ -390,10 +417,10 @@ def _per_token_jvp(cfg: Config, primals, tangents):
             dz = dz + _project(cfg, h_c, dw)
         if db is not None:
             dz = dz + db.astype(cfg.dtype)
-        return psum(cfg, jnp.sum(g * dz, axis=1)) * row
+        tangents = tuple(psum(cfg, jnp.sum(g * dz, axis=1)) * row for g, row in pairs)
+        return tangents[0] if k == 1 else tangents
 
     n, chunk = h.shape[0], cfg.chunk
-    saved = tuple(saved)
     if n <= chunk:
         return value, piece(h, xs, saved, None, dh, w, b, dw, db)
     count = -(-n // chunk)
@@ -412,7 +439,7 @@ def _per_token_jvp(cfg: Config, primals, tangents):
     real = None if n % chunk == 0 else jnp.ones(n, bool)
     slices = (stack(h), tuple(map(stack, xs)), tuple(map(stack, saved)), stack(real), stack(dh))
     tangent = lax.scan(body, None, slices)[1]
-    return value, tangent.reshape(count * chunk)[:n]
+    return value, jax.tree.map(lambda t: t.reshape(count * chunk)[:n], tangent)
 
 
 per_token.defjvp(_per_token_jvp, symbolic_zeros=True)

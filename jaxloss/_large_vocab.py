@@ -50,16 +50,10 @@ class CrossEntropy:
     n_classes: int  # the whole vocabulary, summed over shards
     label_smoothing: float
     z_loss: float
+    n_values = 1  # the loss; lse and on are saved for the backward pass
 
     def dtypes(self, cfg: E.Config):
         return cfg.dtype, cfg.dtype, bool
-
-    def _targets(self, cfg: E.Config, labels: jax.Array, v_local: int):
-        """(index into this shard, whether the label lives on it, whether it is a valid class)."""
-        local = labels - E.shard_offset(cfg, v_local)
-        here = (local >= 0) & (local < v_local)
-        valid = (labels >= 0) & (labels < self.n_classes)
-        return jnp.clip(local, 0, v_local - 1), here, valid
 
     def _finite_classes(self, cfg: E.Config, b: jax.Array | None):
         """(mask [V] of the classes with a finite logit or None for all, their global count K).
@@ -83,7 +77,7 @@ class CrossEntropy:
         gradient.
         """
         (labels,) = xs
-        local, here, valid = self._targets(cfg, labels, z.shape[1])
+        local, here, valid = E.targets(cfg, labels, z.shape[1], self.n_classes)
         m = E.pmax(cfg, lax.stop_gradient(jnp.max(z, axis=1)))
         lse = m + jnp.log(E.psum(cfg, jnp.sum(jnp.exp(z - m[:, None]), axis=1)))
         picked = jnp.take_along_axis(z, local[:, None], axis=1)[:, 0]
@@ -110,7 +104,7 @@ class CrossEntropy:
         """
         lse, on = saved
         (labels,) = xs
-        local, here, valid = self._targets(cfg, labels, z.shape[1])
+        local, here, valid = E.targets(cfg, labels, z.shape[1], self.n_classes)
         eps = self.label_smoothing
         row = jnp.where(valid, 1.0, jnp.nan).astype(cfg.dtype)
         p = jnp.exp(z - lse[:, None])
