@@ -174,7 +174,7 @@ def fused_linear_token_log_probs(
     As in `token_log_probs`: masked-out tokens (``where`` False) give 0 with zero
     gradient, even where their ``hidden`` row is NaN or inf; a label on a −inf logit (a
     −inf ``bias`` entry) gives the lowest float with zero gradient, not −inf; a label
-    outside [0, V) gives NaN.
+    outside [0, V) gives NaN, and so does its gradient (drop such tokens with ``where``).
 
     Memory, chunk defaults, bf16/f16 inputs (float32 accumulation) and inputs sharded
     over explicit mesh axes (each device loops over its own tokens) as in
