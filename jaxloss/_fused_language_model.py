@@ -203,9 +203,13 @@ def fused_linear_token_log_probs(
       >>> weight = jnp.array([[1.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
       >>> labels = jnp.array([0, 1, 2])
       >>> jaxloss.fused_linear_token_log_probs(hidden, weight, labels, chunk_size=2)
-      Array([-0.55144, -0.23954, -2.3231 ], dtype=float32)
+      Array([-0.40761 , -0.40761, -2.29892 ], dtype=float32)
       >>> jaxloss.token_log_probs(hidden @ weight, labels)
-      Array([-0.55144, -0.23954, -2.3231 ], dtype=float32)
+      Array([-0.40761 , -0.40761, -2.29892 ], dtype=float32)
+      >>> log_p, entropy = jaxloss.fused_linear_token_log_probs(
+      ...     hidden, weight, labels, return_entropy=True)
+      >>> entropy
+      Array([0.83240, 0.83240 , 0.94947], dtype=float32)
 
     References:
       Williams, "Simple statistical gradient-following algorithms" (Machine Learning 8,
