@@ -27,6 +27,7 @@ from jaxloss._embedding import (
     cosine_similarity,
     triplet_margin_loss,
 )
+from jaxloss._fused_language_model import fused_linear_token_log_probs
 from jaxloss._information import (
     cross_entropy,
     entropy,
@@ -186,6 +187,7 @@ __all__ = [
     "siglip_loss",
     # language models: token log-probabilities, distillation, policy-gradient losses
     "token_log_probs",
+    "fused_linear_token_log_probs",
     "sequence_log_probs",
     "distillation_loss",
     "policy_gradient_loss",

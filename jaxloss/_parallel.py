@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxloss import _conventions as C
+from jaxloss import _engine as E
 from jaxloss import _large_vocab as LV
 from jaxloss._classification import (
     _batch_shape,
@@ -306,7 +307,7 @@ def vocab_parallel_fused_linear_cross_entropy(
       Shoeybi et al., "Megatron-LM" (2019), §3; Wijmans et al., "Cut your losses in
       large-vocabulary language models" (2024).
     """
-    cfg, h, w, b, y, keep, weights, batch = LV.prepare(
+    cfg, h, w, b, xs, keep, weights, batch = LV.prepare(
         hidden,
         weight,
         labels,
@@ -323,4 +324,4 @@ def vocab_parallel_fused_linear_cross_entropy(
         axis_name=axis_name,
         n_shards=axis_size(axis_name, "vocab_parallel_fused_linear_cross_entropy"),
     )
-    return LV.reduce(cfg, h, w, b, y, keep, weights, batch, reduction, batch_axis_name)
+    return E.reduce(cfg, h, w, b, xs, keep, weights, batch, reduction, batch_axis_name)

@@ -873,6 +873,73 @@ CASES += [
 ]
 
 
+# fused_linear_token_log_probs (issue 13): log softmax(z/T)[y] of z = h·W (+ b), the fused
+# counterpart of token_log_probs; tests/test_fused_language_model.py checks the entropy
+# output and every gradient against float64 references at several chunk sizes.
+def _fused_log_probs_ref(
+    hidden,
+    weight,
+    labels,
+    *,
+    bias=None,
+    weight_layout="dense",
+    temperature=1.0,
+    logit_soft_cap=None,
+    chunk_size=None,
+    where=None,
+):
+    z = hidden @ (weight if weight_layout == "dense" else weight.T)
+    if bias is not None:
+        z = z + bias
+    if logit_soft_cap is not None:
+        z = logit_soft_cap * np.tanh(z / logit_soft_cap)
+    log_p = special.log_softmax(z / temperature, axis=-1)
+    out = log_p[np.arange(len(labels)), labels]
+    return out if where is None else np.where(where, out, 0.0)
+
+
+def _fused_log_probs_make(layout="dense", **options):
+    make = _fused_make(layout, **options)
+
+    def with_mask(rng):
+        args, kwargs = make(rng)
+        return args, {**kwargs, "where": rng.random(N) < 0.7}
+
+    return with_mask
+
+
+def _transposed_weight(inputs):
+    (hidden, weight, labels), kwargs = inputs
+    return (hidden, np.ascontiguousarray(weight.T), labels), kwargs
+
+
+CASES += [
+    Case(
+        "fused_linear_token_log_probs",
+        jaxloss.fused_linear_token_log_probs,
+        _fused_log_probs_make(chunk_size=4, temperature=1.5),
+        _fused_log_probs_ref,
+        grad_args=(0, 1),
+        unbatched=(1,),
+        conventions=False,
+        extreme=lambda: _fused_extreme(),
+        id="fused_linear_token_log_probs[chunk 4 of 6,temperature]",
+    ),
+    Case(
+        "fused_linear_token_log_probs",
+        functools.partial(jaxloss.fused_linear_token_log_probs, weight_layout="embedding"),
+        _fused_log_probs_make("embedding", bias=True, logit_soft_cap=2.5, chunk_size=5),
+        functools.partial(_fused_log_probs_ref, weight_layout="embedding"),
+        grad_args=(0, 1),
+        grad_kwargs=("bias",),
+        unbatched=(1, "bias"),
+        conventions=False,
+        extreme=lambda: _transposed_weight(_fused_extreme(bias=True, logit_soft_cap=2.5)),
+        id="fused_linear_token_log_probs[embedding,bias,soft_cap,chunk 5 of 6]",
+    ),
+]
+
+
 # --------------------------------------------------------------------------------------
 # Margin losses (issue 12)
 # --------------------------------------------------------------------------------------

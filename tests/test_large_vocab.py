@@ -15,6 +15,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxloss
+from jaxloss import _engine as E
 from jaxloss import _large_vocab as LV
 from tests.torch_ce_reference import torch_cross_entropy
 
@@ -174,20 +175,20 @@ def test_default_chunks_on_cpu_and_on_accelerators(monkeypatch):
     assert LV.default_chunk(16384, 131072) == 64
     assert LV.default_chunk(100, 32768) == 100
     # GPU/TPU: about 512 MiB, at least 1024 tokens, and the weight gradient updated whole.
-    monkeypatch.setattr(LV, "_on_accelerator", lambda: True)
+    monkeypatch.setattr(E, "_on_accelerator", lambda: True)
     assert LV.default_chunk(16384, 32768) == 4096
     assert LV.default_chunk(16384, 131072) == 1024
     assert LV.default_chunk(16384, 1 << 20) == 1024
     assert LV._default_block(2048, 131072) == 131072
     # and the accelerator path (one weight-gradient block, a ragged last chunk) is exact.
-    monkeypatch.setattr(LV, "_ACCELERATOR_MIN_CHUNK", 16)
-    monkeypatch.setattr(LV, "_ACCELERATOR_CHUNK_BYTES", 0)
+    monkeypatch.setattr(E, "_ACCELERATOR_MIN_CHUNK", 16)
+    monkeypatch.setattr(E, "_ACCELERATOR_CHUNK_BYTES", 0)
     assert_fused_equals_naive_float64(None)
 
 
 def test_embedding_layout_equals_dense_with_the_transposed_weight(monkeypatch):
     # Blocks of 16 vocabulary entries for the weight-gradient update: three and a tail.
-    monkeypatch.setattr(LV, "_BLOCK_BYTES", 4 * D * 16)
+    monkeypatch.setattr(E, "_BLOCK_BYTES", 4 * D * 16)
     table = jnp.asarray(WEIGHT.T, jnp.float64)
     h, b = jnp.asarray(HIDDEN, jnp.float64), jnp.asarray(BIAS, jnp.float64)
 

@@ -1,0 +1,610 @@
+"""The chunked engine: a loss of ``hidden @ weight (+ bias)`` without the [N, V] logits.
+
+A language-model head computes logits z = h·W (+ b) for N tokens over a vocabulary of V
+classes; the [N, V] logits and their gradient dominate the memory of training. This
+module owns the one loop that avoids them: the tokens are processed a chunk at a time,
+so only a [chunk, V] block of logits ever exists. A loss plugs in as a `ChunkLoss`, a
+function of one chunk's logits (its per-token value and the values it saves), and of
+its gradient with respect to those logits:
+
+- when the loss is a weighted sum over tokens (`weighted_sum`, the ``"sum"`` and
+  ``"mean"`` reductions), the gradients with respect to h, W and b are formed in the
+  same pass as the loss (the backward pass only scales them): the three matrix products
+  of the ordinary forward and backward pass and nothing more;
+- otherwise (`per_token`, per-token values whose cotangents arrive only in the backward
+  pass) the backward pass recomputes each chunk's logits from what the forward pass
+  saved (a fourth product).
+
+The engine also owns what every such loss shares: the dense [D, V] and embedding [V, D]
+layouts, soft-capping and temperature of the logits, bf16/f16 inputs with float32
+accumulation, the backend-dependent default chunk size, the vocabulary sharded over a
+mesh axis (``axis_name``: the loss completes its reductions over the vocabulary with
+`psum`/`pmax`), tokens sharded under ``batch_axis_name``, and inputs sharded over
+explicit mesh axes (`explicit_mesh`, `per_device`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+from typing import Any, Protocol, cast
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+from jax.sharding import PartitionSpec as P
+
+from jaxloss import _conventions as C
+
+LAYOUTS = ("dense", "embedding")
+
+# Default chunk: about this many bytes for one [chunk, V] float32 block of logits, and
+# at least _MIN_CHUNK tokens, since the weight gradient is updated once per chunk (a
+# read and a write of [D, V]) and small chunks make that traffic dominate.
+_CHUNK_BYTES = 16 * 2**20
+_MIN_CHUNK = 64
+# The weight gradient is updated a block of vocabulary entries at a time, so that its
+# temporary is a [D, block] array of about this size rather than a second [D, V] array.
+_BLOCK_BYTES = 8 * 2**20
+# On a GPU or TPU the CPU's cache-sized chunks leave the matrix units idle: every chunk
+# re-reads the [D, V] weight and launches its own kernels. Measured on an H100
+# (benchmarks/results/large_vocab_gpu.md): 64-token chunks made N = 16384, D = 2048,
+# V = 131072 8.6x slower than the naive computation; 1024-token chunks with the weight
+# gradient updated whole ran at 1.05-1.10x (float32) and 0.69-0.70x (bf16) of its time
+# (two runs), with 1/16 and 1/12 of its temp memory.
+_ACCELERATOR_CHUNK_BYTES = 512 * 2**20
+_ACCELERATOR_MIN_CHUNK = 1024
+
+
+def _on_accelerator() -> bool:
+    return jax.default_backend() != "cpu"
+
+
+def default_chunk(n_tokens: int, v_local: int) -> int:
+    """Tokens per chunk: a power of two, a [chunk, V] float32 block of about 16 MiB and at
+    least 64 tokens on the CPU; about 512 MiB and at least 1024 tokens on a GPU or TPU."""
+    if _on_accelerator():
+        budget, least = _ACCELERATOR_CHUNK_BYTES, _ACCELERATOR_MIN_CHUNK
+    else:
+        budget, least = _CHUNK_BYTES, _MIN_CHUNK
+    chunk = max(least, budget // (4 * max(v_local, 1)))
+    chunk = 1 << (chunk.bit_length() - 1)  # a power of two
+    return max(1, min(chunk, n_tokens))
+
+
+def _default_block(d: int, v_local: int) -> int:
+    """Vocabulary entries per weight-gradient update: all of them on a GPU or TPU."""
+    if _on_accelerator():
+        return max(1, v_local)
+    block = max(8, _BLOCK_BYTES // (4 * max(d, 1)))
+    return max(1, min(1 << (block.bit_length() - 1), v_local))
+
+
+class ChunkLoss(Protocol):
+    """A per-token loss of one chunk's logits z [n, V] (this device's vocabulary shard).
+
+    Implementations are frozen dataclasses (hashable: they are part of the static
+    `Config`). ``xs`` is the chunk's slice of the per-token inputs (labels, ...): [n, ...]
+    arrays that are constants to the engine (no derivative flows to them).
+    """
+
+    n_values: int  # per-token values: 1 for a loss, more for `per_token` only
+
+    def dtypes(self, cfg: Config) -> tuple[Any, ...]:
+        """The dtypes of the per-token outputs of `forward`: (*values, *saved)."""
+
+    def forward(self, cfg: Config, z: jax.Array, xs: tuple, b: jax.Array | None) -> tuple:
+        """(*values [n], *saved [n]): the per-token values, and what `backward` needs."""
+
+    def backward(
+        self, cfg: Config, z: jax.Array, saved: tuple, xs: tuple, b: jax.Array | None
+    ) -> tuple:
+        """(g [n, V], row [n]) with ∂value/∂z = row[:, None]·g, of the logits z as given
+        (after the cap and the temperature); one such pair per value if ``n_values > 1``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The static (trace-time) description of one chunked computation."""
+
+    layout: str  # "dense": weight [D, V] (Flax Dense kernel); "embedding": weight [V, D]
+    chunk: int  # tokens per chunk
+    block: int  # vocabulary entries per weight-gradient update
+    dtype: Any  # the compute dtype (float32, or float64)
+    loss: Any  # the ChunkLoss
+    soft_cap: float | None = None  # logits cap·tanh(z/cap)
+    temperature: float = 1.0  # logits divided by it (after the cap)
+    axis_name: Any = None  # the mesh axis the vocabulary is sharded over, if any
+
+
+# --------------------------------------------------------------------------------------
+# One chunk of tokens
+# --------------------------------------------------------------------------------------
+
+
+def psum(cfg: Config, x: jax.Array) -> jax.Array:
+    """Σ over the vocabulary shards (``x`` itself without ``axis_name``)."""
+    return x if cfg.axis_name is None else lax.psum(x, cfg.axis_name)
+
+
+def pmax(cfg: Config, x: jax.Array) -> jax.Array:
+    """max over the vocabulary shards (``x`` itself without ``axis_name``)."""
+    return x if cfg.axis_name is None else lax.pmax(x, cfg.axis_name)
+
+
+def shard_offset(cfg: Config, v_local: int):
+    """The global id of this shard's first vocabulary entry (0 without ``axis_name``)."""
+    return 0 if cfg.axis_name is None else lax.axis_index(cfg.axis_name) * v_local
+
+
+def targets(cfg: Config, labels: jax.Array, v_local: int, n_classes: int):
+    """(index into this shard, whether the label lives on it, whether it is in [0, V))."""
+    local = labels - shard_offset(cfg, v_local)
+    here = (local >= 0) & (local < v_local)
+    valid = (labels >= 0) & (labels < n_classes)
+    return jnp.clip(local, 0, v_local - 1), here, valid
+
+
+def _dot(a: jax.Array, b: jax.Array, contract: tuple[int, int], dtype: Any) -> jax.Array:
+    return lax.dot_general(
+        a, b, ((contract[:1], contract[1:]), ((), ())), preferred_element_type=dtype
+    )
+
+
+def _project(cfg: Config, h: jax.Array, w: jax.Array) -> jax.Array:
+    """h·W [n, V] in the compute dtype, for either weight layout."""
+    return _dot(h, w, (1, 0) if cfg.layout == "dense" else (1, 1), cfg.dtype)
+
+
+def _logits(cfg: Config, h: jax.Array, w: jax.Array, b: jax.Array | None):
+    """(z, tanh(z/cap) or None): the chunk's logits [n, V], soft-capped and tempered."""
+    z = _project(cfg, h, w)
+    if b is not None:
+        z = z + b.astype(cfg.dtype)
+    t = None
+    if cfg.soft_cap is not None:
+        t = jnp.tanh(z / cfg.soft_cap)
+        z = cfg.soft_cap * t
+    if cfg.temperature != 1.0:
+        z = z / cfg.temperature
+    return z, t
+
+
+def _n_values(cfg: Config) -> int:
+    return cfg.loss.n_values
+
+
+def _grad_logits(cfg: Config, z, t, saved, xs, b):
+    """((∂value/∂(h·W + b) per token, unscaled, the per-token factor to scale it by), ...),
+    one pair per value."""
+    pairs = cfg.loss.backward(cfg, z, saved, xs, b)
+    if _n_values(cfg) == 1:
+        pairs = (pairs,)
+    out = []
+    for g, row in pairs:
+        if t is not None:
+            g = g * (1.0 - jnp.square(t))
+        if cfg.temperature != 1.0:
+            g = g / cfg.temperature
+        out.append((g, row))
+    return tuple(out)
+
+
+def _add_weight_grad(cfg: Config, gw: jax.Array, hs: jax.Array, g: jax.Array) -> jax.Array:
+    """gw + hsᵀ·g ([D, V]; gᵀ·hs for the [V, D] layout), a vocabulary block at a time.
+
+    Adding one [D, V] product to the accumulator would need a second [D, V] temporary;
+    updating it in place block by block needs only a [D, block] one.
+    """
+    axis = 1 if cfg.layout == "dense" else 0
+
+    def update(gw, start, g_blk):
+        if cfg.layout == "dense":
+            blk = _dot(hs, g_blk, (0, 0), cfg.dtype)
+        else:
+            blk = _dot(g_blk, hs, (0, 0), cfg.dtype)
+        old = lax.dynamic_slice_in_dim(gw, start, g_blk.shape[1], axis)
+        return lax.dynamic_update_slice_in_dim(gw, old + blk, start, axis)
+
+    def body(gw, start, fresh):
+        g_blk = lax.dynamic_slice_in_dim(g, start, cfg.block, 1)
+        if fresh is not None:  # columns an earlier block already added
+            g_blk = jnp.where(fresh, g_blk, 0)
+        return update(gw, start, g_blk)
+
+    return _over_blocks(g.shape[1], cfg.block, body, gw)
+
+
+# --------------------------------------------------------------------------------------
+# Loops over chunks of tokens
+# --------------------------------------------------------------------------------------
+
+
+def _over_blocks(n: int, size: int, body, carry):
+    """``carry = body(carry, start, fresh)`` over blocks of ``size`` covering [0, n).
+
+    When ``size`` does not divide ``n`` the last block is shifted back to end at n, so
+    one body of one shape serves every block (a ragged tail would need a second copy);
+    ``fresh`` [size] then marks the entries of a block that no earlier block covered,
+    for the body to leave the others out of its sums. It is None when all are fresh.
+    """
+    if n == 0:
+        return carry
+    count = -(-n // size)
+    if count == 1:
+        return body(carry, 0, None)
+    ragged = n % size != 0
+
+    def step(i, carry):
+        nominal = i * size
+        if not ragged:
+            return body(carry, nominal, None)
+        start = jnp.minimum(nominal, n - size)
+        return body(carry, start, start + jnp.arange(size) >= nominal)
+
+    return lax.fori_loop(0, count, step, carry)
+
+
+def _over_chunks(n: int, chunk: int, step, carry, xs: tuple[jax.Array, ...]):
+    """``carry = step(carry, start, fresh, slices)`` over the token chunks."""
+
+    def body(carry, start, fresh):
+        return step(carry, start, fresh, [lax.dynamic_slice_in_dim(x, start, chunk) for x in xs])
+
+    return _over_blocks(n, chunk, body, carry)
+
+
+def _zeros(shape, dtype, *like) -> jax.Array:
+    """Zeros that vary over the mesh axes of every array in ``like``.
+
+    Inside ``shard_map`` a loop carry must keep its type, including the mesh axes it
+    varies over; outside, this is just ``jnp.zeros``.
+    """
+    parts = [jnp.zeros_like(x, dtype=dtype, shape=shape) for x in like if x is not None]
+    return sum(parts[1:], parts[0]) if parts else jnp.zeros(shape, dtype)
+
+
+def _token_zeros(cfg: Config, shape, h, w, b, xs) -> jax.Array:
+    """Zeros of a per-token result's type: it varies with the tokens, and with the weight
+    shards only before the sum over the vocabulary axis."""
+    out = _zeros(shape, cfg.dtype, h, *xs)
+    if cfg.axis_name is not None:
+        out = out + lax.psum(_zeros((), cfg.dtype, w, b), cfg.axis_name)
+    return out
+
+
+def _put(buf: jax.Array, value: jax.Array, start) -> jax.Array:
+    return lax.dynamic_update_slice_in_dim(buf, value.astype(buf.dtype), start, 0)
+
+
+def _forward(cfg: Config, h, w, b, xs):
+    """The loss's (value, *saved) of every token, [N] each; one [chunk, V] block at a time."""
+
+    def step(carry, start, fresh, slices):
+        h_c, *xs_c = slices
+        out = cfg.loss.forward(cfg, _logits(cfg, h_c, w, b)[0], tuple(xs_c), b)
+        return tuple(_put(buf, o, start) for buf, o in zip(carry, out, strict=True))
+
+    n = h.shape[0]
+    zeros = _token_zeros(cfg, (n,), h, w, b, xs)
+    init = tuple(zeros.astype(dtype) for dtype in cfg.loss.dtypes(cfg))
+    return _over_chunks(n, cfg.chunk, step, init, (h, *xs))
+
+
+def _forward_and_grads(cfg: Config, h, w, b, xs, scale, need: tuple[bool, bool, bool]):
+    """Per-token values and the gradients of Σ_i scale_i·value_i, all in one pass.
+
+    Returns (value [N], ∂/∂h [N, D] or None, ∂/∂W or None, ∂/∂b or None), in the compute
+    dtype. The gradient products take ∂value/∂z in the matmul dtype and accumulate in the
+    compute dtype; the token weights scale the rows of h (not ∂value/∂z, whose entries
+    are as small as 1/V and would underflow in float16 once scaled).
+    """
+    need_h, need_w, need_b = need
+    n, d = h.shape
+    v = w.shape[1] if cfg.layout == "dense" else w.shape[0]
+
+    def step(carry, start, fresh, slices):
+        value, gh, gw, gb = carry
+        h_c, *xs_c, s_c = slices
+        xs_c = tuple(xs_c)
+        z, t = _logits(cfg, h_c, w, b)
+        value_c, *saved_c = cfg.loss.forward(cfg, z, xs_c, b)
+        ((g, row),) = _grad_logits(cfg, z, t, tuple(saved_c), xs_c, b)
+        r = s_c * row
+        # Rows of a shifted last chunk seen before are rewritten with the same values in
+        # the per-token outputs, but must not be added to the sums again.
+        r_sum = r if fresh is None else jnp.where(fresh, r, 0.0)
+        gm = g.astype(w.dtype)
+        if need_h:
+            part = _dot(gm, w, (1, 1) if cfg.layout == "dense" else (1, 0), cfg.dtype)
+            gh = _put(gh, r[:, None] * part, start)
+        if need_w:
+            hs = (r_sum[:, None] * h_c.astype(cfg.dtype)).astype(w.dtype)
+            gw = _add_weight_grad(cfg, gw, hs, gm)
+        if need_b:
+            gb = gb + r_sum @ g
+        return _put(value, value_c, start), gh, gw, gb
+
+    everything = (h, w, b, *xs, scale)
+    init = (
+        _token_zeros(cfg, (n,), h, w, b, xs),
+        _zeros((n, d), cfg.dtype, *everything) if need_h else None,
+        _zeros(w.shape, cfg.dtype, *everything) if need_w else None,
+        _zeros((v,), cfg.dtype, *everything) if need_b else None,
+    )
+    return _over_chunks(n, cfg.chunk, step, init, (h, *xs, scale))
+
+
+# --------------------------------------------------------------------------------------
+# The differentiable cores
+# --------------------------------------------------------------------------------------
+
+
+def _zero(t) -> bool:
+    return t is None or isinstance(t, SymbolicZero)
+
+
+def _vdot(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.sum(a * b.astype(a.dtype))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def weighted_sum(cfg: Config, h, w, b, xs, scale):
+    """Σ_i scale_i·value_i over the tokens (``scale`` [N] holds e.g. w_i or w_i/Σw)."""
+    if _n_values(cfg) != 1:
+        raise ValueError("weighted_sum needs a loss with one per-token value.")
+    return jnp.sum(scale * _forward(cfg, h, w, b, xs)[0])
+
+
+def _weighted_sum_jvp(cfg: Config, primals, tangents):
+    # The tangent map is ⟨∇h, dh⟩ + ⟨∇W, dW⟩ + ⟨∇b, db⟩ + ⟨value, d scale⟩ with the
+    # gradients computed here, in the forward pass; reverse mode transposes it into a
+    # product with the output cotangent, so the backward pass does no further work on
+    # the logits. The per-token inputs ``xs`` are constants.
+    h, w, b, xs, scale = primals
+    dh, dw, db, _, dscale = tangents
+    need = (not _zero(dh), not _zero(dw), b is not None and not _zero(db))
+    value, gh, gw, gb = _forward_and_grads(cfg, h, w, b, xs, scale, need)
+    out = jnp.sum(scale * value)
+    parts = [_vdot(g, d) for g, d in zip((gh, gw, gb), (dh, dw, db), strict=True) if g is not None]
+    # A sum of arrays is an array (`sum` starts at the int 0, which typeshed keeps).
+    tangent = psum(cfg, cast(jax.Array, sum(parts))) if parts else jnp.zeros_like(out)
+    if not _zero(dscale):
+        tangent = tangent + _vdot(value, dscale)
+    return out, tangent
+
+
+weighted_sum.defjvp(_weighted_sum_jvp, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def per_token(cfg: Config, h, w, b, xs):
+    """value_i for every token, [N]; a tuple of them for a loss with several values."""
+    k = _n_values(cfg)
+    out = _forward(cfg, h, w, b, xs)
+    return out[0] if k == 1 else tuple(out[:k])
+
+
+def _per_token_jvp(cfg: Config, primals, tangents):
+    # The per-token cotangent is only known in the backward pass, so the gradient cannot
+    # be formed here: the tangent map recomputes each chunk's logits (from the saved
+    # per-token values) under jax.checkpoint, so that its transpose, too, holds only one
+    # [chunk, V] block at a time instead of saving every chunk's softmax.
+    h, w, b, xs = primals
+    dh, dw, db, _ = tangents
+    k = _n_values(cfg)
+    out = _forward(cfg, h, w, b, xs)
+    value, saved = (out[0] if k == 1 else tuple(out[:k])), tuple(out[k:])
+    dh, dw, db = (None if _zero(t) else t for t in (dh, dw, db))
+    if dh is None and dw is None and db is None:
+        return value, jax.tree.map(jnp.zeros_like, value)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def piece(h_c, xs_c, saved_c, real_c, dh_c, w, b, dw, db):
+        z, t = _logits(cfg, h_c, w, b)
+        pairs = _grad_logits(cfg, z, t, saved_c, xs_c, b)
+        if real_c is not None:
+            # Padding rows (h = 0, saved values 0) would give exp(b) = inf for a bias
+            # entry above log(MAX) ≈ 88.7 in float32, and 0·inf = NaN in the transposed
+            # products.
+            pairs = tuple((jnp.where(real_c[:, None], g, 0.0), row) for g, row in pairs)
+        dz = jnp.zeros((), cfg.dtype)
+        if dh_c is not None:
+            dz = dz + _project(cfg, dh_c, w)
+        if dw is not None:
+            dz = dz + _project(cfg, h_c, dw)
+        if db is not None:
+            dz = dz + db.astype(cfg.dtype)
+        tangents = tuple(psum(cfg, jnp.sum(g * dz, axis=1)) * row for g, row in pairs)
+        return tangents[0] if k == 1 else tangents
+
+    n, chunk = h.shape[0], cfg.chunk
+    if n <= chunk:
+        return value, piece(h, xs, saved, None, dh, w, b, dw, db)
+    count = -(-n // chunk)
+
+    def stack(x):
+        # Scanned inputs, so that the transposed loop, too, reads and writes one chunk
+        # of them per step; a ragged end is padded with harmless zeros and cut off.
+        if x is None:
+            return None
+        x = jnp.pad(x, [(0, count * chunk - n)] + [(0, 0)] * (x.ndim - 1))
+        return x.reshape((count, chunk) + x.shape[1:])
+
+    def body(_, slices):
+        return None, piece(*slices, w, b, dw, db)
+
+    real = None if n % chunk == 0 else jnp.ones(n, bool)
+    slices = (stack(h), tuple(map(stack, xs)), tuple(map(stack, saved)), stack(real), stack(dh))
+    tangent = lax.scan(body, None, slices)[1]
+    return value, jax.tree.map(lambda t: t.reshape(count * chunk)[:n], tangent)
+
+
+per_token.defjvp(_per_token_jvp, symbolic_zeros=True)
+
+# Called eagerly, the chunk loops would be traced and compiled on every call; jitted,
+# they are compiled once per configuration and shape (and inlined under an outer jit).
+_weighted_sum_jit = jax.jit(weighted_sum, static_argnums=0)
+_per_token_jit = jax.jit(per_token, static_argnums=0)
+
+
+# --------------------------------------------------------------------------------------
+# Inputs and reductions
+# --------------------------------------------------------------------------------------
+
+
+def python_number(name: str, value: Any) -> float:
+    """``value`` as a float, or a TypeError: a hyperparameter fixed at trace time."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a Python number (it is fixed at trace time), got {value!r}."
+        )
+    return float(value)
+
+
+def check_linear(hidden, weight, bias, weight_layout: str):
+    """Validate the layer's shapes; returns (D, V of this shard, the token shape)."""
+    if weight_layout not in LAYOUTS:
+        raise ValueError(
+            f"`weight_layout` must be one of {LAYOUTS}, got {weight_layout!r}: 'dense' for a "
+            "[D, V] kernel (Flax Dense), 'embedding' for a [V, D] table (tied embeddings)."
+        )
+    if hidden.ndim < 1:
+        raise ValueError("`hidden` must have a feature axis (its last), got a scalar.")
+    d, batch = hidden.shape[-1], hidden.shape[:-1]
+    if weight.ndim != 2:
+        raise ValueError(f"`weight` must be a matrix, got shape {weight.shape}.")
+    d_w, v = weight.shape if weight_layout == "dense" else weight.shape[::-1]
+    if d_w != d:
+        expected = "[D, V]" if weight_layout == "dense" else "[V, D]"
+        raise ValueError(
+            f"`weight` of shape {weight.shape} does not match `hidden` of shape {hidden.shape}: "
+            f"with weight_layout={weight_layout!r} it must be {expected} with D = {d}."
+        )
+    return d, v, batch
+
+
+def check_bias(bias, v: int) -> None:
+    if bias is not None and bias.shape != (v,):
+        raise ValueError(f"`bias` must have shape ({v},), one entry per class, got {bias.shape}.")
+
+
+def soft_cap(logit_soft_cap) -> float | None:
+    """The validated ``logit_soft_cap`` (a positive Python number) or None."""
+    if logit_soft_cap is None:
+        return None
+    cap = python_number("logit_soft_cap", logit_soft_cap)
+    C.check_positive("logit_soft_cap", cap)
+    return cap
+
+
+def chunk(chunk_size, n: int, v: int) -> int:
+    """Tokens per chunk: the validated ``chunk_size`` (at most N), or the default."""
+    if chunk_size is None:
+        return default_chunk(n, v)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+        raise TypeError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}.")
+    if chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}.")
+    return min(int(chunk_size), max(n, 1))
+
+
+def flat_hidden(hidden, weight, keep, batch, d: int) -> jax.Array:
+    """[N, D] in the matmul dtype, a dropped token's row 0 (and no gradient to it)."""
+    mm = jnp.promote_types(hidden.dtype, weight.dtype)
+    if keep is not None:
+        hidden = C.keep(keep[..., None], hidden, 0.0)
+    n = int(np.prod(batch, dtype=np.int64))
+    return hidden.astype(mm).reshape(n, d)
+
+
+def token_scale(cfg: Config, keep, weights, batch, reduction, batch_axis_name=None):
+    """The per-token factors of a "sum" (w_i, 0 if dropped) or "mean" (w_i / Σ w) reduction."""
+    w_tok = jnp.ones(batch, cfg.dtype)
+    if weights is not None:
+        w_tok = jnp.broadcast_to(weights, batch).astype(cfg.dtype)
+    if keep is not None:
+        w_tok = jnp.where(keep, w_tok, 0.0)
+    scale = w_tok
+    if reduction == "mean":
+        count = jnp.sum(w_tok)
+        if batch_axis_name is not None:
+            count = lax.psum(count, batch_axis_name)
+        # 0 when nothing is kept; a NaN weight (or count) stays NaN, never 0.
+        scale = jnp.where(count == 0, 0.0, w_tok / jnp.where(count == 0, 1.0, count))
+    return scale.reshape(-1)
+
+
+def reduce(cfg, h, w, b, xs, keep, weights, batch, reduction, batch_axis_name=None):
+    """The loss with the conventions' reduction; "sum"/"mean" take the one-pass gradient."""
+    if reduction == "none":
+        value = _per_token_jit(cfg, h, w, b, xs).reshape(batch)
+        return C.reduce(value, where=keep, weights=weights, reduction="none")
+    scale = token_scale(cfg, keep, weights, batch, reduction, batch_axis_name)
+    total = _weighted_sum_jit(cfg, h, w, b, xs, scale)
+    if batch_axis_name is not None:
+        total = lax.psum(total, batch_axis_name)
+    return total
+
+
+# --------------------------------------------------------------------------------------
+# Explicitly sharded inputs
+# --------------------------------------------------------------------------------------
+
+
+def explicit_mesh(*arrays):
+    """The mesh of the first input sharded over explicit mesh axes, or None."""
+    for x in arrays:
+        sharding = getattr(jax.typeof(x), "sharding", None) if isinstance(x, jax.Array) else None
+        spec = getattr(sharding, "spec", None)
+        if sharding is not None and spec is not None and any(e is not None for e in spec):
+            return sharding.mesh
+    return None
+
+
+def per_device(function, mesh, hidden, *, shared: dict, tokens: dict, options: dict, per_token):
+    """``function`` of explicitly sharded inputs: data parallel over the token sharding.
+
+    The chunk loops slice the token and vocabulary axes, which explicit sharding does
+    not allow along a sharded axis. So the loss runs in ``shard_map``: each device loops
+    over its own tokens (``hidden`` keeps the sharding of its token axes, ``tokens`` are
+    sharded like them), with the ``shared`` inputs (weight, bias) replicated, and
+    ``function`` is called with ``batch_axis_name`` set to the token axes, so that its
+    sums and means are taken over all devices. ``per_token``: whether the result has
+    the token shape (else it is a scalar).
+    """
+    hidden = jnp.asarray(hidden)
+    spec = jax.typeof(hidden).sharding.spec
+    token_axes = tuple(spec)[: hidden.ndim - 1] if hidden.ndim else ()
+    axes = tuple(
+        a
+        for entry in token_axes
+        if entry is not None
+        for a in (entry if isinstance(entry, tuple) else (entry,))
+    )
+    token_spec, row_spec = P(*token_axes), P(*token_axes, None)
+
+    def put(x, spec):
+        if x is None:
+            return None
+        x = jnp.asarray(x)
+        if spec is not None and x.ndim != len(spec):
+            x = jnp.broadcast_to(x, hidden.shape[:-1])
+        return jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, spec or P()))
+
+    inputs = {"hidden": put(hidden, row_spec)}
+    specs = {"hidden": row_spec}
+    for group, spec in ((shared, None), (tokens, token_spec)):
+        for key, x in group.items():
+            if x is not None:
+                inputs[key] = put(x, spec)
+                specs[key] = spec or P()
+
+    def local(inputs):
+        return function(**inputs, **options, batch_axis_name=axes or None)
+
+    out = token_spec if per_token else P()
+    return jax.shard_map(local, mesh=mesh, in_specs=(specs,), out_specs=out)(inputs)

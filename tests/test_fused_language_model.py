@@ -1,0 +1,212 @@
+"""fused_linear_token_log_probs: equal to the materialized logits, in value and gradients.
+
+References: log softmax and the entropy written in float64 numpy/scipy, with their
+gradients by hand (∂log p_y/∂z = onehot − p, ∂H/∂z = −p·(log p + H), the chain rule
+through the cap and the temperature), and the materialized-logits counterparts
+`token_log_probs` and `entropy_from_logits`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+from scipy import special
+
+import jaxloss
+
+N, D, V = 10, 5, 13  # 10 tokens
+T, CAP = 1.7, 2.5
+RNG = np.random.default_rng(0)
+HIDDEN = RNG.normal(size=(N, D))
+WEIGHT = RNG.normal(size=(D, V))
+BIAS = RNG.normal(size=V)
+LABELS = RNG.integers(0, V, N)
+C1, C2 = RNG.normal(size=N), RNG.normal(size=N)  # the cotangents of log p_y and H
+KEEP = RNG.random(N) < 0.7
+
+
+def reference(hidden, weight, bias, labels, *, temperature=1.0, cap=None):
+    """(log p_y, H, and the gradients of Σ C1·log p_y + C2·H w.r.t. h, W, b), float64."""
+    a = hidden @ weight + bias
+    t = None if cap is None else np.tanh(a / cap)
+    u = (a if cap is None else cap * t) / temperature
+    log_p = special.log_softmax(u, axis=-1)
+    p = np.exp(log_p)
+    lp = log_p[np.arange(len(labels)), labels]
+    h = -(p * log_p).sum(-1)
+    onehot = np.eye(u.shape[-1])[labels]
+    g = C1[:, None] * (onehot - p) + C2[:, None] * (-p * (log_p + h[:, None]))
+    g = g / temperature
+    if cap is not None:
+        g = g * (1.0 - t**2)
+    return lp, h, g @ weight.T, hidden.T @ g, g.sum(0)
+
+
+def fused(hidden, weight, bias, labels, **options):
+    return jaxloss.fused_linear_token_log_probs(hidden, weight, labels, bias=bias, **options)
+
+
+def value_and_grads(fn, *args):
+    lp, h = fn(*args)
+    grads = jax.grad(lambda *a: jnp.sum(C1 * fn(*a)[0] + C2 * fn(*a)[1]), argnums=(0, 1, 2))(*args)
+    return (lp, h, *grads)
+
+
+def assert_close(actual, expected, rtol):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+ARGS64 = tuple(jnp.asarray(x, jnp.float64) for x in (HIDDEN, WEIGHT, BIAS))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 4, 10, None])
+def test_values_and_gradients_equal_float64_references(chunk_size):
+    # chunk sizes that do (1, 10) and do not (3, 4) divide the 10 tokens, and the default.
+    options = dict(temperature=T, logit_soft_cap=CAP, chunk_size=chunk_size, return_entropy=True)
+    got = value_and_grads(lambda h, w, b: fused(h, w, b, LABELS, **options), *ARGS64)
+    want = reference(HIDDEN, WEIGHT, BIAS, LABELS, temperature=T, cap=CAP)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == jnp.float64
+        assert_close(g, w, 1e-12)
+
+    def materialized(h, w, b):
+        z = h @ w + b
+        z = CAP * jnp.tanh(z / CAP)
+        return (
+            jaxloss.token_log_probs(z, LABELS, temperature=T),
+            jaxloss.entropy_from_logits(z / T),
+        )
+
+    for g, w in zip(got, value_and_grads(materialized, *ARGS64), strict=True):
+        assert_close(g, w, 1e-12)
+
+
+def test_embedding_layout_no_bias_no_cap_log_probs_only():
+    table = ARGS64[1].T
+    got = fused(ARGS64[0], table, None, LABELS, weight_layout="embedding", chunk_size=4)
+    assert isinstance(got, jax.Array) and got.shape == (N,)
+    want = reference(HIDDEN, WEIGHT, np.zeros(V), LABELS)[0]
+    assert_close(got, want, 1e-12)
+    grads = jax.grad(
+        lambda h, w: jnp.sum(C1 * fused(h, w, None, LABELS, weight_layout="embedding")),
+        argnums=(0, 1),
+    )(ARGS64[0], table)
+    z = HIDDEN @ WEIGHT
+    g = C1[:, None] * (np.eye(V)[LABELS] - special.softmax(z, axis=-1))
+    assert_close(grads[0], g @ WEIGHT.T, 1e-12)
+    assert_close(grads[1], (HIDDEN.T @ g).T, 1e-12)
+
+
+def test_masked_tokens_give_zero_and_zero_gradient_even_if_nan():
+    hidden = HIDDEN.copy()
+    hidden[~KEEP] = np.nan
+    hidden = jnp.asarray(hidden)
+    options = dict(where=KEEP, chunk_size=3, return_entropy=True)
+    lp, h = fused(hidden, ARGS64[1], ARGS64[2], LABELS, **options)
+    want_lp, want_h = reference(HIDDEN, WEIGHT, BIAS, LABELS)[:2]
+    assert_close(lp, np.where(KEEP, want_lp, 0.0), 1e-12)
+    assert_close(h, np.where(KEEP, want_h, 0.0), 1e-12)
+    gh, gw, gb = jax.grad(
+        lambda *a: jnp.sum(C1 * fused(*a, LABELS, **options)[0] + fused(*a, LABELS, **options)[1]),
+        argnums=(0, 1, 2),
+    )(hidden, ARGS64[1], ARGS64[2])
+    assert np.all(np.asarray(gh)[~KEEP] == 0.0)
+    assert np.all(np.isfinite(gh)) and np.all(np.isfinite(gw)) and np.all(np.isfinite(gb))
+
+
+def test_batched_tokens_and_broadcast_labels():
+    hidden = jnp.asarray(HIDDEN.reshape(2, 5, D))
+    labels = jnp.asarray(LABELS[:5])  # [5], broadcast over the 2 sequences
+    got = fused(hidden, ARGS64[1], ARGS64[2], labels, chunk_size=4)
+    assert got.shape == (2, 5)
+    want = reference(HIDDEN, WEIGHT, BIAS, np.tile(LABELS[:5], 2))[0].reshape(2, 5)
+    assert_close(got, want, 1e-12)
+
+
+def test_label_on_a_minus_inf_logit_and_out_of_range_labels():
+    bias = BIAS.copy()
+    bias[3] = -np.inf
+    labels = LABELS.copy()
+    labels[0], labels[1] = 3, V  # on the −inf class; outside [0, V)
+    args = (ARGS64[0], ARGS64[1], jnp.asarray(bias))
+    lp, h = fused(*args, labels, chunk_size=4, return_entropy=True)
+    assert lp[0] == np.finfo(np.float64).min and np.isnan(lp[1])
+    log_p = special.log_softmax(HIDDEN @ WEIGHT + bias, axis=-1)
+    p = np.exp(log_p)
+    want_h = -special.xlogy(p, p).sum(-1)  # the −inf class carries no mass
+    keep = np.arange(N) != 1  # every label but the out-of-range one
+    picked = log_p[np.arange(N), np.where(keep, labels, 0)]
+    lowest = np.finfo(np.float64).min  # for every label on the −inf class, as token_log_probs
+    assert_close(np.asarray(lp)[keep], np.maximum(picked, lowest)[keep], 1e-12)
+    assert_close(h, want_h, 1e-12)
+    # Kept, the out-of-range label's row of the gradient is NaN too (never silently
+    # finite); dropped with `where`, every gradient is finite.
+    gh = jax.grad(lambda h: jnp.sum(fused(h, *args[1:], labels, return_entropy=True)[1]))
+    assert np.all(np.isfinite(gh(args[0])))
+    gh = jax.grad(lambda h: jnp.sum(fused(h, *args[1:], labels)))(args[0])
+    assert np.all(np.isnan(gh[1])) and np.all(np.isfinite(np.delete(np.asarray(gh), 1, 0)))
+    gh = jax.grad(lambda h: jnp.sum(fused(h, *args[1:], labels, where=keep)))(args[0])
+    assert np.all(np.isfinite(gh)) and np.all(gh[1] == 0.0)
+    g0 = jax.grad(lambda h: fused(h, *args[1:], labels, where=keep)[0])(args[0])
+    assert np.all(g0 == 0.0)  # the clipped log-probability has zero gradient
+
+
+def test_bf16_inputs_are_computed_in_float32():
+    args = tuple(jnp.asarray(x, jnp.bfloat16) for x in (HIDDEN, WEIGHT, BIAS))
+    lp, h = fused(*args, LABELS, temperature=T, return_entropy=True, chunk_size=4)
+    assert lp.dtype == h.dtype == jnp.float32
+    rounded = [np.asarray(x, np.float64) for x in args]
+    want_lp, want_h = reference(*rounded, LABELS, temperature=T)[:2]
+    assert_close(lp, want_lp, 1e-5)
+    assert_close(h, want_h, 1e-5)
+
+
+def test_check_grads_jit_and_vmap():
+    def f(h, w, b):
+        lp, ent = fused(h, w, b, LABELS, temperature=T, chunk_size=3, return_entropy=True)
+        return C1 * lp + C2 * ent
+
+    check_grads(f, ARGS64, order=1, modes=("rev",))
+    assert_close(jax.jit(f)(*ARGS64), f(*ARGS64), 1e-12)
+    stacked = jnp.stack([ARGS64[0], 2.0 * ARGS64[0]])
+    per_batch = jax.vmap(lambda h: fused(h, ARGS64[1], ARGS64[2], LABELS, chunk_size=4))(stacked)
+    assert_close(per_batch[1], fused(stacked[1], ARGS64[1], ARGS64[2], LABELS), 1e-12)
+
+
+def test_explicitly_sharded_tokens_loop_per_device():
+    mesh = jax.make_mesh((1,), ("data",), (jax.sharding.AxisType.Explicit,))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    hidden = jax.device_put(ARGS64[0], sharding)
+    labels = jax.device_put(jnp.asarray(LABELS), sharding)
+    with jax.set_mesh(mesh):
+        lp, h = jax.jit(
+            lambda h, w, b, y: fused(h, w, b, y, chunk_size=4, return_entropy=True, where=KEEP)
+        )(hidden, ARGS64[1], ARGS64[2], labels)
+    want_lp, want_h = reference(HIDDEN, WEIGHT, BIAS, LABELS)[:2]
+    assert_close(lp, np.where(KEEP, want_lp, 0.0), 1e-12)
+    assert_close(h, np.where(KEEP, want_h, 0.0), 1e-12)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"temperature": 0.0}, ValueError, "temperature"),
+        ({"temperature": jnp.array(1.0)}, TypeError, "temperature"),
+        ({"logit_soft_cap": -1.0}, ValueError, "logit_soft_cap"),
+        ({"chunk_size": 0}, ValueError, "chunk_size"),
+        ({"weight_layout": "dense_t"}, ValueError, "weight_layout"),
+        ({"labels": LABELS.astype(np.float32)}, TypeError, "integer"),
+        ({"labels": LABELS[:3]}, ValueError, "broadcast"),
+        ({"weight": WEIGHT.T}, ValueError, "weight"),
+    ],
+)
+def test_bad_input_raises_naming_the_argument(options, error, match):
+    kwargs = {"hidden": HIDDEN, "weight": WEIGHT, "labels": LABELS, **options}
+    with pytest.raises(error, match=match):
+        jaxloss.fused_linear_token_log_probs(
+            kwargs.pop("hidden"), kwargs.pop("weight"), kwargs.pop("labels"), **kwargs
+        )
