@@ -899,14 +899,7 @@ def poly_cross_entropy(
         weights=weights,
         reduction=reduction,
     )
-    x, labels, integer, axis, keep, weights = (
-        cat.x,
-        cat.labels,
-        cat.integer,
-        cat.axis,
-        cat.keep,
-        cat.weights,
-    )
+    x, labels, integer, axis, keep, weights = cat[:6]  # the record's first six fields
     # The inputs are validated and their masked rows replaced; the cross-entropy term is
     # the library's one, unreduced, on those safe inputs.
     ce = _categorical(

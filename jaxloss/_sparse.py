@@ -195,14 +195,7 @@ def sparsemax_loss(
         weights=weights,
         reduction=reduction,
     )
-    x, labels, integer, axis, keep, weights = (
-        cat.x,
-        cat.labels,
-        cat.integer,
-        cat.axis,
-        cat.keep,
-        cat.weights,
-    )
+    x, labels, integer, axis, keep, weights = cat[:6]  # the record's first six fields
     z = jnp.moveaxis(x, axis, -1)
     if integer:
         n = z.shape[-1]
