@@ -14,6 +14,7 @@ from jax.extend.core import Var
 from scipy import special
 
 import jaxloss
+from tests.torch_ce_reference import torch_cross_entropy
 
 RNG = np.random.default_rng(0)
 N, K = 8, 5
@@ -578,30 +579,15 @@ TORCH_W = np.array([0.5, 2.0, 1.0, 0.25, 3.0])
 
 
 def _torch_cross_entropy(logits, target, weight, ignore_index, eps, reduction):
-    """torch.nn.functional.cross_entropy's documented formula, float64 numpy.
-
-    Class ids: ℓ_n = (1 − ε)·(−w[y_n] log p[n, y_n]) + ε·(−(1/C) Σ_c w[c] log p[n, c]),
-    ignored rows 0; mean = Σ ℓ_n / Σ_{kept} w[y_n]. Probabilities: t̃ = (1 − ε) t + ε/C,
-    ℓ_n = −Σ_c w[c] t̃[n, c] log p[n, c]; mean = Σ ℓ_n / N.
-    """
-    n, c = logits.shape
-    w = np.ones(c) if weight is None else np.asarray(weight, float)
-    log_p = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
-    log_p -= logits.max(1, keepdims=True)
-    if target.dtype.kind == "f":
-        t = (1 - eps) * target + eps / c
-        loss = -(w * t * log_p).sum(1)
-        denominator = n
-    else:
-        kept = np.ones(n, bool) if ignore_index is None else target != ignore_index
-        y = np.where(kept, target, 0)
-        nll = -w[y] * log_p[np.arange(n), y]
-        smooth = -(w * log_p).sum(1) / c
-        loss = np.where(kept, (1 - eps) * nll + eps * smooth, 0.0)
-        denominator = w[y][kept].sum()
-    if reduction == "none":
-        return loss
-    return loss.sum() if reduction == "sum" else loss.sum() / denominator
+    """torch.nn.functional.cross_entropy's documented formula (tests/torch_ce_reference.py)."""
+    return torch_cross_entropy(
+        logits,
+        target,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=eps,
+        reduction=reduction,
+    )
 
 
 TORCH_COMBOS = [
