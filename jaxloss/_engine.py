@@ -88,7 +88,9 @@ class ChunkLoss(Protocol):
 
     Implementations are frozen dataclasses (hashable: they are part of the static
     `Config`). ``xs`` is the chunk's slice of the per-token inputs (labels, ...): [n, ...]
-    arrays that are constants to the engine (no derivative flows to them).
+    arrays that are constants to the engine (no derivative flows to them). ``consts``
+    are whole arrays every chunk reads (a teacher's or a reference model's weight, ...),
+    constants to the engine too.
     """
 
     n_values: int  # per-token values: 1 for a loss, more for `per_token` only
@@ -96,11 +98,13 @@ class ChunkLoss(Protocol):
     def dtypes(self, cfg: Config) -> tuple[Any, ...]:
         """The dtypes of the per-token outputs of `forward`: (*values, *saved)."""
 
-    def forward(self, cfg: Config, z: jax.Array, xs: tuple, b: jax.Array | None) -> tuple:
+    def forward(
+        self, cfg: Config, z: jax.Array, xs: tuple, b: jax.Array | None, consts: tuple
+    ) -> tuple:
         """(*values [n], *saved [n]): the per-token values, and what `backward` needs."""
 
     def backward(
-        self, cfg: Config, z: jax.Array, saved: tuple, xs: tuple, b: jax.Array | None
+        self, cfg: Config, z: jax.Array, saved: tuple, xs: tuple, b: jax.Array | None, consts: tuple
     ) -> tuple:
         """(g [n, V], row [n]) with ∂value/∂z = row[:, None]·g, of the logits z as given
         (after the cap and the temperature); one such pair per value if ``n_values > 1``."""
@@ -177,10 +181,10 @@ def _n_values(cfg: Config) -> int:
     return cfg.loss.n_values
 
 
-def _grad_logits(cfg: Config, z, t, saved, xs, b):
+def _grad_logits(cfg: Config, z, t, saved, xs, b, consts):
     """((∂value/∂(h·W + b) per token, unscaled, the per-token factor to scale it by), ...),
     one pair per value."""
-    pairs = cfg.loss.backward(cfg, z, saved, xs, b)
+    pairs = cfg.loss.backward(cfg, z, saved, xs, b, consts)
     if _n_values(cfg) == 1:
         pairs = (pairs,)
     out = []
@@ -280,12 +284,12 @@ def _put(buf: jax.Array, value: jax.Array, start) -> jax.Array:
     return lax.dynamic_update_slice_in_dim(buf, value.astype(buf.dtype), start, 0)
 
 
-def _forward(cfg: Config, h, w, b, xs):
+def _forward(cfg: Config, h, w, b, xs, consts):
     """The loss's (value, *saved) of every token, [N] each; one [chunk, V] block at a time."""
 
     def step(carry, start, fresh, slices):
         h_c, *xs_c = slices
-        out = cfg.loss.forward(cfg, _logits(cfg, h_c, w, b)[0], tuple(xs_c), b)
+        out = cfg.loss.forward(cfg, _logits(cfg, h_c, w, b)[0], tuple(xs_c), b, consts)
         return tuple(_put(buf, o, start) for buf, o in zip(carry, out, strict=True))
 
     n = h.shape[0]
@@ -294,7 +298,7 @@ def _forward(cfg: Config, h, w, b, xs):
     return _over_chunks(n, cfg.chunk, step, init, (h, *xs))
 
 
-def _forward_and_grads(cfg: Config, h, w, b, xs, scale, need: tuple[bool, bool, bool]):
+def _forward_and_grads(cfg: Config, h, w, b, xs, consts, scale, need: tuple[bool, bool, bool]):
     """Per-token values and the gradients of Σ_i scale_i·value_i, all in one pass.
 
     Returns (value [N], ∂/∂h [N, D] or None, ∂/∂W or None, ∂/∂b or None), in the compute
@@ -311,8 +315,8 @@ def _forward_and_grads(cfg: Config, h, w, b, xs, scale, need: tuple[bool, bool, 
         h_c, *xs_c, s_c = slices
         xs_c = tuple(xs_c)
         z, t = _logits(cfg, h_c, w, b)
-        value_c, *saved_c = cfg.loss.forward(cfg, z, xs_c, b)
-        ((g, row),) = _grad_logits(cfg, z, t, tuple(saved_c), xs_c, b)
+        value_c, *saved_c = cfg.loss.forward(cfg, z, xs_c, b, consts)
+        ((g, row),) = _grad_logits(cfg, z, t, tuple(saved_c), xs_c, b, consts)
         r = s_c * row
         # Rows of a shifted last chunk seen before are rewritten with the same values in
         # the per-token outputs, but must not be added to the sums again.
@@ -352,22 +356,22 @@ def _vdot(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def weighted_sum(cfg: Config, h, w, b, xs, scale):
+def weighted_sum(cfg: Config, h, w, b, xs, scale, consts=()):
     """Σ_i scale_i·value_i over the tokens (``scale`` [N] holds e.g. w_i or w_i/Σw)."""
     if _n_values(cfg) != 1:
         raise ValueError("weighted_sum needs a loss with one per-token value.")
-    return jnp.sum(scale * _forward(cfg, h, w, b, xs)[0])
+    return jnp.sum(scale * _forward(cfg, h, w, b, xs, consts)[0])
 
 
 def _weighted_sum_jvp(cfg: Config, primals, tangents):
     # The tangent map is ⟨∇h, dh⟩ + ⟨∇W, dW⟩ + ⟨∇b, db⟩ + ⟨value, d scale⟩ with the
     # gradients computed here, in the forward pass; reverse mode transposes it into a
     # product with the output cotangent, so the backward pass does no further work on
-    # the logits. The per-token inputs ``xs`` are constants.
-    h, w, b, xs, scale = primals
-    dh, dw, db, _, dscale = tangents
+    # the logits. The per-token inputs ``xs`` and the ``consts`` are constants.
+    h, w, b, xs, scale, consts = primals
+    dh, dw, db, _, dscale, _ = tangents
     need = (not _zero(dh), not _zero(dw), b is not None and not _zero(db))
-    value, gh, gw, gb = _forward_and_grads(cfg, h, w, b, xs, scale, need)
+    value, gh, gw, gb = _forward_and_grads(cfg, h, w, b, xs, consts, scale, need)
     out = jnp.sum(scale * value)
     parts = [_vdot(g, d) for g, d in zip((gh, gw, gb), (dh, dw, db), strict=True) if g is not None]
     # A sum of arrays is an array (`sum` starts at the int 0, which typeshed keeps).
@@ -381,10 +385,10 @@ weighted_sum.defjvp(_weighted_sum_jvp, symbolic_zeros=True)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def per_token(cfg: Config, h, w, b, xs):
+def per_token(cfg: Config, h, w, b, xs, consts=()):
     """value_i for every token, [N]; a tuple of them for a loss with several values."""
     k = _n_values(cfg)
-    out = _forward(cfg, h, w, b, xs)
+    out = _forward(cfg, h, w, b, xs, consts)
     return out[0] if k == 1 else tuple(out[:k])
 
 
@@ -393,10 +397,10 @@ def _per_token_jvp(cfg: Config, primals, tangents):
     # be formed here: the tangent map recomputes each chunk's logits (from the saved
     # per-token values) under jax.checkpoint, so that its transpose, too, holds only one
     # [chunk, V] block at a time instead of saving every chunk's softmax.
-    h, w, b, xs = primals
-    dh, dw, db, _ = tangents
+    h, w, b, xs, consts = primals
+    dh, dw, db, _, _ = tangents
     k = _n_values(cfg)
-    out = _forward(cfg, h, w, b, xs)
+    out = _forward(cfg, h, w, b, xs, consts)
     value, saved = (out[0] if k == 1 else tuple(out[:k])), tuple(out[k:])
     dh, dw, db = (None if _zero(t) else t for t in (dh, dw, db))
     if dh is None and dw is None and db is None:
@@ -405,7 +409,7 @@ def _per_token_jvp(cfg: Config, primals, tangents):
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def piece(h_c, xs_c, saved_c, real_c, dh_c, w, b, dw, db):
         z, t = _logits(cfg, h_c, w, b)
-        pairs = _grad_logits(cfg, z, t, saved_c, xs_c, b)
+        pairs = _grad_logits(cfg, z, t, saved_c, xs_c, b, consts)
         if real_c is not None:
             # Padding rows (h = 0, saved values 0) would give exp(b) = inf for a bias
             # entry above log(MAX) ≈ 88.7 in float32, and 0·inf = NaN in the transposed
@@ -538,13 +542,13 @@ def token_scale(cfg: Config, keep, weights, batch, reduction, batch_axis_name=No
     return scale.reshape(-1)
 
 
-def reduce(cfg, h, w, b, xs, keep, weights, batch, reduction, batch_axis_name=None):
+def reduce(cfg, h, w, b, xs, keep, weights, batch, reduction, batch_axis_name=None, consts=()):
     """The loss with the conventions' reduction; "sum"/"mean" take the one-pass gradient."""
     if reduction == "none":
-        value = _per_token_jit(cfg, h, w, b, xs).reshape(batch)
+        value = _per_token_jit(cfg, h, w, b, xs, consts).reshape(batch)
         return C.reduce(value, where=keep, weights=weights, reduction="none")
     scale = token_scale(cfg, keep, weights, batch, reduction, batch_axis_name)
-    total = _weighted_sum_jit(cfg, h, w, b, xs, scale)
+    total = _weighted_sum_jit(cfg, h, w, b, xs, scale, consts)
     if batch_axis_name is not None:
         total = lax.psum(total, batch_axis_name)
     return total

@@ -41,7 +41,7 @@ class TokenLogProbs:
         values = (cfg.dtype,) * self.n_values
         return values + (cfg.dtype, bool) + ((cfg.dtype,) if self.entropy else ())
 
-    def forward(self, cfg: E.Config, z, xs, b=None):
+    def forward(self, cfg: E.Config, z, xs, b=None, consts=()):
         """log p_y (at least the lowest float; NaN for a label outside [0, V)), [H = −Σ p log p]."""
         (labels,) = xs
         local, here, valid = E.targets(cfg, labels, z.shape[1], self.n_classes)
@@ -64,7 +64,7 @@ class TokenLogProbs:
         p = jnp.exp(log_p)
         return jnp.where(p > 0, p * log_p, 0.0)
 
-    def backward(self, cfg: E.Config, z, saved, xs, b=None):
+    def backward(self, cfg: E.Config, z, saved, xs, b=None, consts=()):
         """∂log p_y/∂z = onehot(y) − p (0 where log p_y is clipped, NaN for an invalid label);
         ∂H/∂z = −p·(log p + H)."""
         (labels,) = xs

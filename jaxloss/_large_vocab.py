@@ -68,7 +68,7 @@ class CrossEntropy:
         finite = b != -jnp.inf
         return finite, E.psum(cfg, jnp.sum(finite).astype(cfg.dtype))
 
-    def forward(self, cfg: E.Config, z: jax.Array, xs, b: jax.Array | None = None):
+    def forward(self, cfg: E.Config, z: jax.Array, xs, b: jax.Array | None = None, consts=()):
         """(loss, lse, on) per token of a chunk of logits.
 
         ℓ = (1 − ε)·min(lse − z_y, MAX) + ε·(lse − (1/K)·Σ_{c: z_c > −∞} z_c) + λ·lse², and
@@ -96,7 +96,7 @@ class CrossEntropy:
             loss = loss + self.z_loss * jnp.square(lse)
         return jnp.where(valid, loss, jnp.nan), lse, on
 
-    def backward(self, cfg: E.Config, z, saved, xs, b=None):
+    def backward(self, cfg: E.Config, z, saved, xs, b=None, consts=()):
         """(∂ℓ/∂z per token, unscaled, and a per-token factor to scale it by).
 
         ∂ℓ/∂z = softmax·((1 − ε)·on + ε + 2λ·lse) − (1 − ε)·on·onehot(y) − ε·finite/K. The
