@@ -357,6 +357,50 @@ def _advantages(advantages: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     )
 
 
+def _check_policy_options(aggregation, clip_epsilon, clip_epsilon_high, max_length):
+    """Validate the options of the clipped surrogate and its aggregation; returns ε_high."""
+    _check_choice("aggregation", aggregation, AGGREGATIONS)
+    C.check_in_range("clip_epsilon", clip_epsilon, 0.0, math.inf)
+    if clip_epsilon_high is None:
+        clip_epsilon_high = clip_epsilon
+    C.check_in_range("clip_epsilon_high", clip_epsilon_high, 0.0, math.inf)
+    if aggregation == "sequence_sum_normalized":
+        if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral):
+            raise TypeError(
+                '`max_length` (a positive int) is required with aggregation="sequence_sum_'
+                f'normalized", got {max_length!r}.'
+            )
+        if max_length < 1:
+            raise ValueError(f"`max_length` must be a positive int, got {max_length!r}.")
+    elif max_length is not None:
+        raise ValueError(
+            '`max_length` is used only with aggregation="sequence_sum_normalized"; got '
+            f"max_length={max_length!r} with aggregation={aggregation!r}."
+        )
+    return clip_epsilon_high
+
+
+def _clipped_surrogate(lp, old, adv, clip_low, clip_high):
+    """−min(r·A, clip(r, 1 − ε_low, 1 + ε_high)·A) per token, r = exp(log π − log π_old)."""
+    ratio = jnp.exp(lp - old)
+    clipped = jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    return -jnp.minimum(ratio * adv, clipped * adv)
+
+
+def _aggregation_weights(mask: jax.Array, aggregation: str, max_length) -> jax.Array:
+    """Per-token weights c [..., T] with the aggregated loss = Σ c·ℓ, from the 0/1 ``mask``.
+
+    token_mean: m / Σ m; sequence_mean: m / (B·Σ_t m), 0 for a sequence with no kept
+    token (which still counts in B); sequence_sum_normalized: m / (B·max_length).
+    """
+    n_sequences = math.prod(mask.shape[:-1])
+    if aggregation == "token_mean":
+        return _safe_mean(mask, jnp.sum(mask))
+    if aggregation == "sequence_mean":
+        return _safe_mean(mask, jnp.sum(mask, axis=-1, keepdims=True)) / n_sequences
+    return mask / (n_sequences * max_length)
+
+
 def policy_gradient_loss(
     log_probs: ArrayLike,
     old_log_probs: ArrayLike,
@@ -422,24 +466,9 @@ def policy_gradient_loss(
       "DeepSeekMath" (GRPO, 2024); Yu et al., "DAPO" (2025); Liu et al., "Understanding
       R1-Zero-like training: a critical perspective" (Dr. GRPO, 2025).
     """
-    _check_choice("aggregation", aggregation, AGGREGATIONS)
-    C.check_in_range("clip_epsilon", clip_epsilon, 0.0, math.inf)
-    if clip_epsilon_high is None:
-        clip_epsilon_high = clip_epsilon
-    C.check_in_range("clip_epsilon_high", clip_epsilon_high, 0.0, math.inf)
-    if aggregation == "sequence_sum_normalized":
-        if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral):
-            raise TypeError(
-                '`max_length` (a positive int) is required with aggregation="sequence_sum_'
-                f'normalized", got {max_length!r}.'
-            )
-        if max_length < 1:
-            raise ValueError(f"`max_length` must be a positive int, got {max_length!r}.")
-    elif max_length is not None:
-        raise ValueError(
-            '`max_length` is used only with aggregation="sequence_sum_normalized"; got '
-            f"max_length={max_length!r} with aggregation={aggregation!r}."
-        )
+    clip_epsilon_high = _check_policy_options(
+        aggregation, clip_epsilon, clip_epsilon_high, max_length
+    )
     lp = C.as_float("log_probs", log_probs)
     old = C.as_float("old_log_probs", old_log_probs)
     adv = C.as_float("advantages", advantages, allow_int=True)
@@ -455,24 +484,13 @@ def policy_gradient_loss(
     adv = jax.lax.stop_gradient(adv.astype(dtype))
     lp, old, adv = C.keep(where, lp, 0.0), C.keep(where, old, 0.0), C.keep(where, adv, 0.0)
 
-    ratio = jnp.exp(lp - old)
-    clipped = jnp.clip(ratio, 1.0 - clip_epsilon, 1.0 + clip_epsilon_high)
-    per_token = -jnp.minimum(ratio * adv, clipped * adv)
+    per_token = _clipped_surrogate(lp, old, adv, clip_epsilon, clip_epsilon_high)
     mask = jnp.ones(shape, dtype) if where is None else jnp.broadcast_to(where, shape).astype(dtype)
     per_token = jnp.where(mask > 0, per_token, 0.0)
-    n_sequences = math.prod(shape[:-1])
-    if aggregation == "token_mean":
-        loss = _safe_mean(jnp.sum(per_token), jnp.sum(mask))
-    elif aggregation == "sequence_mean":
-        per_sequence = _safe_mean(jnp.sum(per_token, axis=-1), jnp.sum(mask, axis=-1))
-        loss = jnp.sum(per_sequence) / n_sequences
-    else:
-        assert max_length is not None  # checked above for "sequence_sum_normalized"
-        loss = jnp.sum(per_token) / (n_sequences * max_length)
-    loss = loss.astype(dtype)
+    loss = jnp.sum(_aggregation_weights(mask, aggregation, max_length) * per_token).astype(dtype)
     if not return_metrics:
         return loss
-    ratio = jax.lax.stop_gradient(ratio)
+    ratio = jax.lax.stop_gradient(jnp.exp(lp - old))
     low = (ratio < 1.0 - clip_epsilon) & (adv < 0)
     high = (ratio > 1.0 + clip_epsilon_high) & (adv > 0)
     count = jnp.sum(mask)
@@ -505,6 +523,16 @@ def _k3(delta: jax.Array) -> jax.Array:
     series = series * d * d
     far = jnp.where(small, 1.0, delta)
     return jnp.where(small, series, jnp.expm1(far) - far)
+
+
+def _kl_estimate(lp: jax.Array, ref: jax.Array, estimator: str) -> jax.Array:
+    """The per-token estimator k1, k2 or k3 of KL(π‖π_ref), Δ = log π_ref − log π."""
+    delta = ref - lp
+    if estimator == "k1":
+        return -delta
+    if estimator == "k2":
+        return 0.5 * delta * delta
+    return _k3(delta)
 
 
 def kl_penalty(
@@ -561,13 +589,7 @@ def kl_penalty(
     dtype = C.compute_dtype(lp, ref)
     lp, ref = lp.astype(dtype), jnp.broadcast_to(ref, lp.shape).astype(dtype)
     lp, ref = C.keep(where, lp, 0.0), C.keep(where, ref, 0.0)
-    delta = ref - lp
-    if estimator == "k1":
-        loss = -delta
-    elif estimator == "k2":
-        loss = 0.5 * delta * delta
-    else:
-        loss = _k3(delta)
+    loss = _kl_estimate(lp, ref, estimator)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 
