@@ -27,7 +27,10 @@ from jaxloss._embedding import (
     cosine_similarity,
     triplet_margin_loss,
 )
-from jaxloss._fused_language_model import fused_linear_token_log_probs
+from jaxloss._fused_language_model import (
+    fused_linear_policy_gradient_loss,
+    fused_linear_token_log_probs,
+)
 from jaxloss._information import (
     cross_entropy,
     entropy,
@@ -191,6 +194,7 @@ __all__ = [
     "sequence_log_probs",
     "distillation_loss",
     "policy_gradient_loss",
+    "fused_linear_policy_gradient_loss",
     "kl_penalty",
     "group_relative_advantages",
     # sequence losses

@@ -15,6 +15,7 @@ from jax import lax
 
 from jaxloss import _conventions as C
 from jaxloss import _engine as E
+from jaxloss import _language_model as LM
 from jaxloss._classification import _broadcasts_to, _class_ids
 
 ArrayLike = C.ArrayLike
@@ -236,3 +237,259 @@ def fused_linear_token_log_probs(
             per_token=True,
         )
     return _token_log_probs(hidden, weight, labels, bias=bias, where=where, **options)
+
+
+# --------------------------------------------------------------------------------------
+# Policy-gradient loss (PPO, GRPO and their variants)
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyGradient:
+    """The engine's `ChunkLoss` for the clipped surrogate (+ kl_coef × a KL estimator).
+
+    Per token, of ℓ = log softmax(z)[y]: `_clipped_surrogate` + kl_coef·`_kl_estimate`,
+    the functions `policy_gradient_loss` and `kl_penalty` use. Its derivative in ℓ is
+    their forward-mode derivative (one elementwise `jvp`): the same subgradient at the
+    ties of min and clip as `jax.grad` of the materialized loss, from the same code.
+    ∂value/∂z = that derivative × (onehot(y) − softmax(z)), `TokenLogProbs.backward`.
+    Per-token inputs: (labels, keep, old log π, A[, log π_ref]); a dropped token (keep
+    False) has value 0 and derivative 0 whatever its inputs give. Per-token outputs:
+    (value, lse, on, ∂value/∂ℓ).
+    """
+
+    n_classes: int
+    clip_low: float
+    clip_high: float
+    kl_coef: float = 0.0
+    kl_estimator: str | None = None  # None: no KL term
+
+    n_values = 1
+
+    def dtypes(self, cfg: E.Config):
+        return (cfg.dtype, cfg.dtype, bool, cfg.dtype)
+
+    @property
+    def _log_probs(self) -> TokenLogProbs:
+        return TokenLogProbs(n_classes=self.n_classes, entropy=False)
+
+    def _per_token(self, lp, old, adv, ref):
+        value = LM._clipped_surrogate(lp, old, adv, self.clip_low, self.clip_high)
+        if self.kl_estimator is not None:
+            value = value + self.kl_coef * LM._kl_estimate(lp, ref, self.kl_estimator)
+        return value
+
+    def forward(self, cfg: E.Config, z, xs, b=None, consts=()):
+        labels, keep, old, adv, *ref = xs
+        lp, lse, on = self._log_probs.forward(cfg, z, (labels,), b, consts)
+        ref = ref[0] if ref else None
+        value, slope = jax.jvp(
+            lambda lp: self._per_token(lp, old, adv, ref), (lp,), (jnp.ones_like(lp),)
+        )
+        # A dropped token whose label sits on a −inf logit would give an infinite KL.
+        return jnp.where(keep, value, 0.0), lse, on, jnp.where(keep, slope, 0.0)
+
+    def backward(self, cfg: E.Config, z, saved, xs, b=None, consts=()):
+        lse, on, slope = saved
+        g, row = self._log_probs.backward(cfg, z, (lse, on), xs[:1], b, consts)
+        return g, row * slope
+
+
+def _policy_gradient_loss(
+    hidden,
+    weight,
+    labels,
+    old_log_probs,
+    advantages,
+    scale,
+    reference_log_probs=None,
+    where=None,
+    *,
+    bias,
+    weight_layout,
+    temperature,
+    chunk_size,
+    loss_options,
+    batch_axis_name=None,
+):
+    """`fused_linear_policy_gradient_loss` of local inputs, the per-token inputs broadcast
+    and masked, ``scale`` the aggregation's per-token weights."""
+    layout, options, h, w, b, y, keep, batch, v = _prepare(
+        hidden, weight, labels, bias, weight_layout, temperature, None, chunk_size, where
+    )
+    cfg = E.Config(loss=PolicyGradient(n_classes=v, **loss_options), **layout, **options)
+    n = h.shape[0]
+    kept = jnp.ones(n, bool) if keep is None else keep.reshape(n)
+    per_token = (old_log_probs, advantages, reference_log_probs)
+    xs = (y, kept, *(x.astype(cfg.dtype).reshape(n) for x in per_token if x is not None))
+    # Σ scale·value: the "sum" reduction with the aggregation's weights as token weights.
+    return E.reduce(cfg, h, w, b, xs, keep, scale, batch, "sum", batch_axis_name)
+
+
+def fused_linear_policy_gradient_loss(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    labels: ArrayLike,
+    old_log_probs: ArrayLike,
+    advantages: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    weight_layout: str = "dense",
+    temperature: float = 1.0,
+    clip_epsilon: float = 0.2,
+    clip_epsilon_high: float | None = None,
+    reference_log_probs: ArrayLike | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k3",
+    aggregation: str = "token_mean",
+    max_length: int | None = None,
+    where: ArrayLike | None = None,
+    chunk_size: int | None = None,
+) -> jax.Array:
+    """PPO/GRPO's clipped policy-gradient loss of ``hidden @ weight + bias``, no logits formed.
+
+    Per token t of B sequences, with ℓₜ = log softmax(zₜ/T)[yₜ] the log-probability of
+    the sampled token under the logits z = h·W + b:
+
+        rₜ = exp(ℓₜ − log π_old(yₜ)),   Δₜ = log π_ref(yₜ) − ℓₜ
+        lossₜ = −min(rₜ·Aₜ, clip(rₜ, 1 − ε_low, 1 + ε_high)·Aₜ) + β·KLₜ
+        KLₜ = −Δₜ ("k1"),  ½Δₜ² ("k2"),  exp(Δₜ) − Δₜ − 1 ("k3")
+
+    aggregated over the kept tokens (mₜ = ``where``) as `policy_gradient_loss` does:
+    "token_mean" Σ m·loss / Σ m (DAPO), "sequence_mean" (1/B) Σ_b Σ_t m·loss / Σ_t m
+    (GRPO; a sequence with no kept token contributes 0 and counts in B),
+    "sequence_sum_normalized" Σ m·loss / (B·max_length) (Dr. GRPO). It equals
+    ``policy_gradient_loss(token_log_probs(z, labels, temperature=T), old_log_probs,
+    advantages, ...)`` plus β = ``kl_coef`` times ``kl_penalty(token_log_probs(...),
+    reference_log_probs, estimator=kl_estimator)`` aggregated the same way, in value and
+    in the gradients with respect to ``hidden``, ``weight`` and ``bias`` (including the
+    subgradient of min and clip at their ties).
+
+    The chunked engine computes it ``chunk_size`` tokens at a time, so that only a
+    [chunk, V] block of the logits exists at once. Every aggregation is a weighted sum
+    over tokens whose weights depend only on ``where`` and ``max_length``, so the
+    gradients are formed in the same pass as the loss: three matrix products, as the
+    naive computation, and never the [N, V] logits nor their gradient.
+
+    ``old_log_probs``, ``advantages`` and ``reference_log_probs`` are constants of the
+    update (no gradient flows to them). Masked-out tokens contribute 0 with zero gradient,
+    even where their ``hidden`` rows or other inputs are NaN or inf. bf16/f16 inputs are
+    computed with float32 accumulation; inputs sharded over explicit mesh axes are
+    computed per device (each over its own tokens), with the aggregation's counts taken
+    over the whole batch.
+
+    Args:
+      hidden: h, floating [..., T, D]: the last hidden states of B sequences of T tokens
+        (B the product of the leading axes; [T, D] is one sequence).
+      weight: W, floating [D, V] (``weight_layout="dense"``) or [V, D] (``"embedding"``).
+      labels: integer ids of the sampled tokens in [0, V), broadcastable to [..., T].
+      old_log_probs: floating, broadcastable to [..., T]: log π_old of the sampled tokens.
+      advantages: floating, per sequence [...] (broadcast along T) or per token
+        (broadcastable to [..., T]).
+      bias: optional b, floating [V].
+      weight_layout: ``"dense"`` or ``"embedding"``, the layout of ``weight``.
+      temperature: T > 0 (a Python number); the logits are divided by it.
+      clip_epsilon: ε_low ≥ 0 (a Python number), the lower clip range.
+      clip_epsilon_high: ε_high ≥ 0 (DAPO's clip-higher); defaults to ``clip_epsilon``.
+      reference_log_probs: floating, broadcastable to [..., T]: log π_ref of the sampled
+        tokens; required when ``kl_coef > 0`` (ignored when it is 0).
+      kl_coef: β ≥ 0 (a Python number), the weight of the KL penalty.
+      kl_estimator: "k1", "k2" or "k3" (GRPO's), as in `kl_penalty`.
+      aggregation: "token_mean", "sequence_mean" or "sequence_sum_normalized".
+      max_length: the normalizer of "sequence_sum_normalized" (a positive int); required
+        there, not accepted with the other aggregations.
+      where: optional boolean mask broadcastable to [..., T]; True keeps a token.
+      chunk_size: tokens per chunk (a Python int); default as `fused_linear_cross_entropy`.
+
+    Returns:
+      The scalar loss, float32 (float64 for float64 ``hidden`` and ``weight``; bf16/f16
+      inputs are computed and returned in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> hidden = jnp.array([[[1.0, 0.0], [0.0, 2.0]], [[1.0, 1.0], [0.5, -1.0]]])
+      >>> weight = jnp.array([[1.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+      >>> labels = jnp.array([[0, 1], [2, 0]])
+      >>> old = jnp.full((2, 2), -1.0)
+      >>> advantages = jnp.array([1.0, -1.0])
+      >>> jaxloss.fused_linear_policy_gradient_loss(
+      ...     hidden, weight, labels, old, advantages, chunk_size=3)
+      Array(0.06988, dtype=float32)
+      >>> jaxloss.policy_gradient_loss(
+      ...     jaxloss.token_log_probs(hidden @ weight, labels), old, advantages)
+      Array(0.06988, dtype=float32)
+
+    References:
+      Schulman et al., "Proximal policy optimization algorithms" (2017); Shao et al.,
+      "DeepSeekMath" (GRPO, 2024); Yu et al., "DAPO" (2025); Liu et al., "Understanding
+      R1-Zero-like training: a critical perspective" (Dr. GRPO, 2025); Schulman,
+      "Approximating KL divergence" (2020), http://joschu.net/blog/kl-approx.html;
+      Wijmans et al., "Cut your losses in large-vocabulary language models" (2024), for
+      the chunked computation.
+    """
+    low = E.python_number("clip_epsilon", clip_epsilon)
+    if clip_epsilon_high is not None:
+        clip_epsilon_high = E.python_number("clip_epsilon_high", clip_epsilon_high)
+    high = LM._check_policy_options(aggregation, low, clip_epsilon_high, max_length)
+    LM._check_choice("kl_estimator", kl_estimator, LM.ESTIMATORS)
+    beta = E.python_number("kl_coef", kl_coef)
+    if not (np.isfinite(beta) and beta >= 0):
+        raise ValueError(f"`kl_coef` must be a non-negative finite number, got {kl_coef!r}.")
+    if beta > 0 and reference_log_probs is None:
+        raise ValueError(
+            f"`reference_log_probs` is required with kl_coef={kl_coef!r} > 0: pass the "
+            "reference policy's log-probabilities of the sampled tokens, or kl_coef=0."
+        )
+    hidden = C.as_float("hidden", hidden)
+    weight = C.as_float("weight", weight)
+    bias = None if bias is None else C.as_float("bias", bias)
+    _, _, shape = E.check_linear(hidden, weight, bias, weight_layout)
+    if not shape:
+        raise ValueError(
+            f"`hidden` of shape {hidden.shape} must be [..., T, D]: tokens along a sequence "
+            "axis, then the feature axis."
+        )
+    dtype = C.compute_dtype(*(x for x in (hidden, weight, bias) if x is not None))
+    where = C.check_where(where, shape)
+    keep = None if where is None else jnp.broadcast_to(where, shape)
+
+    def per_token(name, x):
+        x = C.as_float(name, x, allow_int=name == "advantages")
+        if name == "advantages":
+            x = LM._advantages(x, shape)
+        C._check_broadcastable(name, x, shape)
+        x = lax.stop_gradient(jnp.broadcast_to(x, shape).astype(dtype))
+        return C.keep(keep, x, 0.0)
+
+    old = per_token("old_log_probs", old_log_probs)
+    adv = per_token("advantages", advantages)
+    ref = None
+    if beta > 0:
+        ref = per_token("reference_log_probs", reference_log_probs)
+    mask = jnp.ones(shape, dtype) if keep is None else keep.astype(dtype)
+    scale = LM._aggregation_weights(mask, aggregation, max_length)
+    loss_options = dict(clip_low=low, clip_high=high)
+    if beta > 0:
+        loss_options.update(kl_coef=beta, kl_estimator=kl_estimator)
+    options = dict(
+        bias=bias,
+        weight_layout=weight_layout,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        loss_options=loss_options,
+    )
+    tokens = dict(labels=labels, old_log_probs=old, advantages=adv, scale=scale)
+    tokens.update(reference_log_probs=ref, where=keep)
+    mesh = E.explicit_mesh(hidden, weight, bias, labels, old, adv, ref, keep)
+    if mesh is not None:
+        shared = {"weight": weight, "bias": options.pop("bias")}
+        return E.per_device(
+            _policy_gradient_loss,
+            mesh,
+            hidden,
+            shared=shared,
+            tokens=tokens,
+            options=options,
+            per_token=False,
+        )
+    return _policy_gradient_loss(hidden, weight, **tokens, **options)
