@@ -940,6 +940,124 @@ CASES += [
 ]
 
 
+# fused_linear_policy_gradient_loss (issue 13): policy_gradient_loss (+ kl_coef × the KL
+# estimator, aggregated the same way) of log softmax(z/T)[y], z = h·W (+ b);
+# tests/test_fused_policy_gradient.py checks it against the materialized loss in value and
+# every gradient (aggregations, KL estimators, ties of min and clip, chunk sizes).
+PG_T, PG_D, PG_V = 4, 3, 7
+
+
+def _fused_pg_ref(
+    hidden,
+    weight,
+    labels,
+    old_log_probs,
+    advantages,
+    *,
+    bias=None,
+    weight_layout="dense",
+    temperature=1.0,
+    clip_epsilon=0.2,
+    clip_epsilon_high=None,
+    reference_log_probs=None,
+    kl_coef=0.0,
+    kl_estimator="k3",
+    aggregation="token_mean",
+    max_length=None,
+    where=None,
+    chunk_size=None,
+):
+    z = hidden @ (weight if weight_layout == "dense" else weight.T)
+    if bias is not None:
+        z = z + bias
+    log_p = special.log_softmax(z / temperature, axis=-1)
+    lp = np.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
+    options = dict(clip_epsilon=clip_epsilon, clip_epsilon_high=clip_epsilon_high)
+    options.update(where=where, aggregation=aggregation, max_length=max_length)
+    loss = _ref_policy_gradient(lp, old_log_probs, advantages, **options)
+    if kl_coef:
+        kl = _ref_kl_penalty(lp, reference_log_probs, estimator=kl_estimator)
+        keep = np.ones(lp.shape, bool) if where is None else where
+        t = lp.shape[-1]
+        loss = loss + kl_coef * _ref_aggregate(
+            kl.reshape(-1, t), keep.reshape(-1, t), aggregation, max_length
+        )
+    return loss
+
+
+def _fused_pg_make(layout="dense", per_token_advantages=False, **options):
+    def make(rng):
+        shape = (PG_D, PG_V) if layout == "dense" else (PG_V, PG_D)
+        hidden, weight = _normal(rng, (N, PG_T, PG_D)), _normal(rng, shape)
+        labels = rng.integers(0, PG_V, size=(N, PG_T))
+        old = np.log(1.0 / PG_V) + _normal(rng, (N, PG_T))  # ratios in and out of the clip
+        adv = _normal(rng, (N, PG_T) if per_token_advantages else (N,))
+        kwargs = dict(options, where=rng.random((N, PG_T)) < 0.7)
+        if "bias" in options:
+            kwargs["bias"] = _normal(rng, (PG_V,))
+        if "kl_coef" in options:
+            kwargs["reference_log_probs"] = np.log(1.0 / PG_V) + _normal(rng, (N, PG_T))
+        return (hidden, weight, labels, old, adv), kwargs
+
+    return make
+
+
+def _fused_pg_extreme(layout="dense", **options):
+    (hidden, weight, labels), kwargs = _fused_extreme(**options)
+    if layout == "embedding":
+        weight = np.ascontiguousarray(weight.T)
+    old = np.array([-1.0, -30.0, 0.0], np.float32)
+    adv = np.array([1.0, -2.0, 0.5], np.float32)
+    if "kl_coef" in options:
+        kwargs["reference_log_probs"] = np.array([-2.0, -60.0, -1e-7], np.float32)
+    return (hidden, weight, labels, old, adv), kwargs
+
+
+CASES += [
+    Case(
+        "fused_linear_policy_gradient_loss",
+        jaxloss.fused_linear_policy_gradient_loss,
+        _fused_pg_make(chunk_size=5, temperature=1.5, clip_epsilon_high=0.28),
+        _fused_pg_ref,
+        grad_args=(0, 1),
+        unbatched=(1,),
+        conventions=False,
+        extreme=lambda: _fused_pg_extreme(),
+        id="fused_linear_policy_gradient_loss[token_mean,chunk 5 of 24,temperature,clip_high]",
+    ),
+    Case(
+        "fused_linear_policy_gradient_loss",
+        functools.partial(
+            jaxloss.fused_linear_policy_gradient_loss,
+            weight_layout="embedding",
+            aggregation="sequence_mean",
+        ),
+        _fused_pg_make("embedding", True, bias=True, kl_coef=0.1, chunk_size=8),
+        functools.partial(_fused_pg_ref, weight_layout="embedding", aggregation="sequence_mean"),
+        grad_args=(0, 1),
+        grad_kwargs=("bias",),
+        unbatched=(1, "bias"),
+        conventions=False,
+        extreme=lambda: _fused_pg_extreme("embedding", bias=True, kl_coef=0.1),
+        id="fused_linear_policy_gradient_loss[sequence_mean,embedding,bias,k3,chunk 8 of 24]",
+    ),
+    Case(
+        "fused_linear_policy_gradient_loss",
+        functools.partial(
+            jaxloss.fused_linear_policy_gradient_loss,
+            aggregation="sequence_sum_normalized",
+            kl_estimator="k2",
+        ),
+        _fused_pg_make(max_length=6, kl_coef=0.2, chunk_size=7),
+        functools.partial(_fused_pg_ref, aggregation="sequence_sum_normalized", kl_estimator="k2"),
+        grad_args=(0, 1),
+        unbatched=(1,),
+        conventions=False,
+        id="fused_linear_policy_gradient_loss[sequence_sum_normalized,k2,chunk 7 of 24]",
+    ),
+]
+
+
 # --------------------------------------------------------------------------------------
 # Margin losses (issue 12)
 # --------------------------------------------------------------------------------------
@@ -1797,18 +1915,24 @@ def _ref_policy_gradient(
 ):
     high = clip_epsilon if clip_epsilon_high is None else clip_epsilon_high
     t = lp.shape[-1]
-    lp, old = lp.reshape(-1, t), old.reshape(-1, t)
-    adv = np.broadcast_to(adv.reshape(-1, 1), lp.shape)
+    per_sequence = np.ndim(adv) == lp.ndim - 1
+    lp, old = lp.reshape(-1, t), np.broadcast_to(old, lp.shape).reshape(-1, t)
+    adv = np.broadcast_to(adv.reshape(-1, 1) if per_sequence else adv.reshape(-1, t), lp.shape)
     keep = np.ones(lp.shape, bool) if where is None else np.asarray(where).reshape(-1, t)
     r = np.exp(lp - old)
     loss = -np.minimum(r * adv, np.clip(r, 1 - clip_epsilon, 1 + high) * adv)
+    return _ref_aggregate(loss, keep, aggregation, max_length)
+
+
+def _ref_aggregate(loss, keep, aggregation, max_length=None):
+    """The aggregation of per-token losses [B, T] over the kept tokens."""
     loss = np.where(keep, loss, 0.0)
     if aggregation == "token_mean":
         return loss.sum() / keep.sum() if keep.sum() else 0.0
     if aggregation == "sequence_mean":
         count = keep.sum(-1)
         return np.mean(np.where(count > 0, loss.sum(-1) / np.maximum(count, 1), 0.0))
-    return loss.sum() / (lp.shape[0] * max_length)
+    return loss.sum() / (loss.shape[0] * max_length)
 
 
 def _ref_kl_penalty(lp, ref, *, estimator="k3"):
