@@ -82,6 +82,32 @@ ROWS.append(
 )
 
 
+def _policy_gradient_inputs(rng, n, d, v, sequences=8):
+    # B = 8 sequences of N/8 tokens; old log-probabilities around the current policy's
+    # (log p ≈ −log V − ½ for these logits), so that some ratios fall outside the clip.
+    shape = (sequences, n // sequences)
+    return (
+        _normal(rng, shape + (d,)),
+        _normal(rng, (d, v), 1 / np.sqrt(d)),
+        jnp.asarray(rng.integers(0, v, shape), jnp.int32),
+        _normal(rng, shape, 0.2) - float(np.log(v) + 0.5),
+        _normal(rng, shape[:1]),
+    )
+
+
+ROWS.append(
+    Row(
+        "policy_gradient",
+        "≤ 1.10×, ≤ 1/16 memory",
+        lambda h, w, y, old, a: jaxloss.policy_gradient_loss(
+            jaxloss.token_log_probs(h @ w, y), old, a
+        ),
+        lambda h, w, y, old, a: jaxloss.fused_linear_policy_gradient_loss(h, w, y, old, a),
+        _policy_gradient_inputs,
+    )
+)
+
+
 # --------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------
