@@ -214,6 +214,37 @@ def _fused_in_shard_map(mesh, weight):
     return jax.shard_map(local, mesh=mesh, in_specs=P("batch"), out_specs=P())
 
 
+def _policy_gradient(hidden, labels, old, advantages, reference, where, *, weight):
+    return jaxloss.fused_linear_policy_gradient_loss(
+        hidden,
+        weight,
+        labels,
+        old,
+        advantages,
+        reference_log_probs=reference,
+        kl_coef=0.1,
+        where=where,
+        aggregation="sequence_mean",
+        chunk_size=3,
+    )
+
+
+def _policy_gradient_inputs():
+    """8 sequences of 4 tokens (one with no kept token), for the per-sequence means."""
+    rng = np.random.default_rng(2)
+    shape = (8, 4)
+    keep = rng.random(shape) < 0.7
+    keep[5] = False
+    return (
+        rng.normal(size=shape + (D,)),
+        rng.integers(0, V, size=shape),
+        rng.normal(size=shape) - np.log(V),
+        rng.normal(size=shape[:1]),
+        rng.normal(size=shape) - np.log(V),
+        keep,
+    )
+
+
 def check_data_parallel(x):
     """The batch sharded over all 8 devices by NamedSharding, then jit: the mean is global.
 
@@ -251,6 +282,10 @@ def check_data_parallel(x):
             "fused_linear_cross_entropy[shard_map]": (
                 _fused_in_shard_map(mesh, weight),
                 fused_args,
+            ),
+            "fused_linear_policy_gradient_loss": (
+                functools.partial(_policy_gradient, weight=weight),
+                _policy_gradient_inputs(),
             ),
         }
         if kind == AxisType.Auto:  # GSPMD runs the fused loss correctly but unsplit

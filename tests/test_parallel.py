@@ -39,6 +39,7 @@ DATA_PARALLEL_CHECKS = [
     "data_parallel[Explicit,softmax_cross_entropy]",
     "data_parallel[Explicit,fused_linear_cross_entropy]",
     "data_parallel[Explicit,fused_linear_cross_entropy[shard_map]]",
+    "data_parallel[Explicit,fused_linear_policy_gradient_loss]",
     "data_parallel[Auto,squared_error]",
     "data_parallel[Auto,softmax_cross_entropy]",
 ]
