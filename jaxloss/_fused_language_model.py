@@ -320,8 +320,8 @@ def _policy_gradient_loss(
     cfg = E.Config(loss=PolicyGradient(n_classes=v, **loss_options), **layout, **options)
     n = h.shape[0]
     kept = jnp.ones(n, bool) if keep is None else keep.reshape(n)
-    per_token = (old_log_probs, advantages, reference_log_probs)
-    xs = (y, kept, *(x.astype(cfg.dtype).reshape(n) for x in per_token if x is not None))
+    inputs = (old_log_probs, advantages, reference_log_probs)
+    xs = (y, kept, *(x.astype(cfg.dtype).reshape(n) for x in inputs if x is not None))
     # Σ scale·value: the "sum" reduction with the aggregation's weights as token weights.
     return E.reduce(cfg, h, w, b, xs, keep, scale, batch, "sum", batch_axis_name)
 
@@ -373,7 +373,9 @@ def fused_linear_policy_gradient_loss(
 
     ``old_log_probs``, ``advantages`` and ``reference_log_probs`` are constants of the
     update (no gradient flows to them). Masked-out tokens contribute 0 with zero gradient,
-    even where their ``hidden`` rows or other inputs are NaN or inf. bf16/f16 inputs are
+    even where their ``hidden`` rows or other inputs are NaN or inf. As in
+    `token_log_probs`, a label on a −inf logit has the lowest float as its log-probability
+    (with zero gradient) and a label outside [0, V) gives NaN. bf16/f16 inputs are
     computed with float32 accumulation; inputs sharded over explicit mesh axes are
     computed per device (each over its own tokens), with the aggregation's counts taken
     over the whole batch.
@@ -453,7 +455,8 @@ def fused_linear_policy_gradient_loss(
     where = C.check_where(where, shape)
     keep = None if where is None else jnp.broadcast_to(where, shape)
 
-    def per_token(name, x):
+    def token_input(name, x):
+        """A per-token input: validated, [..., T], a constant, 0 where dropped."""
         x = C.as_float(name, x, allow_int=name == "advantages")
         if name == "advantages":
             x = LM._advantages(x, shape)
@@ -461,18 +464,17 @@ def fused_linear_policy_gradient_loss(
         x = lax.stop_gradient(jnp.broadcast_to(x, shape).astype(dtype))
         return C.keep(keep, x, 0.0)
 
-    old = per_token("old_log_probs", old_log_probs)
-    adv = per_token("advantages", advantages)
+    old = token_input("old_log_probs", old_log_probs)
+    adv = token_input("advantages", advantages)
     ref = None
     if beta > 0:
-        ref = per_token("reference_log_probs", reference_log_probs)
+        ref = token_input("reference_log_probs", reference_log_probs)
     mask = jnp.ones(shape, dtype) if keep is None else keep.astype(dtype)
     scale = LM._aggregation_weights(mask, aggregation, max_length)
     loss_options = dict(clip_low=low, clip_high=high)
     if beta > 0:
         loss_options.update(kl_coef=beta, kl_estimator=kl_estimator)
     options = dict(
-        bias=bias,
         weight_layout=weight_layout,
         temperature=temperature,
         chunk_size=chunk_size,
@@ -482,14 +484,13 @@ def fused_linear_policy_gradient_loss(
     tokens.update(reference_log_probs=ref, where=keep)
     mesh = E.explicit_mesh(hidden, weight, bias, labels, old, adv, ref, keep)
     if mesh is not None:
-        shared = {"weight": weight, "bias": options.pop("bias")}
         return E.per_device(
             _policy_gradient_loss,
             mesh,
             hidden,
-            shared=shared,
+            shared={"weight": weight, "bias": bias},
             tokens=tokens,
             options=options,
             per_token=False,
         )
-    return _policy_gradient_loss(hidden, weight, **tokens, **options)
+    return _policy_gradient_loss(hidden, weight, bias=bias, **tokens, **options)
