@@ -588,23 +588,33 @@ class _PairSpec:
 
 @dataclasses.dataclass(frozen=True)
 class PairPreference:
-    """The engine's `ChunkLoss` of a preference loss over chunks of whole pairs.
+    """The engine's `GroupLoss` of a preference loss: a group is a pair, its segments the
+    chosen and the rejected sequence ([2B, T] tokens: the B chosen, then the B rejected).
 
-    A chunk holds k pairs, pair-major: pair i's T chosen tokens, then its T rejected
-    tokens. Per-token inputs ``xs``: (labels, keep[, reference]) where the reference is
-    the reference model's hidden state of each token (``reference="hidden"``, with its
-    weight and bias in ``consts``) or its sequence log-probabilities placed on each
-    sequence's first token (``reference="logps"``). The value of pair i sits on its
-    first token (0 on the others), so Σ_i scale_i·value_i is the sum over pairs when
-    every token of a pair carries the pair's scale; the per-token factor saved for the
-    backward pass is ∂ℓ_pair/∂log p_t.
+    Per-token inputs ``xs``: (labels, keep[, reference]), the reference being the
+    reference model's hidden state of each token (``reference="hidden"``, with its weight
+    and bias in ``consts``) or its sequence log-probabilities placed on each sequence's
+    first token (``reference="logps"``). Per-token statistics: (log p_t, the reference's
+    log p_t, lse, on). With S_c, S_r the sequences' log-probabilities (Σ a_t·log p_t over
+    kept tokens, a_t = 1 or 1/count), ∂ℓ/∂log p_t = (∂ℓ/∂S)·a_t: for a loss of the gap
+    S_c − S_r alone (DPO, SimPO, CPO without the NLL term) ∂ℓ/∂S_r = −∂ℓ/∂S_c, so one
+    deferred factor (and one [D, V] buffer) serves both sequences, the sign in a_t.
     """
 
     n_classes: int
-    seq_len: int  # T
+    seg_len: int  # T
     spec: _PairSpec
     reference: str  # "none", "logps" or "hidden"
-    n_values = 1
+    segments = 2
+    n_values = 1  # one gradient per token (for the engine's `_grad_logits`)
+
+    @property
+    def n_buffers(self) -> int:
+        gap_only = self.spec.loss in ("dpo", "simpo", "cpo") and not self.spec.nll_weight
+        return 1 if gap_only else 2
+
+    def buffer(self, s: int) -> int:
+        return 0 if self.n_buffers == 1 else s
 
     def dtypes(self, cfg):
         return cfg.dtype, cfg.dtype, cfg.dtype, bool
@@ -612,49 +622,56 @@ class PairPreference:
     def _tokens(self):
         return TokenLogProbs(n_classes=self.n_classes, entropy=False)
 
-    def _sequences(self, log_p, keep):
-        """Per-sequence log-probabilities [k, 2] (sum or mean over kept tokens) and counts."""
-        k = log_p.shape[0] // (2 * self.seq_len)
-        keep = keep.reshape(k, 2, self.seq_len)
-        total = jnp.sum(jnp.where(keep, log_p.reshape(keep.shape), 0.0), axis=-1)
-        count = jnp.sum(keep, axis=-1).astype(total.dtype)
-        if not self.spec.average:
-            return total, count
-        return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0), count
-
     def forward(self, cfg, z, xs, b=None, consts=()):
-        labels, keep = xs[:2]
-        tokens = self._tokens()
-        log_p, lse, on = tokens.forward(cfg, z, (labels,))
-        seq, count = self._sequences(log_p, keep)
-        k = seq.shape[0]
+        labels = xs[0]
+        log_p, lse, on = self._tokens().forward(cfg, z, (labels,))
         if self.reference == "hidden":
             w_ref, b_ref = consts
             z_ref = E._logits(cfg, xs[2], w_ref, b_ref)[0]
-            ref, _ = self._sequences(tokens.forward(cfg, z_ref, (labels,))[0], keep)
-            ref = lax.stop_gradient(ref)
+            ref = lax.stop_gradient(self._tokens().forward(cfg, z_ref, (labels,))[0])
         elif self.reference == "logps":
-            ref = jnp.sum(xs[2].reshape(k, 2, self.seq_len), axis=-1)
+            ref = xs[2]
         else:
-            ref = jnp.zeros_like(seq)
-        count_c = count[:, 0]
+            ref = jnp.zeros_like(log_p)
+        return log_p, ref, lse, on
+
+    def backward(self, cfg, z, stats, xs, b=None, consts=()):
+        return self._tokens().backward(cfg, z, stats[2:], xs[:1])
+
+    def _weights(self, keep):
+        """(a [2, T]: 1, or 1/count for length-averaged sequences, on kept tokens; count [2])."""
+        count = jnp.sum(keep, axis=-1)
+        a = keep.astype(jnp.float32)
+        if self.spec.average:
+            a = jnp.where(keep, 1.0 / jnp.maximum(count, 1)[:, None], 0.0)
+        return a, count
+
+    def factors(self, cfg, xs):
+        a = self._weights(xs[1])[0].astype(cfg.dtype)
+        if self.n_buffers == 1:
+            a = a * jnp.array([[1.0], [-1.0]], cfg.dtype)
+        return a
+
+    def finish(self, cfg, stats, xs):
+        keep = xs[1]
+        a, count = self._weights(keep)
+        a = a.astype(cfg.dtype)
+        log_p, ref = stats[:2]
+        seq = jnp.sum(jnp.where(keep, a * log_p, 0.0), axis=-1)
+        if self.reference == "hidden":
+            ref = jnp.sum(jnp.where(keep, a * ref, 0.0), axis=-1)
+        else:  # the sequences' values on their first tokens (or 0)
+            ref = jnp.sum(ref, axis=-1)
+        ref = lax.stop_gradient(ref)
+        count_c = count[0].astype(cfg.dtype)
 
         def pair(sc, sr):
-            return self.spec(sc, sr, ref[:, 0], ref[:, 1], count_c)
+            return self.spec(sc, sr, ref[0], ref[1], count_c)
 
-        value, vjp = jax.vjp(pair, seq[:, 0], seq[:, 1])
-        d_seq = jnp.stack(vjp(jnp.ones_like(value)), axis=1)  # ∂ℓ/∂(sc, sr), [k, 2]
-        if self.spec.average:
-            d_seq = jnp.where(count > 0, d_seq / jnp.where(count > 0, count, 1.0), 0.0)
-        keep3 = keep.reshape(k, 2, self.seq_len)
-        row = jnp.where(keep3, d_seq[..., None], 0.0).reshape(-1)
-        values = jnp.zeros((k, 2 * self.seq_len), value.dtype).at[:, 0].set(value)
-        return values.reshape(-1), row, lse, on
-
-    def backward(self, cfg, z, saved, xs, b=None, consts=()):
-        row, lse, on = saved
-        g, row_token = self._tokens().backward(cfg, z, (lse, on), xs[:1])
-        return g, row_token * row
+        value, vjp = jax.vjp(pair, seq[0], seq[1])
+        d_c, d_r = vjp(jnp.ones_like(value))
+        delta = jnp.stack([d_c] if self.n_buffers == 1 else [d_c, d_r])
+        return value, delta
 
 
 def _pair_spec(loss, beta, loss_type, label_smoothing, gamma, average_log_prob, nll_weight):
@@ -887,15 +904,6 @@ def _per_pair(
     return spec(seq[:b], seq[b:], ref[:b], ref[b:], count_c)
 
 
-def _pair_major(x):
-    """[2B, T, ...] (chosen, then rejected) → [2B·T, ...] pair-major: pair i's chosen
-    tokens, then its rejected ones."""
-    b = x.shape[0] // 2
-    x = x.reshape((2, b) + x.shape[1:])
-    x = jnp.swapaxes(x, 0, 1)
-    return x.reshape((-1,) + x.shape[3:])
-
-
 def _fused_total(
     spec,
     hidden,
@@ -913,33 +921,29 @@ def _fused_total(
     dtype,
     reduction,
 ):
-    """The sum or mean over pairs, gradients formed in the same pass (pair-aligned chunks)."""
+    """The sum or mean over pairs, with the gradients formed in the same pass."""
     batch = hidden.shape[:-1]
     d, v = hidden.shape[-1], (weight.shape[1] if layout == "dense" else weight.shape[0])
     n_pairs, seq_len = batch[0] // 2, batch[1]
-    pair_tokens = 2 * seq_len
-    n = n_pairs * pair_tokens
-    chunk = E.chunk(chunk_size, n, v)
-    chunk = min(n, -(-chunk // pair_tokens) * pair_tokens)  # whole pairs
-    loss = PairPreference(n_classes=v, seq_len=seq_len, spec=spec, reference=kind)
+    n = 2 * n_pairs * seq_len
+    loss = PairPreference(n_classes=v, seg_len=seq_len, spec=spec, reference=kind)
     cfg = E.Config(
-        layout=layout, chunk=chunk, block=E._default_block(d, v), dtype=np.dtype(dtype), loss=loss
+        layout=layout,
+        chunk=E.chunk(chunk_size, n, v),
+        block=E._default_block(d, v),
+        dtype=np.dtype(dtype),
+        loss=loss,
     )
-    h = E.flat_hidden(hidden, weight, keep, batch, d).reshape(batch + (d,))
-    ids = jnp.where(keep, _class_ids(labels, v), 0)
-    xs = [_pair_major(ids), _pair_major(keep)]
+    h = E.flat_hidden(hidden, weight, keep, batch, d)
+    ids = jnp.where(keep, _class_ids(labels, v), 0).reshape(n)
+    xs = [ids, keep.reshape(n)]
     consts = ()
     if kind == "hidden":
-        ref_h = lax.stop_gradient(E.flat_hidden(ref_h, ref_w, keep, batch, ref_h.shape[-1]))
-        xs.append(_pair_major(ref_h.reshape(batch + ref_h.shape[-1:])))
-        consts = (
-            lax.stop_gradient(ref_w.astype(ref_h.dtype)),
-            None if ref_b is None else lax.stop_gradient(ref_b),
-        )
+        xs.append(lax.stop_gradient(E.flat_hidden(ref_h, ref_w, keep, batch, ref_h.shape[-1])))
+        ref_b = None if ref_b is None else lax.stop_gradient(ref_b)
+        consts = (lax.stop_gradient(ref_w.astype(xs[-1].dtype)), ref_b)
     elif kind == "logps":
         first = jnp.zeros(batch, dtype).at[:, 0].set(lax.stop_gradient(ref_logps.astype(dtype)))
-        xs.append(_pair_major(first))
-    scale = jnp.full((n,), 1.0 / n_pairs if reduction == "mean" else 1.0, dtype)
-    return E._weighted_sum_jit(
-        cfg, _pair_major(h), weight.astype(h.dtype), bias, tuple(xs), scale, consts
-    )
+        xs.append(first.reshape(n))
+    scale = jnp.full((n_pairs,), 1.0 / n_pairs if reduction == "mean" else 1.0, dtype)
+    return E._grouped_sum_jit(cfg, h, weight.astype(h.dtype), bias, tuple(xs), scale, consts)
