@@ -929,7 +929,11 @@ def _fused_total(
     loss = PairPreference(n_classes=v, seg_len=seq_len, spec=spec, reference=kind)
     cfg = E.Config(
         layout=layout,
-        chunk=E.chunk(chunk_size, n, v),
+        # Half the engine's default chunk: the one or two [D, V] buffers of the deferred
+        # factors take the memory of the rest.
+        chunk=E.chunk(chunk_size, n, v)
+        if chunk_size is not None
+        else max(1, E.default_chunk(n, v) // 2),
         block=E._default_block(d, v),
         dtype=np.dtype(dtype),
         loss=loss,
