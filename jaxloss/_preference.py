@@ -828,7 +828,7 @@ def fused_linear_preference_loss(
     ignored = C.is_ignored(labels, ignore_index)
     if ignored is not None:
         keep = ~ignored if keep is None else keep & ~ignored
-    keep = jnp.ones(batch, bool) if keep is None else jnp.broadcast_to(keep, batch)
+    keep = None if keep is None else jnp.broadcast_to(keep, batch)
     C.check_class_ids(labels, ignore_index, where)
     dtype = C.compute_dtype(*(x for x in (hidden, weight, bias) if x is not None))
 
@@ -900,7 +900,10 @@ def _per_pair(
     elif kind == "logps":
         ref = lax.stop_gradient(ref_logps.astype(dtype))
     b = seq.shape[0] // 2
-    count_c = jnp.sum(keep[:b], axis=-1).astype(dtype)
+    if keep is None:
+        count_c = jnp.full((b,), hidden.shape[1], dtype)
+    else:
+        count_c = jnp.sum(keep[:b], axis=-1).astype(dtype)
     return spec(seq[:b], seq[b:], ref[:b], ref[b:], count_c)
 
 
@@ -938,12 +941,18 @@ def _fused_total(
         dtype=np.dtype(dtype),
         loss=loss,
     )
-    h = E.flat_hidden(hidden, weight, keep, batch, d)
-    ids = jnp.where(keep, _class_ids(labels, v), 0).reshape(n)
-    xs = [ids, keep.reshape(n)]
+    mask = keep
+    h = E.flat_hidden(hidden, weight, mask, batch, d)
+    ids = _class_ids(labels, v)
+    if keep is not None:
+        ids = jnp.where(keep, ids, 0)
+    else:  # no copy of the hidden states for an all-True mask
+        keep = jnp.ones(batch, bool)
+    xs = [ids.reshape(n), keep.reshape(n)]
     consts = ()
     if kind == "hidden":
-        xs.append(lax.stop_gradient(E.flat_hidden(ref_h, ref_w, keep, batch, ref_h.shape[-1])))
+        ref_h = E.flat_hidden(ref_h, ref_w, mask, batch, ref_h.shape[-1])
+        xs.append(lax.stop_gradient(ref_h))
         ref_b = None if ref_b is None else lax.stop_gradient(ref_b)
         consts = (lax.stop_gradient(ref_w.astype(xs[-1].dtype)), ref_b)
     elif kind == "logps":
