@@ -13,7 +13,11 @@ its gradient with respect to those logits:
   of the ordinary forward and backward pass and nothing more;
 - otherwise (`per_token`, per-token values whose cotangents arrive only in the backward
   pass) the backward pass recomputes each chunk's logits from what the forward pass
-  saved (a fourth product).
+  saved (a fourth product);
+- when the loss is a sum over groups of tokens whose value is known only at the group's
+  end (`grouped_sum`: a preference pair of a chosen and a rejected sequence), the
+  gradients are formed in the same pass too, each group's weight gradient accumulated
+  in a buffer and scaled once the group ends.
 
 The engine also owns what every such loss shares: the dense [D, V] and embedding [V, D]
 layouts, soft-capping and temperature of the logits, bf16/f16 inputs with float32
