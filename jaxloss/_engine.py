@@ -529,7 +529,7 @@ def _grouped(cfg: Config, h, w, b, xs, scale, consts, need: tuple[bool, bool, bo
     def group(i, carry):
         stats, value, coef, gh, gw, gb = carry
         xs_g = tuple(_of_group(x, n_seg, n_groups, seg_len, i) for x in xs)
-        a = loss.factors(cfg, xs_g) if grads else None
+        a = loss.factors(cfg, xs_g)  # cheap: from the per-token inputs only
         bufs = [_zeros(w.shape, cfg.dtype, *everything) if need_w else None] * k_buf
         bbufs = [_zeros((v,), cfg.dtype, *everything) if need_b else None] * k_buf
         for s in range(n_seg):

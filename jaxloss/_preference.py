@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import TypeGuard
+from typing import TypeGuard, cast
 
 import jax
 import jax.numpy as jnp
@@ -982,10 +982,12 @@ def _per_pair(
     exact for any loss of them), then the sequences' and the pair loss."""
 
     def sequences(h, w, b):
-        log_p = fused_linear_token_log_probs(
+        log_p = fused_linear_token_log_probs(  # one array: no entropy asked for
             h, w, labels, bias=b, weight_layout=layout, chunk_size=chunk_size, where=keep
         )
-        return sequence_log_probs(log_p, where=keep, average=spec.average).astype(dtype)
+        return sequence_log_probs(cast(jax.Array, log_p), where=keep, average=spec.average).astype(
+            dtype
+        )
 
     seq = sequences(hidden, weight, bias)
     ref = jnp.zeros_like(seq)
