@@ -982,12 +982,11 @@ def _per_pair(
     exact for any loss of them), then the sequences' and the pair loss."""
 
     def sequences(h, w, b):
-        log_p = fused_linear_token_log_probs(  # one array: no entropy asked for
+        log_p = fused_linear_token_log_probs(
             h, w, labels, bias=b, weight_layout=layout, chunk_size=chunk_size, where=keep
         )
-        return sequence_log_probs(cast(jax.Array, log_p), where=keep, average=spec.average).astype(
-            dtype
-        )
+        log_p = cast(jax.Array, log_p)  # one array: no entropy asked for
+        return sequence_log_probs(log_p, where=keep, average=spec.average).astype(dtype)
 
     seq = sequences(hidden, weight, bias)
     ref = jnp.zeros_like(seq)
