@@ -898,7 +898,7 @@ def fused_linear_preference_loss(
         ref_w = C.as_float("reference_weight", ref_w)
         ref_b = None if ref_b is None else C.as_float("reference_bias", ref_b)
         try:
-            d_ref, v_ref, ref_batch = E.check_linear(ref_h, ref_w, ref_b, weight_layout)
+            _, v_ref, ref_batch = E.check_linear(ref_h, ref_w, ref_b, weight_layout)
         except ValueError as err:
             raise ValueError(
                 f"The reference model: {err}".replace("`weight`", "`reference_weight`").replace(
@@ -916,7 +916,10 @@ def fused_linear_preference_loss(
                 f"`reference_hidden` of shape {ref_h.shape} must hold the same sequences as "
                 f"`hidden` ({batch} tokens)."
             )
-        E.check_bias(ref_b, v)
+        if ref_b is not None and ref_b.shape != (v,):
+            raise ValueError(
+                f"`reference_bias` must have shape ({v},), one entry per class, got {ref_b.shape}."
+            )
     where = C.check_where(where, batch)
     keep = where
     ignored = C.is_ignored(labels, ignore_index)

@@ -271,6 +271,16 @@ def _call(**kwargs):
             "vocabulary",
         ),
         (dict(reference_logps=None, reference_hidden=REF_HIDDEN), ValueError, "reference_weight"),
+        (
+            dict(
+                reference_logps=None,
+                reference_hidden=REF_HIDDEN,
+                reference_weight=REF_WEIGHT,
+                reference_bias=REF_BIAS[:4],
+            ),
+            ValueError,
+            "reference_bias",
+        ),
         (dict(loss="kto"), ValueError, "`loss`"),
         (dict(loss="cpo", reference_logps=None, loss_type="hinge"), ValueError, "loss_type"),
         (dict(loss_type="hinge", label_smoothing=0.1), ValueError, "label_smoothing"),
