@@ -335,7 +335,7 @@ class Distillation:
     def backward(self, cfg: E.Config, z, saved, xs, b=None, consts=()):
         """∂ℓ/∂z = (soft_weight/T)·∂D/∂s + hard_weight·(softmax(z) − onehot(y)), row 1."""
         s, t, labels, keep = self._inputs(cfg, z, xs, consts)
-        g = jnp.zeros((), cfg.dtype)
+        g = jnp.zeros_like(z)
         if self.soft_weight:
             g = self._divergence_grad(s, t, saved[0]) * (self.soft_weight / self.temperature)
         if self.hard is not None:

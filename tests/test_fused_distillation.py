@@ -180,6 +180,22 @@ def test_jsd_at_beta_0_and_1_is_forward_and_reverse_kl(beta):
     assert_close(near / eps, fused(*STUDENT, divergence=kl), 1e-5)
 
 
+def test_hard_part_alone_is_the_fused_cross_entropy():
+    # soft_loss_weight=0 leaves the student's cross-entropy on its untempered logits;
+    # both weights 0 give 0 with zero gradient.
+    options = dict(temperature=T, soft_loss_weight=0.0, chunk_size=4, where=KEEP)
+    got = value_and_grads(fused, "mean", hard_loss_weight=1.0, **options)
+    want = value_and_grads(
+        lambda h, w, b, **o: jaxloss.fused_linear_cross_entropy(h, w, LABELS, bias=b, **o),
+        "mean",
+        where=KEEP,
+    )
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w, 1e-12)
+    for x in value_and_grads(fused, "mean", **options):
+        assert np.all(np.asarray(x) == 0.0)
+
+
 def test_no_gradient_flows_to_the_teacher():
     def loss(reduction):
         return lambda *teacher: summed(fused, reduction, teacher=teacher, chunk_size=3)(*STUDENT)
