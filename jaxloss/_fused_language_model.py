@@ -451,7 +451,7 @@ def _distillation(
     h_t = E.flat_hidden(h_t, w_t, keep, batch_t, d_t)
     xs: tuple = (h_t,)
     hard = None
-    if hard_weight:
+    if hard_weight and labels is not None:  # labels are required there (checked above)
         hard = CrossEntropy(n_classes=v, label_smoothing=0.0, z_loss=0.0)
         y = _class_ids(labels, v)  # int32, −1 outside [0, V)
         if keep is not None:
