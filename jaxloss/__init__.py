@@ -28,6 +28,7 @@ from jaxloss._embedding import (
     triplet_margin_loss,
 )
 from jaxloss._fused_language_model import (
+    fused_linear_distillation_loss,
     fused_linear_policy_gradient_loss,
     fused_linear_token_log_probs,
 )
@@ -195,6 +196,7 @@ __all__ = [
     "fused_linear_token_log_probs",
     "sequence_log_probs",
     "distillation_loss",
+    "fused_linear_distillation_loss",
     "policy_gradient_loss",
     "fused_linear_policy_gradient_loss",
     "kl_penalty",
