@@ -82,6 +82,44 @@ ROWS.append(
 )
 
 
+PREFERENCE_T = 512  # tokens per sequence: N tokens are N / (2T) pairs of sequences
+
+
+def _preference_inputs(rng, n, d, v):
+    """N tokens as B = N / (2T) pairs ([2B, T] sequences: chosen, then rejected), with the
+    reference model given as hidden states and a weight of its own."""
+    shape = (n // PREFERENCE_T, PREFERENCE_T)
+    return (
+        _normal(rng, shape + (d,)),
+        _normal(rng, (d, v), 1 / np.sqrt(d)),
+        jnp.asarray(rng.integers(0, v, shape), jnp.int32),
+        _normal(rng, shape + (d,)),
+        _normal(rng, (d, v), 1 / np.sqrt(d)),
+    )
+
+
+def _naive_dpo(h, w, y, ref_h, ref_w):
+    log_p = jaxloss.token_log_probs(h @ w, y)
+    ref = jax.lax.stop_gradient(jaxloss.token_log_probs(ref_h @ ref_w, y))
+    s, r = jaxloss.sequence_log_probs(log_p), jaxloss.sequence_log_probs(ref)
+    b = s.shape[0] // 2
+    return jaxloss.dpo_loss(s[:b], s[b:], r[:b], r[b:], reduction="mean")
+
+
+ROWS.append(
+    Row(
+        "preference",
+        "≤ 1.10×, ≤ 1/16 memory",
+        # DPO (sigmoid, β = 0.1), mean over pairs, the reference as hidden states.
+        _naive_dpo,
+        lambda h, w, y, ref_h, ref_w: jaxloss.fused_linear_preference_loss(
+            h, w, y, reference_hidden=ref_h, reference_weight=ref_w
+        ),
+        _preference_inputs,
+    )
+)
+
+
 # --------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ from jaxloss._preference import (
     cpo_loss,
     dpo_implicit_rewards,
     dpo_loss,
+    fused_linear_preference_loss,
     kto_loss,
     orpo_loss,
     simpo_loss,
@@ -181,6 +182,7 @@ __all__ = [
     "orpo_loss",
     "cpo_loss",
     "kto_loss",
+    "fused_linear_preference_loss",  # the same, fused from hidden states
     # contrastive losses (batches of embeddings; clip and siglip also across devices)
     "ntxent_loss",
     "clip_loss",

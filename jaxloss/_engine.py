@@ -449,10 +449,173 @@ def _per_token_jvp(cfg: Config, primals, tangents):
 
 per_token.defjvp(_per_token_jvp, symbolic_zeros=True)
 
+# --------------------------------------------------------------------------------------
+# Losses of groups of segments (preference pairs)
+# --------------------------------------------------------------------------------------
+
+
+class GroupLoss(Protocol):
+    """A loss of groups of token segments, e.g. a preference pair (chosen, rejected).
+
+    The N tokens form ``segments`` blocks of n_groups segments of ``seg_len`` tokens each
+    (segment-major: token t of segment s of group i is token (s·n_groups + i)·seg_len + t),
+    as in [2B, T] sequences: the B chosen ones, then the B rejected ones. A group's value
+    depends on its tokens' logits only through per-token statistics (`forward`), and its
+    derivative with respect to the logits of token t is δ_k·a_t·row_t·g_t: (g_t, row_t)
+    from `backward`, a_t known before the group is processed (`factors`), and δ [K]
+    known only at its end (`finish`), with k = ``buffer(s)`` for the tokens of segment s.
+    Implementations are frozen dataclasses.
+    """
+
+    segments: int
+    seg_len: int
+    n_values: int  # 1: `backward` returns one (g, row) pair
+
+    @property
+    def n_buffers(self) -> int:
+        """K: the number of deferred factors δ (and of [D, V] buffers)."""
+
+    def buffer(self, s: int) -> int:
+        """k(s) in [0, K): the factor δ_k of segment s's tokens."""
+
+    def dtypes(self, cfg: Config) -> tuple[Any, ...]:
+        """The dtypes of the per-token statistics of `forward`."""
+
+    def forward(self, cfg: Config, z, xs: tuple, b, consts: tuple) -> tuple:
+        """The per-token statistics [n] of a chunk of one segment (what `finish` and
+        `backward` need)."""
+
+    def backward(self, cfg: Config, z, stats: tuple, xs: tuple, b, consts: tuple) -> tuple:
+        """(g [n, V], row [n]) of a chunk, as `ChunkLoss.backward`."""
+
+    def factors(self, cfg: Config, xs: tuple) -> jax.Array:
+        """a [S, T] from the group's per-token inputs (each [S, T, ...])."""
+
+    def finish(self, cfg: Config, stats: tuple, xs: tuple) -> tuple:
+        """(value, δ [K]) from the group's statistics and inputs ([S, T, ...] each)."""
+
+
+def _of_group(x: jax.Array, segments: int, n_groups: int, seg_len: int, i) -> jax.Array:
+    """Group i's entries [S, T, ...] of a per-token array [N, ...] (segment-major)."""
+    x = x.reshape((segments, n_groups, seg_len) + x.shape[1:])
+    return lax.dynamic_index_in_dim(x, i, axis=1, keepdims=False)
+
+
+def _grouped(cfg: Config, h, w, b, xs, scale, consts, need: tuple[bool, bool, bool]):
+    """Per-group values and the gradients of Σ_g scale_g·value_g, all in one pass.
+
+    Each group's segments are processed ``cfg.chunk`` tokens at a time (chunks within a
+    segment). The weight and bias gradients of a group are accumulated with their known
+    factors a_t in K buffers, and added to the totals scaled by δ once the group ends;
+    the rows of ∂/∂h are stored without a_t·δ and scaled at the end. Memory: K [D, V]
+    buffers (and K [V]) besides the gradients themselves and one chunk's logits.
+    Returns (value [G], ∂/∂h [N, D] or None, ∂/∂W or None, ∂/∂b or None).
+    """
+    loss = cfg.loss
+    need_h, need_w, need_b = need
+    n_seg, seg_len, k_buf = loss.segments, loss.seg_len, loss.n_buffers
+    n, d = h.shape
+    n_groups = n // (n_seg * seg_len)
+    v = w.shape[1] if cfg.layout == "dense" else w.shape[0]
+    chunk = min(cfg.chunk, seg_len)
+    grads = any(need)
+    everything = (h, w, b, *xs, scale)
+    token = _token_zeros(cfg, (n,), h, w, b, xs)
+
+    def group(i, carry):
+        stats, value, coef, gh, gw, gb = carry
+        xs_g = tuple(_of_group(x, n_seg, n_groups, seg_len, i) for x in xs)
+        a = loss.factors(cfg, xs_g) if grads else None
+        bufs = [_zeros(w.shape, cfg.dtype, *everything) if need_w else None] * k_buf
+        bbufs = [_zeros((v,), cfg.dtype, *everything) if need_b else None] * k_buf
+        for s in range(n_seg):
+            k = loss.buffer(s)
+            offset = (s * n_groups + i) * seg_len
+
+            def body(carry, start, fresh, s=s, offset=offset):
+                stats, gh, buf, bbuf = carry
+                pos = offset + start
+                h_c = lax.dynamic_slice_in_dim(h, pos, chunk)
+                xs_c = tuple(lax.dynamic_slice_in_dim(x, pos, chunk) for x in xs)
+                z, t = _logits(cfg, h_c, w, b)
+                out = loss.forward(cfg, z, xs_c, b, consts)
+                stats = tuple(_put(st, o, pos) for st, o in zip(stats, out, strict=True))
+                if not grads:
+                    return stats, gh, buf, bbuf
+                ((g, row),) = _grad_logits(cfg, z, t, tuple(out), xs_c, b, consts)
+                r = lax.dynamic_slice_in_dim(a[s], start, chunk) * row
+                r_sum = r if fresh is None else jnp.where(fresh, r, 0.0)
+                gm = g.astype(w.dtype)
+                if need_h:
+                    part = _dot(gm, w, (1, 1) if cfg.layout == "dense" else (1, 0), cfg.dtype)
+                    gh = _put(gh, row[:, None] * part, pos)
+                if need_w:
+                    hs = (r_sum[:, None] * h_c.astype(cfg.dtype)).astype(w.dtype)
+                    buf = _add_weight_grad(cfg, buf, hs, gm)
+                if need_b:
+                    bbuf = bbuf + r_sum @ g
+                return stats, gh, buf, bbuf
+
+            stats, gh, bufs[k], bbufs[k] = _over_blocks(
+                seg_len, chunk, body, (stats, gh, bufs[k], bbufs[k])
+            )
+        stats_g = tuple(_of_group(st, n_seg, n_groups, seg_len, i) for st in stats)
+        value_g, delta = loss.finish(cfg, stats_g, xs_g)
+        value = lax.dynamic_update_index_in_dim(value, value_g.astype(value.dtype), i, 0)
+        if grads:
+            factor = scale[i] * delta  # [K]
+            if need_w:
+                gw = gw + sum(factor[j] * bufs[j] for j in range(k_buf))
+            if need_b:
+                gb = gb + sum(factor[j] * bbufs[j] for j in range(k_buf))
+            if need_h:
+                for s in range(n_seg):
+                    offset = (s * n_groups + i) * seg_len
+                    coef = _put(coef, factor[loss.buffer(s)] * a[s], offset)
+        return stats, value, coef, gh, gw, gb
+
+    init = (
+        tuple(token.astype(dtype) for dtype in loss.dtypes(cfg)),
+        _zeros((n_groups,), cfg.dtype, *everything),
+        token if need_h else None,
+        _zeros((n, d), cfg.dtype, *everything) if need_h else None,
+        _zeros(w.shape, cfg.dtype, *everything) if need_w else None,
+        _zeros((v,), cfg.dtype, *everything) if need_b else None,
+    )
+    _, value, coef, gh, gw, gb = lax.fori_loop(0, n_groups, group, init)
+    if need_h:
+        gh = coef[:, None] * gh
+    return value, gh, gw, gb
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def grouped_sum(cfg: Config, h, w, b, xs, scale, consts=()):
+    """Σ_g scale_g·value_g over the groups of a `GroupLoss` (``scale`` [G])."""
+    return jnp.sum(scale * _grouped(cfg, h, w, b, xs, scale, consts, (False, False, False))[0])
+
+
+def _grouped_sum_jvp(cfg: Config, primals, tangents):
+    # As `weighted_sum`: the gradients are formed in the forward pass.
+    h, w, b, xs, scale, consts = primals
+    dh, dw, db, _, dscale, _ = tangents
+    need = (not _zero(dh), not _zero(dw), b is not None and not _zero(db))
+    value, gh, gw, gb = _grouped(cfg, h, w, b, xs, scale, consts, need)
+    out = jnp.sum(scale * value)
+    parts = [_vdot(g, d) for g, d in zip((gh, gw, gb), (dh, dw, db), strict=True) if g is not None]
+    tangent = cast(jax.Array, sum(parts)) if parts else jnp.zeros_like(out)
+    if not _zero(dscale):
+        tangent = tangent + _vdot(value, dscale)
+    return out, tangent
+
+
+grouped_sum.defjvp(_grouped_sum_jvp, symbolic_zeros=True)
+
+
 # Called eagerly, the chunk loops would be traced and compiled on every call; jitted,
 # they are compiled once per configuration and shape (and inlined under an outer jit).
 _weighted_sum_jit = jax.jit(weighted_sum, static_argnums=0)
 _per_token_jit = jax.jit(per_token, static_argnums=0)
+_grouped_sum_jit = jax.jit(grouped_sum, static_argnums=0)
 
 
 # --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ log-ratio gaps of any finite size in float32.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import TypeGuard
@@ -21,9 +22,14 @@ from typing import TypeGuard
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxloss import _conventions as C
+from jaxloss import _engine as E
 from jaxloss import _numerics as N
+from jaxloss._classification import _class_ids
+from jaxloss._fused_language_model import TokenLogProbs, fused_linear_token_log_probs
+from jaxloss._language_model import sequence_log_probs
 
 ArrayLike = C.ArrayLike
 
@@ -528,3 +534,420 @@ def kto_loss(
     lam = jnp.where(desirable, desirable_weight, undesirable_weight).astype(z.dtype)
     loss = lam * jax.nn.sigmoid(jnp.where(desirable, -z, z))
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+# --------------------------------------------------------------------------------------
+# Fused from hidden states: the pair losses on the chunked engine
+# --------------------------------------------------------------------------------------
+
+PAIR_LOSSES = ("dpo", "simpo", "orpo", "cpo")
+_DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0, "orpo": 0.1, "cpo": 0.1}
+_AVERAGED = {"dpo": False, "simpo": True, "orpo": True, "cpo": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class _PairSpec:
+    """The static description of a pair loss (hashable: part of the engine's `Config`)."""
+
+    loss: str
+    beta: float
+    loss_type: str
+    label_smoothing: float
+    gamma: float
+    average: bool  # length-averaged (True) or summed (False) sequence log-probabilities
+    nll_weight: float
+
+    def __call__(self, sc, sr, rc, rr, count_c):
+        """Per-pair loss [k] of the policy's sequence log-probabilities sc, sr [k] (summed or
+        averaged as ``average`` says), the reference's rc, rr (DPO only) and the number of
+        kept chosen tokens count_c (for the NLL term's token mean)."""
+        if self.loss == "dpo":
+            loss = dpo_loss(
+                sc,
+                sr,
+                rc,
+                rr,
+                beta=self.beta,
+                loss_type=self.loss_type,
+                label_smoothing=self.label_smoothing,
+            )
+        elif self.loss == "simpo":
+            loss = simpo_loss(
+                sc, sr, beta=self.beta, gamma=self.gamma, label_smoothing=self.label_smoothing
+            )
+        elif self.loss == "orpo":
+            loss = orpo_loss(sc, sr, beta=self.beta)
+        else:
+            loss = cpo_loss(sc, sr, beta=self.beta, label_smoothing=self.label_smoothing)
+        if self.nll_weight:
+            # The chosen sequence's token-mean NLL, −(Σ_t log p_t)/n_c (0 if n_c = 0).
+            mean = sc if self.average else sc / jnp.where(count_c > 0, count_c, 1.0)
+            loss = loss - self.nll_weight * mean
+        return loss
+
+
+@dataclasses.dataclass(frozen=True)
+class PairPreference:
+    """The engine's `GroupLoss` of a preference loss: a group is a pair, its segments the
+    chosen and the rejected sequence ([2B, T] tokens: the B chosen, then the B rejected).
+
+    Per-token inputs ``xs``: (labels, keep[, reference]), the reference being the
+    reference model's hidden state of each token (``reference="hidden"``, with its weight
+    and bias in ``consts``) or its sequence log-probabilities placed on each sequence's
+    first token (``reference="logps"``). Per-token statistics: (log p_t, the reference's
+    log p_t, lse, on). With S_c, S_r the sequences' log-probabilities (Σ a_t·log p_t over
+    kept tokens, a_t = 1 or 1/count), ∂ℓ/∂log p_t = (∂ℓ/∂S)·a_t: for a loss of the gap
+    S_c − S_r alone (DPO, SimPO, CPO without the NLL term) ∂ℓ/∂S_r = −∂ℓ/∂S_c, so one
+    deferred factor (and one [D, V] buffer) serves both sequences, the sign in a_t.
+    """
+
+    n_classes: int
+    seg_len: int  # T
+    spec: _PairSpec
+    reference: str  # "none", "logps" or "hidden"
+    segments = 2
+    n_values = 1  # one gradient per token (for the engine's `_grad_logits`)
+
+    @property
+    def n_buffers(self) -> int:
+        gap_only = self.spec.loss in ("dpo", "simpo", "cpo") and not self.spec.nll_weight
+        return 1 if gap_only else 2
+
+    def buffer(self, s: int) -> int:
+        return 0 if self.n_buffers == 1 else s
+
+    def dtypes(self, cfg):
+        return cfg.dtype, cfg.dtype, cfg.dtype, bool
+
+    def _tokens(self):
+        return TokenLogProbs(n_classes=self.n_classes, entropy=False)
+
+    def forward(self, cfg, z, xs, b=None, consts=()):
+        labels = xs[0]
+        log_p, lse, on = self._tokens().forward(cfg, z, (labels,))
+        if self.reference == "hidden":
+            w_ref, b_ref = consts
+            z_ref = E._logits(cfg, xs[2], w_ref, b_ref)[0]
+            ref = lax.stop_gradient(self._tokens().forward(cfg, z_ref, (labels,))[0])
+        elif self.reference == "logps":
+            ref = xs[2]
+        else:
+            ref = jnp.zeros_like(log_p)
+        return log_p, ref, lse, on
+
+    def backward(self, cfg, z, stats, xs, b=None, consts=()):
+        return self._tokens().backward(cfg, z, stats[2:], xs[:1])
+
+    def _weights(self, keep):
+        """(a [2, T]: 1, or 1/count for length-averaged sequences, on kept tokens; count [2])."""
+        count = jnp.sum(keep, axis=-1)
+        a = keep.astype(jnp.float32)
+        if self.spec.average:
+            a = jnp.where(keep, 1.0 / jnp.maximum(count, 1)[:, None], 0.0)
+        return a, count
+
+    def factors(self, cfg, xs):
+        a = self._weights(xs[1])[0].astype(cfg.dtype)
+        if self.n_buffers == 1:
+            a = a * jnp.array([[1.0], [-1.0]], cfg.dtype)
+        return a
+
+    def finish(self, cfg, stats, xs):
+        keep = xs[1]
+        a, count = self._weights(keep)
+        a = a.astype(cfg.dtype)
+        log_p, ref = stats[:2]
+        seq = jnp.sum(jnp.where(keep, a * log_p, 0.0), axis=-1)
+        if self.reference == "hidden":
+            ref = jnp.sum(jnp.where(keep, a * ref, 0.0), axis=-1)
+        else:  # the sequences' values on their first tokens (or 0)
+            ref = jnp.sum(ref, axis=-1)
+        ref = lax.stop_gradient(ref)
+        count_c = count[0].astype(cfg.dtype)
+
+        def pair(sc, sr):
+            return self.spec(sc, sr, ref[0], ref[1], count_c)
+
+        value, vjp = jax.vjp(pair, seq[0], seq[1])
+        d_c, d_r = vjp(jnp.ones_like(value))
+        delta = jnp.stack([d_c] if self.n_buffers == 1 else [d_c, d_r])
+        return value, delta
+
+
+def _pair_spec(loss, beta, loss_type, label_smoothing, gamma, average_log_prob, nll_weight):
+    if loss not in PAIR_LOSSES:
+        raise ValueError(f"`loss` must be one of {PAIR_LOSSES}, got {loss!r}.")
+    beta = _DEFAULT_BETA[loss] if beta is None else E.python_number("beta", beta)
+    C.check_positive("beta", beta)
+    if loss != "dpo" and loss_type != "sigmoid":
+        raise ValueError(
+            f"`loss_type` applies to loss='dpo' only, got loss_type={loss_type!r} with "
+            f"loss={loss!r}; leave it at 'sigmoid'."
+        )
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"`loss_type` must be one of {DPO_LOSS_TYPES}, got {loss_type!r}.")
+    if average_log_prob is None:
+        average_log_prob = _AVERAGED[loss]
+    if not isinstance(average_log_prob, bool):
+        raise TypeError(f"`average_log_prob` must be a bool or None, got {average_log_prob!r}.")
+    nll_weight = E.python_number("nll_weight", nll_weight)
+    _check_non_negative("nll_weight", nll_weight)
+    spec = _PairSpec(
+        loss=loss,
+        beta=beta,
+        loss_type=loss_type,
+        label_smoothing=E.python_number("label_smoothing", label_smoothing),
+        gamma=E.python_number("gamma", gamma),
+        average=average_log_prob,
+        nll_weight=nll_weight,
+    )
+    x = jax.ShapeDtypeStruct((1,), jnp.float32)
+    jax.eval_shape(spec, x, x, x, x, x)  # the pair loss's own checks (ε's range, ...)
+    return spec
+
+
+def _reference(loss, n_pairs, reference_logps, reference_hidden, reference_weight, reference_bias):
+    """(kind, sequence log-probabilities [2B] or None, hidden, weight, bias): the reference."""
+    given = [reference_logps is not None, reference_hidden is not None]
+    if loss != "dpo":
+        if any(given) or reference_weight is not None:
+            raise ValueError(
+                f"loss={loss!r} uses no reference model: pass neither `reference_logps` nor "
+                "`reference_hidden`/`reference_weight`."
+            )
+        return "none", None, None, None, None
+    if all(given):
+        raise ValueError(
+            "Pass the reference model either as `reference_logps=(chosen, rejected)` or as "
+            "`reference_hidden` with `reference_weight`, not both."
+        )
+    if not any(given):
+        raise ValueError(
+            "loss='dpo' needs the reference model: `reference_logps=(chosen, rejected)` (its "
+            "per-sequence log-probabilities, [B] each) or `reference_hidden` [2B, T, D] with "
+            "`reference_weight`."
+        )
+    if reference_logps is not None:
+        if reference_weight is not None or reference_bias is not None:
+            raise ValueError(
+                "`reference_weight`/`reference_bias` go with `reference_hidden`, not with "
+                "`reference_logps`."
+            )
+        if not isinstance(reference_logps, (tuple, list)) or len(reference_logps) != 2:
+            raise TypeError(
+                "`reference_logps` must be a pair (chosen, rejected) of arrays [B], got "
+                f"{C._describe(reference_logps)}."
+            )
+        pair = [C.as_float(f"reference_logps[{i}]", x) for i, x in enumerate(reference_logps)]
+        for i, x in enumerate(pair):
+            if x.shape not in ((n_pairs,), (), (1,)):
+                raise ValueError(
+                    f"`reference_logps[{i}]` must have shape ({n_pairs},), one entry per pair, "
+                    f"got {x.shape}."
+                )
+        pair = [jnp.broadcast_to(x, (n_pairs,)) for x in pair]
+        return "logps", jnp.concatenate(pair), None, None, None
+    if reference_weight is None:
+        raise ValueError("`reference_hidden` needs `reference_weight` (the reference's head).")
+    return "hidden", None, reference_hidden, reference_weight, reference_bias
+
+
+def fused_linear_preference_loss(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    labels: ArrayLike,
+    *,
+    loss: str = "dpo",
+    reference_logps: tuple[ArrayLike, ArrayLike] | None = None,
+    reference_hidden: ArrayLike | None = None,
+    reference_weight: ArrayLike | None = None,
+    reference_bias: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    weight_layout: str = "dense",
+    beta: float | None = None,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    gamma: float = 0.5,
+    average_log_prob: bool | None = None,
+    nll_weight: float = 0.0,
+    ignore_index: int | None = None,
+    where: ArrayLike | None = None,
+    chunk_size: int | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    """DOCSTRING"""
+    spec = _pair_spec(loss, beta, loss_type, label_smoothing, gamma, average_log_prob, nll_weight)
+    C.check_reduction(reduction)
+    hidden = C.as_float("hidden", hidden)
+    weight = C.as_float("weight", weight)
+    bias = None if bias is None else C.as_float("bias", bias)
+    labels = C.as_labels("labels", labels)
+    C.check_ignore_index(ignore_index)
+    d, v, batch = E.check_linear(hidden, weight, bias, weight_layout)
+    if hidden.ndim != 3 or batch[0] % 2:
+        raise ValueError(
+            f"`hidden` must be [2B, T, D]: the B chosen sequences, then the B rejected ones; "
+            f"got shape {hidden.shape}."
+        )
+    if labels.shape != batch:
+        raise ValueError(
+            f"`labels` of shape {labels.shape} must have the shape of `hidden` without its "
+            f"feature axis, {batch}."
+        )
+    E.check_bias(bias, v)
+    n_pairs = batch[0] // 2
+    kind, ref_logps, ref_h, ref_w, ref_b = _reference(
+        loss, n_pairs, reference_logps, reference_hidden, reference_weight, reference_bias
+    )
+    if kind == "hidden":
+        ref_h = C.as_float("reference_hidden", ref_h)
+        ref_w = C.as_float("reference_weight", ref_w)
+        ref_b = None if ref_b is None else C.as_float("reference_bias", ref_b)
+        try:
+            d_ref, v_ref, ref_batch = E.check_linear(ref_h, ref_w, ref_b, weight_layout)
+        except ValueError as err:
+            raise ValueError(
+                f"The reference model: {err}".replace("`weight`", "`reference_weight`").replace(
+                    "`hidden`", "`reference_hidden`"
+                )
+            ) from err
+        if v_ref != v:
+            raise ValueError(
+                f"`reference_weight` of shape {ref_w.shape} has a vocabulary of {v_ref} "
+                f"entries, `weight` of shape {weight.shape} one of {v} (weight_layout="
+                f"{weight_layout!r} applies to both); they must be equal."
+            )
+        if ref_batch != batch:
+            raise ValueError(
+                f"`reference_hidden` of shape {ref_h.shape} must hold the same sequences as "
+                f"`hidden` ({batch} tokens)."
+            )
+        E.check_bias(ref_b, v)
+    where = C.check_where(where, batch)
+    keep = where
+    ignored = C.is_ignored(labels, ignore_index)
+    if ignored is not None:
+        keep = ~ignored if keep is None else keep & ~ignored
+    keep = jnp.ones(batch, bool) if keep is None else jnp.broadcast_to(keep, batch)
+    C.check_class_ids(labels, ignore_index, where)
+    dtype = C.compute_dtype(*(x for x in (hidden, weight, bias) if x is not None))
+
+    if reduction == "none":
+        return _per_pair(
+            spec,
+            hidden,
+            weight,
+            labels,
+            bias,
+            weight_layout,
+            chunk_size,
+            keep,
+            kind,
+            ref_logps,
+            ref_h,
+            ref_w,
+            ref_b,
+            dtype,
+        )
+    return _fused_total(
+        spec,
+        hidden,
+        weight,
+        labels,
+        bias,
+        weight_layout,
+        chunk_size,
+        keep,
+        kind,
+        ref_logps,
+        ref_h,
+        ref_w,
+        ref_b,
+        dtype,
+        reduction,
+    )
+
+
+def _per_pair(
+    spec,
+    hidden,
+    weight,
+    labels,
+    bias,
+    layout,
+    chunk_size,
+    keep,
+    kind,
+    ref_logps,
+    ref_h,
+    ref_w,
+    ref_b,
+    dtype,
+):
+    """The per-pair losses [B]: per-token log-probabilities (the engine's recompute path,
+    exact for any loss of them), then the sequences' and the pair loss."""
+
+    def sequences(h, w, b):
+        log_p = fused_linear_token_log_probs(
+            h, w, labels, bias=b, weight_layout=layout, chunk_size=chunk_size, where=keep
+        )
+        return sequence_log_probs(log_p, where=keep, average=spec.average).astype(dtype)
+
+    seq = sequences(hidden, weight, bias)
+    ref = jnp.zeros_like(seq)
+    if kind == "hidden":
+        ref = lax.stop_gradient(sequences(ref_h, ref_w, ref_b))
+    elif kind == "logps":
+        ref = lax.stop_gradient(ref_logps.astype(dtype))
+    b = seq.shape[0] // 2
+    count_c = jnp.sum(keep[:b], axis=-1).astype(dtype)
+    return spec(seq[:b], seq[b:], ref[:b], ref[b:], count_c)
+
+
+def _fused_total(
+    spec,
+    hidden,
+    weight,
+    labels,
+    bias,
+    layout,
+    chunk_size,
+    keep,
+    kind,
+    ref_logps,
+    ref_h,
+    ref_w,
+    ref_b,
+    dtype,
+    reduction,
+):
+    """The sum or mean over pairs, with the gradients formed in the same pass."""
+    batch = hidden.shape[:-1]
+    d, v = hidden.shape[-1], (weight.shape[1] if layout == "dense" else weight.shape[0])
+    n_pairs, seq_len = batch[0] // 2, batch[1]
+    n = 2 * n_pairs * seq_len
+    loss = PairPreference(n_classes=v, seg_len=seq_len, spec=spec, reference=kind)
+    cfg = E.Config(
+        layout=layout,
+        # Half the engine's default chunk: the one or two [D, V] buffers of the deferred
+        # factors take the memory of the rest.
+        chunk=E.chunk(chunk_size, n, v)
+        if chunk_size is not None
+        else max(1, E.default_chunk(n, v) // 2),
+        block=E._default_block(d, v),
+        dtype=np.dtype(dtype),
+        loss=loss,
+    )
+    h = E.flat_hidden(hidden, weight, keep, batch, d)
+    ids = jnp.where(keep, _class_ids(labels, v), 0).reshape(n)
+    xs = [ids, keep.reshape(n)]
+    consts = ()
+    if kind == "hidden":
+        xs.append(lax.stop_gradient(E.flat_hidden(ref_h, ref_w, keep, batch, ref_h.shape[-1])))
+        ref_b = None if ref_b is None else lax.stop_gradient(ref_b)
+        consts = (lax.stop_gradient(ref_w.astype(xs[-1].dtype)), ref_b)
+    elif kind == "logps":
+        first = jnp.zeros(batch, dtype).at[:, 0].set(lax.stop_gradient(ref_logps.astype(dtype)))
+        xs.append(first.reshape(n))
+    scale = jnp.full((n_pairs,), 1.0 / n_pairs if reduction == "mean" else 1.0, dtype)
+    return E._grouped_sum_jit(cfg, h, weight.astype(h.dtype), bias, tuple(xs), scale, consts)
