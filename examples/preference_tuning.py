@@ -6,20 +6,20 @@ a first digit (the prompt) and 15 more digits (the response), which in 20 % of t
 sequences are the prompt followed by sorted digits ≥ it, and otherwise random digits.
 The fitted (SFT) model writes a sorted response about as often.
 
-It is then tuned online toward sorted responses: each step samples 4 responses per
-prompt from the current policy, scores them by the number of adjacent digit pairs in
-order (15 when sorted), and takes the best one as chosen and the worst as rejected
-(pairs whose 4 samples tie are masked out). Two runs from the same SFT model:
+It is then tuned toward sorted responses on a preference data set sampled from it, as
+in the DPO paper: 4 responses per prompt, scored by the number of adjacent digit pairs
+in order (15 when sorted); the best one is chosen, the worst rejected (prompts whose 4
+samples tie are dropped). Two runs from the same SFT model:
 
-- DPO, with the SFT model as the frozen reference (its log-probabilities of the pair are
-  computed each step without gradient) and β = 0.1 on summed log-probabilities;
+- DPO, with the SFT model as the frozen reference (its log-probabilities of the pairs
+  computed once, before training) and β = 0.1 on summed log-probabilities;
 - SimPO, reference-free, β = 2 and γ = 0.5 on length-averaged log-probabilities.
 
 Both losses are computed by the fused ``jaxloss.fused_linear_preference_loss`` from the
 model's last hidden states and its embedding matrix, never forming the logits. Reported:
-the fraction of sorted responses the policy samples and the implicit-reward margin
-against steps, the held-out cross-entropy of the SFT data (how far each run moved from
-the SFT model), a one-step check that the fused loss and its gradients equal the
+the fraction of sorted responses the policy samples and the implicit-reward margin on
+the training batches against steps, the held-out cross-entropy of the SFT data (how far
+each run moved from the SFT model), a one-step check that the fused loss and its gradients equal the
 materialized ones, and the temporary memory (XLA's memory analysis) of the fused and the
 materialized loss's forward + backward at a large-vocabulary shape.
 
@@ -69,10 +69,13 @@ def make_data(rng, n):
 
 
 def score(tokens):
-    """The number of adjacent pairs in order (a ≤ b, both digits), prompt digit included."""
+    """The number of adjacent pairs in order (a ≤ b, both digits), prompt digit included.
+
+    For NumPy and JAX arrays alike.
+    """
     digits = tokens[..., 1:]
     a, b = digits[..., :-1], digits[..., 1:]
-    return jnp.sum((a <= b) & (b < DIGITS), axis=-1)
+    return ((a <= b) & (b < DIGITS)).sum(axis=-1)
 
 
 def split_sequences(tokens):
@@ -125,8 +128,9 @@ def hidden_and_weight(graphdef, params, inputs):
     return model(inputs), model.embed.embedding[...]
 
 
-def sample(graphdef, params, first, key):
+def sample(graphdef, params, first, seed):
     """Responses sampled at temperature 1 after BOS and the prompt digits ``first``."""
+    key = jax.random.key(seed)
     n = first.shape[0]
     tokens = jnp.zeros((n, LENGTH + 1), jnp.int32).at[:, 0].set(BOS).at[:, 1].set(first)
 
@@ -156,8 +160,6 @@ def sequence_logps(hidden, weight, labels, where, *, average=False):
 
 def fused_loss(loss, hidden, weight, labels, where, reference_logps):
     """DPO or SimPO from the hidden states [2B, T, D]: chosen first, then rejected."""
-    if not hasattr(jaxloss, "fused_linear_preference_loss"):  # TEMPORARY until branch pref
-        return naive_loss(loss, hidden, weight, labels, where, reference_logps)
     return jaxloss.fused_linear_preference_loss(
         hidden,
         weight,
@@ -216,52 +218,70 @@ def sft(args, graphdef, params, data, steps, batch, lr):
     return state[0], history
 
 
+# The sampler, compiled once per batch shape (the evaluation and the preference data
+# draw batches of the same size, so they share it).
+sample_jit = jax.jit(sample, static_argnums=0)
+
+
 def make_evaluate(graphdef, heldout, n_samples):
     """Fraction of sorted samples, mean score and held-out cross-entropy of a policy."""
-    heldout = jnp.asarray(heldout)
-    first = jnp.asarray(np.arange(n_samples) % DIGITS, jnp.int32)
+    first = (np.arange(n_samples) % DIGITS).astype(np.int32)
 
     @jax.jit
-    def evaluate(params):
-        tokens = sample(graphdef, params, first, jax.random.key(123))
-        s = score(tokens)
+    def cross_entropy(params, heldout):
         inputs, labels, response = split_sequences(heldout)
         hidden, weight = hidden_and_weight(graphdef, params, inputs)
-        ce = jaxloss.fused_linear_cross_entropy(
+        return jaxloss.fused_linear_cross_entropy(
             hidden, weight, labels, where=response, weight_layout="embedding"
         )
+
+    def evaluate(state):
+        params = state[0] if isinstance(state, tuple) else state
+        s = np.asarray(score(sample_jit(graphdef, params, first, 123)))
         return {
-            "sorted_fraction": jnp.mean(s == LENGTH - 1),
-            "mean_score": jnp.mean(s),
-            "heldout_cross_entropy": ce,
+            "sorted_fraction": float(np.mean(s == LENGTH - 1)),
+            "mean_score": float(np.mean(s)),
+            "heldout_cross_entropy": float(cross_entropy(params, heldout)),
         }
 
-    return lambda state: jax.device_get(evaluate(state[0] if isinstance(state, tuple) else state))
+    return evaluate
 
 
-def preference_batch(graphdef, params, key, prompts):
-    """Sample SAMPLES responses per prompt; chosen (best) and rejected (worst) pairs."""
-    k_first, k_sample = jax.random.split(key)
-    first = jax.random.randint(k_first, (prompts,), 0, DIGITS, jnp.int32)
-    tokens = sample(graphdef, params, jnp.repeat(first, SAMPLES), k_sample)
-    tokens = tokens.reshape(prompts, SAMPLES, LENGTH + 1)
-    s = score(tokens)
-    rows = jnp.arange(prompts)
-    chosen, rejected = tokens[rows, jnp.argmax(s, 1)], tokens[rows, jnp.argmin(s, 1)]
-    informative = jnp.max(s, 1) > jnp.min(s, 1)  # all samples tied: no preference
-    inputs, labels, response = split_sequences(jnp.concatenate([chosen, rejected]))
-    where = response & jnp.tile(informative, 2)[:, None]
-    batch_stats = {
-        "batch_sorted_fraction": jnp.mean(s == LENGTH - 1),
-        "informative_pairs": jnp.mean(informative),
-    }
-    return inputs, labels, where, informative, batch_stats
+def preference_pairs(graphdef, sft_params, n_prompts, draw, rng):
+    """A preference data set sampled from the SFT model, with the reference's log-probs.
+
+    SAMPLES responses per random prompt digit (sampled ``draw`` at a time); the best one
+    by ``score`` is chosen, the worst rejected; prompts whose samples all tie are dropped.
+    Returns the chosen and rejected token arrays [P, LENGTH + 1] and the reference's (the
+    SFT model's) log-probabilities of their responses [P], computed once, for DPO.
+    """
+    first = np.repeat(rng.integers(0, DIGITS, n_prompts), SAMPLES).astype(np.int32)
+    tokens = np.concatenate(
+        [
+            sample_jit(graphdef, sft_params, f, 1000 + i)
+            for i, f in enumerate(first.reshape(-1, draw))
+        ]
+    ).reshape(n_prompts, SAMPLES, LENGTH + 1)
+    s = np.asarray(score(tokens))
+    rows = np.arange(n_prompts)
+    chosen, rejected = tokens[rows, s.argmax(1)], tokens[rows, s.argmin(1)]
+    keep = s.max(1) > s.min(1)
+    chosen, rejected = chosen[keep], rejected[keep]
+
+    @jax.jit
+    def reference(sft_params, chosen, rejected):
+        inputs, labels, response = split_sequences(jnp.concatenate([chosen, rejected]))
+        hidden, weight = hidden_and_weight(graphdef, sft_params, inputs)
+        return jnp.split(sequence_logps(hidden, weight, labels, response), 2)
+
+    return (chosen, rejected, *reference(sft_params, chosen, rejected))
 
 
-def tune(args, loss, graphdef, sft_params, steps, prompts, lr, evaluate, compute):
-    """Online DPO or SimPO from the SFT model (``compute``: fused_loss or naive_loss)."""
+def tune(args, loss, graphdef, sft_params, pairs, steps, batch, lr, evaluate, compute):
+    """DPO or SimPO from the SFT model on the preference pairs (``compute``: the loss)."""
     tx = optax.adam(lr)
     beta = SETTINGS[loss]["beta"]
+    chosen, rejected, ref_chosen, ref_rejected = (jnp.asarray(x) for x in pairs)
 
     def loss_fn(p, inputs, labels, where, reference_logps):
         hidden, weight = hidden_and_weight(graphdef, p, inputs)
@@ -279,26 +299,24 @@ def tune(args, loss, graphdef, sft_params, steps, prompts, lr, evaluate, compute
     def step(state, t):
         p, o, key = state
         key, sub = jax.random.split(key)
-        inputs, labels, where, informative, stats = preference_batch(graphdef, p, sub, prompts)
-        ref_hidden, ref_weight = hidden_and_weight(graphdef, sft_params, inputs)
-        reference_logps = tuple(jnp.split(sequence_logps(ref_hidden, ref_weight, labels, where), 2))
-        (value, (chosen, rejected)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        i = jax.random.randint(sub, (batch,), 0, chosen.shape[0])
+        inputs, labels, where = split_sequences(jnp.concatenate([chosen[i], rejected[i]]))
+        reference_logps = (ref_chosen[i], ref_rejected[i])
+        (value, (logps_c, logps_r)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             p, inputs, labels, where, reference_logps
         )
         if loss == "dpo":
             reward_c, reward_r = jaxloss.dpo_implicit_rewards(
-                chosen, rejected, *reference_logps, beta=beta
+                logps_c, logps_r, *reference_logps, beta=beta
             )
         else:  # SimPO's implicit reward: β times the length-averaged log-probability
-            reward_c, reward_r = beta * chosen, beta * rejected
+            reward_c, reward_r = beta * logps_c, beta * logps_r
         margin = reward_c - reward_r
-        n = jnp.maximum(jnp.sum(informative), 1)
         updates, o = tx.update(grads, o, p)
         metrics = {
             "loss": value,
-            "margin": jnp.sum(jnp.where(informative, margin, 0.0)) / n,
-            "reward_accuracy": jnp.sum(informative & (margin > 0)) / n,
-            **stats,
+            "margin": jnp.mean(margin),
+            "reward_accuracy": jnp.mean(margin > 0),
         }
         return (optax.apply_updates(p, updates), o, key), metrics
 
@@ -317,36 +335,38 @@ def tune(args, loss, graphdef, sft_params, steps, prompts, lr, evaluate, compute
 def one_step_check(graphdef, params, data, pairs):
     """Largest difference between the fused and the materialized loss and its gradients.
 
-    On ``pairs`` pairs of SFT sequences (the first ``pairs`` rows chosen, the next
-    rejected), one of them masked out entirely as a tied pair is.
+    On the SFT model's hidden states of ``pairs`` pairs of SFT sequences (the first
+    ``pairs`` rows chosen, the next ``pairs`` rejected; one pair masked out entirely, as a
+    tied pair is); gradients in the hidden states and the weight, the two inputs of the
+    loss (the rest of the backward pass is the model's, the same for both).
     """
 
     @jax.jit
-    def values_and_grads(params, tokens):
+    def prepare(params, tokens):
         inputs, labels, where = split_sequences(tokens)
         where = where.at[0].set(False).at[pairs].set(False)
-        ref_hidden, ref_weight = hidden_and_weight(graphdef, params, inputs)
-        reference_logps = tuple(jnp.split(sequence_logps(ref_hidden, ref_weight, labels, where), 2))
-        out = {}
-        for loss in SETTINGS:
-            for compute in (fused_loss, naive_loss):
+        hidden, weight = hidden_and_weight(graphdef, params, inputs)
+        reference = tuple(jnp.split(sequence_logps(hidden, weight, labels, where) - 1.0, 2))
+        return hidden, weight, labels, where, reference
 
-                def f(p, compute=compute, loss=loss):
-                    hidden, weight = hidden_and_weight(graphdef, p, inputs)
-                    return compute(loss, hidden, weight, labels, where, reference_logps)
-
-                out[loss, compute.__name__] = jax.value_and_grad(f)(params)
-        return out
-
-    results = values_and_grads(params, jnp.asarray(data[: 2 * pairs]))
+    hidden, weight, labels, where, reference_logps = prepare(params, data[: 2 * pairs])
     out = {}
     for loss in SETTINGS:
-        (v_f, g_f), (v_n, g_n) = results[loss, "fused_loss"], results[loss, "naive_loss"]
-        diffs = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), g_f, g_n))
+        results = []
+        for compute in (fused_loss, naive_loss):
+
+            def f(h, w, compute=compute, loss=loss):
+                return compute(loss, h, w, labels, where, reference_logps)
+
+            results.append(jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(hidden, weight))
+        (v_f, g_f), (v_n, g_n) = results
         out[loss] = {
             "loss": float(v_f),
-            "loss_difference": float(jnp.abs(v_f - v_n)),
-            "gradient_difference": float(max(diffs)),
+            "loss_difference": abs(float(v_f) - float(v_n)),
+            "gradient_difference": max(
+                float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                for a, b in zip(g_f, g_n, strict=True)
+            ),
         }
     return out
 
@@ -378,12 +398,12 @@ def memory(loss, pairs, length, dim, vocab):
 def main():
     args = _common.parse_args(NAME, __doc__.splitlines()[0])
     if args.quick:
-        width, layers, sft_steps, tune_steps, prompts, n_eval = 32, 1, 100, 30, 16, 200
+        width, layers, sft_steps, tune_steps, n_prompts, n_eval = 32, 1, 100, 30, 256, 256
         mem_shape = (4, 128, 128, 8192)
     else:
-        width, layers, sft_steps, tune_steps, prompts, n_eval = 64, 2, 800, 300, 32, 1000
+        width, layers, sft_steps, tune_steps, n_prompts, n_eval = 64, 2, 800, 200, 2048, 1024
         mem_shape = (4, 512, 512, 32768)
-    heads, batch, sft_lr, tune_lr = 4, 64, 3e-3, 1e-3
+    heads, batch, pairs, sft_lr, tune_lr = 4, 64, 32, 3e-3, 1e-3
     rng = np.random.default_rng(0)
     data, heldout = make_data(rng, 4096), make_data(rng, 512)
 
@@ -393,10 +413,20 @@ def main():
     sft_params, sft_history = sft(args, graphdef, params, data, sft_steps, batch, sft_lr)
     sft_eval = evaluate(sft_params)
 
-    check = one_step_check(graphdef, sft_params, heldout, prompts)
+    check = one_step_check(graphdef, sft_params, heldout, pairs)
+    preferences = preference_pairs(graphdef, sft_params, n_prompts, n_eval, rng)
     runs = {
         loss: tune(
-            args, loss, graphdef, sft_params, tune_steps, prompts, tune_lr, evaluate, fused_loss
+            args,
+            loss,
+            graphdef,
+            sft_params,
+            preferences,
+            tune_steps,
+            pairs,
+            tune_lr,
+            evaluate,
+            fused_loss,
         )
         for loss in SETTINGS
     }
@@ -446,7 +476,7 @@ def main():
         ],
         rows,
     )
-    pairs, length, dim, vocab = mem_shape
+    m_pairs, m_length, m_dim, m_vocab = mem_shape
     memory_rows = [
         [
             loss.upper(),
@@ -471,18 +501,21 @@ def main():
     )
     notes = (
         f"{n_eval} samples per evaluation (temperature 1, prompts 0–9 in turn); the SFT data "
-        f"hold {SORTED_SHARE:.0%} sorted responses. Tuning: {tune_steps} steps of {prompts} "
-        f"prompts × {SAMPLES} samples, Adam lr {tune_lr}; reward margin and accuracy "
-        "(chosen reward above rejected) averaged over the last tenth of the steps, on the "
-        "training pairs (DPO: β·log-ratio to the SFT model, summed; SimPO: β·mean "
+        f"hold {SORTED_SHARE:.0%} sorted responses. Preference data: "
+        f"{len(preferences[0])} pairs (best and worst of {SAMPLES} SFT samples for each of "
+        f"{n_prompts} prompts, ties dropped). Tuning: {tune_steps} steps of {pairs} pairs, "
+        f"Adam lr {tune_lr}; reward margin and accuracy (chosen reward above rejected) "
+        "averaged over the last tenth of the steps, on the training batches (DPO: "
+        "β·log-ratio to the SFT model, summed; SimPO: β·mean "
         f"log-probability). Model: {layers}-layer transformer, width {width}, SFT "
         f"{sft_steps} steps of {batch} sequences, Adam lr {sft_lr}.\n\n"
         + memory_table
         + f"\n\nMemory: XLA's temporary allocation of the compiled forward + backward (in "
-        f"the hidden states and the weight) at {pairs} pairs × {length} tokens, hidden size "
-        f"{dim}, vocabulary {vocab:,}, float32, the reference as precomputed "
-        "log-probabilities. One-step differences: fused against materialized loss and "
-        "gradients in all the model's parameters, on one batch of the SFT model's pairs."
+        f"the hidden states and the weight) at {m_pairs} pairs × {m_length} tokens, hidden "
+        f"size {m_dim}, vocabulary {m_vocab:,}, float32, the reference as precomputed "
+        "log-probabilities. One-step differences: fused against materialized loss and its "
+        f"gradients in the hidden states and the weight, on {pairs} pairs of held-out SFT "
+        "sequences through the SFT model (one pair masked out)."
     )
     _common.write_results(
         args,
@@ -492,8 +525,10 @@ def main():
             "layers": layers,
             "sft_steps": sft_steps,
             "tune_steps": tune_steps,
-            "prompts": prompts,
+            "prompts": n_prompts,
             "samples_per_prompt": SAMPLES,
+            "preference_pairs": len(preferences[0]),
+            "pairs_per_step": pairs,
             "tune_lr": tune_lr,
             "losses": SETTINGS,
             "memory_shape": dict(zip(("pairs", "length", "dim", "vocab"), mem_shape, strict=True)),
@@ -517,12 +552,11 @@ def plot(args, runs, sft_eval):
         axes[1].plot(
             t, [100 * e["sorted_fraction"] for _, e in evals], "o-", color=color, label=LABELS[loss]
         )
-        axes[1].plot(steps, 100 * history["batch_sorted_fraction"], color=color, alpha=0.2)
     axes[1].axhline(100 * sft_eval["sorted_fraction"], color="k", ls=":", label="SFT model")
     axes[0].set(xlabel="step", ylabel="chosen − rejected implicit reward")
-    axes[0].set_title("implicit-reward margin on the training pairs")
+    axes[0].set_title("implicit-reward margin on the training batches")
     axes[1].set(xlabel="step", ylabel="% of samples sorted", ylim=(0, 100))
-    axes[1].set_title("preferred (sorted) samples: evaluation (dots), training batches")
+    axes[1].set_title("preferred (sorted) samples from the policy")
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
