@@ -775,7 +775,100 @@ def fused_linear_preference_loss(
     chunk_size: int | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
-    """DOCSTRING"""
+    """DPO, SimPO, ORPO or CPO loss of ``hidden @ weight`` per pair of sequences, no logits formed.
+
+        log p_t = log softmax(h_t·W + b)[y_t]           per token, kept tokens only
+        S = Σ_t log p_t   (or Σ_t log p_t / n, length-averaged: ``average_log_prob``)
+        ℓ = pair loss(S_c, S_r [, ref_c, ref_r]) − λ·(Σ_{t ∈ chosen} log p_t) / n_c
+
+    per pair of a chosen and a rejected sequence, with the pair loss `dpo_loss` (any
+    ``loss_type``), `simpo_loss`, `orpo_loss` or `cpo_loss`, and λ = ``nll_weight`` the
+    weight of the chosen sequence's token-mean cross-entropy (ORPO's and CPO's SFT term, as
+    in Hong et al. and Xu et al.: a mean per sequence; TRL instead averages over all chosen
+    tokens of the batch). The same value as those functions of `sequence_log_probs` of
+    `token_log_probs` of the materialized logits, computed by the chunked engine so that
+    only a [chunk, V] block of logits exists at once.
+
+    Algorithm (``"sum"``/``"mean"``): the gradient of a pair's loss with respect to its
+    token log-probabilities is (∂ℓ/∂S)·a_t, a_t = 1 or 1/n known in advance and ∂ℓ/∂S known
+    only once the pair's last token is seen. So each pair's two sequences are processed a
+    chunk of tokens at a time, the weight and bias gradients of its tokens accumulated with
+    their a_t in a [D, V] buffer and added to the totals, scaled by ∂ℓ/∂S, when the pair
+    ends: one pass, the three matrix products of the plain forward and backward pass (and
+    one for the reference model's log-probabilities). DPO, SimPO and CPO are functions of
+    S_c − S_r, whose two partial derivatives are opposite, so one buffer serves both
+    sequences; ORPO and an ``nll_weight`` need two. ``reduction="none"`` (per-pair losses,
+    whose cotangents arrive in the backward pass) takes `fused_linear_token_log_probs`
+    (which recomputes each chunk's logits in the backward pass), then the pair loss.
+
+    Memory: one or two [D, V] float32 buffers, a [chunk, V] block or two, and per-token
+    vectors. The default chunk is half of `fused_linear_cross_entropy`'s (on the CPU, a
+    block of about 8 MiB: 64 tokens at V = 32768), at most a sequence. Measured on the CPU
+    for 4 pairs of T = 512 tokens, D = 512, V = 32768, float32, the reference as hidden
+    states (``benchmarks/post_training.py``): 89 MiB of XLA temp memory against 1536 MiB
+    for the materialized computation (1/17).
+
+    Inputs: the layout TRL and Liger Kernel use, the B chosen sequences first, then the B
+    rejected ones. A token is kept where ``where`` is True and its label is not
+    ``ignore_index`` (mask the prompt and the padding); a dropped token's ``hidden`` row
+    gets exactly zero gradient, even if NaN. The reference model gets no gradient: either
+    its per-sequence log-probabilities (``reference_logps``, summed or averaged as the
+    policy's) or its hidden states and head (``reference_hidden``, ``reference_weight``,
+    ``reference_bias``, in ``weight_layout`` too), whose log-probabilities are computed in
+    the same chunks.
+
+    Args:
+      hidden: h, floating [2B, T, D]: the policy's final hidden states of the B chosen
+        sequences, then of the B rejected ones (T tokens each, padded).
+      weight: W, floating [D, V] (``weight_layout="dense"``) or [V, D] (``"embedding"``).
+      labels: integer token ids [2B, T] (the next tokens, already shifted).
+      loss: ``"dpo"`` (default), ``"simpo"``, ``"orpo"`` or ``"cpo"``.
+      reference_logps: for DPO, ``(chosen, rejected)``, the reference model's sequence
+        log-probabilities, [B] each.
+      reference_hidden: for DPO, instead: the reference model's hidden states [2B, T, D_ref].
+      reference_weight: its head, [D_ref, V] or [V, D_ref] like ``weight``.
+      reference_bias: its optional bias [V].
+      bias: optional b, floating [V].
+      weight_layout: ``"dense"`` or ``"embedding"``, the layout of both weights.
+      beta: β > 0; default each loss's own (0.1 for DPO, ORPO and CPO; 2.0 for SimPO).
+      loss_type: DPO's ``"sigmoid"``, ``"robust"``, ``"hinge"`` or ``"ipo"`` (`dpo_loss`).
+      label_smoothing: ε for DPO (sigmoid, robust), SimPO and CPO.
+      gamma: SimPO's target margin γ.
+      average_log_prob: length-average the sequence log-probabilities; default each loss's
+        own definition (True for SimPO and ORPO, False for DPO and CPO; IPO expects True).
+      nll_weight: λ ≥ 0, the weight of the chosen sequences' token-mean cross-entropy.
+      ignore_index: optional label id (e.g. −100) whose tokens are dropped.
+      where: optional boolean mask broadcastable to [2B, T]; True keeps a token.
+      chunk_size: tokens per chunk (a Python int), within a sequence; default as above.
+      reduction: ``"mean"`` over pairs (default, as the trainers), ``"sum"`` or ``"none"``.
+
+    Returns:
+      A scalar for ``"sum"``/``"mean"``, else the per-pair losses [B]; float32, or float64
+      for float64 inputs (bf16/f16 are computed and returned in float32).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxloss
+      >>> hidden = jnp.array([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 1.0]]])  # 1 pair
+      >>> weight = jnp.array([[1.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+      >>> labels = jnp.array([[0, 1], [2, 2]])
+      >>> jaxloss.fused_linear_preference_loss(
+      ...     hidden, weight, labels, reference_logps=(jnp.array([-3.0]), jnp.array([-3.0])))
+      Array(0.5807126, dtype=float32)
+      >>> log_p = jaxloss.token_log_probs(hidden @ weight, labels)
+      >>> s = jaxloss.sequence_log_probs(log_p)
+      >>> jaxloss.dpo_loss(s[:1], s[1:], jnp.array([-3.0]), jnp.array([-3.0]))
+      Array([0.5807126], dtype=float32)
+      >>> jaxloss.fused_linear_preference_loss(hidden, weight, labels, loss="simpo")
+      Array(0.14052162, dtype=float32)
+
+    References:
+      Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a
+      Reward Model", NeurIPS 2023; Meng, Xia & Chen, "SimPO: Simple Preference Optimization
+      with a Reference-Free Reward", NeurIPS 2024; Hong, Lee & Thorne, "ORPO: Monolithic
+      Preference Optimization without Reference Model", EMNLP 2024; Xu et al., "Contrastive
+      Preference Optimization", ICML 2024; Wijmans et al., "Cut your losses in
+      large-vocabulary language models" (2024), for the chunked computation.
+    """
     spec = _pair_spec(loss, beta, loss_type, label_smoothing, gamma, average_log_prob, nll_weight)
     C.check_reduction(reduction)
     hidden = C.as_float("hidden", hidden)
@@ -828,7 +921,7 @@ def fused_linear_preference_loss(
     ignored = C.is_ignored(labels, ignore_index)
     if ignored is not None:
         keep = ~ignored if keep is None else keep & ~ignored
-    keep = jnp.ones(batch, bool) if keep is None else jnp.broadcast_to(keep, batch)
+    keep = None if keep is None else jnp.broadcast_to(keep, batch)
     C.check_class_ids(labels, ignore_index, where)
     dtype = C.compute_dtype(*(x for x in (hidden, weight, bias) if x is not None))
 
@@ -900,7 +993,10 @@ def _per_pair(
     elif kind == "logps":
         ref = lax.stop_gradient(ref_logps.astype(dtype))
     b = seq.shape[0] // 2
-    count_c = jnp.sum(keep[:b], axis=-1).astype(dtype)
+    if keep is None:
+        count_c = jnp.full((b,), hidden.shape[1], dtype)
+    else:
+        count_c = jnp.sum(keep[:b], axis=-1).astype(dtype)
     return spec(seq[:b], seq[b:], ref[:b], ref[b:], count_c)
 
 
@@ -938,12 +1034,18 @@ def _fused_total(
         dtype=np.dtype(dtype),
         loss=loss,
     )
-    h = E.flat_hidden(hidden, weight, keep, batch, d)
-    ids = jnp.where(keep, _class_ids(labels, v), 0).reshape(n)
-    xs = [ids, keep.reshape(n)]
+    mask = keep
+    h = E.flat_hidden(hidden, weight, mask, batch, d)
+    ids = _class_ids(labels, v)
+    if keep is not None:
+        ids = jnp.where(keep, ids, 0)
+    else:  # no copy of the hidden states for an all-True mask
+        keep = jnp.ones(batch, bool)
+    xs = [ids.reshape(n), keep.reshape(n)]
     consts = ()
     if kind == "hidden":
-        xs.append(lax.stop_gradient(E.flat_hidden(ref_h, ref_w, keep, batch, ref_h.shape[-1])))
+        ref_h = E.flat_hidden(ref_h, ref_w, mask, batch, ref_h.shape[-1])
+        xs.append(lax.stop_gradient(ref_h))
         ref_b = None if ref_b is None else lax.stop_gradient(ref_b)
         consts = (lax.stop_gradient(ref_w.astype(xs[-1].dtype)), ref_b)
     elif kind == "logps":

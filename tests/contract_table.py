@@ -1581,6 +1581,127 @@ CASES += [
 NOT_IN_TABLE["dpo_implicit_rewards"] = "tests/test_preference.py"
 
 
+# fused_linear_preference_loss (issue 14): the table's inputs are N pairs [N, 2, T, ...]
+# (chosen, rejected), which the wrapper lays out as the function's [2N, T, ...] (the N
+# chosen sequences, then the N rejected ones); reduction="none" gives the per-pair losses.
+# Its `where` masks tokens, not pairs, so the harness's pair-level mask and weight checks
+# do not apply (conventions=False); tests/test_fused_preference.py checks the reductions,
+# the one-pass gradients and the masks against the materialized logits.
+PREF_T = 3
+
+
+def _fused_pref(hidden, weight, labels, *, reference_hidden=None, where=None, **kwargs):
+    lead = hidden.shape[:-3]
+
+    def flat(x):
+        if x is None:
+            return None
+        x = jax.numpy.asarray(x)
+        x = x.reshape((-1,) + x.shape[len(lead) :])
+        return jax.numpy.concatenate([x[:, 0], x[:, 1]])
+
+    out = jaxloss.fused_linear_preference_loss(
+        flat(hidden),
+        weight,
+        flat(labels),
+        reference_hidden=flat(reference_hidden),
+        where=flat(where),
+        reduction="none",
+        **kwargs,
+    )
+    return out.reshape(lead)
+
+
+def _fused_pref_ref(
+    hidden,
+    weight,
+    labels,
+    *,
+    loss="dpo",
+    reference_hidden=None,
+    reference_weight=None,
+    bias=None,
+    weight_layout="dense",
+    where=None,
+    beta=0.1,
+    nll_weight=0.0,
+    chunk_size=None,
+):
+    def seq(h, w, b):  # log p of each token's label, summed or averaged over kept tokens
+        z = h @ (w if weight_layout == "dense" else w.T) + (0.0 if b is None else b)
+        log_p = np.take_along_axis(special.log_softmax(z, -1), labels[..., None], -1)[..., 0]
+        keep = np.ones(log_p.shape, bool) if where is None else where
+        total = np.where(keep, log_p, 0.0).sum(-1)
+        return total / keep.sum(-1) if loss == "orpo" else total
+
+    c, r = np.moveaxis(seq(hidden, weight, bias), -1, 0)
+    if loss == "dpo":  # Rafailov et al. (2023): −log σ(β·[(π_c − ref_c) − (π_r − ref_r)])
+        rc, rr = np.moveaxis(seq(reference_hidden, reference_weight, None), -1, 0)
+        return _softplus(-beta * ((c - rc) - (r - rr)))
+    # ORPO (Hong et al., 2024): −β log σ(log odds(c) − log odds(r)) + λ·(chosen token-mean NLL)
+    odds = lambda x: x - np.log(-np.expm1(x))  # noqa: E731
+    return beta * _softplus(-(odds(c) - odds(r))) - nll_weight * c
+
+
+def _fused_pref_make(loss="dpo", layout="dense", **options):
+    def make(rng):
+        dense = layout == "dense"
+        kwargs = dict(options, chunk_size=2)
+        weight = _normal(rng, (LV_D, LV_V) if dense else (LV_V, LV_D))
+        if loss == "dpo":
+            kwargs["reference_hidden"] = _normal(rng, (N, 2, PREF_T, LV_D + 1))
+            kwargs["reference_weight"] = _normal(rng, (LV_D + 1, LV_V))
+        if "bias" in options:
+            kwargs["bias"] = _normal(rng, (LV_V,))
+        keep = rng.random((N, 2, PREF_T)) < 0.8
+        keep[..., 1] = True
+        kwargs["where"] = keep
+        labels = rng.integers(0, LV_V, (N, 2, PREF_T))
+        return (_normal(rng, (N, 2, PREF_T, LV_D)), weight, labels), kwargs
+
+    return make
+
+
+def _fused_pref_extreme(loss="dpo", layout="dense", **options):
+    make = _fused_pref_make(loss, layout, **options)
+    (hidden, weight, labels), kwargs = make(np.random.default_rng(0))
+    hidden = hidden.copy()
+    hidden[0, 0] *= 1e4  # log p of −1e4 (and p rounded to 1)
+    hidden[1, 1] *= 1e9
+    kwargs = {
+        k: v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == np.float64 else v
+        for k, v in kwargs.items()
+    }
+    return (hidden.astype(np.float32), weight.astype(np.float32), labels), kwargs
+
+
+CASES += [
+    Case(
+        "fused_linear_preference_loss",
+        _fused_pref,
+        _fused_pref_make(beta=0.5),
+        _fused_pref_ref,
+        grad_args=(0, 1),
+        unbatched=(1, "reference_weight"),
+        conventions=False,
+        extreme=lambda: _fused_pref_extreme(beta=0.5),
+        id="fused_linear_preference_loss[dpo,reference_hidden,chunk 2 of 3]",
+    ),
+    Case(
+        "fused_linear_preference_loss",
+        functools.partial(_fused_pref, loss="orpo", weight_layout="embedding"),
+        _fused_pref_make("orpo", "embedding", bias=True, nll_weight=0.5),
+        functools.partial(_fused_pref_ref, loss="orpo", weight_layout="embedding"),
+        grad_args=(0, 1),
+        grad_kwargs=("bias",),
+        unbatched=(1, "bias"),
+        conventions=False,
+        extreme=lambda: _fused_pref_extreme("orpo", "embedding", bias=True),
+        id="fused_linear_preference_loss[orpo,nll,embedding,bias]",
+    ),
+]
+
+
 # --------------------------------------------------------------------------------------
 # Contrastive losses (issue 12)
 # --------------------------------------------------------------------------------------

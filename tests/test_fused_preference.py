@@ -1,0 +1,283 @@
+"""fused_linear_preference_loss: equal to the preference loss of materialized logits.
+
+The materialized counterpart is the composition the function replaces: the logits
+``hidden @ weight + bias``, `token_log_probs`, `sequence_log_probs` (summed or
+length-averaged over the kept tokens), then `dpo_loss` / `simpo_loss` / `orpo_loss` /
+`cpo_loss` (each checked against its paper's formula in tests/test_preference.py and the
+contract table) plus the chosen sequences' token-mean NLL; its gradients are JAX's
+gradients of that composition. One case is also checked against a float64 numpy
+reference written from the DPO formula (Rafailov et al., 2023).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import special
+
+import jaxloss
+
+B, T, D, D_REF, V = 3, 5, 4, 6, 9  # 3 pairs of 5-token sequences
+RNG = np.random.default_rng(0)
+HIDDEN = jnp.asarray(RNG.normal(size=(2 * B, T, D)))
+WEIGHT = jnp.asarray(RNG.normal(size=(D, V)))
+BIAS = jnp.asarray(RNG.normal(size=V))
+LABELS = RNG.integers(0, V, (2 * B, T))
+KEEP = RNG.random((2 * B, T)) < 0.75
+KEEP[:, 0] = False  # a prompt token
+KEEP[4] = False  # a rejected sequence with no kept token
+REF_HIDDEN = jnp.asarray(RNG.normal(size=(2 * B, T, D_REF)))
+REF_WEIGHT = jnp.asarray(RNG.normal(size=(D_REF, V)))
+REF_BIAS = jnp.asarray(RNG.normal(size=V))
+REF_LOGPS = (jnp.asarray(-RNG.random(B) * 5), jnp.asarray(-RNG.random(B) * 5))
+
+PAIR_FUNCTIONS = {
+    "dpo": jaxloss.dpo_loss,
+    "simpo": jaxloss.simpo_loss,
+    "orpo": jaxloss.orpo_loss,
+    "cpo": jaxloss.cpo_loss,
+}
+
+
+def materialized(hidden, weight, bias, labels, keep, *, loss="dpo", reference=None, **options):
+    """Per-pair losses [B] of the materialized logits (the composition being fused)."""
+    average = options.pop("average_log_prob", loss in ("simpo", "orpo"))
+    nll_weight = options.pop("nll_weight", 0.0)
+    layout = options.pop("weight_layout", "dense")
+
+    def sequences(h, w, b):
+        z = h @ (w if layout == "dense" else w.T)
+        if b is not None:
+            z = z + b
+        log_p = jaxloss.token_log_probs(z, labels, where=keep)
+        return jaxloss.sequence_log_probs(log_p, where=keep, average=average)
+
+    s = sequences(hidden, weight, bias)
+    args = [s[:B], s[B:]]
+    if loss == "dpo":
+        if reference == "hidden":
+            r = jax.lax.stop_gradient(sequences(REF_HIDDEN, _layout(REF_WEIGHT, layout), REF_BIAS))
+            args += [r[:B], r[B:]]
+        else:
+            args += list(REF_LOGPS)
+    out = PAIR_FUNCTIONS[loss](*args, **options)
+    if nll_weight:
+        count = jnp.sum(keep[:B], axis=-1)
+        mean = s[:B] if average else s[:B] / jnp.where(count > 0, count, 1)
+        out = out - nll_weight * mean
+    return out
+
+
+def _layout(weight, layout):
+    return weight if layout == "dense" else weight.T
+
+
+def fused(hidden, weight, bias, labels, keep, *, reference=None, reduction="mean", **options):
+    layout = options.get("weight_layout", "dense")
+    if reference == "hidden":
+        options |= dict(
+            reference_hidden=REF_HIDDEN,
+            reference_weight=_layout(REF_WEIGHT, layout),
+            reference_bias=REF_BIAS,
+        )
+    elif reference == "logps":
+        options |= dict(reference_logps=REF_LOGPS)
+    return jaxloss.fused_linear_preference_loss(
+        hidden, weight, labels, bias=bias, where=keep, reduction=reduction, **options
+    )
+
+
+CASES = {
+    "dpo-sigmoid-ref-hidden": dict(reference="hidden", beta=0.5, chunk_size=2),
+    "dpo-sigmoid-smoothing-ref-hidden-embedding": dict(
+        reference="hidden", weight_layout="embedding", label_smoothing=0.1, chunk_size=3
+    ),
+    "dpo-robust-ref-logps": dict(reference="logps", loss_type="robust", label_smoothing=0.2),
+    "dpo-hinge-ref-logps": dict(reference="logps", loss_type="hinge", beta=0.3, chunk_size=5),
+    "dpo-ipo-averaged-ref-hidden": dict(
+        reference="hidden", loss_type="ipo", average_log_prob=True, chunk_size=4
+    ),
+    "dpo-nll-ref-hidden": dict(reference="hidden", nll_weight=0.7, chunk_size=2),
+    "simpo": dict(loss="simpo", gamma=0.3, label_smoothing=0.1, chunk_size=3),
+    "orpo-nll": dict(loss="orpo", beta=0.5, nll_weight=1.0, chunk_size=2),
+    "cpo": dict(loss="cpo", beta=0.2, chunk_size=64),
+    "cpo-nll-smoothing": dict(loss="cpo", nll_weight=1.0, label_smoothing=0.1),
+}
+
+
+def _grads(fn, *args):
+    return jax.value_and_grad(fn, argnums=(0, 1, 2))(*args)
+
+
+def _close(actual, expected):
+    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fused_equals_materialized_in_value_and_gradients(name):
+    options = dict(CASES[name])
+    chunk = options.pop("chunk_size", None)
+    layout = options.get("weight_layout", "dense")
+    weight = _layout(WEIGHT, layout)
+    args = (HIDDEN, weight, BIAS)
+    per_pair = materialized(*args, LABELS, KEEP, **options)
+    for reduction, reduce in (("mean", jnp.mean), ("sum", jnp.sum)):
+        value, grads = _grads(
+            lambda h, w, b, r=reduction: fused(
+                h, w, b, LABELS, KEEP, chunk_size=chunk, reduction=r, **options
+            ),
+            *args,
+        )
+        expected, expected_grads = _grads(
+            lambda h, w, b, f=reduce: f(materialized(h, w, b, LABELS, KEEP, **options)), *args
+        )
+        assert value.dtype == jnp.float64
+        _close(value, expected)
+        for g, e in zip(grads, expected_grads, strict=True):
+            _close(g, e)
+    # "none": per-pair losses, differentiable through the per-token (recompute) path.
+    none = fused(*args, LABELS, KEEP, chunk_size=chunk, reduction="none", **options)
+    assert none.shape == (B,)
+    _close(none, per_pair)
+    weights = jnp.asarray([0.5, 2.0, 1.0])
+    grads = jax.grad(
+        lambda h, w, b: jnp.sum(
+            weights * fused(h, w, b, LABELS, KEEP, chunk_size=chunk, reduction="none", **options)
+        ),
+        argnums=(0, 1, 2),
+    )(*args)
+    expected_grads = jax.grad(
+        lambda h, w, b: jnp.sum(weights * materialized(h, w, b, LABELS, KEEP, **options)),
+        argnums=(0, 1, 2),
+    )(*args)
+    for g, e in zip(grads, expected_grads, strict=True):
+        _close(g, e)
+
+
+def test_dpo_equals_a_numpy_reference_from_the_formula():
+    """−log σ(β·[(π_c − ref_c) − (π_r − ref_r)]) of summed kept-token log-probabilities."""
+    h, w, b = (np.asarray(x) for x in (HIDDEN, WEIGHT, BIAS))
+
+    def seq(h, w, b):
+        log_p = special.log_softmax(h @ w + b, axis=-1)
+        picked = np.take_along_axis(log_p, LABELS[..., None], axis=-1)[..., 0]
+        return np.where(KEEP, picked, 0.0).sum(-1)
+
+    s, r = seq(h, w, b), seq(np.asarray(REF_HIDDEN), np.asarray(REF_WEIGHT), np.asarray(REF_BIAS))
+    u = (s[:B] - r[:B]) - (s[B:] - r[B:])
+    expected = np.logaddexp(0.0, -0.5 * u)
+    out = fused(HIDDEN, WEIGHT, BIAS, LABELS, KEEP, reference="hidden", beta=0.5, chunk_size=2)
+    np.testing.assert_allclose(float(out), expected.mean(), rtol=1e-12)
+    none = fused(HIDDEN, WEIGHT, BIAS, LABELS, KEEP, reference="hidden", beta=0.5, reduction="none")
+    np.testing.assert_allclose(np.asarray(none), expected, rtol=1e-12)
+
+
+def test_ignore_index_equals_where():
+    labels = np.where(KEEP, LABELS, -100)
+    for reduction in ("mean", "none"):
+        with_index = jaxloss.fused_linear_preference_loss(
+            HIDDEN, WEIGHT, labels, loss="simpo", ignore_index=-100, chunk_size=2,
+            reduction=reduction,
+        )  # fmt: skip
+        with_where = jaxloss.fused_linear_preference_loss(
+            HIDDEN, WEIGHT, LABELS, loss="simpo", where=KEEP, chunk_size=2, reduction=reduction
+        )
+        _close(with_index, with_where)
+
+
+def test_no_gradient_to_the_reference_and_none_to_masked_nan_tokens():
+    hidden = HIDDEN.at[~KEEP].set(jnp.nan)
+    ref_hidden = REF_HIDDEN.at[~KEEP].set(jnp.nan)
+
+    def loss(h, w, rh, rw, reduction):
+        return jnp.sum(
+            jaxloss.fused_linear_preference_loss(
+                h,
+                w,
+                LABELS,
+                reference_hidden=rh,
+                reference_weight=rw,
+                where=KEEP,
+                chunk_size=3,
+                reduction=reduction,
+            )  # fmt: skip
+        )
+
+    for reduction in ("mean", "none"):
+        value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(
+            hidden, WEIGHT, ref_hidden, REF_WEIGHT, reduction
+        )
+        assert np.isfinite(value)
+        g_h, g_w, g_rh, g_rw = (np.asarray(g) for g in grads)
+        assert np.all(g_rh == 0) and np.all(g_rw == 0)
+        assert np.all(g_h[~KEEP] == 0) and np.isfinite(g_h).all() and np.isfinite(g_w).all()
+        assert np.any(g_h[KEEP] != 0)
+    grads = jax.grad(
+        lambda lc, lr: jaxloss.fused_linear_preference_loss(
+            HIDDEN, WEIGHT, LABELS, reference_logps=(lc, lr)
+        ),
+        argnums=(0, 1),
+    )(*REF_LOGPS)
+    assert all(np.all(np.asarray(g) == 0) for g in grads)
+
+
+def test_jit_and_float32():
+    args = (HIDDEN, WEIGHT, LABELS)
+    kw = dict(reference_hidden=REF_HIDDEN, reference_weight=REF_WEIGHT, chunk_size=2)
+    f = jax.jit(lambda h, w, y: jaxloss.fused_linear_preference_loss(h, w, y, **kw))
+    _close(f(*args), jaxloss.fused_linear_preference_loss(*args, **kw))
+    low = [jnp.asarray(x, jnp.bfloat16) for x in (HIDDEN, WEIGHT)]
+    out = jaxloss.fused_linear_preference_loss(*low, LABELS, loss="orpo", chunk_size=2)
+    assert out.dtype == jnp.float32
+    rounded = [jnp.asarray(x, jnp.float32) for x in low]
+    expected = jnp.mean(materialized(*rounded, None, LABELS, np.ones_like(KEEP), loss="orpo"))
+    np.testing.assert_allclose(float(out), float(expected), rtol=1e-5)
+
+
+def _call(**kwargs):
+    options = dict(reference_logps=REF_LOGPS)
+    options |= kwargs
+    hidden = options.pop("hidden", HIDDEN)
+    labels = options.pop("labels", LABELS)
+    return jaxloss.fused_linear_preference_loss(hidden, WEIGHT, labels, **options)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(hidden=HIDDEN[:5], labels=LABELS[:5]), ValueError, "2B, T, D"),
+        (dict(labels=LABELS.astype(np.float32)), TypeError, "integer"),
+        (dict(labels=LABELS[:, :4]), ValueError, "labels"),
+        (dict(reference_hidden=REF_HIDDEN, reference_weight=REF_WEIGHT), ValueError, "not both"),
+        (dict(reference_logps=None), ValueError, "needs the reference"),
+        (dict(loss="simpo"), ValueError, "no reference"),
+        (dict(reference_logps=REF_LOGPS[0]), TypeError, "pair"),
+        (dict(reference_logps=(REF_LOGPS[0][:2], REF_LOGPS[1])), ValueError, r"\(3,\)"),
+        (
+            dict(reference_logps=None, reference_hidden=REF_HIDDEN, reference_weight=REF_WEIGHT.T),
+            ValueError,
+            "reference_weight",
+        ),
+        (
+            dict(
+                reference_logps=None,
+                reference_hidden=REF_HIDDEN,
+                reference_weight=REF_WEIGHT[:, :5],
+            ),
+            ValueError,
+            "vocabulary",
+        ),
+        (dict(reference_logps=None, reference_hidden=REF_HIDDEN), ValueError, "reference_weight"),
+        (dict(loss="kto"), ValueError, "`loss`"),
+        (dict(loss="cpo", reference_logps=None, loss_type="hinge"), ValueError, "loss_type"),
+        (dict(loss_type="hinge", label_smoothing=0.1), ValueError, "label_smoothing"),
+        (dict(beta=-1.0), ValueError, "beta"),
+        (dict(nll_weight=-1.0), ValueError, "nll_weight"),
+        (dict(reduction="avg"), ValueError, "reduction"),
+    ],
+)
+def test_invalid_inputs_raise(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _call(**kwargs)
