@@ -403,7 +403,7 @@ def main():
     else:
         width, layers, sft_steps, tune_steps, n_prompts, n_eval = 64, 2, 800, 200, 2048, 1024
         mem_shape = (4, 512, 512, 32768)
-    heads, batch, pairs, sft_lr, tune_lr = 4, 64, 32, 3e-3, 1e-3
+    heads, batch, pairs, sft_lr, tune_lr = 4, 64, 32, 3e-3, 3e-4
     rng = np.random.default_rng(0)
     data, heldout = make_data(rng, 4096), make_data(rng, 512)
 
@@ -557,8 +557,9 @@ def plot(args, runs, sft_eval):
     axes[0].set_title("implicit-reward margin on the training batches")
     axes[1].set(xlabel="step", ylabel="% of samples sorted", ylim=(0, 100))
     axes[1].set_title("preferred (sorted) samples from the policy")
+    axes[0].legend(fontsize=8, loc="upper left")
+    axes[1].legend(fontsize=8, loc="lower right")
     for ax in axes:
-        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     _common.save_figure(args, fig, "preference_tuning.png")
 
