@@ -18,10 +18,10 @@ samples tie are dropped). Two runs from the same SFT model:
 Both losses are computed by the fused ``jaxloss.fused_linear_preference_loss`` from the
 model's last hidden states and its embedding matrix, never forming the logits. Reported:
 the fraction of sorted responses the policy samples and the implicit-reward margin on
-the training batches against steps, the held-out cross-entropy of the SFT data (how far
-each run moved from the SFT model), a one-step check that the fused loss and its gradients equal the
-materialized ones, and the temporary memory (XLA's memory analysis) of the fused and the
-materialized loss's forward + backward at a large-vocabulary shape.
+the training batches against steps, the held-out cross-entropy of the SFT data (how
+far each run moved from the SFT model), a one-step check that the fused loss and its
+gradients equal the materialized ones, and the temporary memory (XLA's memory analysis)
+of the fused and the materialized loss's forward + backward at a large-vocabulary shape.
 
     python examples/preference_tuning.py [--quick] [--no-progress] [--out DIR]
 """
@@ -48,6 +48,7 @@ SETTINGS = {
     "dpo": {"beta": 0.1},
     "simpo": {"beta": 2.0, "gamma": 0.5},
 }
+NAMES = {"dpo": "DPO", "simpo": "SimPO"}
 LABELS = {"dpo": "DPO (β = 0.1, SFT reference)", "simpo": "SimPO (β = 2, γ = 0.5)"}
 
 
@@ -322,7 +323,7 @@ def tune(args, loss, graphdef, sft_params, pairs, steps, batch, lr, evaluate, co
 
     state = (sft_params, tx.init(sft_params), jax.random.key(2))
     state, history, evals = _common.train_loop(
-        args, step, state, steps, desc=loss.upper(), chunk=steps // 10, evaluate=evaluate
+        args, step, state, steps, desc=NAMES[loss], chunk=steps // 10, evaluate=evaluate
     )
     return state[0], history, evals
 
@@ -461,6 +462,7 @@ def main():
         numbers[loss] = {
             **{k: float(v) for k, v in final.items()},
             "margin_last_tenth": margin,
+            "sorted_fraction_by_step": {t: float(e["sorted_fraction"]) for t, e in evals},
             "reward_accuracy_last_tenth": accuracy,
             "one_step_check": check[loss],
             "temp_MiB": {k: v / 2**20 for k, v in mem[loss].items()},
@@ -479,7 +481,7 @@ def main():
     m_pairs, m_length, m_dim, m_vocab = mem_shape
     memory_rows = [
         [
-            loss.upper(),
+            NAMES[loss],
             f"{mem[loss]['naive'] / 2**20:.1f}",
             f"{mem[loss]['fused'] / 2**20:.1f}",
             f"{mem[loss]['naive'] / mem[loss]['fused']:.0f}×",
