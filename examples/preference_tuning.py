@@ -408,8 +408,9 @@ def main():
     rng = np.random.default_rng(0)
     data, heldout = make_data(rng, 4096), make_data(rng, 512)
 
-    model = TinyLM(width, layers, heads, nnx.Rngs(0))
-    graphdef, params = nnx.split(model, nnx.Param)
+    # Initialized in one compiled program (not op by op); the structure from its shapes.
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: TinyLM(width, layers, heads, nnx.Rngs(0))))
+    params = jax.jit(lambda: nnx.split(TinyLM(width, layers, heads, nnx.Rngs(0)))[1])()
     evaluate = make_evaluate(graphdef, heldout, n_eval)
     sft_params, sft_history = sft(args, graphdef, params, data, sft_steps, batch, sft_lr)
     sft_eval = evaluate(sft_params)
