@@ -87,8 +87,9 @@ PREFERENCE_T = 512  # tokens per sequence: N tokens are N / (2T) pairs of sequen
 
 def _preference_inputs(rng, n, d, v):
     """N tokens as B = N / (2T) pairs ([2B, T] sequences: chosen, then rejected), with the
-    reference model given as hidden states and a weight of its own."""
-    shape = (n // PREFERENCE_T, PREFERENCE_T)
+    reference model given as hidden states and a weight of its own (T = N/2 if smaller)."""
+    t = min(PREFERENCE_T, n // 2)
+    shape = (n // t, t)
     return (
         _normal(rng, shape + (d,)),
         _normal(rng, (d, v), 1 / np.sqrt(d)),

@@ -13,7 +13,11 @@ its gradient with respect to those logits:
   of the ordinary forward and backward pass and nothing more;
 - otherwise (`per_token`, per-token values whose cotangents arrive only in the backward
   pass) the backward pass recomputes each chunk's logits from what the forward pass
-  saved (a fourth product).
+  saved (a fourth product);
+- when the loss is a sum over groups of tokens whose value is known only at the group's
+  end (`grouped_sum`: a preference pair of a chosen and a rejected sequence), the
+  gradients are formed in the same pass too, each group's weight gradient accumulated
+  in a buffer and scaled once the group ends.
 
 The engine also owns what every such loss shares: the dense [D, V] and embedding [V, D]
 layouts, soft-capping and temperature of the logits, bf16/f16 inputs with float32
@@ -525,7 +529,7 @@ def _grouped(cfg: Config, h, w, b, xs, scale, consts, need: tuple[bool, bool, bo
     def group(i, carry):
         stats, value, coef, gh, gw, gb = carry
         xs_g = tuple(_of_group(x, n_seg, n_groups, seg_len, i) for x in xs)
-        a = loss.factors(cfg, xs_g) if grads else None
+        a = loss.factors(cfg, xs_g)  # cheap: from the per-token inputs only
         bufs = [_zeros(w.shape, cfg.dtype, *everything) if need_w else None] * k_buf
         bbufs = [_zeros((v,), cfg.dtype, *everything) if need_b else None] * k_buf
         for s in range(n_seg):

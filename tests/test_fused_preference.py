@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 from scipy import special
 
 import jaxloss
@@ -270,6 +271,16 @@ def _call(**kwargs):
             "vocabulary",
         ),
         (dict(reference_logps=None, reference_hidden=REF_HIDDEN), ValueError, "reference_weight"),
+        (
+            dict(
+                reference_logps=None,
+                reference_hidden=REF_HIDDEN,
+                reference_weight=REF_WEIGHT,
+                reference_bias=REF_BIAS[:4],
+            ),
+            ValueError,
+            "reference_bias",
+        ),
         (dict(loss="kto"), ValueError, "`loss`"),
         (dict(loss="cpo", reference_logps=None, loss_type="hinge"), ValueError, "loss_type"),
         (dict(loss_type="hinge", label_smoothing=0.1), ValueError, "label_smoothing"),
@@ -281,3 +292,15 @@ def _call(**kwargs):
 def test_invalid_inputs_raise(kwargs, error, match):
     with pytest.raises(error, match=match):
         _call(**kwargs)
+
+
+def test_vmap_and_gradient_check_of_the_one_pass_path():
+    hidden = jnp.stack([HIDDEN, 0.5 * HIDDEN])
+    labels = np.stack([LABELS, LABELS[::-1]])
+
+    def loss(h, w, y):
+        return jaxloss.fused_linear_preference_loss(h, w, y, loss="orpo", where=KEEP, chunk_size=2)
+
+    batched = jax.vmap(loss, in_axes=(0, None, 0))(hidden, WEIGHT, labels)
+    _close(batched, jnp.stack([loss(hidden[i], WEIGHT, labels[i]) for i in range(2)]))
+    check_grads(lambda h, w: loss(h, w, LABELS), (HIDDEN, WEIGHT), order=1, modes=("fwd", "rev"))
