@@ -82,6 +82,31 @@ ROWS.append(
 )
 
 
+def _distillation_inputs(rng, n, d, v):
+    # A teacher of the student's hidden size; its rows differ from the student's so that
+    # the two distributions differ (KL of order 1, the plain form of the KL serves).
+    return (
+        _normal(rng, (n, d)),
+        _normal(rng, (d, v), 1 / np.sqrt(d)),
+        _normal(rng, (n, d)),
+        _normal(rng, (d, v), 1 / np.sqrt(d)),
+    )
+
+
+ROWS.append(
+    Row(
+        "distillation",
+        "≤ 1.10×, ≤ 1/16 memory",
+        # Forward KL(teacher‖student), the mean over tokens; no gradient to the teacher.
+        lambda h, w, ht, wt: jaxloss.distillation_loss(
+            h @ w, jax.lax.stop_gradient(ht @ wt), reduction="mean"
+        ),
+        lambda h, w, ht, wt: jaxloss.fused_linear_distillation_loss(h, w, ht, wt),
+        _distillation_inputs,
+    )
+)
+
+
 # --------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------

@@ -27,7 +27,10 @@ from jaxloss._embedding import (
     cosine_similarity,
     triplet_margin_loss,
 )
-from jaxloss._fused_language_model import fused_linear_token_log_probs
+from jaxloss._fused_language_model import (
+    fused_linear_distillation_loss,
+    fused_linear_token_log_probs,
+)
 from jaxloss._information import (
     cross_entropy,
     entropy,
@@ -190,6 +193,7 @@ __all__ = [
     "fused_linear_token_log_probs",
     "sequence_log_probs",
     "distillation_loss",
+    "fused_linear_distillation_loss",
     "policy_gradient_loss",
     "kl_penalty",
     "group_relative_advantages",

@@ -469,31 +469,35 @@ def python_number(name: str, value: Any) -> float:
     return float(value)
 
 
-def check_linear(hidden, weight, bias, weight_layout: str):
-    """Validate the layer's shapes; returns (D, V of this shard, the token shape)."""
+def check_linear(hidden, weight, bias, weight_layout: str, prefix: str = ""):
+    """Validate the layer's shapes; returns (D, V of this shard, the token shape).
+
+    ``prefix`` names the arguments in the messages (``"teacher_"``: `teacher_hidden`, ...).
+    """
     if weight_layout not in LAYOUTS:
         raise ValueError(
             f"`weight_layout` must be one of {LAYOUTS}, got {weight_layout!r}: 'dense' for a "
             "[D, V] kernel (Flax Dense), 'embedding' for a [V, D] table (tied embeddings)."
         )
+    h_name, w_name = f"`{prefix}hidden`", f"`{prefix}weight`"
     if hidden.ndim < 1:
-        raise ValueError("`hidden` must have a feature axis (its last), got a scalar.")
+        raise ValueError(f"{h_name} must have a feature axis (its last), got a scalar.")
     d, batch = hidden.shape[-1], hidden.shape[:-1]
     if weight.ndim != 2:
-        raise ValueError(f"`weight` must be a matrix, got shape {weight.shape}.")
+        raise ValueError(f"{w_name} must be a matrix, got shape {weight.shape}.")
     d_w, v = weight.shape if weight_layout == "dense" else weight.shape[::-1]
     if d_w != d:
         expected = "[D, V]" if weight_layout == "dense" else "[V, D]"
         raise ValueError(
-            f"`weight` of shape {weight.shape} does not match `hidden` of shape {hidden.shape}: "
+            f"{w_name} of shape {weight.shape} does not match {h_name} of shape {hidden.shape}: "
             f"with weight_layout={weight_layout!r} it must be {expected} with D = {d}."
         )
     return d, v, batch
 
 
-def check_bias(bias, v: int) -> None:
+def check_bias(bias, v: int, name: str = "bias") -> None:
     if bias is not None and bias.shape != (v,):
-        raise ValueError(f"`bias` must have shape ({v},), one entry per class, got {bias.shape}.")
+        raise ValueError(f"`{name}` must have shape ({v},), one entry per class, got {bias.shape}.")
 
 
 def soft_cap(logit_soft_cap) -> float | None:
@@ -569,13 +573,16 @@ def explicit_mesh(*arrays):
     return None
 
 
-def per_device(function, mesh, hidden, *, shared: dict, tokens: dict, options: dict, per_token):
+def per_device(
+    function, mesh, hidden, *, shared: dict, tokens: dict, options: dict, per_token, rows=None
+):
     """``function`` of explicitly sharded inputs: data parallel over the token sharding.
 
     The chunk loops slice the token and vocabulary axes, which explicit sharding does
     not allow along a sharded axis. So the loss runs in ``shard_map``: each device loops
     over its own tokens (``hidden`` keeps the sharding of its token axes, ``tokens`` are
-    sharded like them), with the ``shared`` inputs (weight, bias) replicated, and
+    sharded like them; ``rows`` like ``hidden``, e.g. a teacher's hidden states), with
+    the ``shared`` inputs (weight, bias) replicated, and
     ``function`` is called with ``batch_axis_name`` set to the token axes, so that its
     sums and means are taken over all devices. ``per_token``: whether the result has
     the token shape (else it is a scalar).
@@ -601,7 +608,7 @@ def per_device(function, mesh, hidden, *, shared: dict, tokens: dict, options: d
 
     inputs = {"hidden": put(hidden, row_spec)}
     specs = {"hidden": row_spec}
-    for group, spec in ((shared, None), (tokens, token_spec)):
+    for group, spec in ((shared, None), (tokens, token_spec), (rows or {}, row_spec)):
         for key, x in group.items():
             if x is not None:
                 inputs[key] = put(x, spec)

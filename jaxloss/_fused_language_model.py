@@ -1,12 +1,15 @@
 """Language-model quantities of a linear layer's output, without materializing the logits.
 
 The fused counterparts of `_language_model.py`'s functions, on the chunked engine
-(`_engine.py`): only a [chunk, V] block of the logits z = h·W (+ b) ever exists.
+(`_engine.py`): only a [chunk, V] block of the logits z = h·W (+ b) ever exists (for
+distillation, a block of the student's and one of the teacher's).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +18,11 @@ from jax import lax
 
 from jaxloss import _conventions as C
 from jaxloss import _engine as E
+from jaxloss import _numerics as N
 from jaxloss._classification import _broadcasts_to, _class_ids
+from jaxloss._information import _log_softmax
+from jaxloss._language_model import _check_divergence, _divergence, _resolved_divergence
+from jaxloss._large_vocab import CrossEntropy
 
 ArrayLike = C.ArrayLike
 
@@ -236,3 +243,397 @@ def fused_linear_token_log_probs(
             per_token=True,
         )
     return _token_log_probs(hidden, weight, labels, bias=bias, where=where, **options)
+
+
+# --------------------------------------------------------------------------------------
+# Distillation
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """The engine's `ChunkLoss` for soft_weight·D(teacher‖student) + hard_weight·CE(z, y).
+
+    z are the student's logits of the chunk, untempered (the engine's temperature is 1:
+    the temperature divides the logits of the soft part only). The teacher's logits are
+    formed here from the chunk's teacher hidden rows (the first per-token input) and
+    the teacher's weight and bias (``consts``). Per-token inputs: (teacher hidden [n,
+    D_t], labels [n] with a hard loss, keep [n] with a mask). Per-token outputs: (ℓ, D,
+    [lse, on]): the loss, the unweighted divergence (its gradient's "reverse_kl" form
+    needs it), and the cross-entropy's saved values.
+    """
+
+    divergence: str  # after `_resolved_divergence`
+    beta: float
+    temperature: float
+    soft_weight: float  # soft_loss_weight, times T² with scale_by_temperature_squared
+    hard_weight: float
+    hard: CrossEntropy | None  # the cross-entropy on the labels, if hard_weight > 0
+    masked: bool  # a keep mask is the last per-token input
+    n_values = 1
+
+    def dtypes(self, cfg: E.Config):
+        return (cfg.dtype, cfg.dtype) + ((cfg.dtype, bool) if self.hard is not None else ())
+
+    def _inputs(self, cfg: E.Config, z, xs, consts):
+        """(s, t, labels, keep): the tempered student and teacher logits [n, V], ..."""
+        h_t, *rest = xs
+        labels = rest[0] if self.hard is not None else None
+        keep = rest[-1] if self.masked else None
+        if not self.soft_weight:
+            return None, None, labels, keep
+        z_t = E._project(cfg, h_t, consts[0])
+        if len(consts) > 1:
+            z_t = z_t + consts[1].astype(cfg.dtype)
+        if self.temperature != 1.0:
+            z, z_t = z / self.temperature, z_t / self.temperature
+        return z, z_t, labels, keep
+
+    def forward(self, cfg: E.Config, z, xs, b=None, consts=()):
+        """ℓ = soft_weight·D + hard_weight·CE per token (0 for a dropped token), D, [lse, on]."""
+        s, t, labels, keep = self._inputs(cfg, z, xs, consts)
+        if self.soft_weight:
+            div = _divergence(s, t, self.divergence, self.beta, axis=1)
+            value = self.soft_weight * div
+        else:
+            div = value = jnp.zeros(z.shape[:1], cfg.dtype)
+        saved = ()
+        if self.hard is not None:
+            ce, *saved = self.hard.forward(cfg, z, (labels,), b)
+            value = value + self.hard_weight * ce
+        if keep is not None:
+            # A dropped token's logits are its biases' (its hidden rows are 0): a −inf
+            # student bias entry where the teacher's is finite would make D = +inf.
+            value = jnp.where(keep, value, 0.0)
+        return (value, div, *saved)
+
+    def _divergence_grad(self, s, t, div):
+        """∂D/∂s for the tempered student logits s, per class.
+
+        With p = softmax(s), q = softmax(t) and ∂D/∂p = g, ∂D/∂s = p·(g − Σ p·g):
+        forward KL(q‖p): p − q; reverse KL(p‖q): p·(log p − log q − D); JSD_β: g =
+        (1 − β)·log(p/m), m = β·q + (1 − β)·p; TVD: g = ½·sign(p − q) (+½ at p = q, as
+        the derivative of |x| at 0 in JAX). Each is 0 where p = 0 (a −inf logit).
+        """
+        _, log_p = _log_softmax(s, 1)
+        _, log_q = _log_softmax(t, 1)
+        p, q = jnp.exp(log_p), jnp.exp(log_q)
+        if self.divergence == "forward_kl":
+            return p - q
+        if self.divergence == "reverse_kl":
+            return p * jnp.where(p == 0, 0.0, log_p - log_q - div[:, None])
+        if self.divergence == "jsd":
+            beta = self.beta
+            m = beta * q + (1.0 - beta) * p
+            positive = p > 0  # then m ≥ (1 − β)·p > 0
+            ratio = N._log_ratio(jnp.where(positive, p, 1.0), jnp.where(positive, m, 1.0))
+            pg = (1.0 - beta) * p * jnp.where(positive, ratio, 0.0)
+        else:
+            pg = p * jnp.where(p >= q, 0.5, -0.5)
+        return pg - p * jnp.sum(pg, axis=1, keepdims=True)
+
+    def backward(self, cfg: E.Config, z, saved, xs, b=None, consts=()):
+        """∂ℓ/∂z = (soft_weight/T)·∂D/∂s + hard_weight·(softmax(z) − onehot(y)), row 1."""
+        s, t, labels, keep = self._inputs(cfg, z, xs, consts)
+        g = jnp.zeros((), cfg.dtype)
+        if self.soft_weight:
+            g = self._divergence_grad(s, t, saved[0]) * (self.soft_weight / self.temperature)
+        if self.hard is not None:
+            g_ce, row_ce = self.hard.backward(cfg, z, tuple(saved[1:]), (labels,), b)
+            g = g + (self.hard_weight * row_ce)[:, None] * g_ce
+        if keep is not None:
+            g = jnp.where(keep[:, None], g, 0.0)
+        return g, jnp.ones(z.shape[:1], cfg.dtype)
+
+
+def _nonnegative(name: str, value) -> float:
+    value = E.python_number(name, value)
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"`{name}` must be a non-negative finite number, got {value!r}.")
+    return value
+
+
+def _check_teacher_shapes(student_hidden, teacher_hidden) -> None:
+    s_shape, t_shape = jnp.shape(student_hidden), jnp.shape(teacher_hidden)
+    if len(s_shape) >= 1 and len(t_shape) >= 1 and s_shape[:-1] != t_shape[:-1]:
+        raise ValueError(
+            f"`teacher_hidden` of shape {t_shape} must hold one row per token of "
+            f"`student_hidden` of shape {s_shape}: the same shape except the last (feature) "
+            "axis, whose size may differ."
+        )
+
+
+def _distillation(
+    hidden,
+    student_weight,
+    teacher_hidden,
+    teacher_weight,
+    labels=None,
+    *,
+    student_bias,
+    teacher_bias,
+    weight_layout,
+    temperature,
+    divergence,
+    beta,
+    scale_by_temperature_squared,
+    hard_loss_weight,
+    soft_loss_weight,
+    ignore_index,
+    where,
+    weights,
+    chunk_size,
+    reduction,
+    batch_axis_name=None,
+):
+    """`fused_linear_distillation_loss` of local (unsharded or per-device) inputs."""
+    _check_divergence(divergence, temperature, beta)
+    temperature = E.python_number("temperature", temperature)
+    hard_weight = _nonnegative("hard_loss_weight", hard_loss_weight)
+    soft_weight = _nonnegative("soft_loss_weight", soft_loss_weight)
+    if not isinstance(scale_by_temperature_squared, bool):
+        raise TypeError(
+            f"`scale_by_temperature_squared` must be a bool, got {scale_by_temperature_squared!r}."
+        )
+    hidden = C.as_float("student_hidden", hidden)
+    weight = C.as_float("student_weight", student_weight)
+    bias = None if student_bias is None else C.as_float("student_bias", student_bias)
+    h_t = C.as_float("teacher_hidden", teacher_hidden)
+    w_t = C.as_float("teacher_weight", teacher_weight)
+    b_t = None if teacher_bias is None else C.as_float("teacher_bias", teacher_bias)
+    d, v, batch = E.check_linear(hidden, weight, bias, weight_layout, prefix="student_")
+    d_t, v_t, batch_t = E.check_linear(h_t, w_t, b_t, weight_layout, prefix="teacher_")
+    _check_teacher_shapes(hidden, h_t)
+    if v_t != v:
+        raise ValueError(
+            f"The teacher's vocabulary ({v_t} classes, `teacher_weight` of shape {w_t.shape}) "
+            f"must match the student's ({v} classes, `student_weight` of shape {weight.shape}) "
+            f"with weight_layout={weight_layout!r}: both distributions are over the same tokens."
+        )
+    E.check_bias(bias, v, "student_bias")
+    E.check_bias(b_t, v, "teacher_bias")
+    C.check_ignore_index(ignore_index)
+    if labels is None:
+        if hard_weight:
+            raise ValueError(
+                f"`hard_loss_weight={hard_loss_weight!r}` > 0 needs `labels`, the token ids the "
+                "student's cross-entropy is taken on; pass them, or hard_loss_weight=0."
+            )
+        if ignore_index is not None:
+            raise ValueError(
+                f"`ignore_index={ignore_index!r}` needs `labels` to find the ignored tokens; "
+                "pass them, or drop tokens with `where`."
+            )
+    else:
+        labels = C.as_labels("labels", labels)
+        if not _broadcasts_to(labels.shape, batch):
+            raise ValueError(
+                f"`labels` of shape {labels.shape} must broadcast to the shape of "
+                f"`student_hidden` without its feature axis, {batch}."
+            )
+        labels = jnp.broadcast_to(labels, batch)
+    where, weights = C.prepare(batch, where, weights, reduction)
+    if labels is not None:
+        C.check_class_ids(labels, ignore_index, where)
+    n = int(np.prod(batch, dtype=np.int64))
+    dtype = C.compute_dtype(*(x for x in (hidden, weight, bias, h_t, w_t, b_t) if x is not None))
+
+    keep = where
+    if labels is not None:
+        ignored = C.is_ignored(labels, ignore_index)
+        if ignored is not None:
+            keep = ~ignored if keep is None else keep & ~ignored
+    if keep is not None:
+        keep = jnp.broadcast_to(keep, batch)
+    # No gradient flows to the teacher: its inputs are constants of the engine too.
+    h_t, w_t = lax.stop_gradient(h_t), lax.stop_gradient(w_t)
+    h = E.flat_hidden(hidden, weight, keep, batch, d)
+    h_t = E.flat_hidden(h_t, w_t, keep, batch_t, d_t)
+    xs: tuple = (h_t,)
+    hard = None
+    if hard_weight:
+        hard = CrossEntropy(n_classes=v, label_smoothing=0.0, z_loss=0.0)
+        y = _class_ids(labels, v)  # int32, −1 outside [0, V)
+        if keep is not None:
+            y = jnp.where(keep, y, 0)  # a safe index; the token is dropped anyway
+        xs += (y.reshape(n),)
+    if keep is not None:
+        xs += (keep.reshape(n),)
+    consts: tuple = (w_t.astype(h_t.dtype),)
+    if b_t is not None:
+        consts += (lax.stop_gradient(b_t),)
+    loss = Distillation(
+        divergence=_resolved_divergence(divergence, beta),
+        beta=float(beta) if divergence == "jsd" else 0.0,
+        temperature=temperature,
+        soft_weight=soft_weight * (temperature**2 if scale_by_temperature_squared else 1.0),
+        hard_weight=hard_weight,
+        hard=hard,
+        masked=keep is not None,
+    )
+    cfg = E.Config(
+        layout=weight_layout,
+        chunk=E.chunk(chunk_size, n, v),
+        block=E._default_block(d, v),
+        dtype=np.dtype(dtype),
+        loss=loss,
+    )
+    w = weight.astype(h.dtype)
+    return E.reduce(cfg, h, w, bias, xs, keep, weights, batch, reduction, batch_axis_name, consts)
+
+
+def fused_linear_distillation_loss(
+    student_hidden: ArrayLike,
+    student_weight: ArrayLike,
+    teacher_hidden: ArrayLike,
+    teacher_weight: ArrayLike,
+    labels: ArrayLike | None = None,
+    *,
+    student_bias: ArrayLike | None = None,
+    teacher_bias: ArrayLike | None = None,
+    weight_layout: str = "dense",
+    temperature: float = 1.0,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    hard_loss_weight: float = 0.0,
+    soft_loss_weight: float = 1.0,
+    scale_by_temperature_squared: bool = False,
+    ignore_index: int | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    chunk_size: int | None = None,
+    batch_axis_name: Hashable | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    """Distillation loss of a student's and a teacher's linear heads, never forming their logits.
+
+        z = h·W + b,   z_t = h_t·W_t + b_t        (student and teacher logits, [V] per token)
+        ℓ = α_soft·[T²]·D(softmax(z_t/T) ‖ softmax(z/T)) + α_hard·(logsumexp(z) − z_y)
+
+    per token, with D the ``divergence`` of `distillation_loss` ("forward_kl" KL(t‖s),
+    "reverse_kl" KL(s‖t), "jsd" the generalized Jensen-Shannon divergence with the
+    teacher's weight β in the mixture, "tvd" ½Σ|s − t|; β = 0 and β = 1 are forward and
+    reverse KL, as there), α_soft = ``soft_loss_weight``, the factor T² with
+    ``scale_by_temperature_squared``, and α_hard = ``hard_loss_weight`` times the
+    student's cross-entropy on ``labels`` of its *untempered* logits (left out, and
+    ``labels`` optional, when α_hard = 0). The soft part equals `distillation_loss` of
+    the materialized logits, the hard part `softmax_cross_entropy`; here they are
+    computed ``chunk_size`` tokens at a time by the chunked engine, so that only a
+    [chunk, V] block of each model's logits exists at once: never the [N, V] logits of
+    either model, nor the student's logit gradient.
+
+    No gradient flows to the teacher (its hidden states, weight and bias are constants,
+    ``stop_gradient``). The gradient with respect to the student's logits is written
+    out (forward KL: (s − t)/T per unit of loss, ...), so ``"mean"`` and ``"sum"`` form
+    ∂/∂h, ∂/∂W, ∂/∂b in the same pass as the loss: the teacher's product, the student's
+    product and the two gradient products, as the naive computation (with
+    ``reduction="none"`` the backward pass recomputes both models' logits per chunk).
+
+    Tokens dropped by ``where`` or by ``ignore_index`` (their label) give 0 with zero
+    gradient, even where their hidden rows are NaN. −inf bias entries (a masked
+    vocabulary) are classes of probability 0, as in `distillation_loss`: at the same
+    classes in both models every divergence is finite with finite gradients. A kept
+    label outside [0, V) makes the hard part NaN, as in `fused_linear_cross_entropy`.
+
+    Memory, chunk defaults (for V), bf16/f16 inputs (float32 accumulation) and inputs
+    sharded over explicit mesh axes (each device loops over its own tokens, the weights
+    replicated) as in `fused_linear_cross_entropy`; each chunk holds about four [chunk,
+    V] blocks (the two models' logits and probabilities).
+
+    Args:
+      student_hidden: h, floating [..., D] (e.g. [N, D] or [batch, seq, D]).
+      student_weight: W, floating [D, V] (``weight_layout="dense"``) or [V, D]
+        (``"embedding"``).
+      teacher_hidden: h_t, floating [..., D_t], one row per token of ``student_hidden``
+        (the same shape but for the last axis: the hidden sizes may differ).
+      teacher_weight: W_t, floating [D_t, V] or [V, D_t], the same layout and
+        vocabulary as ``student_weight``.
+      labels: optional integer token ids in [0, V), broadcastable to ``student_hidden``'s
+        shape without D; required with ``hard_loss_weight > 0`` or ``ignore_index``.
+      student_bias, teacher_bias: optional b, b_t, floating [V].
+      weight_layout: ``"dense"`` or ``"embedding"``, the layout of both weights.
+      temperature: T > 0 (a Python number), dividing both models' logits in the soft
+        part only.
+      divergence: one of "forward_kl", "reverse_kl", "jsd", "tvd".
+      beta: the teacher's weight β ∈ [0, 1] in the mixture of "jsd" (a Python number).
+      hard_loss_weight: α_hard ≥ 0 (a Python number).
+      soft_loss_weight: α_soft ≥ 0 (a Python number).
+      scale_by_temperature_squared: multiply the soft part by T² (Hinton et al.).
+      ignore_index: optional token id whose tokens are dropped, exactly as
+        ``where=False`` (from both parts).
+      where: optional boolean mask broadcastable to the token shape; True keeps a token.
+      weights: optional non-negative per-token weights broadcastable to the token shape.
+      chunk_size: tokens per chunk (a Python int); default as `fused_linear_cross_entropy`.
+      batch_axis_name: inside ``shard_map``, the mesh axis (or axes) the tokens are
+        sharded over; "sum" and "mean" then reduce over all of them.
+      reduction: ``"mean"`` (default, Σ w·ℓ / Σ w over kept tokens; 0 over none),
+        ``"sum"`` or ``"none"`` (the per-token ℓ, 0 for dropped tokens), as in
+        `fused_linear_cross_entropy` (only "sum" and "mean" get the one-pass gradient).
+
+    Returns:
+      A scalar for ``"sum"``/``"mean"``, else the token shape; float32, or float64 for
+      float64 inputs (bf16/f16 are computed and returned in float32).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxloss
+      >>> hidden = jnp.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+      >>> weight = jnp.array([[1.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+      >>> teacher_hidden = jnp.array([[2.0], [-1.0], [0.5]])
+      >>> teacher_weight = jnp.array([[1.0, -1.0, 0.0]])
+      >>> jaxloss.fused_linear_distillation_loss(
+      ...     hidden, weight, teacher_hidden, teacher_weight, chunk_size=2, temperature=2.0)
+      Array(0.06986, dtype=float32)
+      >>> jaxloss.distillation_loss(
+      ...     hidden @ weight, teacher_hidden @ teacher_weight, temperature=2.0, reduction="mean")
+      Array(0.06986, dtype=float32)
+      >>> jax.grad(jaxloss.fused_linear_distillation_loss)(
+      ...     hidden, weight, teacher_hidden, teacher_weight).shape
+      (3, 2)
+
+    References:
+      Hinton, Vinyals & Dean, "Distilling the knowledge in a neural network" (2015);
+      Agarwal et al., "On-policy distillation of language models: learning from
+      self-generated mistakes" (GKD), ICLR 2024, for the generalized JSD; Wijmans et al.,
+      "Cut your losses in large-vocabulary language models" (2024), for the chunked
+      computation.
+    """
+    options: dict[str, Any] = dict(
+        weight_layout=weight_layout,
+        temperature=temperature,
+        divergence=divergence,
+        beta=beta,
+        scale_by_temperature_squared=scale_by_temperature_squared,
+        hard_loss_weight=hard_loss_weight,
+        soft_loss_weight=soft_loss_weight,
+        ignore_index=ignore_index,
+        chunk_size=chunk_size,
+        reduction=reduction,
+    )
+    biases = dict(student_bias=student_bias, teacher_bias=teacher_bias)
+    mesh = E.explicit_mesh(
+        student_hidden, student_weight, teacher_hidden, teacher_weight, labels, where, weights
+    )
+    if mesh is not None and batch_axis_name is None:
+        _check_teacher_shapes(student_hidden, teacher_hidden)
+        return E.per_device(
+            _distillation,
+            mesh,
+            student_hidden,
+            shared={"student_weight": student_weight, "teacher_weight": teacher_weight, **biases},
+            tokens={"labels": labels, "where": where, "weights": weights},
+            rows={"teacher_hidden": teacher_hidden},
+            options=options,
+            per_token=reduction == "none",
+        )
+    return _distillation(
+        student_hidden,
+        student_weight,
+        teacher_hidden,
+        teacher_weight,
+        labels,
+        where=where,
+        weights=weights,
+        batch_axis_name=batch_axis_name,
+        **biases,
+        **options,
+    )

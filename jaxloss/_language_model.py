@@ -224,6 +224,38 @@ def _jsd(s_logits: jax.Array, t_logits: jax.Array, beta: float, axis: int) -> ja
     return jnp.sum(terms, axis=axis)
 
 
+def _check_divergence(divergence, temperature, beta) -> None:
+    _check_choice("divergence", divergence, DIVERGENCES)
+    _check_temperature(temperature)
+    C.check_in_range("beta", beta, 0.0, 1.0)
+    if divergence == "jsd" and not isinstance(beta, numbers.Real):
+        raise TypeError(f"`beta` must be a Python number in [0, 1], got {beta!r}.")
+
+
+def _resolved_divergence(divergence: str, beta) -> str:
+    """The divergence actually computed: "jsd" at β = 0 is "forward_kl", at β = 1 "reverse_kl"."""
+    if divergence == "jsd" and beta == 0:
+        return "forward_kl"
+    if divergence == "jsd" and beta == 1:
+        return "reverse_kl"
+    return divergence
+
+
+def _divergence(s: jax.Array, t: jax.Array, divergence: str, beta, axis: int) -> jax.Array:
+    """The per-token divergence between softmax(t) (teacher) and softmax(s) (student), of
+    logits already divided by the temperature (also `fused_linear_distillation_loss`'s)."""
+    divergence = _resolved_divergence(divergence, beta)
+    if divergence == "forward_kl":
+        return _kl_from_logits(t, s, axis)
+    if divergence == "reverse_kl":
+        return _kl_from_logits(s, t, axis)
+    if divergence == "jsd":
+        return _jsd(s, t, beta, axis)
+    p_s = jnp.exp(N.log_softmax(s, axis))
+    p_t = jnp.exp(N.log_softmax(t, axis))
+    return 0.5 * jnp.sum(jnp.abs(p_s - p_t), axis=axis)
+
+
 def distillation_loss(
     student_logits: ArrayLike,
     teacher_logits: ArrayLike,
@@ -295,11 +327,7 @@ def distillation_loss(
       self-generated mistakes" (GKD), ICLR 2024; Gu et al., "MiniLLM" (reverse KL), ICLR
       2024.
     """
-    _check_choice("divergence", divergence, DIVERGENCES)
-    _check_temperature(temperature)
-    C.check_in_range("beta", beta, 0.0, 1.0)
-    if divergence == "jsd" and not isinstance(beta, numbers.Real):
-        raise TypeError(f"`beta` must be a Python number in [0, 1], got {beta!r}.")
+    _check_divergence(divergence, temperature, beta)
     s = C.as_float("student_logits", student_logits)
     t = C.as_float("teacher_logits", teacher_logits)
     axis = _class_axis(axis, s, "student_logits")
@@ -316,20 +344,7 @@ def distillation_loss(
     row = _row(where, axis, batch)
     s = C.keep(row, s, 0.0) / temperature
     t = C.keep(row, t, 0.0) / temperature
-    if divergence == "jsd" and beta == 0:
-        divergence = "forward_kl"
-    if divergence == "jsd" and beta == 1:
-        divergence = "reverse_kl"
-    if divergence == "forward_kl":
-        loss = _kl_from_logits(t, s, axis)
-    elif divergence == "reverse_kl":
-        loss = _kl_from_logits(s, t, axis)
-    elif divergence == "jsd":
-        loss = _jsd(s, t, beta, axis)
-    else:
-        p_s = jnp.exp(N.log_softmax(s, axis))
-        p_t = jnp.exp(N.log_softmax(t, axis))
-        loss = 0.5 * jnp.sum(jnp.abs(p_s - p_t), axis=axis)
+    loss = _divergence(s, t, divergence, beta, axis)
     if scale_by_temperature_squared:
         loss = loss * (temperature * temperature)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
