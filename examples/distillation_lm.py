@@ -144,12 +144,8 @@ class LanguageModel(nnx.Module):
 
 def fused_distillation(s_hidden, s_weight, t_hidden, t_weight, divergence):
     """The training loss, without either model's [tokens, vocabulary] logits."""
-    return jaxloss.distillation_loss(
-        s_hidden @ s_weight,
-        t_hidden @ t_weight,
-        divergence=divergence,
-        beta=BETA,
-        reduction="mean",
+    return jaxloss.fused_linear_distillation_loss(
+        s_hidden, s_weight, t_hidden, t_weight, divergence=divergence, beta=BETA
     )
 
 
@@ -339,7 +335,7 @@ def step_memory(student, teacher, tokens, lr):
 def main():
     args = _common.parse_args(NAME, __doc__.splitlines()[0])
     quick = args.quick
-    vocab = 512 if quick else 2048
+    vocab = 512 if quick else 1024
     length = 16 if quick else 32
     settings = {
         "vocab": vocab,
@@ -347,15 +343,15 @@ def main():
         "classes": 32,
         "words_per_class": vocab // 8,
         "successors": 3,
-        "batch": 16 if quick else 32,
-        "teacher": {"width": 64 if quick else 128, "layers": 2, "heads": 4},
+        "batch": 16,
+        "teacher": {"width": 64 if quick else 96, "layers": 1 if quick else 2, "heads": 4},
         "student": {"width": 32, "layers": 1, "heads": 2},
-        "teacher_steps": 100 if quick else 1500,
-        "student_steps": 40 if quick else 600,
+        "teacher_steps": 100 if quick else 2000,
+        "student_steps": 40 if quick else 1000,
         "evals": 4 if quick else 20,
         "lr": 3e-3,
         "seed": 0,
-        "big_head": (1024, 64, 128, 8192) if quick else (4096, 256, 512, 32768),
+        "big_head": (2048, 32, 64, 8192) if quick else (4096, 256, 512, 32768),
     }
     rng = np.random.default_rng(0)
     grammar = Grammar(
@@ -363,7 +359,7 @@ def main():
     )
     n_train = max(settings["teacher_steps"], settings["student_steps"]) * settings["batch"]
     train_tokens = grammar.sample(rng, n_train, length + 1)
-    eval_tokens = grammar.sample(rng, 256 if quick else 1024, length + 1)
+    eval_tokens = grammar.sample(rng, 128 if quick else 256, length + 1)
     floor = float(np.exp(grammar.next_word_nll(eval_tokens)))
     data = (train_tokens, jnp.asarray(eval_tokens))
 
