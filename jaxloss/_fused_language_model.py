@@ -335,7 +335,7 @@ class Distillation:
     def backward(self, cfg: E.Config, z, saved, xs, b=None, consts=()):
         """∂ℓ/∂z = (soft_weight/T)·∂D/∂s + hard_weight·(softmax(z) − onehot(y)), row 1."""
         s, t, labels, keep = self._inputs(cfg, z, xs, consts)
-        g = jnp.zeros((), cfg.dtype)
+        g = jnp.zeros_like(z)
         if self.soft_weight:
             g = self._divergence_grad(s, t, saved[0]) * (self.soft_weight / self.temperature)
         if self.hard is not None:
@@ -370,8 +370,8 @@ def _distillation(
     teacher_weight,
     labels=None,
     *,
-    student_bias,
-    teacher_bias,
+    student_bias=None,
+    teacher_bias=None,
     weight_layout,
     temperature,
     divergence,
@@ -380,8 +380,8 @@ def _distillation(
     hard_loss_weight,
     soft_loss_weight,
     ignore_index,
-    where,
-    weights,
+    where=None,
+    weights=None,
     chunk_size,
     reduction,
     batch_axis_name=None,
@@ -451,7 +451,7 @@ def _distillation(
     h_t = E.flat_hidden(h_t, w_t, keep, batch_t, d_t)
     xs: tuple = (h_t,)
     hard = None
-    if hard_weight:
+    if hard_weight and labels is not None:  # labels are required there (checked above)
         hard = CrossEntropy(n_classes=v, label_smoothing=0.0, z_loss=0.0)
         y = _class_ids(labels, v)  # int32, −1 outside [0, V)
         if keep is not None:

@@ -1925,6 +1925,105 @@ CASES += [
 ]
 
 
+# fused_linear_distillation_loss (issue 13): the soft divergence of `distillation_loss` of
+# the two models' logits plus the student's cross-entropy, without either model's [N, V]
+# logits; the teacher (hidden size LV_DT, its own weight and bias) is a constant input.
+# tests/test_fused_distillation.py checks every divergence against the materialized
+# logits in value and gradients at several chunk sizes.
+LV_DT = 3  # the teacher's hidden size; not N, so the NaN poisoning spares its weight
+
+
+def _fused_distill(h, w, h_t, w_t, labels, *, reduction="none", **kwargs):
+    return jaxloss.fused_linear_distillation_loss(
+        h, w, h_t, w_t, labels, reduction=reduction, **kwargs
+    )
+
+
+def _fused_distill_ref(
+    h,
+    w,
+    h_t,
+    w_t,
+    labels,
+    *,
+    student_bias=None,
+    teacher_bias=None,
+    weight_layout="dense",
+    hard_loss_weight=0.0,
+    soft_loss_weight=1.0,
+    chunk_size=None,
+    **options,
+):
+    zs = h @ (w if weight_layout == "dense" else w.T)
+    zt = h_t @ (w_t if weight_layout == "dense" else w_t.T)
+    zs = zs if student_bias is None else zs + student_bias
+    zt = zt if teacher_bias is None else zt + teacher_bias
+    ce = special.logsumexp(zs, axis=-1) - zs[np.arange(len(zs)), labels]
+    return soft_loss_weight * _ref_distillation(zs, zt, **options) + hard_loss_weight * ce
+
+
+def _fused_distill_make(layout="dense", **options):
+    def make(rng):
+        (hidden, weight, labels), kwargs = _fused_make(layout, **options)(rng)
+        t_shape = (LV_DT, LV_V) if layout == "dense" else (LV_V, LV_DT)
+        h_t, w_t = _normal(rng, (N, LV_DT)), _normal(rng, t_shape, scale=2.0)
+        if kwargs.pop("bias", None) is not None:
+            kwargs["student_bias"], kwargs["teacher_bias"] = _normal(rng, (2, LV_V))
+        return (hidden, weight, h_t, w_t, labels), kwargs
+
+    return make
+
+
+def _fused_distill_extreme(bias=False, **options):
+    (hidden, weight, labels), kwargs = _fused_extreme(**({"bias": True} if bias else {}))
+    h_t = np.array([[-1e4, 1.0, 1e4], [0.0, 1e9, -1e9], [0.0, 0.0, 0.0]], np.float32)
+    w_t = np.linspace(1.0, -1.0, LV_DT * LV_V).reshape(LV_DT, LV_V).astype(np.float32)
+    if bias:
+        kwargs = {"student_bias": kwargs["bias"], "teacher_bias": -kwargs["bias"]}
+    return (hidden, weight, h_t, w_t, labels), {**kwargs, **options}
+
+
+_DISTILL_DENSE = dict(divergence="jsd", beta=0.3)  # bound with partial (strings)
+_DISTILL_EMBEDDING = dict(divergence="reverse_kl", weight_layout="embedding")
+
+CASES += [
+    Case(
+        "fused_linear_distillation_loss",
+        functools.partial(_fused_distill, **_DISTILL_DENSE),
+        _fused_distill_make(bias=True, chunk_size=4, temperature=1.5, hard_loss_weight=0.5),
+        functools.partial(_fused_distill_ref, **_DISTILL_DENSE),
+        grad_args=(0, 1),
+        grad_kwargs=("student_bias",),
+        unbatched=(1, 3, "student_bias", "teacher_bias"),
+        extreme=lambda: _fused_distill_extreme(True, hard_loss_weight=0.5, temperature=1.5),
+        id="fused_linear_distillation_loss[jsd,bias,hard,temperature,chunk 4 of 6]",
+    ),
+    Case(
+        "fused_linear_distillation_loss",
+        functools.partial(_fused_distill, **_DISTILL_EMBEDDING),
+        _fused_distill_make(
+            "embedding", chunk_size=5, temperature=2.0, scale_by_temperature_squared=True
+        ),
+        functools.partial(_fused_distill_ref, **_DISTILL_EMBEDDING),
+        grad_args=(0, 1),
+        unbatched=(1, 3),
+        extreme=lambda: _transposed_teacher(_fused_distill_extreme()),
+        id="fused_linear_distillation_loss[reverse_kl,embedding,T²,chunk 5 of 6]",
+    ),
+]
+
+
+def _transposed_teacher(inputs):
+    (hidden, weight, h_t, w_t, labels), kwargs = inputs
+    return (
+        hidden,
+        np.ascontiguousarray(weight.T),
+        h_t,
+        np.ascontiguousarray(w_t.T),
+        labels,
+    ), kwargs
+
+
 # --------------------------------------------------------------------------------------
 # Sequence losses: CTC (issue 11)
 # --------------------------------------------------------------------------------------
