@@ -363,7 +363,7 @@ def main():
         "lr": 3e-3,
         "seed": 0,
         "big_head": (2048, 32, 64, 8192) if quick else (4096, 256, 512, 32768),
-        "big_step": (8192, 64) if quick else (32768, 128),
+        "big_step": (2048, 32) if quick else (32768, 128),
     }
     rng = np.random.default_rng(0)
     grammar = Grammar(
