@@ -468,9 +468,10 @@ def main():
         f"{settings['batch']} sentences, the same batches and start for every student. "
         "Distillation uses only the teacher's distribution (no labels), temperature 1. "
         '"fused − naive": the largest difference of the loss and its gradients in the '
-        "student's hidden states and weight, fused against materialized logits. Memory: "
-        "XLA's temp allocation of the compiled program (inputs and outputs excluded); the "
-        "large size is compiled, not run; D = student/teacher width."
+        "student's hidden states and weight at the start, fused (in chunks of "
+        f"{CHECK_CHUNK} tokens) against materialized logits. Memory: XLA's temp "
+        "allocation of the compiled program (inputs and outputs excluded), default chunk "
+        "size; the large sizes are compiled, not run; D = student/teacher width."
     )
     _common.write_results(
         args,
