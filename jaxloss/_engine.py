@@ -222,6 +222,38 @@ def _add_weight_grad(cfg: Config, gw: jax.Array, hs: jax.Array, g: jax.Array) ->
     return _over_blocks(g.shape[1], cfg.block, body, gw)
 
 
+def _weight_tangent(cfg: Config, h: jax.Array, dw: jax.Array):
+    """(dW, h·dW [n, V]): the product a vocabulary block at a time, dW threaded through.
+
+    Linear in dW. Its transpose (reverse mode) adds hᵀ·(…) to the cotangent of dW a
+    [D, block] slice at a time, in place, as `_add_weight_grad` does, instead of forming
+    a second [D, V] array, provided that cotangent is threaded through the loops: so
+    callers return the dW given back here, and loop over it as a carry.
+    """
+    axis = 1 if cfg.layout == "dense" else 0
+    v = dw.shape[axis]
+    size = min(cfg.block, v)
+    count = -(-v // size)
+
+    def body(dw, start):
+        # ``dw + 0``, not ``dw``: `lax.scan` makes a carry it returns unchanged a constant
+        # of the loop, whose cotangent the transposed loop would sum from zeros (a second
+        # [D, V] array). The blocks are the loop's outputs, not written into an [n, V]
+        # carry, so that the transposed loop only reads their cotangents.
+        blk = lax.dynamic_slice_in_dim(dw, start, size, axis)
+        return dw + 0, _dot(blk, h, (0, 1) if cfg.layout == "dense" else (1, 1), cfg.dtype)
+
+    # A last block that would run past V is shifted back to end at V; the columns it
+    # shares with the one before are dropped from it.
+    starts = jnp.minimum(jnp.arange(count) * size, v - size)
+    dw, blocks = lax.scan(body, dw, starts)
+    zt = blocks.reshape(count * size, h.shape[0])
+    seen = (count - 1) * size
+    if count * size != v:
+        zt = jnp.concatenate([zt[:seen], zt[seen + count * size - v :]])
+    return dw, zt.T
+
+
 # --------------------------------------------------------------------------------------
 # Loops over chunks of tokens
 # --------------------------------------------------------------------------------------
@@ -419,15 +451,16 @@ def _per_token_jvp(cfg: Config, primals, tangents):
         if dh_c is not None:
             dz = dz + _project(cfg, dh_c, w)
         if dw is not None:
-            dz = dz + _project(cfg, h_c, dw)
+            dw, dz_w = _weight_tangent(cfg, h_c, dw)
+            dz = dz + dz_w
         if db is not None:
             dz = dz + db.astype(cfg.dtype)
         tangents = tuple(psum(cfg, jnp.sum(g * dz, axis=1)) * row for g, row in pairs)
-        return tangents[0] if k == 1 else tangents
+        return dw, (tangents[0] if k == 1 else tangents)
 
     n, chunk = h.shape[0], cfg.chunk
     if n <= chunk:
-        return value, piece(h, xs, saved, None, dh, w, b, dw, db)
+        return value, piece(h, xs, saved, None, dh, w, b, dw, db)[1]
     count = -(-n // chunk)
 
     def stack(x):
@@ -438,12 +471,15 @@ def _per_token_jvp(cfg: Config, primals, tangents):
         x = jnp.pad(x, [(0, count * chunk - n)] + [(0, 0)] * (x.ndim - 1))
         return x.reshape((count, chunk) + x.shape[1:])
 
-    def body(_, slices):
-        return None, piece(*slices, w, b, dw, db)
+    def body(dw, slices):
+        # ∂W's tangent is threaded through the loop (not closed over), so that reverse
+        # mode threads its cotangent through the transposed loop and every chunk adds
+        # to it in place, a vocabulary block at a time (see `_weight_tangent`).
+        return piece(*slices, w, b, dw, db)
 
     real = None if n % chunk == 0 else jnp.ones(n, bool)
     slices = (stack(h), tuple(map(stack, xs)), tuple(map(stack, saved)), stack(real), stack(dh))
-    tangent = lax.scan(body, None, slices)[1]
+    tangent = lax.scan(body, dw, slices)[1]
     return value, jax.tree.map(lambda t: t.reshape(count * chunk)[:n], tangent)
 
 
