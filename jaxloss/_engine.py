@@ -13,7 +13,8 @@ its gradient with respect to those logits:
   of the ordinary forward and backward pass and nothing more;
 - otherwise (`per_token`, per-token values whose cotangents arrive only in the backward
   pass) the backward pass recomputes each chunk's logits from what the forward pass
-  saved (a fourth product).
+  saved (a fourth product); it, too, updates ∂W in place a block of the vocabulary at
+  a time (`_weight_tangent`), so both hold no second [D, V] array.
 
 The engine also owns what every such loss shares: the dense [D, V] and embedding [V, D]
 layouts, soft-capping and temperature of the logits, bf16/f16 inputs with float32
@@ -225,10 +226,12 @@ def _add_weight_grad(cfg: Config, gw: jax.Array, hs: jax.Array, g: jax.Array) ->
 def _weight_tangent(cfg: Config, h: jax.Array, dw: jax.Array):
     """(dW, h·dW [n, V]): the product a vocabulary block at a time, dW threaded through.
 
-    Linear in dW. Its transpose (reverse mode) adds hᵀ·(…) to the cotangent of dW a
-    [D, block] slice at a time, in place, as `_add_weight_grad` does, instead of forming
-    a second [D, V] array, provided that cotangent is threaded through the loops: so
-    callers return the dW given back here, and loop over it as a carry.
+    Linear in dW, for the tangent map of `per_token`. Its transpose (reverse mode) adds
+    hᵀ·(…) to the cotangent of dW a [D, block] slice at a time, in place (XLA turns
+    ``ct + dynamic_update_slice(zeros, blk)`` into an update of ``ct``), as
+    `_add_weight_grad` does, instead of forming a second [D, V] array; provided that
+    cotangent is threaded through the loops: callers return the dW given back here
+    and loop over it as a carry, not as a constant.
     """
     axis = 1 if cfg.layout == "dense" else 0
     v = dw.shape[axis]
@@ -238,8 +241,9 @@ def _weight_tangent(cfg: Config, h: jax.Array, dw: jax.Array):
     def body(dw, start):
         # ``dw + 0``, not ``dw``: `lax.scan` makes a carry it returns unchanged a constant
         # of the loop, whose cotangent the transposed loop would sum from zeros (a second
-        # [D, V] array). The blocks are the loop's outputs, not written into an [n, V]
-        # carry, so that the transposed loop only reads their cotangents.
+        # [D, V] array). The blocks are the loop's outputs (written into an [n, V] carry,
+        # their transpose would copy that carry at every block), formed transposed,
+        # [block, n], so that they stack into (h·dW)ᵀ without a copy.
         blk = lax.dynamic_slice_in_dim(dw, start, size, axis)
         return dw + 0, _dot(blk, h, (0, 1) if cfg.layout == "dense" else (1, 1), cfg.dtype)
 

@@ -130,6 +130,34 @@ def test_weight_tangent_in_vocabulary_blocks_forward_and_reverse(layout, monkeyp
     assert_close(forward, reverse, 1e-12)
 
 
+@pytest.mark.parametrize("layout", ["dense", "embedding"])
+def test_backward_pass_holds_no_second_weight_sized_array(layout, monkeypatch):
+    """Issue 13: forward + backward of a loss on the log-probabilities (XLA's accounting
+    of the compiled program, nothing is run) holds a few [chunk, V] blocks and a
+    [D, block] one, not a second [D, V] array (the weight gradient is an output), and
+    does not grow with N. D = 256, V = 4096: [D, V] is 4 MiB, [chunk, V] 0.5 MiB."""
+    d, v = 256, 4096
+    monkeypatch.setattr(E, "_BLOCK_BYTES", 4 * d * 512)  # [D, block] = 0.5 MiB
+
+    def temp_bytes(n):
+        def loss(h, w, y, c):
+            out = jaxloss.fused_linear_token_log_probs(h, w, y, weight_layout=layout, chunk_size=32)
+            return jnp.sum(c * out)
+
+        shapes = (
+            jax.ShapeDtypeStruct((n, d), jnp.float32),
+            jax.ShapeDtypeStruct((d, v) if layout == "dense" else (v, d), jnp.float32),
+            jax.ShapeDtypeStruct((n,), jnp.int32),
+            jax.ShapeDtypeStruct((n,), jnp.float32),
+        )
+        program = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*shapes).compile()
+        return program.memory_analysis().temp_size_in_bytes
+
+    small, large = temp_bytes(256), temp_bytes(1024)
+    assert large < d * v * 4 / 2
+    assert large - small < 768 * 64  # only [N] per-token buffers grow with N
+
+
 def test_masked_tokens_give_zero_and_zero_gradient_even_if_nan():
     hidden = HIDDEN.copy()
     hidden[~KEEP] = np.nan
