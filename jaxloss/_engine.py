@@ -241,21 +241,19 @@ def _weight_tangent(cfg: Config, h: jax.Array, dw: jax.Array):
     def body(dw, start):
         # ``dw + 0``, not ``dw``: `lax.scan` makes a carry it returns unchanged a constant
         # of the loop, whose cotangent the transposed loop would sum from zeros (a second
-        # [D, V] array). The blocks are the loop's outputs (written into an [n, V] carry,
-        # their transpose would copy that carry at every block), formed transposed,
-        # [block, n], so that they stack into (h·dW)ᵀ without a copy.
-        blk = lax.dynamic_slice_in_dim(dw, start, size, axis)
-        return dw + 0, _dot(blk, h, (0, 1) if cfg.layout == "dense" else (1, 1), cfg.dtype)
+        # [D, V] array). The blocks are the loop's outputs: written into an [n, V] carry,
+        # their transpose would copy that carry at every block.
+        return dw + 0, _project(cfg, h, lax.dynamic_slice_in_dim(dw, start, size, axis))
 
     # A last block that would run past V is shifted back to end at V; the columns it
     # shares with the one before are dropped from it.
     starts = jnp.minimum(jnp.arange(count) * size, v - size)
     dw, blocks = lax.scan(body, dw, starts)
-    zt = blocks.reshape(count * size, h.shape[0])
+    z = jnp.moveaxis(blocks, 0, 1).reshape(h.shape[0], count * size)
     seen = (count - 1) * size
     if count * size != v:
-        zt = jnp.concatenate([zt[:seen], zt[seen + count * size - v :]])
-    return dw, zt.T
+        z = jnp.concatenate([z[:, :seen], z[:, seen + count * size - v :]], axis=1)
+    return dw, z
 
 
 # --------------------------------------------------------------------------------------
