@@ -235,25 +235,21 @@ def _weight_tangent(cfg: Config, h: jax.Array, dw: jax.Array):
     """
     axis = 1 if cfg.layout == "dense" else 0
     v = dw.shape[axis]
-    size = min(cfg.block, v)
-    count = -(-v // size)
+    zeros = jnp.zeros((h.shape[0], v), cfg.dtype)
 
-    def body(dw, start):
+    def body(carry, start, fresh):
+        dw, z = carry
+        blk = _project(cfg, h, lax.dynamic_slice_in_dim(dw, start, cfg.block, axis))
+        if fresh is not None:  # columns an earlier block already added
+            blk = jnp.where(fresh, blk, 0.0)
         # ``dw + 0``, not ``dw``: `lax.scan` makes a carry it returns unchanged a constant
         # of the loop, whose cotangent the transposed loop would sum from zeros (a second
-        # [D, V] array). The blocks are the loop's outputs: written into an [n, V] carry,
-        # their transpose would copy that carry at every block.
-        return dw + 0, _project(cfg, h, lax.dynamic_slice_in_dim(dw, start, size, axis))
+        # [D, V] array). The block is added to z (XLA updates z in place), not written
+        # over it: the transposed loop then only reads z's cotangent, a block at a time,
+        # where the transpose of a write would clear that block of it (copies of [n, V]).
+        return dw + 0, z + lax.dynamic_update_slice_in_dim(zeros, blk, start, 1)
 
-    # A last block that would run past V is shifted back to end at V; the columns it
-    # shares with the one before are dropped from it.
-    starts = jnp.minimum(jnp.arange(count) * size, v - size)
-    dw, blocks = lax.scan(body, dw, starts)
-    z = jnp.moveaxis(blocks, 0, 1).reshape(h.shape[0], count * size)
-    seen = (count - 1) * size
-    if count * size != v:
-        z = jnp.concatenate([z[:, :seen], z[:, seen + count * size - v :]], axis=1)
-    return dw, z
+    return _over_blocks(v, cfg.block, body, (dw, zeros))
 
 
 # --------------------------------------------------------------------------------------
