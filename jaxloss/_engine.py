@@ -13,7 +13,8 @@ its gradient with respect to those logits:
   of the ordinary forward and backward pass and nothing more;
 - otherwise (`per_token`, per-token values whose cotangents arrive only in the backward
   pass) the backward pass recomputes each chunk's logits from what the forward pass
-  saved (a fourth product);
+  saved (a fourth product); it, too, updates ∂W in place a block of the vocabulary at
+  a time (`_weight_tangent`), so both hold no second [D, V] array;
 - when the loss is a sum over groups of tokens whose value is known only at the group's
   end (`grouped_sum`: a preference pair of a chosen and a rejected sequence), the
   gradients are formed in the same pass too, each group's weight gradient accumulated
@@ -226,6 +227,35 @@ def _add_weight_grad(cfg: Config, gw: jax.Array, hs: jax.Array, g: jax.Array) ->
     return _over_blocks(g.shape[1], cfg.block, body, gw)
 
 
+def _weight_tangent(cfg: Config, h: jax.Array, dw: jax.Array):
+    """(dW, h·dW [n, V]): the product a vocabulary block at a time, dW threaded through.
+
+    Linear in dW, for the tangent map of `per_token`. Its transpose (reverse mode) adds
+    hᵀ·(…) to the cotangent of dW a [D, block] slice at a time, in place (XLA turns
+    ``ct + dynamic_update_slice(zeros, blk)`` into an update of ``ct``), as
+    `_add_weight_grad` does, instead of forming a second [D, V] array; provided that
+    cotangent is threaded through the loops: callers return the dW given back here
+    and loop over it as a carry, not as a constant.
+    """
+    axis = 1 if cfg.layout == "dense" else 0
+    v = dw.shape[axis]
+    zeros = jnp.zeros((h.shape[0], v), cfg.dtype)
+
+    def body(carry, start, fresh):
+        dw, z = carry
+        blk = _project(cfg, h, lax.dynamic_slice_in_dim(dw, start, cfg.block, axis))
+        if fresh is not None:  # columns an earlier block already added
+            blk = jnp.where(fresh, blk, 0.0)
+        # ``dw + 0``, not ``dw``: `lax.scan` makes a carry it returns unchanged a constant
+        # of the loop, whose cotangent the transposed loop would sum from zeros (a second
+        # [D, V] array). The block is added to z (XLA updates z in place), not written
+        # over it: the transposed loop then only reads z's cotangent, a block at a time,
+        # where the transpose of a write would clear that block of it (copies of [n, V]).
+        return dw + 0, z + lax.dynamic_update_slice_in_dim(zeros, blk, start, 1)
+
+    return _over_blocks(v, cfg.block, body, (dw, zeros))
+
+
 # --------------------------------------------------------------------------------------
 # Loops over chunks of tokens
 # --------------------------------------------------------------------------------------
@@ -423,15 +453,16 @@ def _per_token_jvp(cfg: Config, primals, tangents):
         if dh_c is not None:
             dz = dz + _project(cfg, dh_c, w)
         if dw is not None:
-            dz = dz + _project(cfg, h_c, dw)
+            dw, dz_w = _weight_tangent(cfg, h_c, dw)
+            dz = dz + dz_w
         if db is not None:
             dz = dz + db.astype(cfg.dtype)
         tangents = tuple(psum(cfg, jnp.sum(g * dz, axis=1)) * row for g, row in pairs)
-        return tangents[0] if k == 1 else tangents
+        return dw, (tangents[0] if k == 1 else tangents)
 
     n, chunk = h.shape[0], cfg.chunk
     if n <= chunk:
-        return value, piece(h, xs, saved, None, dh, w, b, dw, db)
+        return value, piece(h, xs, saved, None, dh, w, b, dw, db)[1]
     count = -(-n // chunk)
 
     def stack(x):
@@ -442,12 +473,15 @@ def _per_token_jvp(cfg: Config, primals, tangents):
         x = jnp.pad(x, [(0, count * chunk - n)] + [(0, 0)] * (x.ndim - 1))
         return x.reshape((count, chunk) + x.shape[1:])
 
-    def body(_, slices):
-        return None, piece(*slices, w, b, dw, db)
+    def body(dw, slices):
+        # ∂W's tangent is threaded through the loop (not closed over), so that reverse
+        # mode threads its cotangent through the transposed loop and every chunk adds
+        # to it in place, a vocabulary block at a time (see `_weight_tangent`).
+        return piece(*slices, w, b, dw, db)
 
     real = None if n % chunk == 0 else jnp.ones(n, bool)
     slices = (stack(h), tuple(map(stack, xs)), tuple(map(stack, saved)), stack(real), stack(dh))
-    tangent = lax.scan(body, None, slices)[1]
+    tangent = lax.scan(body, dw, slices)[1]
     return value, jax.tree.map(lambda t: t.reshape(count * chunk)[:n], tangent)
 
 

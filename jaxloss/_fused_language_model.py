@@ -178,7 +178,8 @@ def fused_linear_token_log_probs(
     ``hidden``, ``weight`` and ``bias``; since their cotangents (those of a loss built
     on top, e.g. a policy-gradient surrogate) arrive only in the backward pass, it
     recomputes each chunk's logits from the saved logsumexp: four matrix products in
-    all instead of three, and a [D, V] temporary.
+    all instead of three, in the same memory (the weight gradient is updated in place,
+    a [D, block] slice at a time, never through a second [D, V] array).
 
     As in `token_log_probs`: masked-out tokens (``where`` False) give 0 with zero
     gradient, even where their ``hidden`` row is NaN or inf; a label on a −inf logit (a

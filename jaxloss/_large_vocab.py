@@ -317,7 +317,7 @@ def fused_linear_cross_entropy(
         ``"none"``. The one exception to jaxloss's per-element default, on purpose: this
         loss exists to train a language-model head on the mean over tokens, and only
         ``"sum"``/``"mean"`` get the one-pass gradient (``"none"`` recomputes every chunk's
-        logits in the backward pass and needs a [D, V] temporary); the fused losses of
+        logits in the backward pass, a fourth matrix product); the fused losses of
         Liger Kernel and Cut Cross-Entropy default to the mean too. A NaN weight or a kept
         out-of-range label makes ``"mean"`` NaN; a mean over no kept token is 0.
 

@@ -16,6 +16,7 @@ from jax.test_util import check_grads
 from scipy import special
 
 import jaxloss
+from jaxloss import _engine as E
 
 N, D, V = 10, 5, 13  # 10 tokens
 T, CAP = 1.7, 2.5
@@ -99,6 +100,62 @@ def test_embedding_layout_no_bias_no_cap_log_probs_only():
     g = C1[:, None] * (np.eye(V)[LABELS] - special.softmax(z, axis=-1))
     assert_close(grads[0], g @ WEIGHT.T, 1e-12)
     assert_close(grads[1], (HIDDEN.T @ g).T, 1e-12)
+
+
+@pytest.mark.parametrize("layout", ["dense", "embedding"])
+def test_weight_tangent_in_vocabulary_blocks_forward_and_reverse(layout, monkeypatch):
+    """Issue 13: the tangent map forms h·dW (and reverse mode ∂W) a vocabulary block at a
+    time; blocks of 8 of the 13 entries (the last one shifted back to overlap the first)
+    and chunks of 3 of the 10 tokens, equal to the float64 reference in both modes."""
+    monkeypatch.setattr(E, "_BLOCK_BYTES", 0)  # the smallest block, 8 entries
+    assert E._default_block(D, V) == 8
+    options = dict(temperature=T, logit_soft_cap=CAP, chunk_size=3, return_entropy=True)
+    dense = layout == "dense"
+
+    def f(h, w, b):
+        lp, ent = fused(h, w if dense else w.T, b, LABELS, weight_layout=layout, **options)
+        return jnp.sum(C1 * lp + C2 * ent)
+
+    want = reference(HIDDEN, WEIGHT, BIAS, LABELS, temperature=T, cap=CAP)[2:]
+    for g, w in zip(jax.jit(jax.grad(f, argnums=(0, 1, 2)))(*ARGS64), want, strict=True):
+        assert_close(g, w, 1e-12)
+    rng = np.random.default_rng(1)
+    tangents = tuple(jnp.asarray(rng.normal(size=x.shape)) for x in ARGS64)
+    _, got = jax.jit(lambda p, t: jax.jvp(f, p, t))(ARGS64, tangents)
+    expected = sum(np.sum(g * np.asarray(t)) for g, t in zip(want, tangents, strict=True))
+    assert_close(got, expected, 1e-12)
+    # ∂W alone (the path whose transpose updates ∂W in place), forward against reverse.
+    g = lambda w: fused(ARGS64[0], w if dense else w.T, None, LABELS, weight_layout=layout)  # noqa: E731
+    forward, reverse = jax.jit(jax.jacfwd(g))(ARGS64[1]), jax.jit(jax.jacrev(g))(ARGS64[1])
+    assert_close(forward, reverse, 1e-12)
+
+
+@pytest.mark.parametrize("layout", ["dense", "embedding"])
+def test_backward_pass_holds_no_second_weight_sized_array(layout, monkeypatch):
+    """Issue 13: forward + backward of a loss on the log-probabilities (XLA's accounting
+    of the compiled program, nothing is run) holds a few [chunk, V] blocks and a
+    [D, block] one, not a second [D, V] array (the weight gradient is an output), and
+    does not grow with N. D = 256, V = 4096: [D, V] is 4 MiB, [chunk, V] 0.5 MiB."""
+    d, v = 256, 4096
+    monkeypatch.setattr(E, "_BLOCK_BYTES", 4 * d * 512)  # [D, block] = 0.5 MiB
+
+    def temp_bytes(n):
+        def loss(h, w, y, c):
+            out = jaxloss.fused_linear_token_log_probs(h, w, y, weight_layout=layout, chunk_size=32)
+            return jnp.sum(c * out)
+
+        shapes = (
+            jax.ShapeDtypeStruct((n, d), jnp.float32),
+            jax.ShapeDtypeStruct((d, v) if layout == "dense" else (v, d), jnp.float32),
+            jax.ShapeDtypeStruct((n,), jnp.int32),
+            jax.ShapeDtypeStruct((n,), jnp.float32),
+        )
+        program = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*shapes).compile()
+        return program.memory_analysis().temp_size_in_bytes
+
+    small, large = temp_bytes(256), temp_bytes(1024)
+    assert large < d * v * 4 / 2
+    assert large - small < 768 * 64  # only [N] per-token buffers grow with N
 
 
 def test_masked_tokens_give_zero_and_zero_gradient_even_if_nan():
