@@ -332,6 +332,29 @@ def _forward(cfg: Config, h, w, b, xs, consts):
     return _over_chunks(n, cfg.chunk, step, init, (h, *xs))
 
 
+def _add_chunk_grads(cfg: Config, need, grads, h_c, w, g, row_h, row_w, start, fresh):
+    """One chunk's part of (∂/∂h, ∂/∂W, ∂/∂b), those in ``need``, from g = ∂value/∂z.
+
+    The rows row_h[:, None]·g·Wᵀ of ∂/∂h are put at ``start``; hᵀ·(row_w[:, None]·g) and
+    row_wᵀ·g are added to ∂/∂W and ∂/∂b, without the rows of a shifted last chunk that an
+    earlier chunk already added (``fresh`` False): the per-token outputs rewrite those
+    with the same values, but the sums must not count them twice.
+    """
+    need_h, need_w, need_b = need
+    gh, gw, gb = grads
+    r_sum = row_w if fresh is None else jnp.where(fresh, row_w, 0.0)
+    gm = g.astype(w.dtype)
+    if need_h:
+        part = _dot(gm, w, (1, 1) if cfg.layout == "dense" else (1, 0), cfg.dtype)
+        gh = _put(gh, row_h[:, None] * part, start)
+    if need_w:
+        hs = (r_sum[:, None] * h_c.astype(cfg.dtype)).astype(w.dtype)
+        gw = _add_weight_grad(cfg, gw, hs, gm)
+    if need_b:
+        gb = gb + r_sum @ g
+    return gh, gw, gb
+
+
 def _forward_and_grads(cfg: Config, h, w, b, xs, consts, scale, need: tuple[bool, bool, bool]):
     """Per-token values and the gradients of Σ_i scale_i·value_i, all in one pass.
 
@@ -352,18 +375,7 @@ def _forward_and_grads(cfg: Config, h, w, b, xs, consts, scale, need: tuple[bool
         value_c, *saved_c = cfg.loss.forward(cfg, z, xs_c, b, consts)
         ((g, row),) = _grad_logits(cfg, z, t, tuple(saved_c), xs_c, b, consts)
         r = s_c * row
-        # Rows of a shifted last chunk seen before are rewritten with the same values in
-        # the per-token outputs, but must not be added to the sums again.
-        r_sum = r if fresh is None else jnp.where(fresh, r, 0.0)
-        gm = g.astype(w.dtype)
-        if need_h:
-            part = _dot(gm, w, (1, 1) if cfg.layout == "dense" else (1, 0), cfg.dtype)
-            gh = _put(gh, r[:, None] * part, start)
-        if need_w:
-            hs = (r_sum[:, None] * h_c.astype(cfg.dtype)).astype(w.dtype)
-            gw = _add_weight_grad(cfg, gw, hs, gm)
-        if need_b:
-            gb = gb + r_sum @ g
+        gh, gw, gb = _add_chunk_grads(cfg, need, (gh, gw, gb), h_c, w, g, r, r, start, fresh)
         return _put(value, value_c, start), gh, gw, gb
 
     everything = (h, w, b, *xs, scale)
@@ -582,16 +594,10 @@ def _grouped(cfg: Config, h, w, b, xs, scale, consts, need: tuple[bool, bool, bo
                     return stats, gh, buf, bbuf
                 ((g, row),) = _grad_logits(cfg, z, t, tuple(out), xs_c, b, consts)
                 r = lax.dynamic_slice_in_dim(a[s], start, chunk) * row
-                r_sum = r if fresh is None else jnp.where(fresh, r, 0.0)
-                gm = g.astype(w.dtype)
-                if need_h:
-                    part = _dot(gm, w, (1, 1) if cfg.layout == "dense" else (1, 0), cfg.dtype)
-                    gh = _put(gh, row[:, None] * part, pos)
-                if need_w:
-                    hs = (r_sum[:, None] * h_c.astype(cfg.dtype)).astype(w.dtype)
-                    buf = _add_weight_grad(cfg, buf, hs, gm)
-                if need_b:
-                    bbuf = bbuf + r_sum @ g
+                # ∂/∂h's rows without a·δ (scaled at the end), the buffers' with a.
+                gh, buf, bbuf = _add_chunk_grads(
+                    cfg, need, (gh, buf, bbuf), h_c, w, g, row, r, pos, fresh
+                )
                 return stats, gh, buf, bbuf
 
             stats, gh, bufs[k], bbufs[k] = _over_blocks(
