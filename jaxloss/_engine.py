@@ -37,6 +37,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.sharding import PartitionSpec as P
 
+from jaxloss import _compat as compat
 from jaxloss import _conventions as C
 
 LAYOUTS = ("dense", "embedding")
@@ -438,12 +439,16 @@ def _per_token_jvp(cfg: Config, primals, tangents):
         x = jnp.pad(x, [(0, count * chunk - n)] + [(0, 0)] * (x.ndim - 1))
         return x.reshape((count, chunk) + x.shape[1:])
 
-    def body(_, slices):
-        return None, piece(*slices, w, b, dw, db)
-
     real = None if n % chunk == 0 else jnp.ones(n, bool)
-    slices = (stack(h), tuple(map(stack, xs)), tuple(map(stack, saved)), stack(real), stack(dh))
-    tangent = lax.scan(body, None, slices)[1]
+    fixed = (stack(h), tuple(map(stack, xs)), tuple(map(stack, saved)), stack(real))
+
+    def tangent_map(dh, dw, db):
+        def body(_, slices):
+            return None, piece(*slices, w, b, dw, db)
+
+        return lax.scan(body, None, (*fixed, stack(dh)))[1]
+
+    tangent = compat.linear_call(tangent_map, dh, dw, db)
     return value, jax.tree.map(lambda t: t.reshape(count * chunk)[:n], tangent)
 
 
