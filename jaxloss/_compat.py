@@ -1,4 +1,4 @@
-"""What differs between the JAX releases jaxloss supports, in one place.
+"""What differs between the JAX (and Flax) releases jaxloss supports, in one place.
 
 The supported range is stated in the README ("Supported versions") and pinned, at its
 lower end, in ``.ci/lowest-versions.txt``, against which CI runs the whole test suite a
@@ -33,3 +33,13 @@ def linear_call(fn: Callable[..., Any], *tangents: Any) -> Any:
         return fn(*tangents)
     zeros = jax.tree.map(jnp.zeros_like, tangents)
     return jax.jvp(fn, zeros, tangents)[1]
+
+
+def nnx_as_pure(tree: Any) -> Any:
+    """``flax.nnx.as_pure(tree)``: the tree with each ``nnx.Variable`` replaced by its value
+    (what ``nnx.Optimizer`` hands to optax). flax 0.12.7 renamed it from ``nnx.pure``,
+    which now warns."""
+    from flax import nnx
+
+    as_pure = getattr(nnx, "as_pure", None) or nnx.pure
+    return as_pure(tree)
