@@ -485,8 +485,8 @@ def siglip_loss(
       >>> import jax.numpy as jnp, jaxloss
       >>> x = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
       >>> y = jnp.array([[0.9, 0.1], [0.2, 1.0], [1.0, 0.8]])
-      >>> jaxloss.siglip_loss(x, y, logit_scale=jnp.log(10.0), logit_bias=-5.0)
-      Array([2.921141 , 1.527834, 6.230361 ], dtype=float32)
+      >>> jaxloss.siglip_loss(x, y, logit_scale=jnp.log(10.0), logit_bias=-5.0).tolist()
+      [2.92114, 1.52783, 6.23036]
 
     References:
       Zhai et al., "Sigmoid loss for language image pre-training" (SigLIP, 2023),

@@ -42,6 +42,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.sharding import PartitionSpec as P
 
+from jaxloss import _compat as compat
 from jaxloss import _conventions as C
 
 LAYOUTS = ("dense", "embedding")
@@ -474,7 +475,11 @@ def _per_token_jvp(cfg: Config, primals, tangents):
 
     n, chunk = h.shape[0], cfg.chunk
     if n <= chunk:
-        return value, piece(h, xs, saved, None, dh, w, b, dw, db)[1]
+
+        def whole(dh, dw, db):
+            return piece(h, xs, saved, None, dh, w, b, dw, db)[1]
+
+        return value, compat.linear_call(whole, dh, dw, db)
     count = -(-n // chunk)
 
     def stack(x):
@@ -485,15 +490,19 @@ def _per_token_jvp(cfg: Config, primals, tangents):
         x = jnp.pad(x, [(0, count * chunk - n)] + [(0, 0)] * (x.ndim - 1))
         return x.reshape((count, chunk) + x.shape[1:])
 
-    def body(dw, slices):
-        # ∂W's tangent is threaded through the loop (not closed over), so that reverse
-        # mode threads its cotangent through the transposed loop and every chunk adds
-        # to it in place, a vocabulary block at a time (see `_weight_tangent`).
-        return piece(*slices, w, b, dw, db)
-
     real = None if n % chunk == 0 else jnp.ones(n, bool)
-    slices = (stack(h), tuple(map(stack, xs)), tuple(map(stack, saved)), stack(real), stack(dh))
-    tangent = lax.scan(body, dw, slices)[1]
+    fixed = (stack(h), tuple(map(stack, xs)), tuple(map(stack, saved)), stack(real))
+
+    def tangent_map(dh, dw, db):
+        def body(dw, slices):
+            # ∂W's tangent is threaded through the loop (not closed over), so that reverse
+            # mode threads its cotangent through the transposed loop and every chunk adds
+            # to it in place, a vocabulary block at a time (see `_weight_tangent`).
+            return piece(*slices, w, b, dw, db)
+
+        return lax.scan(body, dw, (*fixed, stack(dh)))[1]
+
+    tangent = compat.linear_call(tangent_map, dh, dw, db)
     return value, jax.tree.map(lambda t: t.reshape(count * chunk)[:n], tangent)
 
 

@@ -27,7 +27,7 @@ try:
     from flax import nnx
 except ImportError as err:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
-        "`jaxloss.flax` needs flax (>= 0.12.8): `pip install 'jaxloss[flax]'`. The rest of "
+        "`jaxloss.flax` needs flax (>= 0.12.6): `pip install 'jaxloss[flax]'`. The rest of "
         "jaxloss works without it."
     ) from err
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from sklearn.linear_model import ElasticNet
 
 import jaxloss
+from jaxloss import _compat
 
 RNG = np.random.default_rng(0)
 PARAMS = {
@@ -104,7 +105,10 @@ def test_weight_matrix_mask_on_nnx_module_state_and_pure_state(nnx_model):
     params = nnx.state(nnx_model, nnx.Param)
     assert jaxloss.resolve_mask(params, jaxloss.weight_matrix_mask) == NNX_MATRICES
     assert jaxloss.resolve_mask(nnx_model, jaxloss.weight_matrix_mask) == NNX_MATRICES
-    assert jaxloss.resolve_mask(nnx.as_pure(params), jaxloss.weight_matrix_mask) == NNX_MATRICES
+    assert (
+        jaxloss.resolve_mask(_compat.nnx_as_pure(params), jaxloss.weight_matrix_mask)
+        == NNX_MATRICES
+    )
 
 
 def test_nnx_batch_statistics_are_never_penalized(nnx_model):
@@ -155,7 +159,7 @@ def test_tree_of_bools_and_prefix_masks(nnx_model, linen_variables):
     assert jaxloss.resolve_mask(params, tree) == NNX_MATRICES
     # A mask built from the Variable-wrapped state applies to the pure state (what
     # nnx.Optimizer hands to optax) as well.
-    assert jaxloss.resolve_mask(nnx.as_pure(params), tree) == NNX_MATRICES
+    assert jaxloss.resolve_mask(_compat.nnx_as_pure(params), tree) == NNX_MATRICES
     linen = linen_variables["params"]
     prefix = {k: k.startswith("Dense") for k in linen}
     got = jaxloss.resolve_mask(linen, prefix)
