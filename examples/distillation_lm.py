@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
+from _transformer import CausalTransformer
 from flax import nnx
 
 import jaxloss
@@ -112,35 +113,12 @@ class Grammar:
 # --- The models ------------------------------------------------------------------------
 
 
-class Block(nnx.Module):
-    def __init__(self, width: int, heads: int, rngs: nnx.Rngs):
-        self.norm1 = nnx.LayerNorm(width, rngs=rngs)
-        self.attention = nnx.MultiHeadAttention(heads, width, decode=False, rngs=rngs)
-        self.norm2 = nnx.LayerNorm(width, rngs=rngs)
-        self.up = nnx.Linear(width, 4 * width, rngs=rngs)
-        self.down = nnx.Linear(4 * width, width, rngs=rngs)
-
-    def __call__(self, x, mask):
-        x = x + self.attention(self.norm1(x), mask=mask)
-        return x + self.down(nnx.gelu(self.up(self.norm2(x))))
-
-
-class LanguageModel(nnx.Module):
+class LanguageModel(CausalTransformer):
     """A causal transformer; ``hidden``: the last layer's states, ``weight``: the LM head."""
 
     def __init__(self, vocab: int, length: int, width: int, layers: int, heads: int, rngs):
-        self.embed = nnx.Embed(vocab, width, rngs=rngs)
-        self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (length, width)))
-        self.blocks = nnx.List([Block(width, heads, rngs) for _ in range(layers)])
-        self.norm = nnx.LayerNorm(width, rngs=rngs)
+        super().__init__(vocab, length, width, layers, heads, rngs)
         self.head = nnx.Linear(width, vocab, use_bias=False, rngs=rngs)
-
-    def hidden(self, tokens):
-        x = self.embed(tokens) + self.position[: tokens.shape[-1]]
-        mask = nnx.make_causal_mask(tokens)
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.norm(x)
 
     @property
     def weight(self):

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
+from _transformer import CausalTransformer
 from flax import nnx
 
 import jaxloss
@@ -91,42 +92,17 @@ def split_sequences(tokens):
 # --------------------------------------------------------------------------------------
 
 
-class Block(nnx.Module):
-    def __init__(self, width: int, heads: int, rngs: nnx.Rngs):
-        self.norm1 = nnx.LayerNorm(width, rngs=rngs)
-        self.attention = nnx.MultiHeadAttention(
-            heads, width, decode=False, keep_rngs=False, rngs=rngs
-        )
-        self.norm2 = nnx.LayerNorm(width, rngs=rngs)
-        self.up = nnx.Linear(width, 4 * width, rngs=rngs)
-        self.down = nnx.Linear(4 * width, width, rngs=rngs)
-
-    def __call__(self, x, mask):
-        x = x + self.attention(self.norm1(x), mask=mask)
-        return x + self.down(nnx.gelu(self.up(self.norm2(x))))
-
-
-class TinyLM(nnx.Module):
-    """A causal transformer returning the last hidden states; logits = hidden · embeddingᵀ."""
+class TinyLM(CausalTransformer):
+    """A causal transformer over the digits; logits = hidden · embeddingᵀ (tied)."""
 
     def __init__(self, width: int, layers: int, heads: int, rngs: nnx.Rngs):
-        self.embed = nnx.Embed(VOCAB, width, rngs=rngs)
-        self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (LENGTH, width)))
-        self.blocks = nnx.List([Block(width, heads, rngs) for _ in range(layers)])
-        self.norm = nnx.LayerNorm(width, rngs=rngs)
-
-    def __call__(self, tokens):
-        x = self.embed(tokens) + self.position[: tokens.shape[-1]]
-        mask = nnx.make_causal_mask(tokens)
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.norm(x)
+        super().__init__(VOCAB, LENGTH, width, layers, heads, rngs)
 
 
 def hidden_and_weight(graphdef, params, inputs):
     """The last hidden states [N, T, D] and the tied output weight [V, D]."""
     model = nnx.merge(graphdef, params)
-    return model(inputs), model.embed.embedding[...]
+    return model.hidden(inputs), model.embed.embedding[...]
 
 
 def sample(graphdef, params, first, seed):

@@ -410,15 +410,19 @@ def weighted_sum(cfg: Config, h, w, b, xs, scale, consts=()):
     return jnp.sum(scale * _forward(cfg, h, w, b, xs, consts)[0])
 
 
-def _weighted_sum_jvp(cfg: Config, primals, tangents):
-    # The tangent map is ⟨∇h, dh⟩ + ⟨∇W, dW⟩ + ⟨∇b, db⟩ + ⟨value, d scale⟩ with the
-    # gradients computed here, in the forward pass; reverse mode transposes it into a
-    # product with the output cotangent, so the backward pass does no further work on
-    # the logits. The per-token inputs ``xs`` and the ``consts`` are constants.
+def _one_pass_jvp(values_and_grads, cfg: Config, primals, tangents):
+    """The tangent rule of `weighted_sum` and `grouped_sum`, whose ``values_and_grads``
+    (`_forward_and_grads`, `_grouped`) form the gradients in the forward pass.
+
+    The tangent map is ⟨∇h, dh⟩ + ⟨∇W, dW⟩ + ⟨∇b, db⟩ + ⟨value, d scale⟩ with the
+    gradients computed here; reverse mode transposes it into a product with the output
+    cotangent, so the backward pass does no further work on the logits. The per-token
+    inputs ``xs`` and the ``consts`` are constants.
+    """
     h, w, b, xs, scale, consts = primals
     dh, dw, db, _, dscale, _ = tangents
     need = (not _zero(dh), not _zero(dw), b is not None and not _zero(db))
-    value, gh, gw, gb = _forward_and_grads(cfg, h, w, b, xs, consts, scale, need)
+    value, gh, gw, gb = values_and_grads(cfg, h, w, b, xs, consts, scale, need)
     out = jnp.sum(scale * value)
     parts = [_vdot(g, d) for g, d in zip((gh, gw, gb), (dh, dw, db), strict=True) if g is not None]
     # A sum of arrays is an array (`sum` starts at the int 0, which typeshed keeps).
@@ -428,7 +432,7 @@ def _weighted_sum_jvp(cfg: Config, primals, tangents):
     return out, tangent
 
 
-weighted_sum.defjvp(_weighted_sum_jvp, symbolic_zeros=True)
+weighted_sum.defjvp(functools.partial(_one_pass_jvp, _forward_and_grads), symbolic_zeros=True)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -560,7 +564,7 @@ def _of_group(x: jax.Array, segments: int, n_groups: int, seg_len: int, i) -> ja
     return lax.dynamic_index_in_dim(x, i, axis=1, keepdims=False)
 
 
-def _grouped(cfg: Config, h, w, b, xs, scale, consts, need: tuple[bool, bool, bool]):
+def _grouped(cfg: Config, h, w, b, xs, consts, scale, need: tuple[bool, bool, bool]):
     """Per-group values and the gradients of Σ_g scale_g·value_g, all in one pass.
 
     Each group's segments are processed ``cfg.chunk`` tokens at a time (chunks within a
@@ -644,24 +648,10 @@ def _grouped(cfg: Config, h, w, b, xs, scale, consts, need: tuple[bool, bool, bo
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def grouped_sum(cfg: Config, h, w, b, xs, scale, consts=()):
     """Σ_g scale_g·value_g over the groups of a `GroupLoss` (``scale`` [G])."""
-    return jnp.sum(scale * _grouped(cfg, h, w, b, xs, scale, consts, (False, False, False))[0])
+    return jnp.sum(scale * _grouped(cfg, h, w, b, xs, consts, scale, (False, False, False))[0])
 
 
-def _grouped_sum_jvp(cfg: Config, primals, tangents):
-    # As `weighted_sum`: the gradients are formed in the forward pass.
-    h, w, b, xs, scale, consts = primals
-    dh, dw, db, _, dscale, _ = tangents
-    need = (not _zero(dh), not _zero(dw), b is not None and not _zero(db))
-    value, gh, gw, gb = _grouped(cfg, h, w, b, xs, scale, consts, need)
-    out = jnp.sum(scale * value)
-    parts = [_vdot(g, d) for g, d in zip((gh, gw, gb), (dh, dw, db), strict=True) if g is not None]
-    tangent = cast(jax.Array, sum(parts)) if parts else jnp.zeros_like(out)
-    if not _zero(dscale):
-        tangent = tangent + _vdot(value, dscale)
-    return out, tangent
-
-
-grouped_sum.defjvp(_grouped_sum_jvp, symbolic_zeros=True)
+grouped_sum.defjvp(functools.partial(_one_pass_jvp, _grouped), symbolic_zeros=True)
 
 
 # Called eagerly, the chunk loops would be traced and compiled on every call; jitted,
