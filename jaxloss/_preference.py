@@ -929,40 +929,13 @@ def fused_linear_preference_loss(
     C.check_class_ids(labels, ignore_index, where)
     dtype = C.compute_dtype(*(x for x in (hidden, weight, bias) if x is not None))
 
+    # The same inputs for both: per pair (via fused token log-probabilities), or the
+    # sum/mean with the gradients formed in the same pass.
+    inputs = (spec, hidden, weight, labels, bias, weight_layout, chunk_size, keep, kind)
+    inputs += (ref_logps, ref_h, ref_w, ref_b, dtype)
     if reduction == "none":
-        return _per_pair(
-            spec,
-            hidden,
-            weight,
-            labels,
-            bias,
-            weight_layout,
-            chunk_size,
-            keep,
-            kind,
-            ref_logps,
-            ref_h,
-            ref_w,
-            ref_b,
-            dtype,
-        )
-    return _fused_total(
-        spec,
-        hidden,
-        weight,
-        labels,
-        bias,
-        weight_layout,
-        chunk_size,
-        keep,
-        kind,
-        ref_logps,
-        ref_h,
-        ref_w,
-        ref_b,
-        dtype,
-        reduction,
-    )
+        return _per_pair(*inputs)
+    return _fused_total(*inputs, reduction)
 
 
 def _per_pair(
