@@ -81,11 +81,12 @@ def default_chunk(n_tokens: int, v_local: int) -> int:
     return max(1, min(chunk, n_tokens))
 
 
-def _default_block(d: int, v_local: int) -> int:
-    """Vocabulary entries per weight-gradient update: all of them on a GPU or TPU."""
+def _default_block(d: int, v_local: int, fraction: float = 1.0) -> int:
+    """Vocabulary entries per weight-gradient update: a [D, block] float32 array of about
+    ``fraction``·8 MiB on the CPU; all of them on a GPU or TPU."""
     if _on_accelerator():
         return max(1, v_local)
-    block = max(8, _BLOCK_BYTES // (4 * max(d, 1)))
+    block = max(8, int(fraction * _BLOCK_BYTES) // (4 * max(d, 1)))
     return max(1, min(1 << (block.bit_length() - 1), v_local))
 
 
@@ -255,6 +256,23 @@ def _weight_tangent(cfg: Config, h: jax.Array, dw: jax.Array):
         return dw + 0, z + lax.dynamic_update_slice_in_dim(zeros, blk, start, 1)
 
     return _over_blocks(v, cfg.block, body, (dw, zeros))
+
+
+def in_place(cfg: Config, z: jax.Array, fn) -> jax.Array:
+    """fn(z) for an elementwise ``fn`` of a chunk's logits z [n, V], written over z a
+    vocabulary block at a time: XLA updates z in place, where ``fn(z)`` whole would be a
+    second [n, V] array beside it. Provided z is not read after, and ``fn`` depends on
+    every other value read from z (else XLA copies z first, to keep it for those reads).
+    """
+
+    def body(z, start, fresh):
+        blk = lax.dynamic_slice_in_dim(z, start, cfg.block, 1)
+        new = fn(blk)
+        if fresh is not None:  # entries an earlier block already mapped
+            new = jnp.where(fresh, new, blk)
+        return lax.dynamic_update_slice_in_dim(z, new.astype(z.dtype), start, 1)
+
+    return _over_blocks(z.shape[1], cfg.block, body, z)
 
 
 # --------------------------------------------------------------------------------------
@@ -533,6 +551,10 @@ class GroupLoss(Protocol):
     segments: int
     seg_len: int
     n_values: int  # 1: `backward` returns one (g, row) pair
+    # The index in the per-token inputs of a boolean mask of the kept tokens, or None:
+    # each chunk's hidden rows of the dropped tokens are zeroed (where the caller would
+    # need a masked copy of all of them), and their a_t must be 0.
+    keep: int | None
 
     @property
     def n_buffers(self) -> int:
@@ -570,8 +592,8 @@ def _grouped(cfg: Config, h, w, b, xs, consts, scale, need: tuple[bool, bool, bo
     Each group's segments are processed ``cfg.chunk`` tokens at a time (chunks within a
     segment). The weight and bias gradients of a group are accumulated with their known
     factors a_t in K buffers, and added to the totals scaled by δ once the group ends;
-    the rows of ∂/∂h are stored without a_t·δ and scaled at the end. Memory: K [D, V]
-    buffers (and K [V]) besides the gradients themselves and one chunk's logits.
+    the rows of ∂/∂h are stored without a_t·δ and scaled in place when it ends. Memory:
+    K [D, V] buffers (and K [V]) besides the gradients themselves and one chunk's logits.
     Returns (value [G], ∂/∂h [N, D] or None, ∂/∂W or None, ∂/∂b or None).
     """
     loss = cfg.loss
@@ -586,7 +608,7 @@ def _grouped(cfg: Config, h, w, b, xs, consts, scale, need: tuple[bool, bool, bo
     token = _token_zeros(cfg, (n,), h, w, b, xs)
 
     def group(i, carry):
-        stats, value, coef, gh, gw, gb = carry
+        stats, value, gh, gw, gb = carry
         xs_g = tuple(_of_group(x, n_seg, n_groups, seg_len, i) for x in xs)
         a = loss.factors(cfg, xs_g)  # cheap: from the per-token inputs only
         bufs = [_zeros(w.shape, cfg.dtype, *everything) if need_w else None] * k_buf
@@ -600,6 +622,8 @@ def _grouped(cfg: Config, h, w, b, xs, consts, scale, need: tuple[bool, bool, bo
                 pos = offset + start
                 h_c = lax.dynamic_slice_in_dim(h, pos, chunk)
                 xs_c = tuple(lax.dynamic_slice_in_dim(x, pos, chunk) for x in xs)
+                if loss.keep is not None:
+                    h_c = jnp.where(xs_c[loss.keep][:, None], h_c, jnp.zeros((), h_c.dtype))
                 z, t = _logits(cfg, h_c, w, b)
                 out = loss.forward(cfg, z, xs_c, b, consts)
                 stats = tuple(_put(st, o, pos) for st, o in zip(stats, out, strict=True))
@@ -625,23 +649,22 @@ def _grouped(cfg: Config, h, w, b, xs, consts, scale, need: tuple[bool, bool, bo
                 gw = gw + sum(factor[j] * bufs[j] for j in range(k_buf))
             if need_b:
                 gb = gb + sum(factor[j] * bbufs[j] for j in range(k_buf))
-            if need_h:
+            if need_h:  # the group's rows of ∂/∂h, scaled in place
                 for s in range(n_seg):
                     offset = (s * n_groups + i) * seg_len
-                    coef = _put(coef, factor[loss.buffer(s)] * a[s], offset)
-        return stats, value, coef, gh, gw, gb
+                    rows = lax.dynamic_slice_in_dim(gh, offset, seg_len)
+                    coef = factor[loss.buffer(s)] * a[s]
+                    gh = _put(gh, coef[:, None] * rows, offset)
+        return stats, value, gh, gw, gb
 
     init = (
         tuple(token.astype(dtype) for dtype in loss.dtypes(cfg)),
         _zeros((n_groups,), cfg.dtype, *everything),
-        token if need_h else None,
         _zeros((n, d), cfg.dtype, *everything) if need_h else None,
         _zeros(w.shape, cfg.dtype, *everything) if need_w else None,
         _zeros((v,), cfg.dtype, *everything) if need_b else None,
     )
-    _, value, coef, gh, gw, gb = lax.fori_loop(0, n_groups, group, init)
-    if need_h:
-        gh = coef[:, None] * gh
+    _, value, gh, gw, gb = lax.fori_loop(0, n_groups, group, init)
     return value, gh, gw, gb
 
 
@@ -779,6 +802,18 @@ def explicit_mesh(*arrays):
     return None
 
 
+def mesh_axes(entries) -> tuple:
+    """The mesh axis names of PartitionSpec entries (None, a name, or a tuple of names)."""
+    return tuple(a for e in entries if e is not None for a in (e if isinstance(e, tuple) else (e,)))
+
+
+def put(mesh, x, spec):
+    """``x`` resharded to ``spec`` on ``mesh`` (None stays None)."""
+    if x is None:
+        return None
+    return jax.sharding.reshard(jnp.asarray(x), jax.sharding.NamedSharding(mesh, spec))
+
+
 def per_device(
     function, mesh, hidden, *, shared: dict, tokens: dict, options: dict, per_token, rows=None
 ):
@@ -796,29 +831,18 @@ def per_device(
     hidden = jnp.asarray(hidden)
     spec = jax.typeof(hidden).sharding.spec
     token_axes = tuple(spec)[: hidden.ndim - 1] if hidden.ndim else ()
-    axes = tuple(
-        a
-        for entry in token_axes
-        if entry is not None
-        for a in (entry if isinstance(entry, tuple) else (entry,))
-    )
+    axes = mesh_axes(token_axes)
     token_spec, row_spec = P(*token_axes), P(*token_axes, None)
 
-    def put(x, spec):
-        if x is None:
-            return None
-        x = jnp.asarray(x)
-        if spec is not None and x.ndim != len(spec):
-            x = jnp.broadcast_to(x, hidden.shape[:-1])
-        return jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, spec or P()))
-
-    inputs = {"hidden": put(hidden, row_spec)}
+    inputs = {"hidden": put(mesh, hidden, row_spec)}
     specs = {"hidden": row_spec}
-    for group, spec in ((shared, None), (tokens, token_spec), (rows or {}, row_spec)):
+    groups = ((shared, P(), False), (tokens, token_spec, True), (rows or {}, row_spec, False))
+    for group, spec, per_token_input in groups:
         for key, x in group.items():
             if x is not None:
-                inputs[key] = put(x, spec)
-                specs[key] = spec or P()
+                if per_token_input and jnp.ndim(x) != len(spec):  # given broadcastable
+                    x = jnp.broadcast_to(x, hidden.shape[:-1])
+                inputs[key], specs[key] = put(mesh, x, spec), spec
 
     def local(inputs):
         return function(**inputs, **options, batch_axis_name=axes or None)

@@ -79,11 +79,16 @@ class TokenLogProbs:
         lse, on = saved[:2]
         local, here, valid = E.targets(cfg, labels, z.shape[1], self.n_classes)
         row = jnp.where(valid, jnp.where(on, 1.0, 0.0), jnp.nan).astype(cfg.dtype)
-        p = jnp.exp(z - lse[:, None])
-        rows = jnp.arange(z.shape[0])
-        g = (-p).at[rows, local].add(jnp.where(here, 1.0, 0.0).astype(cfg.dtype))
+        rows, one = jnp.arange(z.shape[0]), jnp.where(here, 1.0, 0.0).astype(cfg.dtype)
         if not self.entropy:
-            return g, row
+            # −p written over z (one [chunk, V] array, not two). It is set to 0 on the
+            # rows where ``on`` is False (their row factor is 0 anyway): reading ``on``,
+            # which comes from z's entry at the label, orders this after every read of z.
+            minus_p = lambda zb: jnp.where(on[:, None], -jnp.exp(zb - lse[:, None]), 0.0)  # noqa: E731
+            g = E.in_place(cfg, z, minus_p)
+            return g.at[rows, local].add(one), row
+        p = jnp.exp(z - lse[:, None])
+        g = (-p).at[rows, local].add(one)
         entropy = saved[2]
         g_h = -(self._p_log_p(z, lse) + p * entropy[:, None])
         return (g, row), (g_h, jnp.ones_like(row))

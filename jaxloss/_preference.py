@@ -17,12 +17,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Hashable
 from typing import TypeGuard, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from jaxloss import _conventions as C
 from jaxloss import _engine as E
@@ -592,21 +594,24 @@ class PairPreference:
     chosen and the rejected sequence ([2B, T] tokens: the B chosen, then the B rejected).
 
     Per-token inputs ``xs``: (labels, keep[, reference]), the reference being the
-    reference model's hidden state of each token (``reference="hidden"``, with its weight
-    and bias in ``consts``) or its sequence log-probabilities placed on each sequence's
-    first token (``reference="logps"``). Per-token statistics: (log p_t, the reference's
-    log p_t, lse, on). With S_c, S_r the sequences' log-probabilities (Σ a_t·log p_t over
-    kept tokens, a_t = 1 or 1/count), ∂ℓ/∂log p_t = (∂ℓ/∂S)·a_t: for a loss of the gap
-    S_c − S_r alone (DPO, SimPO, CPO without the NLL term) ∂ℓ/∂S_r = −∂ℓ/∂S_c, so one
-    deferred factor (and one [D, V] buffer) serves both sequences, the sign in a_t.
+    reference model's log-probability of each token (``reference="tokens"``, computed
+    from its hidden states in a pass of their own before this one, so that its logits
+    and the policy's are never held at once) or its sequence log-probabilities placed on
+    each sequence's first token (``reference="logps"``). Per-token statistics: (log p_t,
+    the reference's log p_t, lse, on). With S_c, S_r the sequences' log-probabilities
+    (Σ a_t·log p_t over kept tokens, a_t = 1 or 1/count), ∂ℓ/∂log p_t = (∂ℓ/∂S)·a_t: for
+    a loss of the gap S_c − S_r alone (DPO, SimPO, CPO without the NLL term) ∂ℓ/∂S_r =
+    −∂ℓ/∂S_c, so one deferred factor (and one [D, V] buffer) serves both sequences, the
+    sign in a_t.
     """
 
     n_classes: int
     seg_len: int  # T
     spec: _PairSpec
-    reference: str  # "none", "logps" or "hidden"
+    reference: str  # "none", "logps" or "tokens"
     segments = 2
     n_values = 1  # one gradient per token (for the engine's `_grad_logits`)
+    keep = 1  # xs[1]: the engine zeroes the dropped tokens' hidden rows chunk by chunk
 
     @property
     def n_buffers(self) -> int:
@@ -623,16 +628,8 @@ class PairPreference:
         return TokenLogProbs(n_classes=self.n_classes, entropy=False)
 
     def forward(self, cfg, z, xs, b=None, consts=()):
-        labels = xs[0]
-        log_p, lse, on = self._tokens().forward(cfg, z, (labels,))
-        if self.reference == "hidden":
-            w_ref, b_ref = consts
-            z_ref = E._logits(cfg, xs[2], w_ref, b_ref)[0]
-            ref = lax.stop_gradient(self._tokens().forward(cfg, z_ref, (labels,))[0])
-        elif self.reference == "logps":
-            ref = xs[2]
-        else:
-            ref = jnp.zeros_like(log_p)
+        log_p, lse, on = self._tokens().forward(cfg, z, xs[:1])
+        ref = jnp.zeros_like(log_p) if self.reference == "none" else xs[2]
         return log_p, ref, lse, on
 
     def backward(self, cfg, z, stats, xs, b=None, consts=()):
@@ -658,7 +655,7 @@ class PairPreference:
         a = a.astype(cfg.dtype)
         log_p, ref = stats[:2]
         seq = jnp.sum(jnp.where(keep, a * log_p, 0.0), axis=-1)
-        if self.reference == "hidden":
+        if self.reference == "tokens":
             ref = jnp.sum(jnp.where(keep, a * ref, 0.0), axis=-1)
         else:  # the sequences' values on their first tokens (or 0)
             ref = jnp.sum(ref, axis=-1)
@@ -772,8 +769,10 @@ def fused_linear_preference_loss(
     nll_weight: float = 0.0,
     ignore_index: int | None = None,
     where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
     chunk_size: int | None = None,
     reduction: str = "mean",
+    batch_axis_name: Hashable | None = None,
 ) -> jax.Array:
     """DPO, SimPO, ORPO or CPO loss of ``hidden @ weight`` per pair of sequences, no logits formed.
 
@@ -795,19 +794,29 @@ def fused_linear_preference_loss(
     chunk of tokens at a time, the weight and bias gradients of its tokens accumulated with
     their a_t in a [D, V] buffer and added to the totals, scaled by ∂ℓ/∂S, when the pair
     ends: one pass, the three matrix products of the plain forward and backward pass (and
-    one for the reference model's log-probabilities). DPO, SimPO and CPO are functions of
+    one, in a chunked pass of its own before it, for the reference model's
+    log-probabilities). DPO, SimPO and CPO are functions of
     S_c − S_r, whose two partial derivatives are opposite, so one buffer serves both
     sequences; ORPO and an ``nll_weight`` need two. ``reduction="none"`` (per-pair losses,
     whose cotangents arrive in the backward pass) takes `fused_linear_token_log_probs`
     (which recomputes each chunk's logits in the backward pass), then the pair loss.
 
-    Memory: one or two [D, V] float32 buffers, a [chunk, V] block or two, and per-token
-    vectors. The default chunk is half of `fused_linear_cross_entropy`'s (on the CPU, a
-    block of about 8 MiB: 64 tokens at V = 32768), at most a sequence. Measured on the CPU
-    for 4 pairs of T = 512 tokens, D = 512, V = 32768, float32, the reference as hidden
-    states (``benchmarks/post_training.py``): 89 MiB of XLA temp memory against 1536 MiB
-    for the materialized computation (1/17), at 0.88× and 1.14× its time (two runs on a
-    loaded 2-core machine); 128-token chunks ran about 10% faster in 104 MiB.
+    Memory: one or two [D, V] float32 buffers, one [chunk, V] block of logits (their
+    gradient is written over them; the reference's logits are never held beside the
+    policy's), [D, block] temporaries of half the engine's size, and per-token vectors.
+    The default chunk is `fused_linear_cross_entropy`'s (on the CPU, a block of about
+    16 MiB: 128 tokens at V = 32768), at most a sequence. Measured on the CPU for 4 pairs
+    of T = 512 tokens, D = 512, V = 32768, float32, the reference as hidden states
+    (``benchmarks/post_training.py``, 2 cores, load ~1.9): 91 MiB of XLA temp memory
+    against 1536 MiB for the materialized computation (1/17; 1/68 at 16 pairs), at 0.94×
+    its time.
+
+    Sharding: inside ``shard_map``, each device passes its own pairs (its chosen, then its
+    rejected sequences) and ``batch_axis_name`` names the mesh axes the pairs are split
+    over: ``"sum"`` and ``"mean"`` are then taken over every device's pairs. Inputs sharded
+    over a mesh of explicit axes need nothing: the sequences are regrouped by pair (a
+    copy of the [2B, T, D] inputs through a replicated one) and each device loops over
+    its own pairs, the per-pair results ([B]) in the pairs' order.
 
     Inputs: the layout TRL and Liger Kernel use, the B chosen sequences first, then the B
     rejected ones. A token is kept where ``where`` is True and its label is not
@@ -815,8 +824,8 @@ def fused_linear_preference_loss(
     gets exactly zero gradient, even if NaN. The reference model gets no gradient: either
     its per-sequence log-probabilities (``reference_logps``, summed or averaged as the
     policy's) or its hidden states and head (``reference_hidden``, ``reference_weight``,
-    ``reference_bias``, in ``weight_layout`` too), whose log-probabilities are computed in
-    the same chunks.
+    ``reference_bias``, in ``weight_layout`` too), whose log-probabilities are computed a
+    chunk at a time as the policy's.
 
     Args:
       hidden: h, floating [2B, T, D]: the policy's final hidden states of the B chosen
@@ -840,8 +849,12 @@ def fused_linear_preference_loss(
       nll_weight: λ ≥ 0, the weight of the chosen sequences' token-mean cross-entropy.
       ignore_index: optional label id (e.g. −100) whose tokens are dropped.
       where: optional boolean mask broadcastable to [2B, T]; True keeps a token.
+      weights: optional non-negative weights of the pairs, broadcastable to [B]: w·ℓ per
+        pair, Σ w·ℓ, or Σ w·ℓ / Σ w (0 if Σ w = 0), as every loss's ``weights``.
       chunk_size: tokens per chunk (a Python int), within a sequence; default as above.
       reduction: ``"mean"`` over pairs (default, as the trainers), ``"sum"`` or ``"none"``.
+      batch_axis_name: inside ``shard_map``, the mesh axis (or axes) the pairs are split
+        over (see Sharding above); None otherwise.
 
     Returns:
       A scalar for ``"sum"``/``"mean"``, else the per-pair losses [B]; float32, or float64
@@ -927,15 +940,106 @@ def fused_linear_preference_loss(
         keep = ~ignored if keep is None else keep & ~ignored
     keep = None if keep is None else jnp.broadcast_to(keep, batch)
     C.check_class_ids(labels, ignore_index, where)
-    dtype = C.compute_dtype(*(x for x in (hidden, weight, bias) if x is not None))
+    weights = C.check_weights(weights, (n_pairs,))
+    if weights is not None:
+        weights = jnp.broadcast_to(weights, (n_pairs,))
+    arrays = dict(hidden=hidden, labels=labels, keep=keep, ref_logps=ref_logps, ref_h=ref_h)
+    arrays |= dict(weights=weights, weight=weight, bias=bias, ref_w=ref_w, ref_b=ref_b)
+    options = dict(spec=spec, layout=weight_layout, chunk_size=chunk_size, kind=kind)
+    options |= dict(
+        dtype=C.compute_dtype(*(x for x in (hidden, weight, bias) if x is not None)),
+        reduction=reduction,
+    )
+    if batch_axis_name is None:
+        mesh = E.explicit_mesh(*(x for x in arrays.values() if x is not None))
+        if mesh is not None:
+            return _pairs_per_device(mesh, arrays, options)
+    return _preference(**arrays, **options, batch_axis_name=batch_axis_name)
 
-    # The same inputs for both: per pair (via fused token log-probabilities), or the
-    # sum/mean with the gradients formed in the same pass.
-    inputs = (spec, hidden, weight, labels, bias, weight_layout, chunk_size, keep, kind)
+
+# The inputs with one entry per sequence ([2B, ...]: the chosen, then the rejected), and
+# those with one per pair ([B]); the others are shared by every pair.
+_PER_SEQUENCE = ("hidden", "labels", "keep", "ref_logps", "ref_h")
+_PER_PAIR = ("weights",)
+
+
+def _pairs_per_device(mesh, arrays: dict, options: dict):
+    """The loss of explicitly sharded inputs: data parallel over whole pairs.
+
+    Sharding the [2B, ...] sequences over devices would give some devices chosen sequences
+    only and others their rejected ones; the loss needs both of a pair on one device. So
+    the sequences are regrouped by pair ([B, 2, ...], a copy through a replicated array)
+    and sharded over the mesh axes of ``hidden``'s first axis, each device runs the loss
+    on its own pairs in ``shard_map`` with ``batch_axis_name`` set to those axes (the
+    mean over all pairs), and the per-pair results come back in the pairs' order.
+    """
+    hidden = arrays["hidden"]
+    axes = E.mesh_axes(tuple(jax.typeof(hidden).sharding.spec)[:1])
+    n_pairs = hidden.shape[0] // 2
+    devices = math.prod(mesh.shape[a] for a in axes)
+    if n_pairs % devices:
+        raise ValueError(
+            f"`hidden`'s {2 * n_pairs} sequences are sharded over {devices} devices (mesh "
+            f"axes {axes}); each device needs whole pairs, so the {n_pairs} pairs must "
+            f"divide evenly among them."
+        )
+    by_pair, shared = P(axes or None), P()
+
+    def regroup(x):  # [2B, ...] → [B, 2, ...], pairs sharded
+        x = E.put(mesh, x, shared).reshape((2, n_pairs) + x.shape[1:])
+        return E.put(mesh, jnp.swapaxes(x, 0, 1), by_pair)
+
+    def ungroup(x):  # a device's [b, 2, ...] → [2b, ...]
+        return jnp.swapaxes(x, 0, 1).reshape((2 * x.shape[0],) + x.shape[2:])
+
+    inputs, specs = {}, {}
+    for key, x in arrays.items():
+        if x is None:
+            continue
+        if key in _PER_SEQUENCE:
+            inputs[key], specs[key] = regroup(x), by_pair
+        else:
+            spec = by_pair if key in _PER_PAIR else shared
+            inputs[key], specs[key] = E.put(mesh, x, spec), spec
+
+    def local(inputs):
+        local_arrays = dict.fromkeys(arrays)
+        for key, x in inputs.items():
+            local_arrays[key] = ungroup(x) if key in _PER_SEQUENCE else x
+        return _preference(**local_arrays, **options, batch_axis_name=axes or None)
+
+    out = by_pair if options["reduction"] == "none" else shared
+    return jax.shard_map(local, mesh=mesh, in_specs=(specs,), out_specs=out)(inputs)
+
+
+def _preference(
+    hidden,
+    labels,
+    keep,
+    ref_logps,
+    ref_h,
+    weights,
+    weight,
+    bias,
+    ref_w,
+    ref_b,
+    *,
+    spec,
+    layout,
+    chunk_size,
+    kind,
+    dtype,
+    reduction,
+    batch_axis_name,
+):
+    """The loss of validated (local) inputs: per pair (via fused token log-probabilities),
+    or the sum/mean with the gradients formed in the same pass."""
+    inputs = (spec, hidden, weight, labels, bias, layout, chunk_size, keep, kind)
     inputs += (ref_logps, ref_h, ref_w, ref_b, dtype)
     if reduction == "none":
-        return _per_pair(*inputs)
-    return _fused_total(*inputs, reduction)
+        out = _per_pair(*inputs)
+        return out if weights is None else out * weights.astype(out.dtype)
+    return _fused_total(*inputs, reduction, weights, batch_axis_name)
 
 
 def _per_pair(
@@ -958,10 +1062,7 @@ def _per_pair(
     exact for any loss of them), then the sequences' and the pair loss."""
 
     def sequences(h, w, b):
-        log_p = fused_linear_token_log_probs(
-            h, w, labels, bias=b, weight_layout=layout, chunk_size=chunk_size, where=keep
-        )
-        log_p = cast(jax.Array, log_p)  # one array: no entropy asked for
+        log_p = _token_log_probs(h, w, b, labels, layout, chunk_size, keep)
         return sequence_log_probs(log_p, where=keep, average=spec.average).astype(dtype)
 
     seq = sequences(hidden, weight, bias)
@@ -976,6 +1077,14 @@ def _per_pair(
     else:
         count_c = jnp.sum(keep[:b], axis=-1).astype(dtype)
     return spec(seq[:b], seq[b:], ref[:b], ref[b:], count_c)
+
+
+def _token_log_probs(h, w, b, labels, layout, chunk_size, keep) -> jax.Array:
+    """log p_t [2B, T] of every token, by the engine's per-token path."""
+    log_p = fused_linear_token_log_probs(
+        h, w, labels, bias=b, weight_layout=layout, chunk_size=chunk_size, where=keep
+    )
+    return cast(jax.Array, log_p)  # one array: no entropy asked for
 
 
 def _fused_total(
@@ -994,40 +1103,47 @@ def _fused_total(
     ref_b,
     dtype,
     reduction,
+    weights,
+    batch_axis_name,
 ):
-    """The sum or mean over pairs, with the gradients formed in the same pass."""
+    """The sum or mean over pairs (those of every device along ``batch_axis_name``),
+    with the gradients formed in the same pass."""
     batch = hidden.shape[:-1]
     d, v = hidden.shape[-1], (weight.shape[1] if layout == "dense" else weight.shape[0])
     n_pairs, seq_len = batch[0] // 2, batch[1]
     n = 2 * n_pairs * seq_len
-    loss = PairPreference(n_classes=v, seg_len=seq_len, spec=spec, reference=kind)
+    reference = {"hidden": "tokens"}.get(kind, kind)
+    loss = PairPreference(n_classes=v, seg_len=seq_len, spec=spec, reference=reference)
     cfg = E.Config(
         layout=layout,
-        # Half the engine's default chunk: the one or two [D, V] buffers of the deferred
-        # factors take the memory of the rest.
-        chunk=E.chunk(chunk_size, n, v)
-        if chunk_size is not None
-        else max(1, E.default_chunk(n, v) // 2),
-        block=E._default_block(d, v),
+        chunk=E.chunk(chunk_size, n, v),
+        # Half the engine's default block: beside the one or two [D, V] buffers of the
+        # deferred factors, the weight-gradient update's [D, block] temporaries then take
+        # a quarter of a [chunk, V] block of logits.
+        block=E._default_block(d, v, 0.5),
         dtype=np.dtype(dtype),
         loss=loss,
     )
     mask = keep
-    h = E.flat_hidden(hidden, weight, mask, batch, d)
+    # No masked copy of the hidden states: the engine zeroes the dropped rows a chunk at
+    # a time (``PairPreference.keep``).
+    h = E.flat_hidden(hidden, weight, None, batch, d)
     ids = _class_ids(labels, v)
     if keep is not None:
         ids = jnp.where(keep, ids, 0)
     else:  # no copy of the hidden states for an all-True mask
         keep = jnp.ones(batch, bool)
     xs = [ids.reshape(n), keep.reshape(n)]
-    consts = ()
     if kind == "hidden":
-        ref_h = E.flat_hidden(ref_h, ref_w, mask, batch, ref_h.shape[-1])
-        xs.append(lax.stop_gradient(ref_h))
-        ref_b = None if ref_b is None else lax.stop_gradient(ref_b)
-        consts = (lax.stop_gradient(ref_w.astype(xs[-1].dtype)), ref_b)
+        # A pass of its own (no derivatives): the reference's logits are never held
+        # beside the policy's.
+        ref = _token_log_probs(ref_h, ref_w, ref_b, labels, layout, chunk_size, mask)
+        xs.append(lax.stop_gradient(ref).astype(dtype).reshape(n))
     elif kind == "logps":
         first = jnp.zeros(batch, dtype).at[:, 0].set(lax.stop_gradient(ref_logps.astype(dtype)))
         xs.append(first.reshape(n))
-    scale = jnp.full((n_pairs,), 1.0 / n_pairs if reduction == "mean" else 1.0, dtype)
-    return E._grouped_sum_jit(cfg, h, weight.astype(h.dtype), bias, tuple(xs), scale, consts)
+    scale = E.token_scale(cfg, None, weights, (n_pairs,), reduction, batch_axis_name)
+    total = E._grouped_sum_jit(cfg, h, weight.astype(h.dtype), bias, tuple(xs), scale)
+    if batch_axis_name is not None:
+        total = lax.psum(total, batch_axis_name)
+    return total

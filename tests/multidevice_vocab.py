@@ -303,6 +303,79 @@ def check_data_parallel(x):
     return results
 
 
+def _preference(hidden, labels, where, ref_hidden, weights, *, weight, ref_weight, **options):
+    return jaxloss.fused_linear_preference_loss(
+        hidden,
+        weight,
+        labels,
+        where=where,
+        reference_hidden=ref_hidden,
+        reference_weight=ref_weight,
+        weights=weights,
+        chunk_size=2,
+        **options,
+    )
+
+
+def check_preference_data_parallel():
+    """8 pairs of 3-token sequences on 8 devices: `fused_linear_preference_loss` with its
+    [16, 3, D] inputs sharded by NamedSharding (chosen rows on devices 0-3, rejected ones
+    on 4-7: the loss regroups them by pair), and inside shard_map with
+    ``batch_axis_name`` on inputs laid out device by device (each device's chosen, then
+    its rejected sequence). Values and gradients against the unsharded loss."""
+    rng = np.random.default_rng(3)
+    b, t = 8, 3
+    keep = rng.random((2 * b, t)) < 0.8
+    keep[:, 0] = False
+    inputs = (
+        rng.normal(size=(2 * b, t, D)),
+        rng.integers(0, V, size=(2 * b, t)),
+        keep,
+        rng.normal(size=(2 * b, t, D)),
+        rng.random(b) + 0.5,
+    )
+    weights = {
+        "weight": jnp.asarray(rng.normal(size=(D, V)) / np.sqrt(D)),
+        "ref_weight": jnp.asarray(rng.normal(size=(D, V)) / np.sqrt(D)),
+    }
+    mesh = jax.make_mesh((8,), ("batch",), (AxisType.Explicit,))
+    results = {}
+    # Device k holds pair k: its chosen sequence, then its rejected one.
+    order = np.stack([np.arange(b), b + np.arange(b)], axis=1).reshape(-1)
+    for reduction in ("mean", "none"):
+        loss = functools.partial(_preference, **weights, reduction=reduction)
+        out_spec = P("batch") if reduction == "none" else P()
+        local = jax.shard_map(
+            functools.partial(loss, batch_axis_name="batch"),
+            mesh=mesh,
+            in_specs=P("batch"),
+            out_specs=out_spec,
+        )
+
+        def value_and_grad(f, args, reduction=reduction):
+            cot = jnp.arange(1.0, 1.0 + b) if reduction == "none" else 1.0
+            return jax.jit(jax.value_and_grad(lambda *a: jnp.sum(cot * f(*a))))(*args)
+
+        single = value_and_grad(loss, [jnp.asarray(x) for x in inputs])
+        sharded = value_and_grad(loss, [_put(mesh, P("batch"), x) for x in inputs])
+        key = f"data_parallel[Explicit,fused_linear_preference_loss[{reduction}]]"
+        results[key] = difference(sharded, single)
+        results[f"sharded_gradient:{key}"] = not sharded[1].sharding.is_fully_replicated
+        per_device = [x[order] if x.shape[0] == 2 * b else x for x in inputs]
+        value, grad = value_and_grad(local, [_put(mesh, P("batch"), x) for x in per_device])
+        key = f"data_parallel[Explicit,fused_linear_preference_loss[shard_map,{reduction}]]"
+        results[key] = difference((value, np.asarray(grad)[np.argsort(order)]), single)
+        results[f"sharded_gradient:{key}"] = not grad.sharding.is_fully_replicated
+    # 6 pairs (12 sequences, 3 per device) do not divide among 4 devices.
+    mesh = jax.make_mesh((4,), ("batch",), (AxisType.Explicit,), devices=jax.devices()[:4])
+    try:
+        _preference(*[_put(mesh, P("batch"), x[:12]) for x in inputs[:4]], None, **weights)
+        results["preference_uneven_pairs_raise"] = False
+    except ValueError as err:
+        results["preference_uneven_pairs_raise"] = "divide evenly" in str(err)
+    return results
+
+
 def main():
     jax.config.update("jax_enable_x64", True)
     x = _inputs(np.random.default_rng(0))
@@ -313,6 +386,7 @@ def main():
         report.update(check_torch_convention(mesh, x))
         report.update(check_vocab_parallel_fused(mesh, x))
         report.update(check_data_parallel(x))
+        report.update(check_preference_data_parallel())
     print(json.dumps(report))
 
 

@@ -157,6 +157,82 @@ def test_fused_equals_materialized_in_value_and_gradients(name):
         _close(g, e)
 
 
+PAIR_WEIGHTS = jnp.asarray([0.5, 0.0, 2.0])  # one pair weighted out
+
+
+@pytest.mark.parametrize("name", ["dpo-sigmoid-ref-hidden", "orpo-nll"])
+def test_pair_weights_in_every_reduction(name):
+    """``weights`` [B]: w·ℓ per pair, Σ w·ℓ, and Σ w·ℓ / Σ w (the conventions' weighted
+    mean), in value and gradients."""
+    options = dict(CASES[name])
+    chunk = options.pop("chunk_size", None)
+    args = (HIDDEN, WEIGHT, BIAS)
+    expected_of = {
+        "none": lambda loss: PAIR_WEIGHTS * loss,
+        "sum": lambda loss: jnp.sum(PAIR_WEIGHTS * loss),
+        "mean": lambda loss: jnp.sum(PAIR_WEIGHTS * loss) / jnp.sum(PAIR_WEIGHTS),
+    }
+    for reduction, expected_fn in expected_of.items():
+
+        def got(h, w, b, r=reduction):
+            out = fused(
+                h, w, b, LABELS, KEEP, chunk_size=chunk, reduction=r, weights=PAIR_WEIGHTS,
+                **options,
+            )  # fmt: skip
+            return jnp.sum(out * jnp.arange(1.0, 1.0 + out.size).reshape(out.shape))
+
+        def want(h, w, b, f=expected_fn):
+            out = f(materialized(h, w, b, LABELS, KEEP, **options))
+            return jnp.sum(out * jnp.arange(1.0, 1.0 + out.size).reshape(out.shape))
+
+        value, grads = _grads(got, *args)
+        expected, expected_grads = _grads(want, *args)
+        _close(value, expected)
+        for g, e in zip(grads, expected_grads, strict=True):
+            _close(g, e)
+
+
+def _one_device_mesh():
+    return jax.make_mesh((1,), ("data",), (jax.sharding.AxisType.Explicit,))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_explicitly_sharded_pairs_and_shard_map(reduction):
+    """Inputs on a mesh of explicit axes (regrouped by pair, looped over per device), and
+    the loss inside shard_map with ``batch_axis_name``: equal to the unsharded loss."""
+    mesh = _one_device_mesh()
+    spec = jax.sharding.PartitionSpec("data")
+
+    def put(x):
+        return jax.device_put(jnp.asarray(x), jax.sharding.NamedSharding(mesh, spec))
+
+    def loss(h, y, keep, rh, w, batch_axis_name=None):
+        return jaxloss.fused_linear_preference_loss(
+            h, WEIGHT, y, where=keep, reference_hidden=rh, reference_weight=REF_WEIGHT,
+            weights=w, chunk_size=2, reduction=reduction, batch_axis_name=batch_axis_name,
+        )  # fmt: skip
+
+    def total(f):
+        return lambda *a: jnp.sum(f(*a) * jnp.arange(1.0, 1.0 + B)[: f(*a).size])
+
+    inputs = (HIDDEN, LABELS, KEEP, REF_HIDDEN, PAIR_WEIGHTS)
+    expected, expected_grad = jax.value_and_grad(total(loss))(*inputs)
+    with jax.set_mesh(mesh):
+        value, grad = jax.jit(jax.value_and_grad(total(loss)))(*map(put, inputs))
+    _close(value, expected)
+    _close(grad, expected_grad)
+    local = jax.shard_map(
+        lambda *a: loss(*a, batch_axis_name="data"),
+        mesh=mesh,
+        in_specs=spec,
+        out_specs=spec if reduction == "none" else jax.sharding.PartitionSpec(),
+    )
+    with jax.set_mesh(mesh):
+        value, grad = jax.jit(jax.value_and_grad(total(local)))(*map(put, inputs))
+    _close(value, expected)
+    _close(grad, expected_grad)
+
+
 def test_dpo_equals_a_numpy_reference_from_the_formula():
     """−log σ(β·[(π_c − ref_c) − (π_r − ref_r)]) of summed kept-token log-probabilities."""
     h, w, b = (np.asarray(x) for x in (HIDDEN, WEIGHT, BIAS))
@@ -290,6 +366,8 @@ def _call(**kwargs):
         (dict(beta=-1.0), ValueError, "beta"),
         (dict(nll_weight=-1.0), ValueError, "nll_weight"),
         (dict(reduction="avg"), ValueError, "reduction"),
+        (dict(weights=jnp.ones(2)), ValueError, "weights"),
+        (dict(weights=-jnp.ones(3)), ValueError, "non-negative"),
     ],
 )
 def test_invalid_inputs_raise(kwargs, error, match):
@@ -307,3 +385,47 @@ def test_vmap_and_gradient_check_of_the_one_pass_path():
     batched = jax.vmap(loss, in_axes=(0, None, 0))(hidden, WEIGHT, labels)
     _close(batched, jnp.stack([loss(hidden[i], WEIGHT, labels[i]) for i in range(2)]))
     check_grads(lambda h, w: loss(h, w, LABELS), (HIDDEN, WEIGHT), order=1, modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize("reference", ["hidden", "logps"])
+def test_memory_one_buffer_and_one_block_of_logits(reference, monkeypatch):
+    """XLA's accounting of the compiled forward + backward pass (nothing is run): beside
+    the one [D, V] buffer of DPO's deferred factor, one [chunk, V] block of logits (the
+    logits' gradient is written over them, and the reference's logits come from a pass
+    of their own, never held beside the policy's) and small [D, block] temporaries; no
+    masked copy of the hidden states ([2B·T, D] is 64 KiB).
+    D = 64, V = 4096: [D, V] is 1 MiB, [chunk, V] 0.5 MiB at chunk = 32."""
+    from jaxloss import _engine as E
+
+    b, t, d, v, chunk = 2, 64, 64, 4096, 32
+    monkeypatch.setattr(E, "_BLOCK_BYTES", 4 * d * 512)  # [D, block] = 64 KiB (half of it)
+    options = dict(chunk_size=chunk)
+    if reference == "hidden":
+        options |= dict(
+            reference_hidden=jax.ShapeDtypeStruct((2 * b, t, d), jnp.float32),
+            reference_weight=jax.ShapeDtypeStruct((d, v), jnp.float32),
+        )
+    else:
+        options |= dict(reference_logps=(jnp.zeros(b), jnp.zeros(b)))
+
+    def loss(h, w, y, keep, *ref):
+        extra = dict(options)
+        if ref:
+            extra |= dict(reference_hidden=ref[0], reference_weight=ref[1])
+        return jaxloss.fused_linear_preference_loss(h, w, y, where=keep, **extra)
+
+    shapes = [
+        jax.ShapeDtypeStruct((2 * b, t, d), jnp.float32),
+        jax.ShapeDtypeStruct((d, v), jnp.float32),
+        jax.ShapeDtypeStruct((2 * b, t), jnp.int32),
+        jax.ShapeDtypeStruct((2 * b, t), jnp.bool_),  # no masked copy of the hidden states
+    ]
+    if reference == "hidden":
+        shapes += [options.pop("reference_hidden"), options.pop("reference_weight")]
+    program = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*shapes).compile()
+    temp = program.memory_analysis().temp_size_in_bytes
+    one_buffer, one_block = 4 * d * v, 4 * chunk * v
+    # The XLA of jax < 0.10 also holds exp(z − max z) whole while it sums it for the
+    # logsumexp (a second block, of every loss on the engine); newer XLA fuses the sum.
+    blocks = 1.5 if jax.__version_info__ >= (0, 10) else 2.5
+    assert temp < one_buffer + blocks * one_block, temp

@@ -40,6 +40,11 @@ DATA_PARALLEL_CHECKS = [
     "data_parallel[Explicit,fused_linear_cross_entropy]",
     "data_parallel[Explicit,fused_linear_cross_entropy[shard_map]]",
     "data_parallel[Explicit,fused_linear_policy_gradient_loss]",
+    *(
+        f"data_parallel[Explicit,fused_linear_preference_loss[{layout}{reduction}]]"
+        for layout in ("", "shard_map,")
+        for reduction in ("mean", "none")
+    ),
     "data_parallel[Auto,squared_error]",
     "data_parallel[Auto,softmax_cross_entropy]",
 ]
@@ -47,6 +52,10 @@ DATA_PARALLEL_CHECKS = [
 
 def test_subprocess_ran_on_eight_devices(eight_device_report):
     assert eight_device_report["device_count"] == 8
+
+
+def test_preference_pairs_that_do_not_divide_among_devices_raise(eight_device_report):
+    assert eight_device_report["preference_uneven_pairs_raise"]
 
 
 @pytest.mark.parametrize("check", SHARDED_CHECKS)
