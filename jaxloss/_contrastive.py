@@ -27,7 +27,6 @@ from jax.sharding import PartitionSpec as P
 
 from jaxloss import _conventions as C
 from jaxloss import _numerics as N
-from jaxloss._parallel import _reduce
 
 ArrayLike = C.ArrayLike
 
@@ -362,7 +361,9 @@ def clip_loss(
         return lse - diag[..., 0]
 
     loss = 0.5 * (cross_entropy(x, y_all) + cross_entropy(y, x_all))
-    return _reduce(loss, where, weights, reduction, batch_axis_name)
+    return C.reduce(
+        loss, where=where, weights=weights, reduction=reduction, axis_name=batch_axis_name
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -515,4 +516,6 @@ def siglip_loss(
     else:
         vary = lambda a: _varying(a, batch_axis_name)  # noqa: E731
         loss = _ring(batch_axis_name, vary(x), vary(y), keep, vary(t), vary(bias))
-    return _reduce(loss, where, weights, reduction, batch_axis_name)
+    return C.reduce(
+        loss, where=where, weights=weights, reduction=reduction, axis_name=batch_axis_name
+    )

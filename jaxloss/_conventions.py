@@ -27,6 +27,7 @@ from typing import Any, overload
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 REDUCTIONS = ("none", "sum", "mean")
 
@@ -85,6 +86,18 @@ def check_ignore_index(ignore_index: Any) -> None:
         raise TypeError(
             f"`ignore_index` must be an int class id (e.g. -100) or None, got {ignore_index!r}."
         )
+
+
+def kept(
+    where: Array | None, labels: Array | None, ignore_index: int | None, shape: Sequence[int]
+) -> Array | None:
+    """Where an entry is kept, broadcast to ``shape``: ``where`` (True = keep) and its label
+    not ``ignore_index``; None when every entry is kept."""
+    keep = where
+    ignored = None if labels is None else is_ignored(labels, ignore_index)
+    if ignored is not None:
+        keep = ~ignored if keep is None else keep & ~ignored
+    return None if keep is None else jnp.broadcast_to(keep, tuple(shape))
 
 
 def is_ignored(labels: Array, ignore_index: int | None) -> Array | None:
@@ -348,6 +361,7 @@ def reduce(
     weights: Array | None = None,
     reduction: str = "none",
     denominator: Array | None = None,
+    axis_name: Any = None,
 ) -> Array:
     """Apply the mask, the weights and the reduction to an elementwise loss.
 
@@ -357,7 +371,8 @@ def reduce(
     already applied inside ℓ (a class weight ω_y: PyTorch's mean divides by Σ ω_y). A
     mean over nothing (no kept entry, or zero total weight) is 0 with zero gradient; a
     NaN total weight (a NaN weight, or a class weight read at an out-of-range label)
-    gives NaN, never 0.
+    gives NaN, never 0. With ``axis_name`` (inside ``shard_map``, the mesh axes the
+    entries are split over) the sums are taken over every device's entries.
     """
     check_reduction(reduction)
     w = None
@@ -372,6 +387,8 @@ def reduce(
     if reduction == "none":
         return loss
     total = jnp.sum(loss)
+    if axis_name is not None:
+        total = lax.psum(total, axis_name)
     if reduction == "sum":
         return total
     d = None
@@ -387,6 +404,8 @@ def reduce(
         count = jnp.sum(d)
     else:
         count = jnp.asarray(loss.size, loss.dtype)
+    if axis_name is not None:
+        count = lax.psum(count, axis_name)
     # `count == 0`, not `count > 0`: a NaN count must reach the result, not select 0.
     empty = count == 0
     return jnp.where(empty, 0, total / jnp.where(empty, 1, count)).astype(loss.dtype)

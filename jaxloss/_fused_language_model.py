@@ -702,13 +702,7 @@ def _distillation(
     n = int(np.prod(batch, dtype=np.int64))
     dtype = C.compute_dtype(*(x for x in (hidden, weight, bias, h_t, w_t, b_t) if x is not None))
 
-    keep = where
-    if labels is not None:
-        ignored = C.is_ignored(labels, ignore_index)
-        if ignored is not None:
-            keep = ~ignored if keep is None else keep & ~ignored
-    if keep is not None:
-        keep = jnp.broadcast_to(keep, batch)
+    keep = C.kept(where, labels, ignore_index, batch)
     # No gradient flows to the teacher: its inputs are constants of the engine too.
     h_t, w_t = lax.stop_gradient(h_t), lax.stop_gradient(w_t)
     h = E.flat_hidden(hidden, weight, keep, batch, d)

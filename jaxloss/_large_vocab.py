@@ -185,15 +185,11 @@ def prepare(
         soft_cap=cap,
         axis_name=axis_name,
     )
-    ignored = C.is_ignored(labels, ignore_index)
+    keep = C.kept(where, labels, ignore_index, batch)
     # int32 ids, −1 for any id outside [0, V) (tested in the labels' own dtype: a uint8 id
     # cannot wrap the bound 260, nor an int64 id ≥ 2³² land in range).
     labels = _class_ids(labels, loss.n_classes)
-    keep = where
-    if ignored is not None:
-        keep = ~ignored if keep is None else keep & ~ignored
     if keep is not None:
-        keep = jnp.broadcast_to(keep, batch)
         labels = jnp.where(keep, labels, 0)  # a safe index; the token is dropped anyway
     h = E.flat_hidden(hidden, weight, keep, batch, d)
     return cfg, h, weight.astype(h.dtype), bias, (labels.reshape(n),), keep, weights, batch

@@ -49,36 +49,6 @@ def axis_size(axis_name, function: str) -> int:
         ) from None
 
 
-def _reduce(loss, keep, weights, reduction, batch_axis_name, class_weight=None):
-    """`C.reduce`, with the sums taken over ``batch_axis_name`` as well.
-
-    ``loss`` already holds the class weights (PyTorch's per-example loss); ``"mean"``
-    divides by Σ w·ω over the kept tokens of every device, ω = ``class_weight`` (C.reduce's
-    ``denominator``). A NaN there (a NaN weight, or a label outside [0, C)) makes the
-    mean NaN, never 0.
-    """
-    w = None if weights is None else jnp.broadcast_to(weights, loss.shape).astype(loss.dtype)
-    if keep is not None:
-        loss = jnp.where(keep, loss, 0.0)
-        w = jnp.where(keep, 1.0 if w is None else w, 0.0).astype(loss.dtype)
-    terms = loss if w is None else loss * w
-    if reduction == "none":
-        return terms
-    total = jnp.sum(terms)
-    if batch_axis_name is not None:
-        total = lax.psum(total, batch_axis_name)
-    if reduction == "sum":
-        return total
-    if class_weight is not None:
-        w = class_weight if w is None else w * class_weight
-        if keep is not None:
-            w = jnp.where(keep, w, 0.0)
-    count = jnp.asarray(loss.size, loss.dtype) if w is None else jnp.sum(w)
-    if batch_axis_name is not None:
-        count = lax.psum(count, batch_axis_name)
-    return jnp.where(count == 0, 0.0, total / jnp.where(count == 0, 1.0, count))
-
-
 def vocab_parallel_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -187,13 +157,9 @@ def vocab_parallel_cross_entropy(
     dtype = C.compute_dtype(x)
     x = jnp.moveaxis(x.astype(dtype), axis, -1)
 
-    ignored = C.is_ignored(labels, ignore_index)
+    keep = C.kept(where, labels, ignore_index, batch)
     labels = _class_ids(labels, n_classes)  # int32, −1 for any id outside [0, C)
-    keep = where
-    if ignored is not None:
-        keep = ~ignored if keep is None else keep & ~ignored
     if keep is not None:
-        keep = jnp.broadcast_to(keep, batch)
         labels = jnp.where(keep, labels, 0)  # a safe index; the token is dropped anyway
         x = C.keep(keep[..., None], x, 0.0)
 
@@ -234,9 +200,17 @@ def vocab_parallel_cross_entropy(
         lse, z_y, label_smoothing=label_smoothing, label_weight=omega, **stats
     )
     loss = jnp.where(valid, loss, jnp.nan)  # a class id outside [0, C) is never silent
-    if batch_axis_name is None:
-        return C.reduce(loss, where=keep, weights=weights, reduction=reduction, denominator=omega)
-    return _reduce(loss, keep, weights, reduction, batch_axis_name, omega)
+    # A mean divides by Σ w·ω over the kept tokens (of every device along batch_axis_name;
+    # ω = the class weights, PyTorch's convention), NaN if that sum is (a NaN weight, a
+    # label outside [0, C)).
+    return C.reduce(
+        loss,
+        where=keep,
+        weights=weights,
+        reduction=reduction,
+        denominator=omega,
+        axis_name=batch_axis_name,
+    )
 
 
 def vocab_parallel_fused_linear_cross_entropy(

@@ -767,6 +767,8 @@ def fused_linear_preference_loss(
     gamma: float = 0.5,
     average_log_prob: bool | None = None,
     nll_weight: float = 0.0,
+    temperature: float = 1.0,
+    logit_soft_cap: float | None = None,
     ignore_index: int | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
@@ -776,7 +778,7 @@ def fused_linear_preference_loss(
 ) -> jax.Array:
     """DPO, SimPO, ORPO or CPO loss of ``hidden @ weight`` per pair of sequences, no logits formed.
 
-        log p_t = log softmax(h_t·W + b)[y_t]           per token, kept tokens only
+        log p_t = log softmax(z_t)[y_t],  z_t = h_t·W + b  per token, kept tokens only
         S = Σ_t log p_t   (or Σ_t log p_t / n, length-averaged: ``average_log_prob``)
         ℓ = pair loss(S_c, S_r [, ref_c, ref_r]) − λ·(Σ_{t ∈ chosen} log p_t) / n_c
 
@@ -847,6 +849,10 @@ def fused_linear_preference_loss(
       average_log_prob: length-average the sequence log-probabilities; default each loss's
         own definition (True for SimPO and ORPO, False for DPO and CPO; IPO expects True).
       nll_weight: λ ≥ 0, the weight of the chosen sequences' token-mean cross-entropy.
+      temperature: T > 0 (a Python number); the logits are divided by it (after the cap),
+        the policy's and the reference's (from hidden states) alike.
+      logit_soft_cap: optional cap > 0 (a Python number): z ← cap·tanh(z/cap), Gemma 2's
+        soft-capping, for the policy's and the reference's logits alike.
       ignore_index: optional label id (e.g. −100) whose tokens are dropped.
       where: optional boolean mask broadcastable to [2B, T]; True keeps a token.
       weights: optional non-negative weights of the pairs, broadcastable to [B]: w·ℓ per
@@ -885,6 +891,9 @@ def fused_linear_preference_loss(
     """
     spec = _pair_spec(loss, beta, loss_type, label_smoothing, gamma, average_log_prob, nll_weight)
     C.check_reduction(reduction)
+    temperature = E.python_number("temperature", temperature)
+    C.check_positive("temperature", temperature)
+    cap = E.soft_cap(logit_soft_cap)
     hidden = C.as_float("hidden", hidden)
     weight = C.as_float("weight", weight)
     bias = None if bias is None else C.as_float("bias", bias)
@@ -934,11 +943,7 @@ def fused_linear_preference_loss(
                 f"`reference_bias` must have shape ({v},), one entry per class, got {ref_b.shape}."
             )
     where = C.check_where(where, batch)
-    keep = where
-    ignored = C.is_ignored(labels, ignore_index)
-    if ignored is not None:
-        keep = ~ignored if keep is None else keep & ~ignored
-    keep = None if keep is None else jnp.broadcast_to(keep, batch)
+    keep = C.kept(where, labels, ignore_index, batch)
     C.check_class_ids(labels, ignore_index, where)
     weights = C.check_weights(weights, (n_pairs,))
     if weights is not None:
@@ -946,6 +951,7 @@ def fused_linear_preference_loss(
     arrays = dict(hidden=hidden, labels=labels, keep=keep, ref_logps=ref_logps, ref_h=ref_h)
     arrays |= dict(weights=weights, weight=weight, bias=bias, ref_w=ref_w, ref_b=ref_b)
     options = dict(spec=spec, layout=weight_layout, chunk_size=chunk_size, kind=kind)
+    options |= dict(logits=(temperature, cap))
     options |= dict(
         dtype=C.compute_dtype(*(x for x in (hidden, weight, bias) if x is not None)),
         reduction=reduction,
@@ -1030,12 +1036,13 @@ def _preference(
     kind,
     dtype,
     reduction,
+    logits,
     batch_axis_name,
 ):
     """The loss of validated (local) inputs: per pair (via fused token log-probabilities),
     or the sum/mean with the gradients formed in the same pass."""
     inputs = (spec, hidden, weight, labels, bias, layout, chunk_size, keep, kind)
-    inputs += (ref_logps, ref_h, ref_w, ref_b, dtype)
+    inputs += (ref_logps, ref_h, ref_w, ref_b, dtype, logits)
     if reduction == "none":
         out = _per_pair(*inputs)
         return out if weights is None else out * weights.astype(out.dtype)
@@ -1057,12 +1064,13 @@ def _per_pair(
     ref_w,
     ref_b,
     dtype,
+    logits,
 ):
     """The per-pair losses [B]: per-token log-probabilities (the engine's recompute path,
     exact for any loss of them), then the sequences' and the pair loss."""
 
     def sequences(h, w, b):
-        log_p = _token_log_probs(h, w, b, labels, layout, chunk_size, keep)
+        log_p = _token_log_probs(h, w, b, labels, layout, chunk_size, keep, logits)
         return sequence_log_probs(log_p, where=keep, average=spec.average).astype(dtype)
 
     seq = sequences(hidden, weight, bias)
@@ -1079,11 +1087,14 @@ def _per_pair(
     return spec(seq[:b], seq[b:], ref[:b], ref[b:], count_c)
 
 
-def _token_log_probs(h, w, b, labels, layout, chunk_size, keep) -> jax.Array:
-    """log p_t [2B, T] of every token, by the engine's per-token path."""
+def _token_log_probs(h, w, b, labels, layout, chunk_size, keep, logits) -> jax.Array:
+    """log p_t [2B, T] of every token, by the engine's per-token path; ``logits`` =
+    (temperature, soft cap)."""
+    temperature, cap = logits
     log_p = fused_linear_token_log_probs(
-        h, w, labels, bias=b, weight_layout=layout, chunk_size=chunk_size, where=keep
-    )
+        h, w, labels, bias=b, weight_layout=layout, chunk_size=chunk_size, where=keep,
+        temperature=temperature, logit_soft_cap=cap,
+    )  # fmt: skip
     return cast(jax.Array, log_p)  # one array: no entropy asked for
 
 
@@ -1102,6 +1113,7 @@ def _fused_total(
     ref_w,
     ref_b,
     dtype,
+    logits,
     reduction,
     weights,
     batch_axis_name,
@@ -1123,6 +1135,8 @@ def _fused_total(
         block=E._default_block(d, v, 0.5),
         dtype=np.dtype(dtype),
         loss=loss,
+        temperature=logits[0],
+        soft_cap=logits[1],
     )
     mask = keep
     # No masked copy of the hidden states: the engine zeroes the dropped rows a chunk at
@@ -1137,7 +1151,7 @@ def _fused_total(
     if kind == "hidden":
         # A pass of its own (no derivatives): the reference's logits are never held
         # beside the policy's.
-        ref = _token_log_probs(ref_h, ref_w, ref_b, labels, layout, chunk_size, mask)
+        ref = _token_log_probs(ref_h, ref_w, ref_b, labels, layout, chunk_size, mask, logits)
         xs.append(lax.stop_gradient(ref).astype(dtype).reshape(n))
     elif kind == "logps":
         first = jnp.zeros(batch, dtype).at[:, 0].set(lax.stop_gradient(ref_logps.astype(dtype)))

@@ -47,11 +47,16 @@ def materialized(hidden, weight, bias, labels, keep, *, loss="dpo", reference=No
     average = options.pop("average_log_prob", loss in ("simpo", "orpo"))
     nll_weight = options.pop("nll_weight", 0.0)
     layout = options.pop("weight_layout", "dense")
+    cap = options.pop("logit_soft_cap", None)
+    temperature = options.pop("temperature", 1.0)
 
     def sequences(h, w, b):
         z = h @ (w if layout == "dense" else w.T)
         if b is not None:
             z = z + b
+        if cap is not None:
+            z = cap * jnp.tanh(z / cap)
+        z = z / temperature
         log_p = jaxloss.token_log_probs(z, labels, where=keep)
         return jaxloss.sequence_log_probs(log_p, where=keep, average=average)
 
@@ -101,6 +106,10 @@ CASES = {
         reference="hidden", loss_type="ipo", average_log_prob=True, chunk_size=4
     ),
     "dpo-nll-ref-hidden": dict(reference="hidden", nll_weight=0.7, chunk_size=2),
+    "dpo-soft-cap-temperature-ref-hidden": dict(
+        reference="hidden", logit_soft_cap=1.5, temperature=0.7, chunk_size=3
+    ),
+    "simpo-temperature": dict(loss="simpo", temperature=1.3, chunk_size=2),
     "simpo": dict(loss="simpo", gamma=0.3, label_smoothing=0.1, chunk_size=3),
     "orpo-nll": dict(loss="orpo", beta=0.5, nll_weight=1.0, chunk_size=2),
     "cpo": dict(loss="cpo", beta=0.2, chunk_size=64),
@@ -366,6 +375,8 @@ def _call(**kwargs):
         (dict(beta=-1.0), ValueError, "beta"),
         (dict(nll_weight=-1.0), ValueError, "nll_weight"),
         (dict(reduction="avg"), ValueError, "reduction"),
+        (dict(temperature=0.0), ValueError, "temperature"),
+        (dict(logit_soft_cap=-1.0), ValueError, "logit_soft_cap"),
         (dict(weights=jnp.ones(2)), ValueError, "weights"),
         (dict(weights=-jnp.ones(3)), ValueError, "non-negative"),
     ],
