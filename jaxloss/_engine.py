@@ -53,8 +53,10 @@ LAYOUTS = ("dense", "embedding")
 _CHUNK_BYTES = 16 * 2**20
 _MIN_CHUNK = 64
 # The weight gradient is updated a block of vocabulary entries at a time, so that its
-# temporary is a [D, block] array of about this size rather than a second [D, V] array.
-_BLOCK_BYTES = 8 * 2**20
+# temporaries are [D, block] arrays of about this size (XLA holds two: the product, and
+# a copy of the gradient's block it is added to) rather than a second [D, V] array; a
+# quarter of a default [chunk, V] block of logits, the other temporary of a chunk.
+_BLOCK_BYTES = 4 * 2**20
 # On a GPU or TPU the CPU's cache-sized chunks leave the matrix units idle: every chunk
 # re-reads the [D, V] weight and launches its own kernels. Measured on an H100
 # (benchmarks/results/large_vocab_gpu.md): 64-token chunks made N = 16384, D = 2048,
@@ -81,12 +83,12 @@ def default_chunk(n_tokens: int, v_local: int) -> int:
     return max(1, min(chunk, n_tokens))
 
 
-def _default_block(d: int, v_local: int, fraction: float = 1.0) -> int:
+def _default_block(d: int, v_local: int) -> int:
     """Vocabulary entries per weight-gradient update: a [D, block] float32 array of about
-    ``fraction``·8 MiB on the CPU; all of them on a GPU or TPU."""
+    4 MiB on the CPU; all of them on a GPU or TPU."""
     if _on_accelerator():
         return max(1, v_local)
-    block = max(8, int(fraction * _BLOCK_BYTES) // (4 * max(d, 1)))
+    block = max(8, _BLOCK_BYTES // (4 * max(d, 1)))
     return max(1, min(1 << (block.bit_length() - 1), v_local))
 
 

@@ -109,21 +109,24 @@ class CrossEntropy:
         local, here, valid = E.targets(cfg, labels, z.shape[1], self.n_classes)
         eps = self.label_smoothing
         row = jnp.where(valid, 1.0, jnp.nan).astype(cfg.dtype)
-        p = jnp.exp(z - lse[:, None])
-        if eps:
-            a = jnp.where(on, 1.0 - eps, 0.0).astype(cfg.dtype)  # the weight of −log p_y
-            coef = a + eps
-        else:
-            a, coef = 1.0, None
-            row = jnp.where(on, row, 0.0)
-        if self.z_loss:
-            coef = (1.0 if coef is None else coef) + 2.0 * self.z_loss * lse
-        if coef is not None:
-            p = p * coef[:, None]
-        if eps:
-            finite, count = self._finite_classes(cfg, b)
-            p = p - (eps / count if finite is None else jnp.where(finite, eps / count, 0.0))
         rows = jnp.arange(z.shape[0])
+        if not eps:
+            # p·coef written over z (one [chunk, V] array, not two), 0 on the rows where
+            # ``on`` is False (their row factor is 0): reading ``on``, which comes from z's
+            # entry at the label, orders this after every read of z (`E.in_place`).
+            coef = 1.0 + 2.0 * self.z_loss * lse if self.z_loss else jnp.ones_like(lse)
+            coef = jnp.where(on, coef, 0.0)
+            g = E.in_place(cfg, z, lambda zb: jnp.exp(zb - lse[:, None]) * coef[:, None])
+            row = jnp.where(on, row, 0.0)
+            return g.at[rows, local].add(jnp.where(here, -1.0, 0.0)), row
+        p = jnp.exp(z - lse[:, None])
+        a = jnp.where(on, 1.0 - eps, 0.0).astype(cfg.dtype)  # the weight of −log p_y
+        coef = a + eps
+        if self.z_loss:
+            coef = coef + 2.0 * self.z_loss * lse
+        p = p * coef[:, None]
+        finite, count = self._finite_classes(cfg, b)
+        p = p - (eps / count if finite is None else jnp.where(finite, eps / count, 0.0))
         return p.at[rows, local].add(jnp.where(here, -a, 0.0)), row
 
 
@@ -245,8 +248,10 @@ def fused_linear_cross_entropy(
     chunk's logits from the saved logsumexp (a fourth product). Forward-mode and
     higher-order derivatives work too, without the memory savings beyond first order.
 
-    Memory: about two [chunk, V] float32 blocks, a [D, block] block for the in-place
-    update of the weight gradient, and [N]-sized per-token vectors, instead of the two
+    Memory: one [chunk, V] float32 block (the gradient is written over the logits; two
+    with label smoothing), two [D, block] blocks of about 4 MiB on the CPU for the
+    in-place update of the weight gradient, and [N]-sized per-token vectors (measured at
+    N = 4096, D = 512, V = 32768: 25 MiB, 1/40 of the naive computation), instead of the two
     [N, V] arrays of the naive computation; constant in N. The default chunk depends on
     the backend. On the CPU a [chunk, V] float32 block is about 16 MiB (at least 64
     tokens): 128 tokens for V = 32768. On a GPU or TPU it is about 512 MiB (at least 1024

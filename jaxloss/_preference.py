@@ -805,12 +805,12 @@ def fused_linear_preference_loss(
 
     Memory: one or two [D, V] float32 buffers, one [chunk, V] block of logits (their
     gradient is written over them; the reference's logits are never held beside the
-    policy's), [D, block] temporaries of half the engine's size, and per-token vectors.
+    policy's), the engine's [D, block] temporaries, and per-token vectors.
     The default chunk is `fused_linear_cross_entropy`'s (on the CPU, a block of about
     16 MiB: 128 tokens at V = 32768), at most a sequence. Measured on the CPU for 4 pairs
     of T = 512 tokens, D = 512, V = 32768, float32, the reference as hidden states
-    (``benchmarks/post_training.py``, 2 cores, load ~1.9): 91 MiB of XLA temp memory
-    against 1536 MiB for the materialized computation (1/17; 1/68 at 16 pairs), at 0.94×
+    (``benchmarks/post_training.py``, 2 cores, load ~2): 91 MiB of XLA temp memory
+    against 1536 MiB for the materialized computation (1/17; 1/68 at 16 pairs), at 0.92×
     its time.
 
     Sharding: inside ``shard_map``, each device passes its own pairs (its chosen, then its
@@ -1129,10 +1129,7 @@ def _fused_total(
     cfg = E.Config(
         layout=layout,
         chunk=E.chunk(chunk_size, n, v),
-        # Half the engine's default block: beside the one or two [D, V] buffers of the
-        # deferred factors, the weight-gradient update's [D, block] temporaries then take
-        # a quarter of a [chunk, V] block of logits.
-        block=E._default_block(d, v, 0.5),
+        block=E._default_block(d, v),
         dtype=np.dtype(dtype),
         loss=loss,
         temperature=logits[0],

@@ -409,7 +409,7 @@ def test_memory_one_buffer_and_one_block_of_logits(reference, monkeypatch):
     from jaxloss import _engine as E
 
     b, t, d, v, chunk = 2, 64, 64, 4096, 32
-    monkeypatch.setattr(E, "_BLOCK_BYTES", 4 * d * 512)  # [D, block] = 64 KiB (half of it)
+    monkeypatch.setattr(E, "_BLOCK_BYTES", 4 * d * 256)  # [D, block] = 64 KiB
     options = dict(chunk_size=chunk)
     if reference == "hidden":
         options |= dict(
