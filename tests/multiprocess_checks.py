@@ -351,6 +351,70 @@ def check_contrastive(x):
     return results
 
 
+def _preference(hidden, labels, keep, ref_hidden, weights, weight, *, batch_axis_name=None):
+    return jaxloss.fused_linear_preference_loss(
+        hidden,
+        weight,
+        labels,
+        where=keep,
+        ignore_index=-100,
+        reference_hidden=ref_hidden,
+        reference_weight=weight,
+        weights=weights,
+        chunk_size=1,
+        batch_axis_name=batch_axis_name,
+    )
+
+
+def check_preference(x):
+    """fused_linear_preference_loss (DPO) of 8 pairs of 2-token sequences, one pair per
+    device: on a mesh of explicit axes with the [16, 2, D] sequences sharded as given
+    (the chosen ones on process 0, the rejected on process 1: the loss regroups them by
+    pair across the processes), and in shard_map with batch_axis_name on sequences laid
+    out device by device (each device's chosen, then its rejected sequence); value and the
+    gradients of hidden and of the weight against the same loss on one device."""
+    pairs = 8
+    shaped = {
+        "hidden": x["hidden"].reshape(2 * pairs, 2, D),
+        "labels": x["labels"].reshape(2 * pairs, 2),
+        "keep": x["keep"].reshape(2 * pairs, 2),
+        "ref_hidden": x["image"].reshape(2 * pairs, 2, D),
+        "weights": x["weights"][:pairs],
+        "weight": x["weight"],
+    }
+    names = tuple(shaped)
+    order = np.stack([np.arange(pairs), pairs + np.arange(pairs)], axis=1).reshape(-1)
+    per_device = {k: v[order] if k not in ("weights", "weight") else v for k, v in shaped.items()}
+    inverse = np.argsort(order)
+
+    def from_per_device(h, y, m, rh, w, wt):  # the one-device loss of the same pairs
+        return _preference(h[inverse], y[inverse], m[inverse], rh[inverse], w, wt)
+
+    results = {}
+    for how, values, reference in (
+        ("jit", shaped, _preference),
+        ("shard_map", per_device, from_per_device),
+    ):
+        kind = AxisType.Explicit if how == "jit" else AxisType.Auto
+        mesh = data_mesh(kind)
+
+        def build(k, v, mesh=mesh):
+            return from_blocks(mesh, P() if k == "weight" else P("batch"), v)
+
+        loss = _preference
+        if how == "shard_map":
+            loss = jax.shard_map(
+                functools.partial(_preference, batch_axis_name="batch"),
+                mesh=mesh,
+                in_specs=(P("batch"),) * 5 + (P(),),
+                out_specs=P(),
+            )
+        results.update(
+            compare(f"preference[{how}]", loss, reference, values, names, build, argnums=(0, 5))
+        )
+    return results
+
+
 def check_regularization(x):
     """A penalty (value and gradient) and optax chains of jaxloss transforms on parameters
     whose kernel is sharded across the processes, a few steps, against one device."""
@@ -420,6 +484,7 @@ def main():
     report.update(check_vocab_parallel(x))
     report.update(check_regularization(x))
     report.update(check_contrastive(x))
+    report.update(check_preference(x))
     print(json.dumps(report), flush=True)
     jax.distributed.shutdown()
 

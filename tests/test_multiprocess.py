@@ -81,6 +81,14 @@ def test_vocabulary_split_between_the_processes(reports, check):
     _assert_close(reports, check)
 
 
+@pytest.mark.parametrize("check", ["preference[jit]", "preference[shard_map]"])
+def test_fused_preference_loss_with_pairs_across_processes(reports, check):
+    """fused_linear_preference_loss with the chosen sequences on one process and the
+    rejected on the other (regrouped by pair), and in shard_map with batch_axis_name:
+    value and the gradients of hidden and weight equal one device's."""
+    _assert_close(reports, check)
+
+
 def test_penalty_of_parameters_sharded_across_processes(reports):
     """elastic_net_penalty + group_lasso_penalty (groups spanning both processes)."""
     _assert_close(reports, "penalty")
