@@ -378,6 +378,39 @@ def _(rng):
     return out, ref
 
 
+@row("torch-linear_cross_entropy")
+def _(rng):
+    # torch's linear_weight is [C, D] (nn.Linear's layout): weight_layout="embedding".
+    # Every combination of its options that the fused loss shares, each reduction.
+    h = rng.normal(size=(N, D))
+    w = rng.normal(size=(C, D))
+    b = rng.normal(size=C)
+    ids = IDS.copy()
+    ids[2] = -100  # the default ignore_index for class ids
+    outs, refs = [], []
+    for bias in (None, b):
+        logits = h @ w.T + (0.0 if bias is None else bias)
+        for smoothing in (0.0, 0.15):
+            for reduction in ("none", "sum", "mean"):
+                ref = torch_cross_entropy(
+                    logits, ids, ignore_index=-100, label_smoothing=smoothing, reduction=reduction
+                )
+                out = jaxloss.fused_linear_cross_entropy(
+                    h,
+                    w,
+                    ids,
+                    bias=bias,
+                    weight_layout="embedding",
+                    ignore_index=-100,
+                    label_smoothing=smoothing,
+                    reduction=reduction,
+                    chunk_size=4,
+                )
+                outs.append(np.ravel(out))
+                refs.append(np.ravel(ref))
+    return np.concatenate(outs), np.concatenate(refs)
+
+
 @row("torch-nll_loss")
 def _(rng):
     ids = IDS.copy()
@@ -638,3 +671,38 @@ def test_every_optax_loss_is_in_the_guide():
     names = [n for n in dir(optax.losses) if not n.startswith("_")]
     missing = [n for n in names if not re.search(rf"`optax\.(?:losses\.)?{n}\b", text)]
     assert not missing, missing
+
+
+# The loss functions of torch.nn.functional ("Loss functions" in its documentation,
+# torch 2.13) and the loss classes of keras.losses (Keras 3); neither package is a
+# dependency, so the lists are written here from their documentation.
+TORCH_LOSSES = (
+    "binary_cross_entropy binary_cross_entropy_with_logits poisson_nll_loss "
+    "cosine_embedding_loss cross_entropy ctc_loss gaussian_nll_loss hinge_embedding_loss "
+    "kl_div l1_loss mse_loss margin_ranking_loss multilabel_margin_loss "
+    "multilabel_soft_margin_loss multi_margin_loss nll_loss huber_loss smooth_l1_loss "
+    "soft_margin_loss triplet_margin_loss triplet_margin_with_distance_loss "
+    "linear_cross_entropy"
+).split()
+KERAS_LOSSES = (
+    "BinaryCrossentropy BinaryFocalCrossentropy CTC CategoricalCrossentropy "
+    "CategoricalFocalCrossentropy CategoricalGeneralizedCrossEntropy CategoricalHinge Circle "
+    "CosineSimilarity Dice Hinge Huber KLDivergence LogCosh MeanAbsoluteError "
+    "MeanAbsolutePercentageError MeanSquaredError MeanSquaredLogarithmicError Poisson "
+    "SparseCategoricalCrossentropy SquaredHinge Tversky"
+).split()
+
+
+@pytest.mark.parametrize(
+    "peer, names", [("torch", TORCH_LOSSES), ("keras", KERAS_LOSSES)], ids=["torch", "keras"]
+)
+def test_every_torch_and_keras_loss_is_in_the_guide(peer, names):
+    """Each peer loss has a tested row in the guide or is named in its table's
+    "Not covered" paragraph, which gives the reason."""
+    text = GUIDE.read_text()
+    section = text.split(f"## {'torch.nn.functional' if peer == 'torch' else 'keras.losses'}")[1]
+    section = section.split("\n## ")[0]
+    rows = {i.split("-", 1)[1] for i in _guide_ids() if i.startswith(peer + "-")}
+    not_covered = section.split("Not covered:")[1] if "Not covered:" in section else ""
+    missing = [n for n in names if n not in rows and f"`{n}`" not in not_covered]
+    assert not missing, f"{peer} losses neither in a row nor under 'Not covered': {missing}"
