@@ -9,6 +9,11 @@ of a ragged batch): a padded item takes no part in the loss, and gets exactly ze
 gradient even when its score or relevance is NaN or inf. A list with no valid item is
 dropped like a masked example (loss 0, left out of ``"mean"``); to drop whole lists, pass
 ``where=keep[..., None]``. ``weights`` are per list, broadcastable to [...].
+
+Relevance grades are r ≥ 0. A negative relevance on a valid item is an error when it is
+concrete (it is almost always TF-Ranking's padding label −1: pass
+``where=relevance >= 0``, the mask rax takes as ``where``) and makes its list's loss NaN
+when it is traced (under ``jit``), never a plausible number.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ def _lists(scores, relevance, where, weights, reduction):
             "`where=mask[None, :]`."
         )
     where = C.check_where(where, s.shape)
+    _check_relevance(r, where, s.shape)
     C.check_reduction(reduction)
     weights = C.check_weights(weights, s.shape[:-1])
     dtype = C.compute_dtype(s, r)
@@ -60,6 +66,35 @@ def _lists(scores, relevance, where, weights, reduction):
     valid = jnp.broadcast_to(where, s.shape)
     s, r = C.keep(valid, s, 0.0), C.keep(valid, r, 0.0)
     return s, r, valid, jnp.any(valid, axis=-1), weights
+
+
+def _check_relevance(r, where, shape) -> None:
+    """Reject a concrete negative relevance on a valid item.
+
+    A negative relevance is almost always TF-Ranking's padding label −1 (rax and jaxloss
+    mark padding with ``where``); read as a grade it would give a plausible wrong loss.
+    A traced one cannot be seen here: `_per_list` makes its list's loss NaN instead.
+    """
+    if isinstance(r, jax.core.Tracer) or isinstance(where, jax.core.Tracer):
+        return
+    values = np.broadcast_to(np.asarray(r), shape)
+    bad = values < 0
+    if where is not None:
+        bad = bad & np.broadcast_to(np.asarray(where), shape)
+    if bad.any():
+        raise ValueError(
+            f"`relevance` holds a negative entry ({float(values[bad].min()):.4g}); relevance "
+            "grades are r >= 0. If negative labels mark padding (TF-Ranking's -1), pass "
+            "`where=relevance >= 0` to drop those items."
+        )
+
+
+def _per_list(loss, r, keep, weights, reduction):
+    """The per-list ``loss`` reduced by the conventions, NaN for a list with a negative
+    relevance on a valid item (traced, so not rejected at trace time): never a plausible
+    number. ``r`` has padded items already replaced by 0."""
+    loss = jnp.where(jnp.any(r < 0, axis=-1), jnp.nan, loss)
+    return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
 
 
 def ranking_softmax_loss(
@@ -83,7 +118,8 @@ def ranking_softmax_loss(
     Args:
       scores: s, floating array [..., L], the lists along the last axis.
       relevance: r ≥ 0, the graded relevance, of ``scores``' ndim and broadcastable to
-        its shape; integers and booleans are cast.
+        its shape; integers and booleans are cast. Negative entries on valid items raise
+        (concrete) or give NaN (traced); see the module notes.
       where: optional boolean item mask of ``scores``' ndim, broadcastable to its shape
         (True = valid item, False = padding); see the module notes.
       weights: optional non-negative per-list weights, broadcastable to [...].
@@ -115,8 +151,12 @@ def ranking_softmax_loss(
     # −Σ r log p / Σ r: optax's program, with one division per list instead of a
     # normalized copy of the relevance. All-0 relevance: no target, loss 0 (the sum is 0).
     mass = jnp.sum(r, axis=-1)
-    loss = -jnp.sum(r * N.log_softmax(s, -1), axis=-1) / jnp.where(mass == 0, 1.0, mass)
-    return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
+    if s.shape[-1] == 0:  # lists of no item: loss 0, like the other ranking losses
+        loss = jnp.zeros(s.shape[:-1], s.dtype)
+    else:
+        log_p = N.log_softmax(s, -1)
+        loss = -jnp.sum(r * log_p, axis=-1) / jnp.where(mass == 0, 1.0, mass)
+    return _per_list(loss, r, keep, weights, reduction)
 
 
 def listmle_loss(
@@ -138,8 +178,8 @@ def listmle_loss(
 
     Args:
       scores: s, floating array [..., L], the lists along the last axis.
-      relevance: r, of ``scores``' ndim and broadcastable to its shape (only its order
-        matters); integers and booleans are cast. It is not differentiated.
+      relevance: r ≥ 0, of ``scores``' ndim and broadcastable to its shape (only its
+        order matters); integers and booleans are cast. It is not differentiated.
       where, weights, reduction: as in `ranking_softmax_loss`.
 
     Returns:
@@ -167,7 +207,7 @@ def listmle_loss(
     if valid is not None:
         terms = jnp.where(jnp.take_along_axis(valid, order, axis=-1), terms, 0.0)
     loss = jnp.sum(terms, axis=-1)
-    return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
+    return _per_list(loss, r, keep, weights, reduction)
 
 
 def _pairwise(pair_loss, scores, relevance, where, weights, reduction):
@@ -178,7 +218,7 @@ def _pairwise(pair_loss, scores, relevance, where, weights, reduction):
     if valid is not None:
         pairs = pairs & valid[..., :, None] & valid[..., None, :]
     loss = jnp.sum(jnp.where(pairs, pair_loss(diff), 0.0), axis=(-2, -1))
-    return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
+    return _per_list(loss, r, keep, weights, reduction)
 
 
 def pairwise_logistic_loss(
@@ -199,8 +239,8 @@ def pairwise_logistic_loss(
 
     Args:
       scores: s, floating array [..., L], the lists along the last axis.
-      relevance: r, of ``scores``' ndim and broadcastable to its shape; integers and
-        booleans are cast.
+      relevance: r ≥ 0, of ``scores``' ndim and broadcastable to its shape; integers
+        and booleans are cast.
       where, weights, reduction: as in `ranking_softmax_loss`.
 
     Returns:
@@ -236,8 +276,8 @@ def pairwise_hinge_loss(
 
     Args:
       scores: s, floating array [..., L], the lists along the last axis.
-      relevance: r, of ``scores``' ndim and broadcastable to its shape; integers and
-        booleans are cast.
+      relevance: r ≥ 0, of ``scores``' ndim and broadcastable to its shape; integers
+        and booleans are cast.
       margin: the required score gap, a non-negative number (default 1).
       where, weights, reduction: as in `ranking_softmax_loss`.
 
@@ -256,6 +296,7 @@ def pairwise_hinge_loss(
     """
     if C._is_concrete_number(margin) and not (np.isfinite(margin) and margin >= 0):
         raise ValueError(f"`margin` must be a non-negative finite number, got {margin!r}.")
+    # relu's derivative at 0 is 0: the flat side's subgradient at the kink.
     return _pairwise(
-        lambda d: jnp.maximum(margin - d, 0.0), scores, relevance, where, weights, reduction
+        lambda d: jax.nn.relu(margin - d), scores, relevance, where, weights, reduction
     )

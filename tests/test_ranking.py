@@ -203,3 +203,66 @@ def test_bad_input_errors_eagerly_and_under_jit(call, error, message):
         call()
     with pytest.raises(error, match=message):
         jax.jit(call)()
+
+
+def test_pairwise_hinge_gradient_at_the_kink_is_the_flat_sides():
+    """Review 2, item 4: at s_i − s_j = margin the hinge max(0, m − d) has a kink; the
+    gradient is the documented subgradient of the flat side (0), not the ½ tie split."""
+    relevance = jnp.array([1.0, 0.0])
+    grad = jax.grad(lambda s: HINGE(s, relevance, margin=1.0))
+    np.testing.assert_array_equal(grad(jnp.array([1.0, 0.0])), [0.0, 0.0])
+    # On either side of the kink the derivative is the one-sided one.
+    np.testing.assert_array_equal(grad(jnp.array([0.75, 0.0])), [-1.0, 1.0])
+    np.testing.assert_array_equal(grad(jnp.array([1.25, 0.0])), [0.0, 0.0])
+
+
+NEGATIVE = np.array([[0.5, 1.0, -1.0, 2.0], [1.0, -2.0, 0.0, 3.0]])
+PADDED = np.array([[1.0, 0.0, -1.0, -1.0], [2.0, 1.0, 0.0, -1.0]])  # TF-Ranking's −1 padding
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_negative_relevance_raises_when_concrete_and_is_nan_when_traced(name):
+    """Review 2, item 9: relevance is r ≥ 0; TF-Ranking's −1 padding label must not give
+    a plausible number. A concrete negative entry raises, naming `relevance` and the fix
+    (`where=relevance >= 0`); a traced one makes its list's loss NaN."""
+    fn = getattr(jaxloss, name)
+    with pytest.raises(ValueError, match=r"`relevance` holds a negative entry \(-1\).*where="):
+        fn(NEGATIVE, PADDED)
+    out = FNS[name](NEGATIVE, PADDED)  # traced under jit
+    assert np.isnan(np.asarray(out)).all()
+    one_bad = PADDED.copy()
+    one_bad[1] = np.maximum(one_bad[1], 0.0)
+    out = np.asarray(FNS[name](NEGATIVE, one_bad))
+    assert np.isnan(out[0])
+    np.testing.assert_allclose(out[1], REFERENCES[name](NEGATIVE[1:], one_bad[1:])[0], rtol=1e-12)
+    assert np.isnan(np.asarray(FNS[name](NEGATIVE, PADDED, reduction="mean")))
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_negative_relevance_on_padded_items_is_ignored(name):
+    """Review 2, item 9: the fix for −1 padding is `where=relevance >= 0`: padded items
+    may hold any relevance, eagerly and under jit."""
+    where = PADDED >= 0
+    expected = [
+        REFERENCES[name](NEGATIVE[b : b + 1, w], PADDED[b : b + 1, w])[0]
+        for b, w in enumerate(where)
+    ]
+    np.testing.assert_allclose(
+        getattr(jaxloss, name)(NEGATIVE, PADDED, where=where), expected, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        FNS[name](NEGATIVE, PADDED, where=jnp.asarray(where)), expected, rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_lists_of_length_zero_have_loss_zero_with_zero_gradient(name):
+    """Review 2, item 9: a list of no items has loss 0 in every ranking loss (the softmax
+    loss raised numpy's "zero-size array"), and the reductions are 0."""
+    scores, relevance = jnp.zeros((3, 0)), jnp.zeros((3, 0))
+    fn = getattr(jaxloss, name)
+    np.testing.assert_array_equal(fn(scores, relevance), np.zeros(3))
+    for reduction in ("sum", "mean"):
+        assert float(fn(scores, relevance, reduction=reduction)) == 0.0
+    grad = jax.grad(lambda s: fn(s, relevance, reduction="mean"))(scores)
+    assert grad.shape == (3, 0)
