@@ -75,6 +75,8 @@ from jaxloss._preference import (
 )
 from jaxloss._ranking import (
     listmle_loss,
+    mrr,
+    ndcg,
     pairwise_hinge_loss,
     pairwise_logistic_loss,
     ranking_softmax_loss,
@@ -146,6 +148,8 @@ __all__ = [
     "listmle_loss",
     "pairwise_logistic_loss",
     "pairwise_hinge_loss",
+    "ndcg",
+    "mrr",
     # regularization: penalties over parameter pytrees, masks, the regularized objective
     "l2_penalty",
     "l1_penalty",

@@ -1,4 +1,5 @@
-"""Learning-to-rank losses: listwise (softmax, ListMLE) and pairwise (logistic, hinge).
+"""Learning to rank: listwise losses (softmax, ListMLE), pairwise losses (logistic,
+hinge, with optional LambdaLoss weights) and the ranking metrics NDCG@k and MRR@k.
 
 Each list lies along the last axis: ``scores`` [..., L] are the model's scores of the L
 items, ``relevance`` [..., L] their graded relevance (higher is better). The loss is one
@@ -14,9 +15,25 @@ Relevance grades are r ≥ 0. A negative relevance on a valid item is an error w
 concrete (it is almost always TF-Ranking's padding label −1: pass
 ``where=relevance >= 0``, the mask rax takes as ``where``) and makes its list's loss NaN
 when it is traced (under ``jit``), never a plausible number.
+
+LambdaLoss weights (Wang et al., 2018), the ``lambda_weights`` of the pairwise losses,
+scale the loss of each pair (i, j) with r_i > r_j by the change Δ_ij in a metric when
+the two items swap places in the current ranking (ranks by decreasing score, ties by
+position, computed without gradient); with G(r) = 2^r − 1 and D(k) = log2(1 + k):
+
+    ``"label_diff"``:  Δ_ij = |r_i − r_j|                        (rax ``labeldiff_lambdaweight``)
+    ``"dcg"``:         Δ_ij = |G(r_i) − G(r_j)| · |1/D(k_i) − 1/D(k_j)|  (``dcg_lambdaweight``)
+    ``"ndcg"``:        Δ_ij = the ``"dcg"`` weight / maxDCG (``dcg_lambdaweight(normalize=True)``)
+
+where k_i is item i's rank and maxDCG the DCG of the ordering by relevance (a list whose
+maxDCG is 0 has only zero weights). rax and TF-Ranking multiply the ``"dcg"`` and
+``"ndcg"`` weights by the list length L (a learning-rate heuristic); here they are the
+paper's, so rax's per-list loss is L times this one. The weights take no gradient.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -210,14 +227,77 @@ def listmle_loss(
     return _per_list(loss, r, keep, weights, reduction)
 
 
-def _pairwise(pair_loss, scores, relevance, where, weights, reduction):
-    """Σ over valid pairs (i, j) with r_i > r_j of pair_loss(s_i − s_j), per list."""
+def _ranks(s, valid):
+    """1-based ranks by decreasing score, without gradient (a step function of s).
+
+    Ties are broken by position (the earlier item ranks higher), so ranks are a
+    permutation of 1..L; padded items rank after every valid item (a valid −inf score
+    included), so the valid items of a list hold ranks 1..n.
+    """
+    key = jnp.minimum(-jax.lax.stop_gradient(s), jnp.finfo(s.dtype).max)
+    if valid is not None:
+        key = jnp.where(valid, key, jnp.inf)
+    order = jnp.argsort(key, axis=-1, stable=True)
+    return (jnp.argsort(order, axis=-1) + 1).astype(s.dtype)
+
+
+def _gain(r):
+    """The DCG gain 2^r − 1 (0 for r = 0, the padded items' relevance)."""
+    return jnp.expm1(r * math.log(2.0))
+
+
+def _discount(rank):
+    """The DCG discount 1 / log2(1 + rank) of a 1-based rank."""
+    return math.log(2.0) / jnp.log1p(rank)
+
+
+def _max_dcg(r, topn=None):
+    """The DCG of the ideal ordering (by decreasing relevance), cut at ``topn``; padded
+    items have r = 0, hence gain 0, and do not count."""
+    gains = -jnp.sort(-_gain(r), axis=-1)
+    ranks = jnp.arange(1, r.shape[-1] + 1, dtype=r.dtype)
+    terms = gains * _discount(ranks)
+    if topn is not None:
+        terms = jnp.where(ranks <= topn, terms, 0.0)
+    return jnp.sum(terms, axis=-1)
+
+
+LAMBDA_WEIGHTS = ("ndcg", "dcg", "label_diff")
+
+
+def _check_lambda_weights(lambda_weights) -> None:
+    if lambda_weights is not None and lambda_weights not in LAMBDA_WEIGHTS:
+        raise ValueError(
+            f"`lambda_weights` must be one of {LAMBDA_WEIGHTS} or None, got {lambda_weights!r}."
+        )
+
+
+def _lambda_weights(kind, s, r, valid):
+    """The LambdaLoss pair weights Δ_ij [..., L, L] (no gradient), see `_pairwise`."""
+    if kind == "label_diff":
+        return jnp.abs(r[..., :, None] - r[..., None, :])
+    gain = _gain(r)
+    if kind == "ndcg":
+        ideal = _max_dcg(r)[..., None]
+        gain = gain / jnp.where(ideal == 0, 1.0, ideal)
+    discount = _discount(_ranks(s, valid))
+    delta_gain = jnp.abs(gain[..., :, None] - gain[..., None, :])
+    return delta_gain * jnp.abs(discount[..., :, None] - discount[..., None, :])
+
+
+def _pairwise(pair_loss, scores, relevance, where, weights, reduction, lambda_weights):
+    """Σ over valid pairs (i, j) with r_i > r_j of Δ_ij · pair_loss(s_i − s_j), per list
+    (Δ_ij = 1 without ``lambda_weights``)."""
+    _check_lambda_weights(lambda_weights)
     s, r, valid, keep, weights = _lists(scores, relevance, where, weights, reduction)
     diff = s[..., :, None] - s[..., None, :]
     pairs = r[..., :, None] > r[..., None, :]
     if valid is not None:
         pairs = pairs & valid[..., :, None] & valid[..., None, :]
-    loss = jnp.sum(jnp.where(pairs, pair_loss(diff), 0.0), axis=(-2, -1))
+    terms = pair_loss(diff)
+    if lambda_weights is not None:
+        terms = terms * jax.lax.stop_gradient(_lambda_weights(lambda_weights, s, r, valid))
+    loss = jnp.sum(jnp.where(pairs, terms, 0.0), axis=(-2, -1))
     return _per_list(loss, r, keep, weights, reduction)
 
 
@@ -225,13 +305,18 @@ def pairwise_logistic_loss(
     scores: ArrayLike,
     relevance: ArrayLike,
     *,
+    lambda_weights: str | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
 ) -> jax.Array:
     """Pairwise logistic (RankNet) loss: every more-relevant item should score higher.
 
-        ℓ(s, r) = Σ_{i, j valid, r_i > r_j} log(1 + exp(−(s_i − s_j)))
+        ℓ(s, r) = Σ_{i, j valid, r_i > r_j} Δ_ij · log(1 + exp(−(s_i − s_j)))
+
+    with Δ_ij = 1, or the LambdaLoss weights chosen by ``lambda_weights`` (see the module
+    notes); ``lambda_weights="ndcg"`` is LambdaRank's loss, the NDCG instance of the
+    LambdaLoss framework (Wang et al., 2018).
 
     The log(1 + exp(−d)) is a softplus, exact for any finite d. Pairs of equal relevance
     do not contribute; a list with no such pair has loss 0. The pairs are formed as an
@@ -241,6 +326,8 @@ def pairwise_logistic_loss(
       scores: s, floating array [..., L], the lists along the last axis.
       relevance: r ≥ 0, of ``scores``' ndim and broadcastable to its shape; integers
         and booleans are cast.
+      lambda_weights: None (every pair counts 1), or the LambdaLoss weight Δ_ij of
+        each pair: ``"ndcg"``, ``"dcg"`` or ``"label_diff"`` (see the module notes).
       where, weights, reduction: as in `ranking_softmax_loss`.
 
     Returns:
@@ -254,7 +341,9 @@ def pairwise_logistic_loss(
     References:
       Burges et al., "Learning to rank using gradient descent" (RankNet), ICML 2005.
     """
-    return _pairwise(lambda d: jax.nn.softplus(-d), scores, relevance, where, weights, reduction)
+    return _pairwise(
+        lambda d: jax.nn.softplus(-d), scores, relevance, where, weights, reduction, lambda_weights
+    )
 
 
 def pairwise_hinge_loss(
@@ -262,13 +351,17 @@ def pairwise_hinge_loss(
     relevance: ArrayLike,
     *,
     margin: float = 1.0,
+    lambda_weights: str | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
 ) -> jax.Array:
     """Pairwise hinge (RankSVM) loss: a more-relevant item should score higher by a margin.
 
-        ℓ(s, r) = Σ_{i, j valid, r_i > r_j} max(0, margin − (s_i − s_j))
+        ℓ(s, r) = Σ_{i, j valid, r_i > r_j} Δ_ij · max(0, margin − (s_i − s_j))
+
+    with Δ_ij = 1, or the LambdaLoss weights chosen by ``lambda_weights`` (see the module
+    notes).
 
     Pairs of equal relevance do not contribute. At a kink (s_i − s_j = margin) the
     gradient is the one of the flat side (0). The pairs are formed as an [..., L, L]
@@ -279,6 +372,8 @@ def pairwise_hinge_loss(
       relevance: r ≥ 0, of ``scores``' ndim and broadcastable to its shape; integers
         and booleans are cast.
       margin: the required score gap, a non-negative number (default 1).
+      lambda_weights: None (every pair counts 1), or the LambdaLoss weight Δ_ij of
+        each pair: ``"ndcg"``, ``"dcg"`` or ``"label_diff"`` (see the module notes).
       where, weights, reduction: as in `ranking_softmax_loss`.
 
     Returns:
@@ -298,5 +393,135 @@ def pairwise_hinge_loss(
         raise ValueError(f"`margin` must be a non-negative finite number, got {margin!r}.")
     # relu's derivative at 0 is 0: the flat side's subgradient at the kink.
     return _pairwise(
-        lambda d: jax.nn.relu(margin - d), scores, relevance, where, weights, reduction
+        lambda d: jax.nn.relu(margin - d),
+        scores,
+        relevance,
+        where,
+        weights,
+        reduction,
+        lambda_weights,
     )
+
+
+def _check_topn(topn) -> None:
+    if topn is not None and (
+        isinstance(topn, bool) or not isinstance(topn, (int, np.integer)) or topn < 1
+    ):
+        raise ValueError(f"`topn` must be a positive int or None (no cutoff), got {topn!r}.")
+
+
+def _metric(value_fn, scores, relevance, topn, where, weights, reduction):
+    """A per-list metric ``value_fn(r, ranks)`` with the family's conventions; NaN for a
+    list with a NaN score on a valid item (its ranks would be arbitrary)."""
+    _check_topn(topn)
+    s, r, valid, keep, weights = _lists(scores, relevance, where, weights, reduction)
+    ranks = _ranks(s, valid)
+    if topn is not None:
+        ranks_in = ranks <= topn
+    else:
+        ranks_in = jnp.ones(ranks.shape, bool)
+    value = value_fn(r, ranks, ranks_in)
+    value = jnp.where(jnp.any(jnp.isnan(s), axis=-1), jnp.nan, value)
+    return _per_list(value, r, keep, weights, reduction)
+
+
+def ndcg(
+    scores: ArrayLike,
+    relevance: ArrayLike,
+    *,
+    topn: int | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Normalized discounted cumulative gain at ``topn`` (NDCG@k): a metric, not a loss.
+
+        DCG@k(s, r) = Σ_{i: k_i ≤ k} (2^{r_i} − 1) / log2(1 + k_i),
+        NDCG@k(s, r) = DCG@k(s, r) / DCG@k of the ordering by relevance
+
+    k_i is item i's 1-based rank by decreasing score among the valid items; ties are
+    broken by position (the earlier item ranks higher), so the metric is deterministic.
+    A list with no relevant item (maxDCG = 0) has NDCG 0. The metric is a step function
+    of the scores: its gradient is 0 (use `approx_ndcg_loss` or ``lambda_weights`` to
+    train). A NaN score on a valid item gives NaN.
+
+    Args:
+      scores: s, floating array [..., L], the lists along the last axis.
+      relevance: r ≥ 0, the graded relevance, of ``scores``' ndim and broadcastable to
+        its shape; integers and booleans are cast.
+      topn: the cutoff k, a positive int, or None (every item counts).
+      where: optional boolean item mask of ``scores``' ndim (True = valid item).
+      weights: optional non-negative per-list weights, broadcastable to [...].
+      reduction: ``"none"`` (per list), ``"sum"`` or ``"mean"`` (Σ w·NDCG / Σ w over
+        the lists with a valid item).
+
+    Returns:
+      Shape [...] for ``"none"``, else a scalar, in [0, 1]; float32, or float64 for
+      float64 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> scores = jnp.array([2.0, 1.0, 3.0])
+      >>> jaxloss.ndcg(scores, jnp.array([2.0, 0.0, 1.0])).round(6)
+      Array(0.796708, dtype=float32)
+      >>> jaxloss.ndcg(scores, jnp.array([2.0, 0.0, 1.0]), topn=1).round(6)
+      Array(0.333333, dtype=float32)
+
+    References:
+      Järvelin & Kekäläinen, "Cumulated gain-based evaluation of IR techniques", ACM
+      TOIS 20 (2002); Burges et al., "Learning to rank using gradient descent", ICML
+      2005 (the gain 2^r − 1). Equal to rax ``ndcg_metric(..., topn=k,
+      reduce_fn=None)`` and TF-Ranking's NDCG where scores do not tie.
+    """
+
+    def value(r, ranks, ranks_in):
+        dcg = jnp.sum(jnp.where(ranks_in, _gain(r) * _discount(ranks), 0.0), axis=-1)
+        ideal = _max_dcg(r, topn)
+        return jnp.where(ideal == 0, 0.0, dcg / jnp.where(ideal == 0, 1.0, ideal))
+
+    return _metric(value, scores, relevance, topn, where, weights, reduction)
+
+
+def mrr(
+    scores: ArrayLike,
+    relevance: ArrayLike,
+    *,
+    topn: int | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Reciprocal rank of the first relevant item, at ``topn`` (MRR@k): a metric.
+
+        RR@k(s, r) = max_{i: r_i ≥ 1, k_i ≤ k} 1 / k_i        (0 if there is none)
+
+    An item is relevant when r ≥ 1 (rax's and TF-Ranking's rule for graded relevance).
+    k_i is item i's 1-based rank by decreasing score among the valid items, ties broken
+    by position (the earlier item ranks higher). ``reduction="mean"`` gives the mean
+    reciprocal rank. Its gradient is 0 (a step function of the scores); a NaN score on
+    a valid item gives NaN.
+
+    Args:
+      scores, relevance, topn, where, weights, reduction: as in `ndcg`.
+
+    Returns:
+      As in `ndcg`, in [0, 1].
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> scores = jnp.array([[2.0, 1.0, 3.0], [0.5, 2.0, 1.0]])
+      >>> relevance = jnp.array([[1, 0, 0], [0, 0, 1]])
+      >>> jaxloss.mrr(scores, relevance)
+      Array([0.5, 0.5], dtype=float32)
+      >>> jaxloss.mrr(scores, relevance, topn=1)
+      Array([0., 0.], dtype=float32)
+
+    References:
+      Voorhees, "The TREC-8 question answering track report", TREC 1999. Equal to rax
+      ``mrr_metric(..., topn=k, reduce_fn=None)`` where scores do not tie.
+    """
+
+    def value(r, ranks, ranks_in):
+        return jnp.max(jnp.where((r >= 1) & ranks_in, 1.0 / ranks, 0.0), axis=-1, initial=0.0)
+
+    return _metric(value, scores, relevance, topn, where, weights, reduction)

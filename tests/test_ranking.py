@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 
 import jaxloss
 from tests.contract_table import (
+    _lambda_pairwise_ref,
     _listmle_ref,
+    _mrr_ref,
+    _ndcg_ref,
     _pairwise_ref,
     _ranking_softmax_ref,
 )
@@ -34,6 +37,18 @@ REFERENCES = {
 }
 FNS = {name: jax.jit(getattr(jaxloss, name), static_argnames="reduction") for name in REFERENCES}
 HINGE = jax.jit(jaxloss.pairwise_hinge_loss, static_argnames="margin")
+PAIR_LOSSES = {
+    "pairwise_logistic_loss": lambda d: np.logaddexp(0.0, -d),
+    "pairwise_hinge_loss": lambda d: max(0.0, 1.0 - d),
+}
+LAMBDA = {
+    name: jax.jit(getattr(jaxloss, name), static_argnames=("lambda_weights", "reduction"))
+    for name in PAIR_LOSSES
+}
+METRICS = {"ndcg": _ndcg_ref, "mrr": _mrr_ref}
+METRIC_FNS = {
+    name: jax.jit(getattr(jaxloss, name), static_argnames=("topn", "reduction")) for name in METRICS
+}
 
 
 def _ragged_reference(name, scores, relevance):
@@ -144,6 +159,21 @@ def test_pairwise_losses_count_each_ordered_pair_and_use_the_margin():
 
 
 BAD_CALLS = [
+    (
+        lambda: jaxloss.pairwise_logistic_loss(jnp.zeros(3), jnp.zeros(3), lambda_weights="NDCG"),
+        ValueError,
+        r"`lambda_weights` must be one of \('ndcg', 'dcg', 'label_diff'\) or None, got 'NDCG'",
+    ),
+    (
+        lambda: jaxloss.ndcg(jnp.zeros(3), jnp.zeros(3), topn=0),
+        ValueError,
+        r"`topn` must be a positive int or None \(no cutoff\), got 0",
+    ),
+    (
+        lambda: jaxloss.mrr(jnp.zeros(3), jnp.zeros(3), topn=2.0),
+        ValueError,
+        r"`topn` must be a positive int",
+    ),
     (
         lambda: jaxloss.listmle_loss(jnp.zeros(()), jnp.zeros(())),
         ValueError,
@@ -266,3 +296,97 @@ def test_lists_of_length_zero_have_loss_zero_with_zero_gradient(name):
         assert float(fn(scores, relevance, reduction=reduction)) == 0.0
     grad = jax.grad(lambda s: fn(s, relevance, reduction="mean"))(scores)
     assert grad.shape == (3, 0)
+
+
+@pytest.mark.parametrize("kind", ["ndcg", "dcg", "label_diff"])
+@pytest.mark.parametrize("name", list(PAIR_LOSSES))
+def test_lambda_weights_match_the_lambdaloss_formula_on_ragged_lists(name, kind):
+    """Δ_ij from Wang et al. (2018), ranks of the valid items only (padding is NaN)."""
+    reference = _lambda_pairwise_ref(PAIR_LOSSES[name], kind)
+    scores = np.where(VALID, SCORES, np.nan)
+    where = jnp.asarray(VALID)
+    out = LAMBDA[name](scores, RELEVANCE, lambda_weights=kind, where=where)
+    expected = np.zeros(B)
+    for b, n in enumerate(LENGTHS):
+        if n:
+            expected[b] = reference(SCORES[b, :n][None], RELEVANCE[b, :n][None])[0]
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)
+    grad = jax.grad(lambda s: jnp.sum(LAMBDA[name](s, RELEVANCE, lambda_weights=kind, where=where)))
+    g = np.asarray(grad(scores))
+    assert np.isfinite(g).all() and np.all(g[~VALID] == 0)
+
+
+def test_lambda_weights_match_rax_documented_example():
+    """rax's lambdaweights module example: pairwise_logistic_loss(scores, labels,
+    lambdaweight_fn=labeldiff_lambdaweight) = 1.8923712, a mean over its 3 pairs."""
+    s, r = jnp.array([1.2, 0.4, 1.9]), jnp.array([1.0, 2.0, 0.0])
+    out = jaxloss.pairwise_logistic_loss(s, r, lambda_weights="label_diff")
+    np.testing.assert_allclose(out / 3, 1.8923712, rtol=1e-6)
+
+
+def test_ndcg_lambda_weights_are_the_dcg_weights_over_the_ideal_dcg_and_take_no_gradient():
+    s, r = SCORES[0], RELEVANCE[0]
+    gains = 2.0**r - 1.0
+    ideal = (np.sort(gains)[::-1] / np.log2(np.arange(2, L + 2))).sum()
+    for name in PAIR_LOSSES:
+        dcg = LAMBDA[name](s, r, lambda_weights="dcg")
+        np.testing.assert_allclose(LAMBDA[name](s, r, lambda_weights="ndcg"), dcg / ideal)
+    # Δ is a constant of the current ranking: the gradient of Σ Δ_ij softplus(s_j − s_i)
+    # is Σ Δ_ij σ(s_j − s_i) (e_j − e_i), with no term from Δ.
+    ranks = np.empty(L)
+    ranks[np.argsort(-s, kind="stable")] = np.arange(1, L + 1)
+    disc = 1.0 / np.log2(1.0 + ranks)
+    expected = np.zeros(L)
+    for i in range(L):
+        for j in range(L):
+            if r[i] > r[j]:
+                slope = (
+                    abs(gains[i] - gains[j]) * abs(disc[i] - disc[j]) / (1 + np.exp(s[i] - s[j]))
+                )
+                expected[i] -= slope
+                expected[j] += slope
+    grad = jax.grad(lambda x: LAMBDA["pairwise_logistic_loss"](x, r, lambda_weights="dcg"))
+    np.testing.assert_allclose(grad(s), expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", list(METRICS))
+def test_metrics_on_ragged_lists_with_a_cutoff(name):
+    scores = np.where(VALID, SCORES, np.nan)
+    where = jnp.asarray(VALID)
+    for topn in (None, 1, 2):
+        out = METRIC_FNS[name](scores, RELEVANCE, topn=topn, where=where)
+        expected = np.zeros(B)
+        for b, n in enumerate(LENGTHS):
+            if n:
+                expected[b] = METRICS[name](SCORES[b, :n][None], RELEVANCE[b, :n][None], topn)[0]
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)
+        mean = METRIC_FNS[name](scores, RELEVANCE, topn=topn, where=where, reduction="mean")
+        np.testing.assert_allclose(mean, expected[LENGTHS > 0].mean(), rtol=1e-12)
+    grad = jax.grad(lambda s: METRIC_FNS[name](s, RELEVANCE, where=where, reduction="sum"))
+    assert np.all(np.asarray(grad(scores)) == 0)
+
+
+def test_metrics_match_rax_documented_values():
+    """rax's metrics module: ndcg_metric = 0.79670763 and its batch mean 0.8983538."""
+    scores = jnp.array([[2.0, 1.0, 3.0], [1.0, 0.5, 1.5]])
+    labels = jnp.array([[2.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(jaxloss.ndcg(scores[0], labels[0]), 0.79670763, rtol=1e-6)
+    np.testing.assert_allclose(jaxloss.ndcg(scores, labels, reduction="mean"), 0.8983538, rtol=1e-6)
+
+
+def test_metrics_break_ties_by_position_and_follow_the_relevance_rules():
+    tied = np.zeros(3)
+    # Equal scores: the earlier item ranks higher.
+    np.testing.assert_allclose(METRIC_FNS["mrr"](tied, np.array([0.0, 1.0, 0.0])), 0.5)
+    np.testing.assert_allclose(METRIC_FNS["mrr"](tied, np.array([1.0, 1.0, 0.0])), 1.0)
+    expected = (1.0 / np.log2(3.0)) / 1.0  # gain 1 at rank 2, ideal gain 1 at rank 1
+    np.testing.assert_allclose(METRIC_FNS["ndcg"](tied, np.array([0.0, 1.0, 0.0])), expected)
+    # MRR: relevant means r ≥ 1 (rax, TF-Ranking); no relevant item gives 0.
+    np.testing.assert_allclose(
+        METRIC_FNS["mrr"](np.array([3.0, 2.0, 1.0]), np.array([0.5, 0, 2])), 1 / 3
+    )
+    assert float(METRIC_FNS["mrr"](np.array([3.0, 2.0]), np.array([0.5, 0.0]))) == 0.0
+    # NDCG: a list with no relevant item is 0; a NaN score on a valid item is NaN.
+    assert float(METRIC_FNS["ndcg"](np.array([3.0, 2.0]), np.array([0.0, 0.0]))) == 0.0
+    for fn in METRIC_FNS.values():
+        assert np.isnan(float(fn(np.array([np.nan, 2.0]), np.array([1.0, 0.0]))))
