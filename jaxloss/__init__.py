@@ -74,6 +74,7 @@ from jaxloss._preference import (
     simpo_loss,
 )
 from jaxloss._ranking import (
+    approx_ndcg_loss,
     listmle_loss,
     mrr,
     ndcg,
@@ -148,6 +149,7 @@ __all__ = [
     "listmle_loss",
     "pairwise_logistic_loss",
     "pairwise_hinge_loss",
+    "approx_ndcg_loss",
     "ndcg",
     "mrr",
     # regularization: penalties over parameter pytrees, masks, the regularized objective

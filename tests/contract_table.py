@@ -1598,6 +1598,20 @@ def _mrr_ref(s, r, topn=None):
     return out
 
 
+def _approx_ndcg_ref(s, r, temperature=1.0):
+    """Qin et al. (2010): −Σ_i G(r_i)/log2(1 + π̂_i) / maxDCG, π̂_i = 1 + Σ_{j≠i}
+    σ((s_j − s_i)/T); 0 for a list with maxDCG = 0."""
+    out = np.zeros(s.shape[:-1])
+    for idx in np.ndindex(*s.shape[:-1]):
+        above = special.expit((s[idx][None, :] - s[idx][:, None]) / temperature)
+        np.fill_diagonal(above, 0.0)
+        gains = 2.0 ** r[idx] - 1.0
+        ideal = _max_dcg_ref(gains)
+        dcg = (gains / np.log2(2.0 + above.sum(-1))).sum()
+        out[idx] = -dcg / ideal if ideal > 0 else 0.0
+    return out
+
+
 def _separated_lists(rng):
     """Scores at least 0.4 apart (no tie, none after bf16 rounding, none within a finite
     difference step), so the ranks, hence the metrics, are locally constant."""
@@ -1659,6 +1673,14 @@ CASES += [
         grad_order=1,
         extreme=lambda: (_RANK_EXTREME, {}),
         id="pairwise_hinge_loss[lambda_weights=dcg]",
+    ),
+    Case(
+        "approx_ndcg_loss",
+        _per_list_mask(jaxloss.approx_ndcg_loss),
+        lambda rng: (_lists(rng)[0], {"temperature": 0.5}),
+        _approx_ndcg_ref,
+        extreme=lambda: (_RANK_EXTREME, {"temperature": 0.1}),
+        id="approx_ndcg_loss[temperature=0.5]",
     ),
     # Metrics: step functions of the scores (gradient 0 between ties).
     Case(

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import jaxloss
 from tests.contract_table import (
+    _approx_ndcg_ref,
     _lambda_pairwise_ref,
     _listmle_ref,
     _mrr_ref,
@@ -34,6 +35,7 @@ REFERENCES = {
     "listmle_loss": _listmle_ref,
     "pairwise_logistic_loss": _pairwise_ref(lambda d: np.logaddexp(0.0, -d)),
     "pairwise_hinge_loss": _pairwise_ref(lambda d: max(0.0, 1.0 - d)),
+    "approx_ndcg_loss": _approx_ndcg_ref,
 }
 FNS = {name: jax.jit(getattr(jaxloss, name), static_argnames="reduction") for name in REFERENCES}
 HINGE = jax.jit(jaxloss.pairwise_hinge_loss, static_argnames="margin")
@@ -140,9 +142,12 @@ def test_listmle_is_a_plackett_luce_negative_log_likelihood():
 def test_ranking_losses_are_shift_invariant_and_non_negative(seed, shift):
     rng = np.random.default_rng(seed)
     s, r = rng.normal(size=(2, L)) * 3.0, rng.integers(0, 3, size=(2, L)).astype(float)
-    for fn in FNS.values():
+    for name, fn in FNS.items():
         out = np.asarray(fn(s, r))
-        assert (out >= 0).all()
+        if name == "approx_ndcg_loss":  # minus an NDCG
+            assert ((out >= -1) & (out <= 0)).all()
+        else:
+            assert (out >= 0).all()
         np.testing.assert_allclose(fn(s + shift, r), out, rtol=1e-9, atol=1e-9)
 
 
@@ -159,6 +164,11 @@ def test_pairwise_losses_count_each_ordered_pair_and_use_the_margin():
 
 
 BAD_CALLS = [
+    (
+        lambda: jaxloss.approx_ndcg_loss(jnp.zeros(3), jnp.zeros(3), temperature=0.0),
+        ValueError,
+        r"`temperature` must be a positive finite number, got 0.0",
+    ),
     (
         lambda: jaxloss.pairwise_logistic_loss(jnp.zeros(3), jnp.zeros(3), lambda_weights="NDCG"),
         ValueError,
@@ -390,3 +400,16 @@ def test_metrics_break_ties_by_position_and_follow_the_relevance_rules():
     assert float(METRIC_FNS["ndcg"](np.array([3.0, 2.0]), np.array([0.0, 0.0]))) == 0.0
     for fn in METRIC_FNS.values():
         assert np.isnan(float(fn(np.array([np.nan, 2.0]), np.array([1.0, 0.0]))))
+
+
+def test_approx_ndcg_tends_to_minus_ndcg_as_the_temperature_falls():
+    """Qin et al. (2010): the sigmoid rank tends to the rank as T → 0."""
+    scores = np.stack([RNG.permutation(L) for _ in range(B)]) * 0.5
+    fn = jax.jit(jaxloss.approx_ndcg_loss, static_argnames="temperature")
+    exact = -np.asarray(METRIC_FNS["ndcg"](scores, RELEVANCE))
+    np.testing.assert_allclose(fn(scores, RELEVANCE, temperature=1e-3), exact, rtol=1e-12)
+    assert np.abs(np.asarray(fn(scores, RELEVANCE, temperature=1.0)) - exact).max() > 1e-3
+    # A list with no relevant item: 0 (not −0.0) with zero gradient.
+    r = np.zeros(L)
+    assert np.signbit(np.asarray(fn(scores[0], r))) == False  # noqa: E712
+    np.testing.assert_array_equal(jax.grad(fn)(scores[0], r), np.zeros(L))
