@@ -18,17 +18,18 @@ when it is traced (under ``jit``), never a plausible number.
 
 LambdaLoss weights (Wang et al., 2018), the ``lambda_weights`` of the pairwise losses,
 scale the loss of each pair (i, j) with r_i > r_j by the change Δ_ij in a metric when
-the two items swap places in the current ranking (ranks by decreasing score, ties by
+the two items swap places in the current ranking (ranks k by decreasing score, ties by
 position, computed without gradient); with G(r) = 2^r − 1 and D(k) = log2(1 + k):
 
-    ``"label_diff"``:  Δ_ij = |r_i − r_j|                        (rax ``labeldiff_lambdaweight``)
-    ``"dcg"``:         Δ_ij = |G(r_i) − G(r_j)| · |1/D(k_i) − 1/D(k_j)|  (``dcg_lambdaweight``)
-    ``"ndcg"``:        Δ_ij = the ``"dcg"`` weight / maxDCG (``dcg_lambdaweight(normalize=True)``)
+    "label_diff":  Δ_ij = |r_i − r_j|                    (rax labeldiff_lambdaweight)
+    "dcg":         Δ_ij = |G(r_i) − G(r_j)| · |1/D(k_i) − 1/D(k_j)|   (dcg_lambdaweight)
+    "ndcg":        Δ_ij = the "dcg" weight / maxDCG     (dcg_lambdaweight(normalize=True))
 
-where k_i is item i's rank and maxDCG the DCG of the ordering by relevance (a list whose
-maxDCG is 0 has only zero weights). rax and TF-Ranking multiply the ``"dcg"`` and
-``"ndcg"`` weights by the list length L (a learning-rate heuristic); here they are the
-paper's, so rax's per-list loss is L times this one. The weights take no gradient.
+maxDCG is the DCG of the ordering by relevance (a list whose maxDCG is 0 has only zero
+weights; a grade so large that 2^r overflows gives NaN). rax and TF-Ranking multiply
+the "dcg" and "ndcg" weights by the list length L (a learning-rate heuristic); these are
+the paper's, so rax's pair losses with those weights sum to L times this loss. The
+weights take no gradient.
 """
 
 from __future__ import annotations
@@ -475,11 +476,7 @@ def _metric(value_fn, scores, relevance, topn, where, weights, reduction):
     _check_topn(topn)
     s, r, valid, keep, weights = _lists(scores, relevance, where, weights, reduction)
     ranks = _ranks(s, valid)
-    if topn is not None:
-        ranks_in = ranks <= topn
-    else:
-        ranks_in = jnp.ones(ranks.shape, bool)
-    value = value_fn(r, ranks, ranks_in)
+    value = value_fn(r, ranks, ranks <= (s.shape[-1] if topn is None else topn))
     value = jnp.where(jnp.any(jnp.isnan(s), axis=-1), jnp.nan, value)
     return _per_list(value, r, keep, weights, reduction)
 
