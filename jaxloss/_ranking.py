@@ -16,7 +16,8 @@ concrete (it is almost always TF-Ranking's padding label −1: pass
 ``where=relevance >= 0``, the mask rax takes as ``where``) and makes its list's loss NaN
 when it is traced (under ``jit``), never a plausible number.
 
-LambdaLoss weights (Wang et al., 2018), the ``lambda_weights`` of the pairwise losses,
+LambdaLoss weights (Wang et al., 2018), the ``lambda_weights`` of the pairwise losses
+(`ranking_softmax_loss` takes their per-item form, TF-Ranking's),
 scale the loss of each pair (i, j) with r_i > r_j by the change Δ_ij in a metric when
 the two items swap places in the current ranking (ranks k by decreasing score, ties by
 position, computed without gradient); with G(r) = 2^r − 1 and D(k) = log2(1 + k):
@@ -119,6 +120,7 @@ def ranking_softmax_loss(
     scores: ArrayLike,
     relevance: ArrayLike,
     *,
+    lambda_weights: str | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
@@ -133,11 +135,24 @@ def ranking_softmax_loss(
     the two agree when the relevance of each list sums to 1, and differ by the factor Σ r
     otherwise.
 
+    With ``lambda_weights`` the targets are TF-Ranking's LambdaLoss item weights λ_i at
+    the current ranking (ranks k_i by decreasing score, ties by position, no gradient),
+    not normalized:
+
+        ℓ(s, r) = −Σ_i λ_i · log softmax(s)_i,   λ_i = G(r_i) / D(k_i)   (÷ maxDCG)
+
+    with G, D and maxDCG as in the module notes: ``"dcg"`` or ``"ndcg"`` (÷ maxDCG).
+    This is TF-Ranking's ``SoftmaxLoss(lambda_weight=NDCGLambdaWeight())`` times its
+    per-list weight Σ λ (the sum its reductions take); ``"label_diff"`` weighs pairs and
+    is refused here.
+
     Args:
       scores: s, floating array [..., L], the lists along the last axis.
       relevance: r ≥ 0, the graded relevance, of ``scores``' ndim and broadcastable to
         its shape; integers and booleans are cast. Negative entries on valid items raise
         (concrete) or give NaN (traced); see the module notes.
+      lambda_weights: None (the normalized relevance is the target), ``"ndcg"`` or
+        ``"dcg"`` (the item weights λ above).
       where: optional boolean item mask of ``scores``' ndim, broadcastable to its shape
         (True = valid item, False = padding); see the module notes.
       weights: optional non-negative per-list weights, broadcastable to [...].
@@ -160,7 +175,11 @@ def ranking_softmax_loss(
       (ListNet), ICML 2007; Bruch et al., "An analysis of the softmax cross entropy loss
       for learning-to-rank with binary relevance", ICTIR 2019.
     """
+    _check_lambda_weights(lambda_weights, ("ndcg", "dcg"))
     s, r, valid, keep, weights = _lists(scores, relevance, where, weights, reduction)
+    if lambda_weights is not None:  # from the scores before padding turns to −inf
+        gain, discount = _dcg_terms(lambda_weights, s, r, valid)
+        lam = jax.lax.stop_gradient(gain * discount)
     if valid is not None:
         # A padded item's score is −inf (probability 0); a list of padding only keeps
         # its zeroed scores so that its (dropped) row stays finite.
@@ -173,7 +192,10 @@ def ranking_softmax_loss(
         loss = jnp.zeros(s.shape[:-1], s.dtype)
     else:
         log_p = N.log_softmax(s, -1)
-        loss = -jnp.sum(r * log_p, axis=-1) / jnp.where(mass == 0, 1.0, mass)
+        if lambda_weights is None:
+            loss = -jnp.sum(r * log_p, axis=-1) / jnp.where(mass == 0, 1.0, mass)
+        else:
+            loss = -jnp.sum(lam * log_p, axis=-1)
     return _per_list(loss, r, keep, weights, reduction)
 
 
@@ -266,22 +288,33 @@ def _max_dcg(r, topn=None):
 LAMBDA_WEIGHTS = ("ndcg", "dcg", "label_diff")
 
 
-def _check_lambda_weights(lambda_weights) -> None:
-    if lambda_weights is not None and lambda_weights not in LAMBDA_WEIGHTS:
-        raise ValueError(
-            f"`lambda_weights` must be one of {LAMBDA_WEIGHTS} or None, got {lambda_weights!r}."
+def _check_lambda_weights(lambda_weights, kinds=LAMBDA_WEIGHTS) -> None:
+    if lambda_weights is not None and lambda_weights not in kinds:
+        hint = (
+            ""
+            if kinds == LAMBDA_WEIGHTS
+            else ' ("label_diff" weighs pairs: use it with the pairwise losses)'
         )
+        raise ValueError(
+            f"`lambda_weights` must be one of {kinds} or None, got {lambda_weights!r}{hint}."
+        )
+
+
+def _dcg_terms(kind, s, r, valid):
+    """Per item, the gain G(r_i) (over maxDCG for ``"ndcg"``) and the discount
+    1/D(k_i) at the current rank k_i: the factors of the ``"dcg"``/``"ndcg"`` weights."""
+    gain = _gain(r)
+    if kind == "ndcg":
+        ideal = _max_dcg(r)[..., None]
+        gain = gain / jnp.where(ideal == 0, 1.0, ideal)
+    return gain, _discount(_ranks(s, valid))
 
 
 def _lambda_weights(kind, s, r, valid):
     """The LambdaLoss pair weights Δ_ij [..., L, L] (no gradient), see `_pairwise`."""
     if kind == "label_diff":
         return jnp.abs(r[..., :, None] - r[..., None, :])
-    gain = _gain(r)
-    if kind == "ndcg":
-        ideal = _max_dcg(r)[..., None]
-        gain = gain / jnp.where(ideal == 0, 1.0, ideal)
-    discount = _discount(_ranks(s, valid))
+    gain, discount = _dcg_terms(kind, s, r, valid)
     delta_gain = jnp.abs(gain[..., :, None] - gain[..., None, :])
     return delta_gain * jnp.abs(discount[..., :, None] - discount[..., None, :])
 

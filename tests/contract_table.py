@@ -1579,6 +1579,22 @@ def _lambda_pairwise_ref(pair_loss, kind):
     return ref
 
 
+def _lambda_softmax_ref(kind):
+    """TF-Ranking's softmax loss with DCG item weights, times its list weight Σ λ:
+    −Σ_i λ_i log softmax(s)_i, λ_i = G(r_i)/log2(1 + k_i) (÷ maxDCG for ndcg)."""
+
+    def ref(s, r):
+        out = np.zeros(s.shape[:-1])
+        for idx in np.ndindex(*s.shape[:-1]):
+            gains, _, disc = _dcg_terms_ref(s[idx], r[idx])
+            ideal = _max_dcg_ref(gains) if kind == "ndcg" else 1.0
+            lam = gains * disc / (ideal if ideal > 0 else 1.0)
+            out[idx] = -(lam * special.log_softmax(s[idx])).sum()
+        return out
+
+    return ref
+
+
 def _ndcg_ref(s, r, topn=None):
     out = np.zeros(s.shape[:-1])
     for idx in np.ndindex(*s.shape[:-1]):
@@ -1673,6 +1689,15 @@ CASES += [
         grad_order=1,
         extreme=lambda: (_RANK_EXTREME, {}),
         id="pairwise_hinge_loss[lambda_weights=dcg]",
+    ),
+    Case(
+        "ranking_softmax_loss",
+        functools.partial(_per_list_mask(jaxloss.ranking_softmax_loss), lambda_weights="ndcg"),
+        _separated_lists,
+        _lambda_softmax_ref("ndcg"),
+        grad_order=1,
+        extreme=lambda: (_RANK_EXTREME, {}),
+        id="ranking_softmax_loss[lambda_weights=ndcg]",
     ),
     Case(
         "approx_ndcg_loss",

@@ -16,6 +16,7 @@ import jaxloss
 from tests.contract_table import (
     _approx_ndcg_ref,
     _lambda_pairwise_ref,
+    _lambda_softmax_ref,
     _listmle_ref,
     _mrr_ref,
     _ndcg_ref,
@@ -164,6 +165,14 @@ def test_pairwise_losses_count_each_ordered_pair_and_use_the_margin():
 
 
 BAD_CALLS = [
+    (
+        lambda: jaxloss.ranking_softmax_loss(
+            jnp.zeros(3), jnp.zeros(3), lambda_weights="label_diff"
+        ),
+        ValueError,
+        r"`lambda_weights` must be one of \('ndcg', 'dcg'\) or None, got 'label_diff' "
+        r"\(\"label_diff\" weighs pairs",
+    ),
     (
         lambda: jaxloss.approx_ndcg_loss(jnp.zeros(3), jnp.zeros(3), temperature=0.0),
         ValueError,
@@ -324,6 +333,32 @@ def test_lambda_weights_match_the_lambdaloss_formula_on_ragged_lists(name, kind)
     grad = jax.grad(lambda s: jnp.sum(LAMBDA[name](s, RELEVANCE, lambda_weights=kind, where=where)))
     g = np.asarray(grad(scores))
     assert np.isfinite(g).all() and np.all(g[~VALID] == 0)
+
+
+@pytest.mark.parametrize("kind", ["ndcg", "dcg"])
+def test_softmax_lambda_weights_match_tf_ranking_item_weights_on_ragged_lists(kind):
+    """−Σ λ_i log softmax(s)_i, λ_i = G(r_i)/log2(1 + k_i) (÷ maxDCG), ranks of the valid
+    items only; the weights take no gradient."""
+    fn = jax.jit(jaxloss.ranking_softmax_loss, static_argnames="lambda_weights")
+    scores = np.where(VALID, SCORES, np.nan)
+    where = jnp.asarray(VALID)
+    out = fn(scores, RELEVANCE, lambda_weights=kind, where=where)
+    expected = np.zeros(B)
+    for b, n in enumerate(LENGTHS):
+        if n:
+            expected[b] = _lambda_softmax_ref(kind)(SCORES[b, :n][None], RELEVANCE[b, :n][None])[0]
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)
+    # ∂ℓ/∂s = Σλ · softmax(s) − λ with λ held fixed.
+    s, r = SCORES[0], RELEVANCE[0]
+    gains = 2.0**r - 1.0
+    ranks = np.empty(L)
+    ranks[np.argsort(-s, kind="stable")] = np.arange(1, L + 1)
+    lam = gains / np.log2(1.0 + ranks)
+    if kind == "ndcg":
+        lam = lam / (np.sort(gains)[::-1] / np.log2(np.arange(2, L + 2))).sum()
+    p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+    grad = jax.grad(lambda x: fn(x, r, lambda_weights=kind))(s)
+    np.testing.assert_allclose(grad, lam.sum() * p - lam, rtol=1e-10, atol=1e-14)
 
 
 def test_lambda_weights_match_rax_documented_example():
