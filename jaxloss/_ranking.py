@@ -451,11 +451,11 @@ def approx_ndcg_loss(
         π̂_i = 1 + Σ_{j valid, j ≠ i} σ((s_j − s_i) / T)
         ℓ(s, r) = −(1 / maxDCG) Σ_{i valid} (2^{r_i} − 1) / log2(1 + π̂_i)
 
-    π̂_i approximates item i's rank (the count of items that score higher) with the
+    π̂_i approximates item i's rank (1 + the count of items that score higher) with the
     logistic sigmoid σ at temperature T; as T → 0 the loss tends to −NDCG (`ndcg`, no
     cutoff) where scores do not tie. maxDCG is the DCG of the ordering by relevance; a
     list with no relevant item (maxDCG = 0) has loss 0 with zero gradient. The loss
-    lies in [−1, 0): lower is better. The pairs are formed as an [..., L, L] array.
+    lies in [−1, 0]: lower is better. The pairs are formed as an [..., L, L] array.
 
     Args:
       scores: s, floating array [..., L], the lists along the last axis.
@@ -478,9 +478,9 @@ def approx_ndcg_loss(
 
     References:
       Qin, Liu & Li, "A general approximation framework for direct optimization of
-      information retrieval measures", Information Retrieval 13 (2010). Equal to
-      TF-Ranking's ``ApproxNDCGLoss`` per list and to minus rax's
-      ``approx_t12n(ndcg_metric, temperature=T)``.
+      information retrieval measures", Information Retrieval 13 (2010). The per-list
+      loss of TF-Ranking's ``ApproxNDCGLoss`` (which gives padded items a very low score
+      where this drops them) and minus rax's ``approx_t12n(ndcg_metric, temperature=T)``.
     """
     C.check_positive("temperature", temperature)
     s, r, valid, keep, weights = _lists(scores, relevance, where, weights, reduction)
