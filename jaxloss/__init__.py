@@ -74,7 +74,10 @@ from jaxloss._preference import (
     simpo_loss,
 )
 from jaxloss._ranking import (
+    approx_ndcg_loss,
     listmle_loss,
+    mrr,
+    ndcg,
     pairwise_hinge_loss,
     pairwise_logistic_loss,
     ranking_softmax_loss,
@@ -146,6 +149,9 @@ __all__ = [
     "listmle_loss",
     "pairwise_logistic_loss",
     "pairwise_hinge_loss",
+    "approx_ndcg_loss",
+    "ndcg",
+    "mrr",
     # regularization: penalties over parameter pytrees, masks, the regularized objective
     "l2_penalty",
     "l1_penalty",

@@ -1539,6 +1539,102 @@ def _pairwise_ref(pair_loss):
     return ref
 
 
+def _dcg_terms_ref(s, r):
+    """Per list: the gains 2^r − 1, the 1-based ranks by decreasing score (ties by
+    position) and the discounts 1/log2(1 + rank) (Järvelin & Kekäläinen, 2002)."""
+    gains = 2.0**r - 1.0
+    ranks = np.empty(s.shape[-1])
+    ranks[np.argsort(-s, kind="stable")] = np.arange(1, s.shape[-1] + 1)
+    return gains, ranks, 1.0 / np.log2(1.0 + ranks)
+
+
+def _max_dcg_ref(gains, topn=None):
+    ideal = np.sort(gains)[::-1][:topn]
+    return float((ideal / np.log2(2.0 + np.arange(len(ideal)))).sum())
+
+
+def _lambda_pairwise_ref(pair_loss, kind):
+    """Wang et al. (2018): Σ_{r_i > r_j} Δ_ij · pair_loss(s_i − s_j), Δ_ij the change of
+    the metric when items i and j swap ranks: |r_i − r_j| (label_diff), |G_i − G_j| ·
+    |1/D(k_i) − 1/D(k_j)| (dcg), the same divided by maxDCG (ndcg)."""
+
+    def ref(s, r, **kwargs):
+        out = np.zeros(s.shape[:-1])
+        for idx in np.ndindex(*s.shape[:-1]):
+            gains, _, disc = _dcg_terms_ref(s[idx], r[idx])
+            ideal = _max_dcg_ref(gains)
+            for i in range(s.shape[-1]):
+                for j in range(s.shape[-1]):
+                    if r[idx][i] <= r[idx][j]:
+                        continue
+                    if kind == "label_diff":
+                        delta = abs(r[idx][i] - r[idx][j])
+                    else:
+                        delta = abs(gains[i] - gains[j]) * abs(disc[i] - disc[j])
+                        if kind == "ndcg":
+                            delta = delta / ideal
+                    out[idx] += delta * pair_loss(s[idx][i] - s[idx][j], **kwargs)
+        return out
+
+    return ref
+
+
+def _lambda_softmax_ref(kind):
+    """TF-Ranking's softmax loss with DCG item weights, times its list weight Σ λ:
+    −Σ_i λ_i log softmax(s)_i, λ_i = G(r_i)/log2(1 + k_i) (÷ maxDCG for ndcg)."""
+
+    def ref(s, r):
+        out = np.zeros(s.shape[:-1])
+        for idx in np.ndindex(*s.shape[:-1]):
+            gains, _, disc = _dcg_terms_ref(s[idx], r[idx])
+            ideal = _max_dcg_ref(gains) if kind == "ndcg" else 1.0
+            lam = gains * disc / (ideal if ideal > 0 else 1.0)
+            out[idx] = -(lam * special.log_softmax(s[idx])).sum()
+        return out
+
+    return ref
+
+
+def _ndcg_ref(s, r, topn=None):
+    out = np.zeros(s.shape[:-1])
+    for idx in np.ndindex(*s.shape[:-1]):
+        gains, ranks, disc = _dcg_terms_ref(s[idx], r[idx])
+        cut = ranks <= (topn or len(ranks))
+        ideal = _max_dcg_ref(gains, topn)
+        out[idx] = (gains * disc)[cut].sum() / ideal if ideal > 0 else 0.0
+    return out
+
+
+def _mrr_ref(s, r, topn=None):
+    out = np.zeros(s.shape[:-1])
+    for idx in np.ndindex(*s.shape[:-1]):
+        _, ranks, _ = _dcg_terms_ref(s[idx], r[idx])
+        hits = ranks[(r[idx] >= 1) & (ranks <= (topn or len(ranks)))]
+        out[idx] = 1.0 / hits.min() if len(hits) else 0.0
+    return out
+
+
+def _approx_ndcg_ref(s, r, temperature=1.0):
+    """Qin et al. (2010): −Σ_i G(r_i)/log2(1 + π̂_i) / maxDCG, π̂_i = 1 + Σ_{j≠i}
+    σ((s_j − s_i)/T); 0 for a list with maxDCG = 0."""
+    out = np.zeros(s.shape[:-1])
+    for idx in np.ndindex(*s.shape[:-1]):
+        above = special.expit((s[idx][None, :] - s[idx][:, None]) / temperature)
+        np.fill_diagonal(above, 0.0)
+        gains = 2.0 ** r[idx] - 1.0
+        ideal = _max_dcg_ref(gains)
+        dcg = (gains / np.log2(2.0 + above.sum(-1))).sum()
+        out[idx] = -dcg / ideal if ideal > 0 else 0.0
+    return out
+
+
+def _separated_lists(rng):
+    """Scores at least 0.4 apart (no tie, none after bf16 rounding, none within a finite
+    difference step), so the ranks, hence the metrics, are locally constant."""
+    scores = np.stack([rng.permutation(L) for _ in range(N)]) + rng.uniform(-0.3, 0.3, (N, L))
+    return (scores, rng.integers(0, 4, size=(N, L)).astype(float)), {}
+
+
 _RANK_EXTREME = (
     np.array([[1e4, -1e4, 0.0, 1e9], [-1e9, 1e9, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32),
     np.array([[1.0, 0.0, 2.0, 0.0], [3.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]], np.float32),
@@ -1571,6 +1667,61 @@ CASES += [
         _per_list_mask(jaxloss.pairwise_hinge_loss),
         lambda rng: (_lists(rng)[0], {"margin": 0.7}),
         _pairwise_ref(lambda d, margin: max(0.0, margin - d)),
+        grad_order=1,
+        extreme=lambda: (_RANK_EXTREME, {}),
+    ),
+    # The LambdaLoss weights depend on the ranks: separated scores keep them constant
+    # within the finite-difference step and under bf16 rounding.
+    Case(
+        "pairwise_logistic_loss",
+        functools.partial(_per_list_mask(jaxloss.pairwise_logistic_loss), lambda_weights="ndcg"),
+        _separated_lists,
+        _lambda_pairwise_ref(lambda d: np.logaddexp(0.0, -d), "ndcg"),
+        grad_order=1,
+        extreme=lambda: (_RANK_EXTREME, {}),
+        id="pairwise_logistic_loss[lambda_weights=ndcg]",
+    ),
+    Case(
+        "pairwise_hinge_loss",
+        functools.partial(_per_list_mask(jaxloss.pairwise_hinge_loss), lambda_weights="dcg"),
+        lambda rng: (_separated_lists(rng)[0], {"margin": 0.7}),
+        _lambda_pairwise_ref(lambda d, margin: max(0.0, margin - d), "dcg"),
+        grad_order=1,
+        extreme=lambda: (_RANK_EXTREME, {}),
+        id="pairwise_hinge_loss[lambda_weights=dcg]",
+    ),
+    Case(
+        "ranking_softmax_loss",
+        functools.partial(_per_list_mask(jaxloss.ranking_softmax_loss), lambda_weights="ndcg"),
+        _separated_lists,
+        _lambda_softmax_ref("ndcg"),
+        grad_order=1,
+        extreme=lambda: (_RANK_EXTREME, {}),
+        id="ranking_softmax_loss[lambda_weights=ndcg]",
+    ),
+    Case(
+        "approx_ndcg_loss",
+        _per_list_mask(jaxloss.approx_ndcg_loss),
+        lambda rng: (_lists(rng)[0], {"temperature": 0.5}),
+        _approx_ndcg_ref,
+        extreme=lambda: (_RANK_EXTREME, {"temperature": 0.1}),
+        id="approx_ndcg_loss[temperature=0.5]",
+    ),
+    # Metrics: step functions of the scores (gradient 0 between ties).
+    Case(
+        "ndcg",
+        _per_list_mask(jaxloss.ndcg),
+        lambda rng: (_separated_lists(rng)[0], {"topn": 3}),
+        _ndcg_ref,
+        grad_order=1,
+        extreme=lambda: (_RANK_EXTREME, {}),
+        id="ndcg[topn=3]",
+    ),
+    Case(
+        "mrr",
+        _per_list_mask(jaxloss.mrr),
+        _separated_lists,
+        _mrr_ref,
         grad_order=1,
         extreme=lambda: (_RANK_EXTREME, {}),
     ),
