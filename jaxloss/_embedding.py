@@ -30,7 +30,13 @@ def _feature_axis(axis, x: jax.Array, name: str) -> int:
         raise ValueError(f"`{name}` must have a feature axis; got a scalar.")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"`axis` {axis} is out of range for `{name}` of shape {x.shape}.")
-    return axis % x.ndim
+    axis = axis % x.ndim
+    if x.shape[axis] == 0:
+        raise ValueError(
+            f"`{name}` has a feature axis of size 0 (axis {axis} of shape {x.shape}): there "
+            "are no features to compare. Check `axis` and how the embeddings were sliced."
+        )
+    return axis
 
 
 def _check_eps(eps) -> None:
@@ -64,9 +70,14 @@ def normalize(x: jax.Array, axis: int, eps: float | jax.Array) -> jax.Array:
 
     The building block of `cosine_similarity` for callers that form many dot products
     (a similarity matrix): normalize once, then multiply. ``x`` is used as given (no
-    dtype promotion or validation); the gradient at x = 0 is 1/ε (not NaN).
+    dtype promotion or validation); the Jacobian at x = 0 is I/ε for ε > 0, and 0 for
+    ε = 0, where x/‖x‖ has no limit (a double where: 0/0 is never formed). A traced
+    negative ε gives NaN.
     """
-    return x / jnp.maximum(N.safe_norm(x, axis, keepdims=True), eps)
+    den = jnp.maximum(N.safe_norm(x, axis, keepdims=True), eps)
+    den = jnp.where(jnp.asarray(eps) < 0, jnp.nan, den)
+    zero = den == 0  # only for ε = 0 and x = 0
+    return jnp.where(zero, 0.0, x / jnp.where(zero, 1.0, den))
 
 
 def _cosine(x: jax.Array, y: jax.Array, axis: int, eps) -> jax.Array:
@@ -89,16 +100,19 @@ def cosine_similarity(
 
     The formula of ``torch.nn.functional.cosine_similarity`` (PyTorch ≥ 1.12): each norm
     is floored at ε separately, so a zero vector has similarity 0 with everything and a
-    finite gradient (of size 1/ε), never NaN. ``optax.losses.cosine_similarity`` floors
+    finite gradient (of size 1/ε), never NaN. With ε = 0 a zero vector still has
+    similarity 0, and gradient 0 (the cosine has no limit, hence no derivative, there;
+    torch gives NaN). ``optax.losses.cosine_similarity`` floors
     each *squared* norm at its ``epsilon``, so it equals this with ε = √epsilon (its
     default epsilon = 0 gives NaN for a zero vector).
     The norms use a scaled, overflow-free computation (`_numerics.safe_norm`).
 
     Args:
-      x: floating array with a feature axis.
+      x: floating array with a feature axis (of size ≥ 1: an empty feature axis raises).
       y: floating array broadcastable to ``x``' shape.
       axis: the feature axis (default the last).
-      eps: ε ≥ 0, the floor of each norm.
+      eps: ε ≥ 0, the floor of each norm (a negative ε given as a Python number raises;
+        a traced one gives NaN).
       where: optional boolean mask broadcastable to ``x``' shape without ``axis``.
       weights: optional non-negative weights, broadcastable like ``where``.
       reduction: ``"none"`` (per vector pair), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).

@@ -199,3 +199,70 @@ def test_cosine_is_scale_invariant_and_triplet_translation_invariant(scale, shif
     t = jaxloss.triplet_margin_loss(X, Y, Z, eps=0.0)
     shifted = jaxloss.triplet_margin_loss(X + shift, Y + shift, Z + shift, eps=0.0)
     np.testing.assert_allclose(shifted, t, rtol=1e-9, atol=1e-9)
+
+
+# --- review 2 ---------------------------------------------------------------------------
+
+
+def test_eps_zero_keeps_zero_vectors_finite():
+    """Review 2, item 5: `eps=0.0` is accepted, and a zero vector then gave a NaN cosine
+    and an inf gradient against the promise "finite (0) at zero vectors, never NaN".
+    With ε = 0 a zero vector has cosine 0 and gradient 0 (the cosine has no derivative
+    there); nonzero vectors get the exact cosine."""
+    zero = jnp.zeros((2, 5))
+    y = jnp.asarray(Y[:2])
+    x = jnp.concatenate([zero, jnp.asarray(X[:2])])
+    yy = jnp.concatenate([y, y])
+    exact = (X[:2] * Y[:2]).sum(-1) / (
+        np.linalg.norm(X[:2], axis=-1) * np.linalg.norm(Y[:2], axis=-1)
+    )
+    out = jaxloss.cosine_similarity(x, yy, eps=0.0)
+    np.testing.assert_allclose(out, np.concatenate([[0.0, 0.0], exact]), rtol=1e-14, atol=0)
+    np.testing.assert_array_equal(jaxloss.cosine_distance(zero, y, eps=0.0), 1.0)
+    gx, gy = jax.grad(lambda a, b: jnp.sum(jaxloss.cosine_similarity(a, b, eps=0.0)), (0, 1))(
+        zero, y
+    )
+    np.testing.assert_array_equal(gx, 0.0)
+    np.testing.assert_array_equal(gy, 0.0)
+    g = jax.grad(lambda a: jnp.sum(jaxloss.cosine_similarity(a, a, eps=0.0)))(zero)
+    np.testing.assert_array_equal(g, 0.0)
+
+    labels = jnp.array([1, -1])
+    loss = lambda a: jaxloss.cosine_embedding_loss(a, y, labels, margin=-0.5, eps=0.0)  # noqa: E731
+    np.testing.assert_array_equal(loss(zero), [1.0, 0.5])  # cos = 0: 1 − 0 and max(0, 0 + 0.5)
+    np.testing.assert_array_equal(jax.grad(lambda a: jnp.sum(loss(a)))(zero), 0.0)
+    # float32, as a user computes it
+    z32 = jnp.zeros((1, 3), jnp.float32)
+    y32 = jnp.ones((1, 3), jnp.float32)
+    assert jaxloss.cosine_similarity(z32, y32, eps=0.0).dtype == jnp.float32
+    np.testing.assert_array_equal(jaxloss.cosine_similarity(z32, y32, eps=0.0), 0.0)
+    g32 = jax.grad(lambda a: jnp.sum(jaxloss.cosine_similarity(a, y32, eps=0.0)))(z32)
+    np.testing.assert_array_equal(g32, 0.0)
+
+
+@pytest.mark.parametrize(
+    "call,name",
+    [
+        (lambda x, y: jaxloss.cosine_similarity(x, y), "x"),
+        (lambda x, y: jaxloss.cosine_distance(x, y), "x"),
+        (lambda x, y: jaxloss.cosine_embedding_loss(x, y, np.ones(3, np.int32)), "x_1"),
+        (lambda x, y: jaxloss.triplet_margin_loss(x, y, y), "anchors"),
+        (lambda x, y: jaxloss.cosine_similarity(x.T, y.T, axis=0), "x"),
+    ],
+)
+def test_zero_size_feature_axis_raises_naming_the_argument(call, name):
+    """Review 2, item 11: a feature axis of size 0 crashed with JAX's raw "zero-size array
+    to reduction operation max"; it is a ValueError that names the input, also under jit."""
+    x, y = np.zeros((3, 0)), np.zeros((3, 0))
+    with pytest.raises(ValueError, match=rf"`{name}` has a feature axis of size 0"):
+        call(x, y)
+    with pytest.raises(ValueError, match=rf"`{name}` has a feature axis of size 0"):
+        jax.jit(call)(x, y)
+
+
+def test_empty_batch_is_fine():
+    out = jaxloss.cosine_similarity(np.zeros((0, 4)), np.zeros((0, 4)), reduction="mean")
+    assert out == 0.0
+    assert jaxloss.triplet_margin_loss(
+        np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((0, 4))
+    ).shape == (0,)
