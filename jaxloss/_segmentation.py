@@ -3,7 +3,9 @@
 Inputs are probabilities, not logits: apply ``jax.nn.softmax(logits, axis=class_axis)``
 (one label per pixel) or ``jax.nn.sigmoid(logits)`` (independent masks) first. Each
 loss sums over the spatial ``axis`` (required: there is no safe default layout) and
-returns one loss per remaining index (per example and class). Dice and Jaccard are
+returns one loss per remaining index (per example and class); ``where`` and
+``weights`` apply to those, while ``pixel_where`` (broadcastable to the inputs) removes
+pixels from the sums, e.g. the void label of a data set. Dice and Jaccard are
 Tversky indices (α = β = ½ and α = β = 1), so the three share one body, in which an
 empty class (no target, no prediction) has loss 0 with a finite gradient for every
 ``smooth`` ≥ 0.
@@ -69,24 +71,44 @@ def _check_nonnegative(name: str, value) -> None:
         raise ValueError(f"`{name}` must be a non-negative finite number, got {value!r}.")
 
 
-def _inputs(probs, targets, axis, where, weights, reduction, extra_axes=()):
+def _pixel_mask(pixel_where, shape) -> jax.Array | None:
+    """``pixel_where`` checked: a boolean mask that broadcasts to ``probs``' shape."""
+    if pixel_where is None:
+        return None
+    m = jnp.asarray(pixel_where)
+    if m.dtype != jnp.bool_:
+        raise TypeError(
+            f"`pixel_where` must be a boolean mask (True = the pixel counts), got dtype "
+            f"{m.dtype}. For a void label use e.g. `pixel_where=(ids != 255)[..., None]`."
+        )
+    C.check_fits("probs", shape, pixel_where=m)
+    return m
+
+
+def _inputs(probs, targets, axis, where, weights, reduction, pixel_where=None, extra_axes=()):
     """(probs, targets, spatial axes, where, weights): the shared validation.
 
     The loss shape is ``probs``' shape without the spatial axes (and ``extra_axes``);
-    ``targets`` broadcast to ``probs``. Dropped entries are zeroed before the sums.
+    ``targets`` and ``pixel_where`` broadcast to ``probs``. Dropped entries (of ``where``
+    or ``pixel_where``) are zeroed in both inputs before the sums, which removes them from
+    every sum (TP, FP, FN, Σp, Σt), and gives them exactly zero gradient.
     """
     p = C.as_float("probs", probs)
     t = C.as_float("targets", targets, allow_int=True)
     axes = _axes(axis, p.ndim)
     C.check_fits("probs", p.shape, targets=t)
+    pixels = _pixel_mask(pixel_where, p.shape)
     reduced = tuple(sorted(set(axes) | set(extra_axes)))
     loss_shape = tuple(d for i, d in enumerate(p.shape) if i not in reduced)
     where, weights = C.prepare(loss_shape, where, weights, reduction)
     dtype = C.compute_dtype(p, t)
     p = p.astype(dtype)
     t = jnp.broadcast_to(t.astype(dtype), p.shape)
+    full = pixels
     if where is not None:
-        full = jnp.expand_dims(jnp.broadcast_to(where, loss_shape), reduced)
+        rows = jnp.expand_dims(jnp.broadcast_to(where, loss_shape), reduced)
+        full = rows if full is None else rows & full
+    if full is not None:
         p, t = C.keep(full, p, 0.0), C.keep(full, t, 0.0)
     _check_unit_interval("probs", p)  # after masking: dropped entries are not checked
     _check_unit_interval("targets", t)
@@ -131,6 +153,7 @@ def tversky_loss(
     beta: float = 0.5,
     axis: int | Sequence[int],
     smooth: float = 1.0,
+    pixel_where: ArrayLike | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
@@ -157,8 +180,14 @@ def tversky_loss(
       beta: β ≥ 0, the weight of false negatives.
       axis: required, int or tuple of ints: the spatial axes summed over.
       smooth: s ≥ 0, added to numerator and denominator.
+      pixel_where: optional boolean mask broadcastable to ``probs``' shape (e.g.
+        [B, H, W, 1]); False removes a pixel from every sum (TP, FP, FN), as if the
+        image did not contain it, and gives its inputs exactly zero gradient. For the
+        "void" label of segmentation data sets (255 in Pascal VOC and Cityscapes):
+        ``targets=jax.nn.one_hot(ids, C)``, ``pixel_where=(ids != 255)[..., None]``.
+        An (example, class) with no pixel left is an empty class (loss 0).
       where: optional boolean mask broadcastable to the loss (``probs``' shape without
-        ``axis``, e.g. [B, C]); True keeps an (example, class).
+        ``axis``, e.g. [B, C]); True keeps an (example, class) in the reduction.
       weights: optional non-negative weights broadcastable to the loss.
       reduction: ``"none"`` (per example and class), ``"sum"`` or ``"mean"``.
 
@@ -180,7 +209,9 @@ def tversky_loss(
     _check_nonnegative("alpha", alpha)
     _check_nonnegative("beta", beta)
     _check_nonnegative("smooth", smooth)
-    p, t, axes, where, weights = _inputs(probs, targets, axis, where, weights, reduction)
+    p, t, axes, where, weights = _inputs(
+        probs, targets, axis, where, weights, reduction, pixel_where
+    )
     loss = _tversky(p, t, axes, alpha, beta, smooth)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
@@ -192,6 +223,7 @@ def dice_loss(
     axis: int | Sequence[int],
     smooth: float = 1.0,
     class_weights: ArrayLike | None = None,
+    pixel_where: ArrayLike | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
@@ -217,7 +249,7 @@ def dice_loss(
       class_weights: optional non-negative weights of shape [C], C the size of the
         loss's last axis (the class axis); they multiply ``weights``, so ``"mean"`` is
         Σ ω·ℓ / Σ ω (optax's mean divides by C instead).
-      where, weights, reduction: as in `tversky_loss`.
+      pixel_where, where, weights, reduction: as in `tversky_loss`.
 
     Returns:
       As in `tversky_loss`.
@@ -235,7 +267,9 @@ def dice_loss(
       volumetric medical image segmentation", 3DV 2016.
     """
     _check_nonnegative("smooth", smooth)
-    p, t, axes, where, weights = _inputs(probs, targets, axis, where, weights, reduction)
+    p, t, axes, where, weights = _inputs(
+        probs, targets, axis, where, weights, reduction, pixel_where
+    )
     loss = _tversky(p, t, axes, 0.5, 0.5, 0.5 * smooth)  # (2I + s)/(P + T + s), halved
     cw = _class_weights(class_weights, loss.shape)
     if cw is not None:
@@ -249,6 +283,7 @@ def jaccard_loss(
     *,
     axis: int | Sequence[int],
     smooth: float = 1.0,
+    pixel_where: ArrayLike | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
@@ -260,7 +295,8 @@ def jaccard_loss(
     The Tversky loss with α = β = 1. An empty class has loss 0 with a finite gradient.
 
     Args:
-      probs, targets, axis, smooth, where, weights, reduction: as in `dice_loss`.
+      probs, targets, axis, smooth, pixel_where, where, weights, reduction: as in
+        `tversky_loss`.
 
     Returns:
       As in `tversky_loss`.
@@ -276,7 +312,9 @@ def jaccard_loss(
       image segmentation", ISVC 2016.
     """
     _check_nonnegative("smooth", smooth)
-    p, t, axes, where, weights = _inputs(probs, targets, axis, where, weights, reduction)
+    p, t, axes, where, weights = _inputs(
+        probs, targets, axis, where, weights, reduction, pixel_where
+    )
     loss = _tversky(p, t, axes, 1.0, 1.0, smooth)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
@@ -288,6 +326,7 @@ def generalized_dice_loss(
     axis: int | Sequence[int],
     class_axis: int = -1,
     smooth: float = 1e-5,
+    pixel_where: ArrayLike | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
@@ -317,6 +356,9 @@ def generalized_dice_loss(
       class_axis: the class axis of ``probs`` (default the last), not in ``axis``.
       smooth: s ≥ 0 (default 10⁻⁵, as MONAI), relative to the weighted sums, which
         are of the order of C / (Σ t).
+      pixel_where: optional boolean mask broadcastable to ``probs``' shape; False
+        removes a pixel from every sum, the class volumes Σ t included (see
+        `tversky_loss`).
       where: optional boolean mask broadcastable to the per-example loss.
       weights: optional non-negative weights broadcastable to the per-example loss.
       reduction: ``"none"`` (per example), ``"sum"`` or ``"mean"``.
@@ -342,7 +384,7 @@ def generalized_dice_loss(
     if cax in _axes(axis, ndim):
         raise ValueError(f"`class_axis` {class_axis} must not be one of the spatial `axis` {axis}.")
     p, t, axes, where, weights = _inputs(
-        probs, targets, axis, where, weights, reduction, extra_axes=(cax,)
+        probs, targets, axis, where, weights, reduction, pixel_where, extra_axes=(cax,)
     )
     inter = jnp.sum(p * t, axis=axes)
     total = jnp.sum(p + t, axis=axes)
