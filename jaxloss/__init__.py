@@ -53,6 +53,7 @@ from jaxloss._language_model import (
 )
 from jaxloss._large_vocab import fused_linear_cross_entropy
 from jaxloss._margin import (
+    hinge_embedding_loss,
     hinge_loss,
     margin_ranking_loss,
     multiclass_hinge_loss,
@@ -164,6 +165,7 @@ __all__ = [
     "vocab_parallel_fused_linear_cross_entropy",
     # margin losses
     "hinge_loss",
+    "hinge_embedding_loss",
     "perceptron_loss",
     "multiclass_hinge_loss",
     "multiclass_perceptron_loss",

@@ -61,12 +61,12 @@ def _signs(labels: ArrayLike, shape, dtype, where, pred_name: str) -> jax.Array:
     return jnp.where(jnp.abs(y) == 1, y, jnp.nan)
 
 
-def _binary_inputs(scores, labels, where, weights, reduction):
+def _binary_inputs(scores, labels, where, weights, reduction, name="scores"):
     """(scores, ±1 labels, where, weights) of a binary margin loss, masked rows made safe."""
-    s = C.as_float("scores", scores)
+    s = C.as_float(name, scores)
     where, weights = C.prepare(s.shape, where, weights, reduction)
     dtype = C.compute_dtype(s)
-    y = _signs(labels, s.shape, dtype, where, "scores")
+    y = _signs(labels, s.shape, dtype, where, name)
     s = C.keep(where, s.astype(dtype), 0.0)
     y = C.keep(where, y, 1.0)
     return s, y, where, weights
@@ -192,6 +192,54 @@ def soft_margin_loss(
     """
     s, y, where, weights = _binary_inputs(scores, labels, where, weights, reduction)
     loss = N.binary_logit_nll(s, 0.5 * (y + 1.0))
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def hinge_embedding_loss(
+    distances: ArrayLike,
+    labels: ArrayLike,
+    *,
+    margin: float = 1.0,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Hinge embedding loss on distances x, with labels y in {−1, +1}.
+
+        ℓ = x                    if y = +1
+        ℓ = max(0, m − x)        if y = −1
+
+    Similar pairs (y = +1) are pulled together, dissimilar ones (y = −1) pushed beyond
+    the margin. Equal to ``torch.nn.functional.hinge_embedding_loss`` (whose ``"mean"``
+    is this mean). x is usually a distance between two embeddings (e.g. an L1 distance), but any
+    score works. The gradient at the kink x = m of a y = −1 pair is the subgradient 0, as
+    in `hinge_loss`.
+
+    Args:
+      distances: x, floating array of any shape.
+      labels: y, −1 or +1 (any numeric dtype) or booleans (True = +1), broadcastable to
+        ``distances``' shape. Concrete labels outside {−1, +1} raise ``ValueError``
+        (torch reads any other label as both cases at once); traced ones give NaN.
+      margin: m, a finite number (torch's default 1).
+      where, weights, reduction: as in `hinge_loss` (broadcast to ``distances``).
+
+    Returns:
+      ``distances``' shape for ``"none"``, else a scalar; float32, or float64 for
+      float64 input (bf16/f16 are computed and returned in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.hinge_embedding_loss(jnp.array([0.3, 0.3, 2.0]), jnp.array([1, -1, -1]))
+      Array([0.3, 0.7, 0. ], dtype=float32)
+
+    References:
+      The loss of ``torch.nn.HingeEmbeddingLoss``; Mobahi, Collobert & Weston, "Deep
+      learning from temporal coherence in video", ICML 2009.
+    """
+    _check_margin(margin, nonnegative=False)
+    x, y, where, weights = _binary_inputs(distances, labels, where, weights, reduction, "distances")
+    loss = jnp.where(y > 0, x, jax.nn.relu(margin - x))
+    loss = jnp.where(jnp.isnan(y), jnp.nan, loss)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 

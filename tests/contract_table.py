@@ -1138,6 +1138,15 @@ CASES += [
         extreme=_mg_binary_extreme,
     ),
     Case(
+        "hinge_embedding_loss",
+        jaxloss.hinge_embedding_loss,
+        lambda rng: ((np.abs(_normal(rng, scale=2.0)), _signs(rng)), {"margin": 1.5}),
+        # torch: x if y = 1, max(0, margin − x) if y = −1
+        lambda x, y, margin: np.where(y == 1, x, np.maximum(0.0, margin - x)),
+        grad_order=1,
+        extreme=_mg_binary_extreme,
+    ),
+    Case(
         "margin_ranking_loss",
         jaxloss.margin_ranking_loss,
         lambda rng: ((_normal(rng), _normal(rng), _signs(rng)), {"margin": 0.3}),

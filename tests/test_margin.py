@@ -209,3 +209,37 @@ def test_perceptron_is_hinge_with_zero_margin():
     np.testing.assert_array_equal(
         jaxloss.perceptron_loss(SCORES, SIGNS), jaxloss.hinge_loss(SCORES, SIGNS, margin=0.0)
     )
+
+
+# --- hinge_embedding_loss ---------------------------------------------------------------
+
+
+def _torch_hinge_embedding(x, y, margin=1.0):
+    """torch.nn.functional.hinge_embedding_loss (reduction="none"), as documented:
+    x if y = 1, max(0, margin − x) if y = −1."""
+    return np.where(y == 1, x, np.maximum(0.0, margin - x))
+
+
+def test_hinge_embedding_loss_equals_torch_formula():
+    x = np.abs(SCORES)
+    out = jaxloss.hinge_embedding_loss(x, SIGNS, margin=1.5)
+    np.testing.assert_allclose(out, _torch_hinge_embedding(x, SIGNS, 1.5), rtol=1e-15)
+    np.testing.assert_array_equal(out, jaxloss.hinge_embedding_loss(x, SIGNS > 0, margin=1.5))
+    mean = jaxloss.hinge_embedding_loss(x, SIGNS, reduction="mean")
+    np.testing.assert_allclose(mean, _torch_hinge_embedding(x, SIGNS).mean(), rtol=1e-14)
+
+
+def test_hinge_embedding_gradient_at_the_kink_and_labels():
+    """The derivative is 1 for y = +1 and −1 below the margin for y = −1; at the kink
+    x = m the subgradient 0 (the flat side), as `hinge_loss`."""
+    x = jnp.array([0.5, 0.5, 1.0, 2.0])
+    y = jnp.array([1, -1, -1, -1])
+    g = jax.grad(lambda v: jaxloss.hinge_embedding_loss(v, y, reduction="sum"))(x)
+    np.testing.assert_array_equal(g, [1.0, -1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"`labels` must be −1 or \+1"):
+        jaxloss.hinge_embedding_loss(x, jnp.array([1, 0, 1, 1]))
+    out = jax.jit(jaxloss.hinge_embedding_loss)(x, jnp.array([1, 0, 1, 1]))
+    out = np.asarray(out)
+    assert np.isnan(out[1]) and np.isfinite(out[[0, 2, 3]]).all()
+    with pytest.raises(TypeError, match="`distances` must be a floating-point array"):
+        jaxloss.hinge_embedding_loss(np.ones(3, np.int32), np.ones(3, np.int32))

@@ -24,7 +24,7 @@ from scipy import special
 
 import jaxloss
 from tests.contract_table import np_ctc_loss
-from tests.test_margin import _keras_hinge, _torch_multi_margin
+from tests.test_margin import _keras_hinge, _torch_hinge_embedding, _torch_multi_margin
 from tests.torch_ce_reference import torch_cross_entropy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -407,6 +407,14 @@ def _(rng):
 def _(rng):
     ref = np.mean(np.log1p(np.exp(-SIGNS * S)))
     return jaxloss.soft_margin_loss(S, SIGNS, reduction="mean"), ref
+
+
+@row("torch-hinge_embedding_loss")
+def _(rng):
+    x = np.abs(X)  # distances
+    y = rng.choice(np.array([-1.0, 1.0]), size=(N, D))
+    out = jaxloss.hinge_embedding_loss(x, y, margin=0.8, reduction="mean")
+    return out, np.mean(_torch_hinge_embedding(x, y, 0.8))
 
 
 @row("torch-margin_ranking_loss")
