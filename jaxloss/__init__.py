@@ -58,6 +58,7 @@ from jaxloss._margin import (
     margin_ranking_loss,
     multiclass_hinge_loss,
     multiclass_perceptron_loss,
+    multilabel_margin_loss,
     perceptron_loss,
     soft_margin_loss,
 )
@@ -169,6 +170,7 @@ __all__ = [
     "perceptron_loss",
     "multiclass_hinge_loss",
     "multiclass_perceptron_loss",
+    "multilabel_margin_loss",
     "margin_ranking_loss",
     "soft_margin_loss",
     # embedding (metric-learning) losses

@@ -426,3 +426,92 @@ def multiclass_perceptron_loss(
     )
     loss = jnp.max(s, axis=axis) - jnp.squeeze(K._pick(s, labels, axis), axis)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def multilabel_margin_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Multi-label hinge loss: every target class above every non-target class by 1.
+
+        ℓ = Σ_{j ∈ Y} Σ_{i ∉ Y} max(0, 1 − (s_j − s_i)) / C
+
+    The formula of ``torch.nn.functional.multilabel_margin_loss``, with its label format:
+    ``labels`` has the scores' shape and lists the target classes Y of each example,
+    ended by the first negative entry (torch pads with −1: ``[3, 0, -1, 1]`` means
+    Y = {3, 0}; what follows the −1 is ignored). A class listed twice counts twice (as
+    in torch). An example with no target class has loss 0. The sum runs over C × C pairs,
+    so memory grows as C² per example. The gradient at a kink (s_j − s_i = 1) is the
+    subgradient 0.
+
+    Args:
+      scores: s, floating array with a class axis of size C.
+      labels: integer array of class ids, broadcastable to ``scores``' shape: per
+        example, the target classes along ``axis``, then −1 padding. Concrete ids ≥ C
+        before the first −1 raise ``ValueError``; traced ones give NaN.
+      axis: the class axis of ``scores`` and ``labels`` (default the last).
+      where: optional boolean mask broadcastable to the per-example loss (``scores``'
+        shape without ``axis``); a dropped example's row gets exactly zero gradient.
+      weights: optional non-negative per-example weights, broadcastable like ``where``.
+      reduction: ``"none"`` (per example), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
+
+    Returns:
+      ``scores``' shape without ``axis`` for ``"none"``, else a scalar; float32, or
+      float64 for float64 scores.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> s = jnp.array([[0.1, 0.2, 0.4, 0.8]])
+      >>> jaxloss.multilabel_margin_loss(s, jnp.array([[3, 0, -1, 1]]))
+      Array([0.85], dtype=float32)
+
+    References:
+      ``torch.nn.MultiLabelMarginLoss``; Crammer & Singer, "A family of additive online
+      algorithms for category ranking", JMLR 3 (2003).
+    """
+    s = C.as_float("scores", scores)
+    axis = K._class_axis(axis, s, "scores")
+    if labels is None:
+        raise TypeError("`labels` is required, got None.")
+    y = jnp.asarray(labels)
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise TypeError(
+            f"`labels` must be integer class ids padded with -1, got dtype {y.dtype}: cast "
+            "them, e.g. `labels.astype(jnp.int32)`. For 0/1 multi-hot targets use "
+            "`sigmoid_binary_cross_entropy`."
+        )
+    C.check_fits("scores", s.shape, labels=y)
+    n = s.shape[axis]
+    where, weights = C.prepare(K._batch_shape(s, axis), where, weights, reduction)
+    y = jnp.moveaxis(jnp.broadcast_to(y, s.shape), axis, -1)
+    s = jnp.moveaxis(s.astype(C.compute_dtype(s)), axis, -1)
+    listed = jnp.cumprod(y >= 0, axis=-1).astype(bool)  # the entries before the first −1
+    bad = listed & (y >= n) if jnp.iinfo(y.dtype).max >= n else jnp.zeros(y.shape, bool)
+    if not isinstance(y, jax.core.Tracer) and not isinstance(where, jax.core.Tracer):
+        found = np.asarray(bad)
+        if where is not None:
+            found = found & np.expand_dims(np.broadcast_to(np.asarray(where), found.shape[:-1]), -1)
+        if found.any():
+            raise ValueError(
+                f"`labels` hold class ids {sorted(set(np.asarray(y)[found].tolist()))[:3]} "
+                f"outside [0, {n}) before their first -1; list each example's target "
+                "classes, then pad with -1."
+            )
+    if where is not None:
+        s = C.keep(where[..., None], s, 0.0)
+        listed = listed & where[..., None]
+    ids = jnp.where(listed & ~bad, y, 0).astype(jnp.int32)
+    # [..., j, i]: whether list entry j is class i
+    entry_is = listed[..., :, None] & (ids[..., :, None] == jnp.arange(n))
+    is_target = jnp.any(entry_is, axis=-2)
+    s_j = jnp.take_along_axis(s, ids, axis=-1)
+    terms = jax.nn.relu(1.0 - s_j[..., :, None] + s[..., None, :])
+    terms = jnp.where(listed[..., :, None] & ~is_target[..., None, :], terms, 0.0)
+    loss = jnp.sum(terms, axis=(-2, -1)) / n
+    loss = jnp.where(jnp.any(bad, axis=-1), jnp.nan, loss)
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)

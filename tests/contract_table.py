@@ -1101,6 +1101,26 @@ def _ref_weston_watkins(s, y, margin=1.0, power=1):
     return np.where(np.eye(s.shape[-1])[y] == 1, 0.0, terms).sum(-1) / s.shape[-1]
 
 
+def _ml_labels(rng):
+    """Per example a random set of target classes, then −1 padding (torch's format)."""
+    labels = np.full(CLS, -1)
+    for n in range(CLS[0]):
+        k = rng.integers(0, CLS[1] + 1)
+        labels[n, :k] = rng.permutation(CLS[1])[:k]
+    return labels
+
+
+def _ref_multilabel_margin(s, y):
+    # torch.nn.functional.multilabel_margin_loss, documented formula:
+    # Σ_{j in targets} Σ_{i not in targets} max(0, 1 − (x[y[j]] − x[i])) / x.size(0)
+    out = np.zeros(s.shape[:-1])
+    for idx in np.ndindex(*s.shape[:-1]):
+        targets = list(y[idx][: np.argmax(np.append(y[idx], -1) < 0)])
+        rest = [i for i in range(s.shape[-1]) if i not in targets]
+        out[idx] = sum(max(0.0, 1.0 - s[idx][j] + s[idx][i]) for j in targets for i in rest)
+    return out / s.shape[-1]
+
+
 CASES += [
     Case(
         "hinge_loss",
@@ -1183,6 +1203,20 @@ CASES += [
         grad_order=1,
         extreme=_mg_multiclass_extreme,
         id="multiclass_hinge_loss[weston_watkins,power=2]",
+    ),
+    Case(
+        "multilabel_margin_loss",
+        jaxloss.multilabel_margin_loss,
+        lambda rng: ((_normal(rng, shape=CLS, scale=2.0), _ml_labels(rng)), {}),
+        _ref_multilabel_margin,
+        grad_order=1,
+        extreme=lambda: (
+            (
+                np.array([[1e30, -1e30, 0.0, 1e4, -1e4], [0.0, 0.0, 0.0, 0.0, 0.0]], np.float32),
+                np.array([[1, 3, -1, 0, 0], [0, 1, 2, 3, 4]], np.int32),
+            ),
+            {},
+        ),
     ),
     Case(
         "multiclass_perceptron_loss",

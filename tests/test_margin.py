@@ -243,3 +243,69 @@ def test_hinge_embedding_gradient_at_the_kink_and_labels():
     assert np.isnan(out[1]) and np.isfinite(out[[0, 2, 3]]).all()
     with pytest.raises(TypeError, match="`distances` must be a floating-point array"):
         jaxloss.hinge_embedding_loss(np.ones(3, np.int32), np.ones(3, np.int32))
+
+
+# --- multilabel_margin_loss -------------------------------------------------------------
+
+
+def torch_multilabel_margin(x, y):
+    """torch.nn.functional.multilabel_margin_loss (reduction="none"), as documented:
+    Σ_{j in targets} Σ_{i not in targets} max(0, 1 − (x[y[j]] − x[i])) / C, the targets
+    being the entries of y before the first −1."""
+    out = np.zeros(x.shape[0])
+    for n in range(x.shape[0]):
+        targets = []
+        for v in y[n]:
+            if v < 0:
+                break
+            targets.append(int(v))
+        for j in targets:
+            for i in range(x.shape[1]):
+                if i not in targets:
+                    out[n] += max(0.0, 1.0 - (x[n, j] - x[n, i]))
+    return out / x.shape[1]
+
+
+ML_LABELS = np.array(
+    [[3, 0, -1, 1, 2], [1, -1, 4, 4, 4], [-1, 0, 1, 2, 3], [0, 1, 2, 3, 4], [2, 2, -1, 0, 0]]
+    + [[4, 1, 3, -1, -1]] * 3
+)
+
+
+def test_multilabel_margin_loss_equals_torch_formula():
+    out = jaxloss.multilabel_margin_loss(MC_SCORES, ML_LABELS)
+    np.testing.assert_allclose(out, torch_multilabel_margin(MC_SCORES, ML_LABELS), rtol=1e-14)
+    # torch's documented example
+    x = jnp.array([[0.1, 0.2, 0.4, 0.8]])
+    np.testing.assert_allclose(
+        jaxloss.multilabel_margin_loss(x, jnp.array([[3, 0, -1, 1]])), [0.85]
+    )
+    moved = jaxloss.multilabel_margin_loss(MC_SCORES.T, ML_LABELS.T, axis=0)
+    np.testing.assert_array_equal(moved, out)
+
+
+def test_multilabel_margin_loss_labels():
+    with pytest.raises(ValueError, match=r"class ids \[5\] outside \[0, 5\) before"):
+        jaxloss.multilabel_margin_loss(MC_SCORES[:1], np.array([[0, 5, -1, 0, 0]]))
+    # after the first -1 anything goes
+    out = jaxloss.multilabel_margin_loss(MC_SCORES[:1], np.array([[0, -1, 7, -3, 9]]))
+    np.testing.assert_allclose(out, torch_multilabel_margin(MC_SCORES[:1], np.array([[0, -1]])))
+    out = jax.jit(jaxloss.multilabel_margin_loss)(MC_SCORES[:2], jnp.array([[0, 5, -1, 0, 0]] * 2))
+    assert np.isnan(np.asarray(out)).all()
+    with pytest.raises(TypeError, match="`labels` must be integer class ids padded with -1"):
+        jaxloss.multilabel_margin_loss(MC_SCORES, (ML_LABELS >= 0).astype(np.float32))
+    # a dropped example is not checked
+    keep = np.array([True, False])
+    out = jaxloss.multilabel_margin_loss(
+        MC_SCORES[:2], np.array([[0, -1, 0, 0, 0], [9, -1, 0, 0, 0]]), where=keep
+    )
+    assert np.isfinite(np.asarray(out)).all()
+
+
+def test_multilabel_margin_gradient_at_the_kink_is_zero():
+    s = jnp.array([[1.0, 0.0, 0.5]])  # target 0 vs 1: margin exactly met (kink)
+    g = jax.grad(
+        lambda v: jaxloss.multilabel_margin_loss(v, jnp.array([[0, -1, -1]]), reduction="sum")
+    )(s)
+    # only the pair (0, 2) is active: d/ds_0 = −1/3, d/ds_2 = +1/3
+    np.testing.assert_allclose(g, [[-1 / 3, 0.0, 1 / 3]], rtol=1e-15)

@@ -24,7 +24,12 @@ from scipy import special
 
 import jaxloss
 from tests.contract_table import np_ctc_loss
-from tests.test_margin import _keras_hinge, _torch_hinge_embedding, _torch_multi_margin
+from tests.test_margin import (
+    _keras_hinge,
+    _torch_hinge_embedding,
+    _torch_multi_margin,
+    torch_multilabel_margin,
+)
 from tests.torch_ce_reference import torch_cross_entropy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -394,6 +399,16 @@ def _(rng):
         Z, IDS, formulation="weston_watkins", power=2, margin=0.5, reduction="mean"
     )
     return out, np.mean(_torch_multi_margin(Z, IDS, p=2, margin=0.5))
+
+
+@row("torch-multilabel_margin_loss")
+def _(rng):
+    y = np.full((N, C), -1)
+    for n in range(N):  # target classes, then -1 padding
+        k = rng.integers(0, C + 1)
+        y[n, :k] = rng.permutation(C)[:k]
+    ref = np.mean(torch_multilabel_margin(Z, y))
+    return jaxloss.multilabel_margin_loss(Z, y, reduction="mean"), ref
 
 
 @row("torch-multilabel_soft_margin_loss")
