@@ -26,6 +26,7 @@ from jaxloss._embedding import (
     cosine_embedding_loss,
     cosine_similarity,
     triplet_margin_loss,
+    triplet_margin_with_distance_loss,
 )
 from jaxloss._fused_language_model import (
     fused_linear_distillation_loss,
@@ -178,6 +179,7 @@ __all__ = [
     "cosine_distance",
     "cosine_embedding_loss",
     "triplet_margin_loss",
+    "triplet_margin_with_distance_loss",
     # segmentation (overlap) losses on probabilities
     "dice_loss",
     "tversky_loss",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -298,8 +299,108 @@ def triplet_margin_loss(
     def dist(u, v):
         return N.safe_norm(u - v + eps, axis, p=p)
 
+    loss = _triplet(dist, a, pos, neg, margin, swap)
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def _triplet(dist, a, pos, neg, margin, swap: bool) -> jax.Array:
+    """max(0, d(a, p) − d(a, n) + m), d(a, n) ← min(d(a, n), d(p, n)) with ``swap``."""
     d_neg = dist(a, neg)
     if swap:
         d_neg = jnp.minimum(d_neg, dist(pos, neg))
-    loss = jax.nn.relu(dist(a, pos) - d_neg + margin)
+    return jax.nn.relu(dist(a, pos) - d_neg + margin)
+
+
+def triplet_margin_with_distance_loss(
+    anchors: ArrayLike,
+    positives: ArrayLike,
+    negatives: ArrayLike,
+    *,
+    distance_function: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    margin: float = 1.0,
+    swap: bool = False,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Triplet margin loss with any distance function d.
+
+        ℓ = max(0, d(a, p) − d(a, n) + m)
+
+    The definition of ``torch.nn.functional.triplet_margin_with_distance_loss``: d is
+    ``distance_function`` (default: torch's ``pairwise_distance``, ‖u − v + 10⁻⁶‖₂ along
+    ``axis``, which makes this `triplet_margin_loss` with its defaults), and with
+    ``swap=True`` d(a, n) is replaced by min(d(a, n), d(p, n)). Where the two distances
+    tie, ``swap``'s min splits the gradient between them (a subgradient).
+
+    ``distance_function(u, v)`` receives two arrays of ``anchors``' shape (the inputs
+    broadcast to it, in the compute dtype, with the rows of dropped triplets replaced by
+    ones) and must return a non-negative distance per triplet, of ``anchors``' shape
+    without ``axis``; any other shape raises. It may be any JAX function, e.g.
+    ``lambda u, v: jaxloss.cosine_distance(u, v)``; its gradient is the loss's.
+
+    Args:
+      anchors: a, floating array with a feature axis.
+      positives: p, floating array broadcastable to ``anchors``' shape.
+      negatives: n, floating array broadcastable to ``anchors``' shape.
+      distance_function: d(u, v), or None for the Euclidean ``pairwise_distance``.
+      margin: m ≥ 0 (torch requires m > 0).
+      swap: use the distance swap (Balntas et al., 2016).
+      axis: the feature axis (default the last): the loss has ``anchors``' shape
+        without it.
+      where: optional boolean mask broadcastable to ``anchors``' shape without ``axis``.
+      weights: optional non-negative weights, broadcastable like ``where``.
+      reduction: ``"none"`` (per triplet), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
+
+    Returns:
+      ``anchors``' shape without ``axis`` for ``"none"``, else a scalar; float32, or
+      float64 for float64 inputs (bf16/f16 are computed in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> a, p, n = jnp.array([[1.0, 0.0]]), jnp.array([[1.0, 1.0]]), jnp.array([[0.0, 1.0]])
+      >>> jaxloss.triplet_margin_with_distance_loss(
+      ...     a, p, n, distance_function=jaxloss.cosine_distance, margin=1.0)
+      Array([0.29289323], dtype=float32)
+
+    References:
+      ``torch.nn.TripletMarginWithDistanceLoss``; Schroff et al., "FaceNet", CVPR 2015;
+      Balntas et al., "Learning local feature descriptors with triplets and shallow
+      convolutional neural networks", BMVC 2016.
+    """
+    M._check_margin(margin)
+    if distance_function is not None and not callable(distance_function):
+        raise TypeError(
+            f"`distance_function` must be a callable d(u, v) or None, got {distance_function!r}."
+        )
+    if not isinstance(swap, bool):
+        raise TypeError(f"`swap` must be a bool, got {swap!r}.")
+    (a, pos, neg), axis, where, weights = _vectors(
+        ("anchors", "positives", "negatives"),
+        (anchors, positives, negatives),
+        axis,
+        where,
+        weights,
+        reduction,
+    )
+    batch = a.shape[:axis] + a.shape[axis + 1 :]
+    if distance_function is None:
+
+        def dist(u, v):
+            return N.safe_norm(u - v + 1e-6, axis)
+
+    else:
+
+        def dist(u, v):
+            d = jnp.asarray(distance_function(u, v))
+            if d.shape != batch:
+                raise ValueError(
+                    f"`distance_function` returned shape {d.shape}; it must return one "
+                    f"distance per triplet, of `anchors`' shape without the feature axis "
+                    f"{axis}: {batch}."
+                )
+            return d.astype(a.dtype)
+
+    loss = _triplet(dist, a, pos, neg, margin, swap)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)

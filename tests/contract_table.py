@@ -1311,7 +1311,46 @@ CASES += [
         extreme=lambda: (_EMB_EXTREME + (_EMB_EXTREME[0],), {"p": 1.0, "swap": True}),
         id="triplet_margin_loss[p=3,swap]",
     ),
+    Case(
+        "triplet_margin_with_distance_loss",
+        jaxloss.triplet_margin_with_distance_loss,
+        lambda rng: ((_normal(rng, EMB), _normal(rng, EMB), _normal(rng, EMB)), {"margin": 2.0}),
+        # torch's default distance_function: pairwise_distance, ‖u − v + 1e-6‖₂
+        lambda a, pos, neg, margin: _ref_triplet(a, pos, neg, margin),
+        grad_args=(0, 1, 2),
+        grad_order=1,
+        extreme=lambda: (_EMB_EXTREME + (_EMB_EXTREME[0],), {}),
+    ),
+    Case(
+        "triplet_margin_with_distance_loss",
+        functools.partial(
+            jaxloss.triplet_margin_with_distance_loss,
+            distance_function=lambda u, v: jax.numpy.sum((u - v) ** 2, axis=-1),
+            swap=True,
+        ),
+        lambda rng: ((_normal(rng, EMB), _normal(rng, EMB), _normal(rng, EMB)), {"margin": 1.5}),
+        lambda a, pos, neg, margin: _ref_triplet_sq(a, pos, neg, margin),
+        grad_args=(0, 1, 2),
+        grad_order=1,
+        extreme=lambda: (
+            (
+                np.zeros((2, D), np.float32),
+                np.ones((2, D), np.float32),
+                np.ones((2, D), np.float32) * 1e15,
+            ),
+            {},
+        ),
+        id="triplet_margin_with_distance_loss[squared_euclidean,swap]",
+    ),
 ]
+
+
+def _ref_triplet_sq(a, p, n, margin):
+    # max(0, d(a, p) − min(d(a, n), d(p, n)) + m) with d(u, v) = Σ (u − v)²
+    def d(u, v):
+        return ((u - v) ** 2).sum(-1)
+
+    return np.maximum(d(a, p) - np.minimum(d(a, n), d(p, n)) + margin, 0.0)
 
 
 # --------------------------------------------------------------------------------------

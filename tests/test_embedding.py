@@ -266,3 +266,66 @@ def test_empty_batch_is_fine():
     assert jaxloss.triplet_margin_loss(
         np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((0, 4))
     ).shape == (0,)
+
+
+# --- triplet_margin_with_distance_loss --------------------------------------------------
+
+
+def test_triplet_with_distance_default_is_torch_pairwise_distance():
+    out = jaxloss.triplet_margin_with_distance_loss(X, Y, Z, margin=1.5, swap=True)
+    np.testing.assert_array_equal(out, jaxloss.triplet_margin_loss(X, Y, Z, margin=1.5, swap=True))
+
+    def d(u, v):  # torch.nn.functional.pairwise_distance(u, v): ‖u − v + 1e-6‖₂
+        return np.linalg.norm(u - v + 1e-6, axis=-1)
+
+    ref = np.maximum(d(X, Y) - np.minimum(d(X, Z), d(Y, Z)) + 1.5, 0.0)
+    np.testing.assert_allclose(out, ref, rtol=1e-13)
+
+
+def test_triplet_with_any_distance_function():
+    def cos_d(u, v):  # 1 − cosine similarity, in numpy
+        return 1 - (u * v).sum(-1) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
+
+    out = jaxloss.triplet_margin_with_distance_loss(
+        X, Y, Z, distance_function=jaxloss.cosine_distance, margin=0.4
+    )
+    np.testing.assert_allclose(out, np.maximum(cos_d(X, Y) - cos_d(X, Z) + 0.4, 0.0), rtol=1e-12)
+    # the feature axis is the loss's; the distance function decides how to use it
+    moved = jaxloss.triplet_margin_with_distance_loss(
+        X.T,
+        Y.T,
+        Z.T,
+        distance_function=lambda u, v: jaxloss.cosine_distance(u, v, axis=0),
+        margin=0.4,
+        axis=0,
+    )
+    np.testing.assert_allclose(moved, out, rtol=1e-14)
+    # under jit, and a dropped triplet's NaN inputs get zero gradient
+    keep = np.arange(7) != 2
+    xn = X.copy()
+    xn[2] = np.nan
+    f = jax.jit(
+        lambda a: jaxloss.triplet_margin_with_distance_loss(
+            a,
+            Y,
+            Z,
+            distance_function=jaxloss.cosine_distance,
+            margin=0.4,
+            where=keep,
+            reduction="sum",
+        )
+    )
+    np.testing.assert_allclose(f(xn), np.where(keep, out, 0.0).sum(), rtol=1e-12)
+    g = jax.grad(f)(xn)
+    assert np.isfinite(g).all() and (np.asarray(g)[2] == 0).all()
+
+
+def test_triplet_with_distance_errors():
+    with pytest.raises(ValueError, match=r"`distance_function` returned shape \(7, 5\).*\(7,\)"):
+        jaxloss.triplet_margin_with_distance_loss(X, Y, Z, distance_function=lambda u, v: u - v)
+    with pytest.raises(TypeError, match="`distance_function` must be a callable"):
+        jaxloss.triplet_margin_with_distance_loss(X, Y, Z, distance_function="cosine")
+    with pytest.raises(ValueError, match="`margin` must be a non-negative"):
+        jaxloss.triplet_margin_with_distance_loss(X, Y, Z, margin=-1.0)
+    with pytest.raises(ValueError, match="`anchors` has a feature axis of size 0"):
+        jaxloss.triplet_margin_with_distance_loss(X[:, :0], Y[:, :0], Z[:, :0])

@@ -460,6 +460,21 @@ def _(rng):
     return jaxloss.triplet_margin_loss(X, Y, W, reduction="mean"), ref
 
 
+@row("torch-triplet_margin_with_distance_loss")
+def _(rng):
+    # distance_function=torch.nn.PairwiseDistance(p=1): ‖u − v + 1e-6‖₁; swap=True
+    d = lambda u, v: np.abs(u - v + 1e-6).sum(-1)  # noqa: E731
+    ref = np.mean(np.maximum(d(X, Y) - np.minimum(d(X, W), d(Y, W)) + 0.5, 0.0))
+
+    def l1(u, v):
+        return jnp.sum(jnp.abs(u - v + 1e-6), axis=-1)
+
+    out = jaxloss.triplet_margin_with_distance_loss(
+        X, Y, W, distance_function=l1, margin=0.5, swap=True, reduction="mean"
+    )
+    return out, ref
+
+
 @row("torch-ctc_loss", rtol=1e-9, atol=1e-9)
 def _(rng):
     logits, labels, t_len, l_len = _ctc_batch(rng)
