@@ -324,6 +324,7 @@ def multiclass_hinge_loss(
     margin: float = 1.0,
     formulation: str = "crammer_singer",
     power: int = 1,
+    class_weights: ArrayLike | None = None,
     axis: int = -1,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
@@ -337,8 +338,13 @@ def multiclass_hinge_loss(
     Crammer–Singer (the default) penalizes the best wrong class; it equals
     ``optax.losses.multiclass_hinge_loss`` for m = 1, power = 1. Weston–Watkins sums
     over every wrong class, divided by the number of classes C: it equals
-    ``torch.nn.functional.multi_margin_loss(p=power, margin=m)`` (without its
-    ``weight``). With one class both are 0. An integer label outside [0, C) gives NaN.
+    ``torch.nn.functional.multi_margin_loss(p=power, margin=m, weight=w,
+    reduction="none")`` with ``class_weights=w``, which multiply each example's loss by
+    w_y (torch's kernel multiplies each term after the power; its documentation writes
+    w_y inside the power). With class weights ``"mean"`` divides by Σ w_y over the kept
+    examples, as for `softmax_cross_entropy`; torch's ``multi_margin_loss`` divides by
+    N: ``jnp.mean`` of the ``"none"`` output is its number. With one class both
+    formulations are 0. An integer label outside [0, C) gives NaN.
 
     Args:
       scores: s, floating array with a class axis of size C.
@@ -346,6 +352,8 @@ def multiclass_hinge_loss(
       margin: m ≥ 0.
       formulation: ``"crammer_singer"`` or ``"weston_watkins"``.
       power: 1 (hinge) or 2 (squared hinge).
+      class_weights: optional non-negative weights w of shape [C]: example n's loss is
+        multiplied by w[y_n], and ``"mean"`` divides by Σ w[y_n] over kept examples.
       axis: the class axis of ``scores`` (default the last).
       where: optional boolean mask broadcastable to the per-example loss (``scores``'
         shape without ``axis``); a dropped example's row gets exactly zero gradient.
@@ -386,7 +394,13 @@ def multiclass_hinge_loss(
     else:
         terms = jnp.where(is_y, 0.0, jax.nn.relu(margin - s_y + s) ** power)
         loss = jnp.sum(terms, axis=axis) / s.shape[axis]
-    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+    cw = K._class_weights(class_weights, s.shape[axis])
+    omega = None
+    if cw is not None:
+        ids = K._past_the_end(labels, s.shape[axis])  # NaN weight for a bad label
+        omega = jnp.take(cw.astype(loss.dtype), ids, mode="fill", fill_value=jnp.nan)
+        loss = omega * loss
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction, denominator=omega)
 
 
 def multiclass_perceptron_loss(

@@ -68,13 +68,15 @@ def test_keras_hinge_is_the_mean_over_the_last_axis(squared):
     np.testing.assert_allclose(jnp.mean(out, -1), _keras_hinge(y01, SCORES, squared), rtol=1e-13)
 
 
-def _torch_multi_margin(x, y, p=1, margin=1.0):
-    """torch.nn.functional.multi_margin_loss (reduction="none"), as documented."""
+def _torch_multi_margin(x, y, p=1, margin=1.0, weight=None):
+    """torch.nn.functional.multi_margin_loss (reduction="none"), as documented, with
+    ``weight`` applied as torch's kernel does: each term max(0, ·)^p times w[y]."""
     out = np.zeros(x.shape[0])
     for n in range(x.shape[0]):
+        w = 1.0 if weight is None else weight[y[n]]
         for i in range(x.shape[1]):
             if i != y[n]:
-                out[n] += max(0.0, margin - x[n, y[n]] + x[n, i]) ** p
+                out[n] += w * max(0.0, margin - x[n, y[n]] + x[n, i]) ** p
     return out / x.shape[1]
 
 
@@ -309,3 +311,58 @@ def test_multilabel_margin_gradient_at_the_kink_is_zero():
     )(s)
     # only the pair (0, 2) is active: d/ds_0 = −1/3, d/ds_2 = +1/3
     np.testing.assert_allclose(g, [[-1 / 3, 0.0, 1 / 3]], rtol=1e-15)
+
+
+# --- class weights of multiclass_hinge_loss (torch's multi_margin_loss weight=) ---------
+
+CW = np.array([0.5, 2.0, 1.0, 0.25, 3.0])
+
+
+@pytest.mark.parametrize("formulation", ["weston_watkins", "crammer_singer"])
+@pytest.mark.parametrize("power", [1, 2])
+def test_multiclass_hinge_class_weights(formulation, power):
+    """w[y] multiplies each example's loss (torch's `weight=`, applied after the power as
+    its kernel does); "mean" divides by Σ w[y] over kept examples, "sum" by nothing."""
+    kwargs = {"formulation": formulation, "power": power, "margin": 0.7}
+    plain = np.asarray(jaxloss.multiclass_hinge_loss(MC_SCORES, MC_LABELS, **kwargs))
+    w_y = CW[MC_LABELS]
+    out = jaxloss.multiclass_hinge_loss(MC_SCORES, MC_LABELS, class_weights=CW, **kwargs)
+    np.testing.assert_allclose(out, w_y * plain, rtol=1e-14)
+    if formulation == "weston_watkins":
+        torch_ref = _torch_multi_margin(MC_SCORES, MC_LABELS, power, 0.7, weight=CW)
+        np.testing.assert_allclose(out, torch_ref, rtol=1e-13)
+    keep = np.arange(8) % 3 != 0
+    w = RNG.random(8) + 0.5
+    mean = jaxloss.multiclass_hinge_loss(
+        MC_SCORES, MC_LABELS, class_weights=CW, where=keep, weights=w, reduction="mean", **kwargs
+    )
+    expected = (keep * w * w_y * plain).sum() / (keep * w * w_y).sum()
+    np.testing.assert_allclose(mean, expected, rtol=1e-13)
+    total = jaxloss.multiclass_hinge_loss(
+        MC_SCORES, MC_LABELS, class_weights=CW, reduction="sum", **kwargs
+    )
+    np.testing.assert_allclose(total, (w_y * plain).sum(), rtol=1e-13)
+
+
+def test_multiclass_hinge_class_weights_errors_and_bad_labels():
+    with pytest.raises(ValueError, match=r"`class_weights` must have shape \(5,\)"):
+        jaxloss.multiclass_hinge_loss(MC_SCORES, MC_LABELS, class_weights=np.ones(4))
+    with pytest.raises(ValueError, match="`class_weights` must be non-negative"):
+        jaxloss.multiclass_hinge_loss(MC_SCORES, MC_LABELS, class_weights=-np.ones(5))
+    out = jaxloss.multiclass_hinge_loss(
+        MC_SCORES[:2], np.array([5, 1]), class_weights=CW, reduction="mean"
+    )
+    assert np.isnan(out)  # a bad label's NaN weight reaches the mean
+    # a dropped example's row gets zero gradient, even with NaN scores
+    s = MC_SCORES[:3].copy()
+    s[1] = np.nan
+    keep = np.array([True, False, True])
+
+    def f(v):
+        return jaxloss.multiclass_hinge_loss(
+            v, MC_LABELS[:3], class_weights=CW, where=keep, reduction="mean"
+        )
+
+    assert np.isfinite(f(s))
+    g = np.asarray(jax.grad(f)(s))
+    assert np.isfinite(g).all() and (g[1] == 0).all()

@@ -395,10 +395,11 @@ def _(rng):
 
 @row("torch-multi_margin_loss")
 def _(rng):
+    # weight=w: each term times w[y]; torch's "mean" divides by N, not by Σ w[y]
     out = jaxloss.multiclass_hinge_loss(
-        Z, IDS, formulation="weston_watkins", power=2, margin=0.5, reduction="mean"
+        Z, IDS, formulation="weston_watkins", power=2, margin=0.5, class_weights=CW
     )
-    return out, np.mean(_torch_multi_margin(Z, IDS, p=2, margin=0.5))
+    return jnp.mean(out), np.mean(_torch_multi_margin(Z, IDS, p=2, margin=0.5, weight=CW))
 
 
 @row("torch-multilabel_margin_loss")
