@@ -20,7 +20,7 @@ from jaxloss._classification import (
     softmax_focal_loss,
     z_loss,
 )
-from jaxloss._contrastive import clip_loss, ntxent_loss, siglip_loss
+from jaxloss._contrastive import circle_loss, clip_loss, ntxent_loss, siglip_loss
 from jaxloss._embedding import (
     cosine_distance,
     cosine_embedding_loss,
@@ -195,6 +195,7 @@ __all__ = [
     "fused_linear_preference_loss",  # the same, fused from hidden states
     # contrastive losses (batches of embeddings; clip and siglip also across devices)
     "ntxent_loss",
+    "circle_loss",
     "clip_loss",
     "siglip_loss",
     # language models: token log-probabilities, distillation, policy-gradient losses

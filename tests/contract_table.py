@@ -1974,6 +1974,43 @@ def _ntxent_batch(e, labels, *, temperature=0.07):
     return out
 
 
+def _circle_batch(e, labels, *, gamma=80.0, margin=0.4, remove_diagonal=True, normalize=True):
+    # keras.losses.circle: d = max(1 − e·eᵀ, 0); α_p = max(m + d, 0), α_n = max(1 + m − d, 0);
+    # softplus(lse_P(−γ α_p (m − d)) + lse_N(γ α_n (1 − m − d))); Sun et al. (2020), eq. (6)
+    if normalize:
+        e = _unit_rows(e)
+    d = np.maximum(1.0 - e @ e.T, 0.0)
+    out = np.full(len(e), np.nan)  # an anchor without a positive or a negative: no loss
+    for i in range(len(e)):
+        pos = [
+            j for j in range(len(e)) if labels[j] == labels[i] and (j != i or not remove_diagonal)
+        ]
+        neg = [k for k in range(len(e)) if labels[k] != labels[i]]
+        if pos and neg:
+            lp = special.logsumexp(
+                [-gamma * max(margin + d[i, j], 0) * (margin - d[i, j]) for j in pos]
+            )
+            ln = special.logsumexp(
+                [gamma * max(1 + margin - d[i, k], 0) * (1 - margin - d[i, k]) for k in neg]
+            )
+            out[i] = np.logaddexp(0.0, lp + ln)
+    return out
+
+
+def circle_reference(e, labels, *, where=None, **kwargs):
+    labels = np.broadcast_to(labels, np.shape(e)[:-1])[..., None]
+    batch = lambda e, lab, **kw: _circle_batch(e, lab[:, 0], **kw)  # noqa: E731
+    return _per_batch(batch)(e, labels, where=where, **kwargs)
+
+
+def _circle_make(**kwargs):
+    def make(rng):
+        labels = np.stack([rng.permutation([0, 0, 1, 1, 1]) for _ in range(N)])
+        return (_normal(rng, (N, CON_B, CON_D)), labels), kwargs
+
+    return make
+
+
 clip_reference = _per_batch(_clip_batch)
 siglip_reference = _per_batch(_siglip_batch)
 
@@ -2012,6 +2049,24 @@ CASES += [
             (_con_extreme()[0][0], np.array([0, 0, 1, 1])),
             {"temperature": 0.01},
         ),
+    ),
+    Case(
+        "circle_loss",
+        jaxloss.circle_loss,
+        _circle_make(gamma=6.0, margin=0.25),
+        circle_reference,
+        coupled=True,
+        grad_order=1,  # α = max(0, ·) has kinks
+        extreme=lambda: ((_con_extreme()[0][0], np.array([0, 0, 1, 1])), {}),
+    ),
+    Case(
+        "circle_loss",
+        jaxloss.circle_loss,
+        _circle_make(gamma=3.0, margin=0.4, remove_diagonal=False, normalize=False),
+        circle_reference,
+        coupled=True,
+        grad_order=1,
+        id="circle_loss[keep_diagonal,unnormalized]",
     ),
     Case(
         "clip_loss",

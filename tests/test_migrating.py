@@ -24,6 +24,7 @@ from scipy import special
 
 import jaxloss
 from tests.contract_table import np_ctc_loss
+from tests.test_contrastive import keras_circle
 from tests.test_margin import (
     _keras_hinge,
     _torch_hinge_embedding,
@@ -623,6 +624,14 @@ def _(rng):
     ref = 1 - tp / (tp + 0.3 * fp + 0.7 * fn + 1e-7)
     out = jaxloss.tversky_loss(p, t, alpha=0.3, beta=0.7, axis=(0, 1, 2, 3), smooth=0.0)
     return out, ref
+
+
+@row("keras-Circle", rtol=1e-6)
+def _(rng):
+    # y_pred: L2-normalized embeddings; labels with an anchor without positive (masked)
+    e = X / np.linalg.norm(X, axis=-1, keepdims=True)
+    labels = np.array([0, 1, 0, 1, 2, 1])
+    return jaxloss.circle_loss(e, labels, reduction="mean"), keras_circle(labels, e)[1]
 
 
 # --- the tests ------------------------------------------------------------------------
