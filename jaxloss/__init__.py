@@ -106,6 +106,7 @@ from jaxloss._segmentation import (
     dice_loss,
     generalized_dice_loss,
     jaccard_loss,
+    multiclass_generalized_dice_loss,
     tversky_loss,
 )
 from jaxloss._sequence import ctc_loss
@@ -185,6 +186,7 @@ __all__ = [
     "tversky_loss",
     "jaccard_loss",
     "generalized_dice_loss",
+    "multiclass_generalized_dice_loss",
     # preference optimization (on per-sequence log-probabilities)
     "dpo_loss",
     "dpo_implicit_rewards",

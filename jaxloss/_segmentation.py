@@ -344,10 +344,10 @@ def generalized_dice_loss(
     which leaves the ratio unchanged for s = 0. An example with no target and no
     prediction in any class has loss 0.
 
-    ``optax.losses.multiclass_generalized_dice_loss`` is a different function: it
-    computes one weight per class over the whole batch and averages weighted per-class
-    Dice losses, rather than pooling the classes inside one ratio; the two agree for
-    one example with one class and s = 0.
+    `multiclass_generalized_dice_loss` (optax's function of that name) is a different
+    function: it computes one weight per class over the whole batch and averages the
+    weighted per-class Dice losses, rather than pooling the classes inside one ratio per
+    example; the two agree for one example with one class and s = 0.
 
     Args:
       probs: p, probabilities in [0, 1] with a class axis, e.g. [B, H, W, C].
@@ -399,3 +399,83 @@ def generalized_dice_loss(
     num = 2.0 * jnp.sum(w * inter, axis=c) + smooth
     den = jnp.sum(w * total, axis=c) + smooth
     return C.reduce(_ratio_loss(num, den), where=where, weights=weights, reduction=reduction)
+
+
+def multiclass_generalized_dice_loss(
+    probs: ArrayLike,
+    targets: ArrayLike,
+    *,
+    axis: int | Sequence[int],
+    class_axis: int = -1,
+    smooth: float = 1.0,
+    pixel_where: ArrayLike | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """optax's generalized Dice loss: per-class Dice losses weighted by 1/F² over the batch.
+
+        ℓ_bc = ω_c · (1 − (2·Σ p·t + s) / (Σ p + Σ t + s))        (sums over ``axis``)
+        ω_c = C · v_c / Σ_k v_k,   v_c = 1 / (F_c² + 10⁻⁷),   F_c = Σ t_c over the batch
+
+    The function of ``optax.losses.multiclass_generalized_dice_loss``: each class's
+    weight comes from its target volume F_c summed over *every* axis but ``class_axis``
+    (all examples and pixels of the array, after ``where`` and ``pixel_where``), so rare
+    classes count more; the weights sum to C, and ``reduction="mean"`` (the mean over
+    examples and classes) is optax's scalar with its ``smooth=s`` as ``smooth=2s`` here
+    (the smoothing convention of `dice_loss`). A class absent from the whole batch gets
+    the weight of v_c = 10⁷ and dominates, as in optax. The weights depend on the
+    targets only and are not held constant (as in optax). Under ``vmap`` they are
+    computed per mapped slice. ``where=False`` on an (example, class) removes it from
+    the class volumes too, which changes the other entries' weights.
+
+    `generalized_dice_loss` is Sudre et al.'s per-example score instead: the classes of
+    one example pooled inside a single ratio, with weights 1/(Σ t)² from that example
+    alone and held constant. optax's ``ignore_background=True`` is the mean of this
+    loss's ``"none"`` output without class 0 (its weights still count class 0).
+
+    Args:
+      probs: p, probabilities in [0, 1] with a class axis, e.g. [B, H, W, C].
+      targets: t, targets in [0, 1] broadcastable to ``probs``' shape (one-hot).
+      axis: required, int or tuple of ints: the spatial axes summed over.
+      class_axis: the class axis of ``probs`` (default the last), not in ``axis``.
+      smooth: s ≥ 0, added to numerator and denominator of 2Σpt / (Σp + Σt).
+      pixel_where: optional boolean mask broadcastable to ``probs``' shape; False
+        removes a pixel from every sum, the class volumes included (see `tversky_loss`).
+      where: optional boolean mask broadcastable to the loss (``probs``' shape without
+        ``axis``); False removes an (example, class) from the class volumes and the
+        reduction.
+      weights: optional non-negative weights broadcastable to the loss.
+      reduction: ``"none"`` (per example and class), ``"sum"`` or ``"mean"``.
+
+    Returns:
+      ``probs``' shape without ``axis`` for ``"none"``, else a scalar; float32, or
+      float64 for float64 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> targets = jnp.array([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])
+      >>> probs = jnp.array([[[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]]])
+      >>> jaxloss.multiclass_generalized_dice_loss(probs, targets, axis=1, smooth=0.0)
+      Array([[0.03571428, 0.7499999 ]], dtype=float32)
+
+    References:
+      ``optax.losses.multiclass_generalized_dice_loss``; Sudre et al., "Generalised
+      Dice overlap as a deep learning loss function for highly unbalanced
+      segmentations", DLMIA 2017.
+    """
+    _check_nonnegative("smooth", smooth)
+    ndim = jnp.ndim(probs)
+    (cax,) = _axes(class_axis, ndim, "class_axis")
+    if cax in _axes(axis, ndim):
+        raise ValueError(f"`class_axis` {class_axis} must not be one of the spatial `axis` {axis}.")
+    p, t, axes, where, weights = _inputs(
+        probs, targets, axis, where, weights, reduction, pixel_where
+    )
+    loss = _tversky(p, t, axes, 0.5, 0.5, 0.5 * smooth)  # (2I + s)/(P + T + s), halved
+    others = tuple(i for i in range(t.ndim) if i != cax)
+    v = 1.0 / (jnp.square(jnp.sum(t, axis=others)) + 1e-7)  # optax's 10⁻⁷
+    omega = v * (v.shape[0] / jnp.sum(v))
+    c = cax - sum(a < cax for a in axes)  # the class axis of the loss
+    loss = loss * omega.reshape((-1,) + (1,) * (loss.ndim - c - 1))
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)

@@ -1402,6 +1402,19 @@ def _ref_generalized_dice(p, t, axis=-1, class_axis=-2, smooth=1e-5):
     return 1.0 - num / den
 
 
+def _ref_multiclass_generalized_dice(p, t, *, where=None, axis=-1, class_axis=-2, smooth=1.0):
+    # optax.losses.multiclass_generalized_dice_loss for [N, C, S] (reduction="none"): Dice
+    # per (example, class) times w_c = C·v_c/Σv, v_c = 1/(F_c² + 1e-7), F_c = Σ_{n,s} t_nc
+    # over the kept (example, class) entries; jaxloss's smoothing (2I + s)/(P + T + s).
+    keep = np.ones(p.shape[:2], bool) if where is None else np.broadcast_to(where, p.shape[:2])
+    p = np.where(keep[..., None], p, 0.0)
+    t = np.where(keep[..., None], t, 0.0)
+    v = 1.0 / (t.sum((0, 2)) ** 2 + 1e-7)
+    w = v * len(v) / v.sum()
+    dice = 1.0 - (2 * (p * t).sum(-1) + smooth) / (p.sum(-1) + t.sum(-1) + smooth)
+    return w * dice
+
+
 # Exact 0/1 probabilities, an empty class (no target, no prediction) and a class with
 # targets but no prediction.
 _SEG_EXTREME_P = np.array([[[1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]], np.float32)
@@ -1429,6 +1442,20 @@ CASES += [
         _seg_make(smooth=0.1),
         _ref_jaccard,
         extreme=lambda: ((_SEG_EMPTY, _SEG_EMPTY), {"axis": -1, "smooth": 0.0}),
+    ),
+    Case(
+        "multiclass_generalized_dice_loss",
+        jaxloss.multiclass_generalized_dice_loss,
+        _seg_make(class_axis=-2, smooth=0.5),
+        _ref_multiclass_generalized_dice,
+        coupled=True,  # the class weights come from every kept example's targets
+        extreme=lambda: (
+            (
+                np.concatenate([_SEG_EXTREME_P, _SEG_EMPTY]),
+                np.concatenate([_SEG_EXTREME_T, _SEG_EMPTY]),
+            ),
+            {"axis": -1, "class_axis": -2, "smooth": 0.0},
+        ),
     ),
     Case(
         "generalized_dice_loss",

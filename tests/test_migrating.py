@@ -269,6 +269,15 @@ def _(rng):
     return ours, L.binary_dice_loss(logits, masks, smooth=1.0)
 
 
+@row("optax-multiclass_generalized_dice_loss")
+def _(rng):
+    logits = rng.normal(size=(2, 3, 4, 3)) * 2.0
+    ours = jaxloss.multiclass_generalized_dice_loss(
+        jax.nn.softmax(logits, axis=-1), SEG_TARGETS, axis=(1, 2), smooth=2.0, reduction="mean"
+    )
+    return ours, L.multiclass_generalized_dice_loss(logits, SEG_TARGETS, smooth=1.0)
+
+
 def _ctc_batch(rng):
     logits = rng.normal(size=(3, 6, 4))  # [B, T, K], blank 0
     labels = np.array([[1, 2, 2], [3, 1, 0], [2, 0, 0]])

@@ -333,3 +333,78 @@ def test_pixel_where_is_checked():
         jaxloss.dice_loss(PROBS, TARGETS, axis=SPATIAL, pixel_where=VALID[None, ..., None])
     with pytest.raises(ValueError, match=r"do not broadcast.*`pixel_where` \(2, 4, 5\)"):
         jaxloss.dice_loss(PROBS, TARGETS, axis=SPATIAL, pixel_where=VALID)  # classes last
+
+
+# --- multiclass_generalized_dice_loss: optax's function ---------------------------------
+
+
+def test_multiclass_generalized_dice_equals_optax():
+    logits = RNG.normal(size=(B, H, W, NC)) * 2.0
+    probs = jax.nn.softmax(logits, axis=-1)
+    for smooth in (1.0, 0.25):
+        ours = jaxloss.multiclass_generalized_dice_loss(
+            probs, TARGETS, axis=SPATIAL, smooth=2 * smooth, reduction="mean"
+        )
+        peer = optax.losses.multiclass_generalized_dice_loss(logits, TARGETS, smooth=smooth)
+        np.testing.assert_allclose(ours, peer, rtol=1e-13)
+    per = jaxloss.multiclass_generalized_dice_loss(probs, TARGETS, axis=SPATIAL, smooth=2.0)
+    peer = optax.losses.multiclass_generalized_dice_loss(logits, TARGETS, ignore_background=True)
+    np.testing.assert_allclose(jnp.mean(per[..., 1:]), peer, rtol=1e-13)
+    # channels first
+    first = jaxloss.multiclass_generalized_dice_loss(
+        np.moveaxis(np.asarray(probs), -1, 1),
+        np.moveaxis(TARGETS, -1, 1),
+        axis=(2, 3),
+        class_axis=1,
+        smooth=2.0,
+    )
+    np.testing.assert_allclose(first, per, rtol=1e-14)
+
+
+def test_optax_multiclass_generalized_dice_tests_ported():
+    """optax's own tests of multiclass_generalized_dice_loss (losses/_segmentation_test.py),
+    with jaxloss substituted: a finite scalar unlike the plain Dice mean on imbalanced
+    classes, and ignore_background changing the value."""
+    key = jax.random.PRNGKey(0)
+    predictions = jax.random.normal(key, (4, 32, 32, 3))
+    class_labels = jax.random.choice(key, 3, (4, 32, 32), p=jnp.array([0.8, 0.15, 0.05]))
+    targets = jax.nn.one_hot(class_labels, 3)
+    probs = jax.nn.softmax(predictions, axis=-1)
+    gdl = jaxloss.multiclass_generalized_dice_loss(
+        probs, targets, axis=(1, 2), smooth=2.0, reduction="mean"
+    )
+    regular = jnp.mean(jaxloss.dice_loss(probs, targets, axis=(1, 2), smooth=2.0))
+    assert gdl.shape == () and np.isfinite(gdl)
+    assert not np.allclose(gdl, regular)
+    predictions = jax.random.normal(key, (2, 16, 16, 4))
+    targets = jax.nn.one_hot(jax.random.randint(key, (2, 16, 16), 0, 4), 4)
+    per = jaxloss.multiclass_generalized_dice_loss(
+        jax.nn.softmax(predictions, axis=-1), targets, axis=(1, 2), smooth=2.0
+    )
+    with_bg, no_bg = jnp.mean(per), jnp.mean(per[..., 1:])
+    assert not np.allclose(with_bg, no_bg)
+    assert np.isfinite(with_bg) and np.isfinite(no_bg)
+
+
+def test_multiclass_generalized_dice_weights_and_masks():
+    """Class weights from the volume over the whole batch; pixel_where and where remove
+    pixels and (example, class) entries from those volumes (float64 reference)."""
+    t = np.asarray(jax.nn.one_hot(IDS, NC))
+    keep = VALID[..., None]
+
+    def reference(p, t, pixels, entries):
+        p = np.where(pixels & entries[:, None, None, :], p, 0.0)
+        t = np.where(pixels & entries[:, None, None, :], t, 0.0)
+        v = 1.0 / (t.sum((0, 1, 2)) ** 2 + 1e-7)
+        w = v * NC / v.sum()
+        inter, total = (p * t).sum((1, 2)), (p + t).sum((1, 2))
+        return w * (1 - (2 * inter + 0.5) / (total + 0.5))
+
+    entries = np.array([[True, True, False], [True, True, True]])
+    out = jaxloss.multiclass_generalized_dice_loss(
+        PROBS, t, axis=SPATIAL, smooth=0.5, pixel_where=keep, where=entries
+    )
+    expected = np.where(entries, reference(PROBS, t, keep, entries), 0.0)
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="`class_axis` -1 must not be one of the spatial"):
+        jaxloss.multiclass_generalized_dice_loss(PROBS, t, axis=(1, 3))
