@@ -153,6 +153,27 @@ def _varying(x: jax.Array, axis_name) -> jax.Array:
     return lax.pcast(x, missing, to="varying") if missing else x
 
 
+def _labelled(embeddings, labels, where, weights, reduction):
+    """(embeddings, labels, where, weights) of a batch of labelled embeddings [..., B, D],
+    the labels broadcast to [..., B]. Under plain ``jit`` with the batch sharded over a
+    mesh, everything is gathered: the [B, B] similarities need every example."""
+    e = _embeddings("embeddings", embeddings)
+    labels = C.as_labels("labels", labels)
+    batch = e.shape[:-1]
+    try:
+        labels = jnp.broadcast_to(labels, batch)
+    except ValueError:
+        raise ValueError(
+            f"`labels` of shape {labels.shape} (group ids) must broadcast to the shape of "
+            f"`embeddings` without its feature axis, {batch}."
+        ) from None
+    where, weights = C.prepare(batch, where, weights, reduction)
+    explicit = _explicit_batch(e, "embeddings")
+    if explicit is not None:
+        e, labels, where, weights = _replicated(explicit[0], e, labels, where, weights)
+    return e, labels, where, weights
+
+
 def _keep_mask(where, shape, axis_name) -> jax.Array:
     keep = jnp.ones(shape, bool) if where is None else jnp.broadcast_to(where, shape)
     return keep if axis_name is None else _varying(keep, axis_name)
@@ -211,21 +232,9 @@ def ntxent_loss(
       representations" (SimCLR, 2020), eq. (1); Sohn, "Improved deep metric learning
       with multi-class N-pair loss objective" (2016).
     """
-    e = _embeddings("embeddings", embeddings)
-    labels = C.as_labels("labels", labels)
-    batch = e.shape[:-1]
-    try:
-        labels = jnp.broadcast_to(labels, batch)
-    except ValueError:
-        raise ValueError(
-            f"`labels` of shape {labels.shape} (group ids) must broadcast to the shape of "
-            f"`embeddings` without its feature axis, {batch}."
-        ) from None
     C.check_positive("temperature", temperature)
-    where, weights = C.prepare(batch, where, weights, reduction)
-    explicit = _explicit_batch(e, "embeddings")
-    if explicit is not None:  # the [B, B] similarities need every example: gather them
-        e, labels, where, weights = _replicated(explicit[0], e, labels, where, weights)
+    e, labels, where, weights = _labelled(embeddings, labels, where, weights, reduction)
+    batch = e.shape[:-1]
     tau = C.as_float("temperature", temperature, allow_int=True)
     dtype = C.compute_dtype(e, tau)
     keep = _keep_mask(where, batch, None)
@@ -237,12 +246,7 @@ def ntxent_loss(
     kept_j = keep[..., None, :]
     positive = same & ~jnp.eye(n, dtype=bool) & kept_j
     negative = ~same & kept_j
-    # log Σ_{N(i)} exp(s_ik); −inf for an anchor without negatives, whose row is replaced
-    # by zeros before the logsumexp so that its gradient stays finite (double where).
-    has_negative = jnp.any(negative, axis=-1)
-    s_neg = jnp.where(negative, s, -jnp.inf)
-    s_neg = jnp.where(has_negative[..., None], s_neg, 0.0)
-    lse_neg = jnp.where(has_negative, jax.nn.logsumexp(s_neg, axis=-1), -jnp.inf)
+    lse_neg, _ = _masked_logsumexp(s, negative)  # log Σ_{N(i)} exp(s_ik), −inf if none
     # −log(e^s / (e^s + Σ e^n)) = softplus(log Σ e^n − s)
     pair = jnp.where(positive, jax.nn.softplus(lse_neg[..., None] - s), 0.0)
     count = jnp.sum(positive, axis=-1)
@@ -305,12 +309,10 @@ def circle_loss(
       normalize: L2-normalize e along D first (default True, the paper's cosine
         similarity; a zero vector stays 0). Keras expects normalized embeddings and
         does not normalize: False computes its formula on the raw dot products.
-      where: optional boolean mask ``[..., B]``; False removes an example from the batch.
-      weights: optional non-negative per-anchor weights ``[..., B]``.
-      reduction: ``"none"`` (per anchor), ``"sum"`` or ``"mean"``.
+      where, weights, reduction: as in `ntxent_loss`.
 
     Returns:
-      ``[..., B]`` for ``"none"``, else a scalar; float32, or float64 for float64 input.
+      As in `ntxent_loss`.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
@@ -322,26 +324,14 @@ def circle_loss(
       Sun et al., "Circle loss: a unified perspective of pair similarity optimization",
       CVPR 2020, eq. (6); ``keras.losses.Circle``.
     """
-    e = _embeddings("embeddings", embeddings)
-    labels = C.as_labels("labels", labels)
-    batch = e.shape[:-1]
-    try:
-        labels = jnp.broadcast_to(labels, batch)
-    except ValueError:
-        raise ValueError(
-            f"`labels` of shape {labels.shape} (class ids) must broadcast to the shape of "
-            f"`embeddings` without its feature axis, {batch}."
-        ) from None
     C.check_positive("gamma", gamma)
     if C._is_concrete_number(margin) and not abs(margin) < float("inf"):
         raise ValueError(f"`margin` must be a finite number, got {margin!r}.")
     for name, flag in (("remove_diagonal", remove_diagonal), ("normalize", normalize)):
         if not isinstance(flag, bool):
             raise TypeError(f"`{name}` must be a bool, got {flag!r}.")
-    where, weights = C.prepare(batch, where, weights, reduction)
-    explicit = _explicit_batch(e, "embeddings")
-    if explicit is not None:  # the [B, B] similarities need every example: gather them
-        e, labels, where, weights = _replicated(explicit[0], e, labels, where, weights)
+    e, labels, where, weights = _labelled(embeddings, labels, where, weights, reduction)
+    batch = e.shape[:-1]
     dtype = C.compute_dtype(e)
     keep = _keep_mask(where, batch, None)
     e = C.keep(keep[..., None], e.astype(dtype), 0.0)

@@ -285,15 +285,8 @@ def triplet_margin_loss(
     _check_eps(eps)
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not (1 <= p < math.inf):
         raise ValueError(f"`p` must be a Python number in [1, inf), got {p!r}.")
-    if not isinstance(swap, bool):
-        raise TypeError(f"`swap` must be a bool, got {swap!r}.")
-    (a, pos, neg), axis, where, weights = _vectors(
-        ("anchors", "positives", "negatives"),
-        (anchors, positives, negatives),
-        axis,
-        where,
-        weights,
-        reduction,
+    (a, pos, neg), axis, where, weights = _triplets(
+        anchors, positives, negatives, swap, axis, where, weights, reduction
     )
 
     def dist(u, v):
@@ -301,6 +294,14 @@ def triplet_margin_loss(
 
     loss = _triplet(dist, a, pos, neg, margin, swap)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def _triplets(anchors, positives, negatives, swap, axis, where, weights, reduction):
+    """`_vectors` for (anchors, positives, negatives), with ``swap`` checked."""
+    if not isinstance(swap, bool):
+        raise TypeError(f"`swap` must be a bool, got {swap!r}.")
+    names = ("anchors", "positives", "negatives")
+    return _vectors(names, (anchors, positives, negatives), axis, where, weights, reduction)
 
 
 def _triplet(dist, a, pos, neg, margin, swap: bool) -> jax.Array:
@@ -349,13 +350,10 @@ def triplet_margin_with_distance_loss(
       swap: use the distance swap (Balntas et al., 2016).
       axis: the feature axis (default the last): the loss has ``anchors``' shape
         without it.
-      where: optional boolean mask broadcastable to ``anchors``' shape without ``axis``.
-      weights: optional non-negative weights, broadcastable like ``where``.
-      reduction: ``"none"`` (per triplet), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
+      where, weights, reduction: as in `triplet_margin_loss`.
 
     Returns:
-      ``anchors``' shape without ``axis`` for ``"none"``, else a scalar; float32, or
-      float64 for float64 inputs (bf16/f16 are computed in float32).
+      As in `triplet_margin_loss`.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss
@@ -374,15 +372,8 @@ def triplet_margin_with_distance_loss(
         raise TypeError(
             f"`distance_function` must be a callable d(u, v) or None, got {distance_function!r}."
         )
-    if not isinstance(swap, bool):
-        raise TypeError(f"`swap` must be a bool, got {swap!r}.")
-    (a, pos, neg), axis, where, weights = _vectors(
-        ("anchors", "positives", "negatives"),
-        (anchors, positives, negatives),
-        axis,
-        where,
-        weights,
-        reduction,
+    (a, pos, neg), axis, where, weights = _triplets(
+        anchors, positives, negatives, swap, axis, where, weights, reduction
     )
     batch = a.shape[:axis] + a.shape[axis + 1 :]
     if distance_function is None:

@@ -469,14 +469,10 @@ def multilabel_margin_loss(
         example, the target classes along ``axis``, then −1 padding. Concrete ids ≥ C
         before the first −1 raise ``ValueError``; traced ones give NaN.
       axis: the class axis of ``scores`` and ``labels`` (default the last).
-      where: optional boolean mask broadcastable to the per-example loss (``scores``'
-        shape without ``axis``); a dropped example's row gets exactly zero gradient.
-      weights: optional non-negative per-example weights, broadcastable like ``where``.
-      reduction: ``"none"`` (per example), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
+      where, weights, reduction: as in `multiclass_hinge_loss`.
 
     Returns:
-      ``scores``' shape without ``axis`` for ``"none"``, else a scalar; float32, or
-      float64 for float64 scores.
+      As in `multiclass_hinge_loss`.
 
     Example:
       >>> import jax.numpy as jnp, jaxloss

@@ -51,6 +51,14 @@ def _axes(axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def _class_axis(class_axis, axis, ndim: int) -> int:
+    """``class_axis`` as a non-negative axis, checked not to be a spatial axis."""
+    (cax,) = _axes(class_axis, ndim, "class_axis")
+    if cax in _axes(axis, ndim):
+        raise ValueError(f"`class_axis` {class_axis} must not be one of the spatial `axis` {axis}.")
+    return cax
+
+
 def _check_unit_interval(name: str, x: jax.Array) -> None:
     """Concrete probabilities or targets outside [0, 1] raise: they are likely logits."""
     if isinstance(x, jax.core.Tracer):
@@ -379,10 +387,7 @@ def generalized_dice_loss(
       highly unbalanced segmentations", DLMIA 2017.
     """
     _check_nonnegative("smooth", smooth)
-    ndim = jnp.ndim(probs)
-    (cax,) = _axes(class_axis, ndim, "class_axis")
-    if cax in _axes(axis, ndim):
-        raise ValueError(f"`class_axis` {class_axis} must not be one of the spatial `axis` {axis}.")
+    cax = _class_axis(class_axis, axis, jnp.ndim(probs))
     p, t, axes, where, weights = _inputs(
         probs, targets, axis, where, weights, reduction, pixel_where, extra_axes=(cax,)
     )
@@ -465,10 +470,7 @@ def multiclass_generalized_dice_loss(
       segmentations", DLMIA 2017.
     """
     _check_nonnegative("smooth", smooth)
-    ndim = jnp.ndim(probs)
-    (cax,) = _axes(class_axis, ndim, "class_axis")
-    if cax in _axes(axis, ndim):
-        raise ValueError(f"`class_axis` {class_axis} must not be one of the spatial `axis` {axis}.")
+    cax = _class_axis(class_axis, axis, jnp.ndim(probs))
     p, t, axes, where, weights = _inputs(
         probs, targets, axis, where, weights, reduction, pixel_where
     )
