@@ -291,7 +291,9 @@ def circle_loss(
     negatives of anchor i are the other examples of the batch with the same and with a
     different label. ``remove_diagonal=True`` (the default, as Keras) leaves i out of its
     own positives; with False, s_ii = 1 is one of them. The gradient is the derivative of
-    this value, α's included (as Keras; the paper's eq. (10) treats α as constants).
+    this value, α's included (as Keras; the paper's eq. (10) treats α as constants);
+    where an α reaches 0 (s_ik = −m) the loss has a kink and takes the flat side's
+    derivative.
     Computed in log space (``softplus(lse_p + lse_n)``), so γ = 80 never overflows.
 
     An anchor with no positive or no negative among the kept examples has no loss: it is
