@@ -398,3 +398,16 @@ def test_circle_loss_errors():
         jaxloss.circle_loss(X, CIRCLE_LABELS[:6])
     with pytest.raises(TypeError, match="`remove_diagonal` must be a bool"):
         jaxloss.circle_loss(X, CIRCLE_LABELS, remove_diagonal=1)
+
+
+def test_circle_loss_derivative_at_the_kink_of_alpha_is_the_flat_side():
+    """At s = −m the negative's weight α_n = max(0, s + m) reaches 0: a kink, where the
+    derivative is the flat side's (0), as documented."""
+    e = jnp.array([[1.0], [1.0], [-0.4]])  # s_02 = s_12 = −0.4 = −m (unnormalized)
+    labels = jnp.array([0, 0, 1])  # the third example has no positive: no loss of its own
+
+    def f(v):
+        return jaxloss.circle_loss(v, labels, margin=0.4, normalize=False, reduction="sum")
+
+    assert jax.grad(f)(e)[2, 0] == 0.0
+    assert jax.grad(f)(e.at[2, 0].set(-0.3))[2, 0] < 0  # past the kink: 2γs, s < 0
