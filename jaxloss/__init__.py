@@ -20,12 +20,13 @@ from jaxloss._classification import (
     softmax_focal_loss,
     z_loss,
 )
-from jaxloss._contrastive import clip_loss, ntxent_loss, siglip_loss
+from jaxloss._contrastive import circle_loss, clip_loss, ntxent_loss, siglip_loss
 from jaxloss._embedding import (
     cosine_distance,
     cosine_embedding_loss,
     cosine_similarity,
     triplet_margin_loss,
+    triplet_margin_with_distance_loss,
 )
 from jaxloss._fused_language_model import (
     fused_linear_distillation_loss,
@@ -53,10 +54,12 @@ from jaxloss._language_model import (
 )
 from jaxloss._large_vocab import fused_linear_cross_entropy
 from jaxloss._margin import (
+    hinge_embedding_loss,
     hinge_loss,
     margin_ranking_loss,
     multiclass_hinge_loss,
     multiclass_perceptron_loss,
+    multilabel_margin_loss,
     perceptron_loss,
     soft_margin_loss,
 )
@@ -106,6 +109,7 @@ from jaxloss._segmentation import (
     dice_loss,
     generalized_dice_loss,
     jaccard_loss,
+    multiclass_generalized_dice_loss,
     tversky_loss,
 )
 from jaxloss._sequence import ctc_loss
@@ -170,9 +174,11 @@ __all__ = [
     "vocab_parallel_fused_linear_cross_entropy",
     # margin losses
     "hinge_loss",
+    "hinge_embedding_loss",
     "perceptron_loss",
     "multiclass_hinge_loss",
     "multiclass_perceptron_loss",
+    "multilabel_margin_loss",
     "margin_ranking_loss",
     "soft_margin_loss",
     # embedding (metric-learning) losses
@@ -180,11 +186,13 @@ __all__ = [
     "cosine_distance",
     "cosine_embedding_loss",
     "triplet_margin_loss",
+    "triplet_margin_with_distance_loss",
     # segmentation (overlap) losses on probabilities
     "dice_loss",
     "tversky_loss",
     "jaccard_loss",
     "generalized_dice_loss",
+    "multiclass_generalized_dice_loss",
     # preference optimization (on per-sequence log-probabilities)
     "dpo_loss",
     "dpo_implicit_rewards",
@@ -195,6 +203,7 @@ __all__ = [
     "fused_linear_preference_loss",  # the same, fused from hidden states
     # contrastive losses (batches of embeddings; clip and siglip also across devices)
     "ntxent_loss",
+    "circle_loss",
     "clip_loss",
     "siglip_loss",
     # language models: token log-probabilities, distillation, policy-gradient losses

@@ -1,4 +1,4 @@
-"""Contrastive losses: NT-Xent (SimCLR), CLIP's symmetric InfoNCE and SigLIP's sigmoid loss.
+"""Contrastive losses: NT-Xent (SimCLR), Circle loss, CLIP's InfoNCE and SigLIP's sigmoid loss.
 
 Each takes a batch of embeddings ``[..., B, D]`` (the contrastive batch is axis −2, the
 features axis −1; leading axes are independent problems) and returns one loss per
@@ -153,6 +153,27 @@ def _varying(x: jax.Array, axis_name) -> jax.Array:
     return lax.pcast(x, missing, to="varying") if missing else x
 
 
+def _labelled(embeddings, labels, where, weights, reduction):
+    """(embeddings, labels, where, weights) of a batch of labelled embeddings [..., B, D],
+    the labels broadcast to [..., B]. Under plain ``jit`` with the batch sharded over a
+    mesh, everything is gathered: the [B, B] similarities need every example."""
+    e = _embeddings("embeddings", embeddings)
+    labels = C.as_labels("labels", labels)
+    batch = e.shape[:-1]
+    try:
+        labels = jnp.broadcast_to(labels, batch)
+    except ValueError:
+        raise ValueError(
+            f"`labels` of shape {labels.shape} (group ids) must broadcast to the shape of "
+            f"`embeddings` without its feature axis, {batch}."
+        ) from None
+    where, weights = C.prepare(batch, where, weights, reduction)
+    explicit = _explicit_batch(e, "embeddings")
+    if explicit is not None:
+        e, labels, where, weights = _replicated(explicit[0], e, labels, where, weights)
+    return e, labels, where, weights
+
+
 def _keep_mask(where, shape, axis_name) -> jax.Array:
     keep = jnp.ones(shape, bool) if where is None else jnp.broadcast_to(where, shape)
     return keep if axis_name is None else _varying(keep, axis_name)
@@ -211,21 +232,9 @@ def ntxent_loss(
       representations" (SimCLR, 2020), eq. (1); Sohn, "Improved deep metric learning
       with multi-class N-pair loss objective" (2016).
     """
-    e = _embeddings("embeddings", embeddings)
-    labels = C.as_labels("labels", labels)
-    batch = e.shape[:-1]
-    try:
-        labels = jnp.broadcast_to(labels, batch)
-    except ValueError:
-        raise ValueError(
-            f"`labels` of shape {labels.shape} (group ids) must broadcast to the shape of "
-            f"`embeddings` without its feature axis, {batch}."
-        ) from None
     C.check_positive("temperature", temperature)
-    where, weights = C.prepare(batch, where, weights, reduction)
-    explicit = _explicit_batch(e, "embeddings")
-    if explicit is not None:  # the [B, B] similarities need every example: gather them
-        e, labels, where, weights = _replicated(explicit[0], e, labels, where, weights)
+    e, labels, where, weights = _labelled(embeddings, labels, where, weights, reduction)
+    batch = e.shape[:-1]
     tau = C.as_float("temperature", temperature, allow_int=True)
     dtype = C.compute_dtype(e, tau)
     keep = _keep_mask(where, batch, None)
@@ -237,17 +246,116 @@ def ntxent_loss(
     kept_j = keep[..., None, :]
     positive = same & ~jnp.eye(n, dtype=bool) & kept_j
     negative = ~same & kept_j
-    # log Σ_{N(i)} exp(s_ik); −inf for an anchor without negatives, whose row is replaced
-    # by zeros before the logsumexp so that its gradient stays finite (double where).
-    has_negative = jnp.any(negative, axis=-1)
-    s_neg = jnp.where(negative, s, -jnp.inf)
-    s_neg = jnp.where(has_negative[..., None], s_neg, 0.0)
-    lse_neg = jnp.where(has_negative, jax.nn.logsumexp(s_neg, axis=-1), -jnp.inf)
+    lse_neg, _ = _masked_logsumexp(s, negative)  # log Σ_{N(i)} exp(s_ik), −inf if none
     # −log(e^s / (e^s + Σ e^n)) = softplus(log Σ e^n − s)
     pair = jnp.where(positive, jax.nn.softplus(lse_neg[..., None] - s), 0.0)
     count = jnp.sum(positive, axis=-1)
     loss = jnp.sum(pair, axis=-1) / jnp.maximum(count, 1).astype(dtype)
     return C.reduce(loss, where=keep & (count > 0), weights=weights, reduction=reduction)
+
+
+# --------------------------------------------------------------------------------------
+# Circle loss
+# --------------------------------------------------------------------------------------
+
+
+def _masked_logsumexp(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(log Σ_{mask} exp(x) over the last axis, whether the mask has an entry); a row
+    without one gets −inf, and its entries are replaced by 0 before the logsumexp so its
+    gradient stays finite (double where)."""
+    has = jnp.any(mask, axis=-1)
+    safe = jnp.where(has[..., None], jnp.where(mask, x, -jnp.inf), 0.0)
+    return jnp.where(has, jax.nn.logsumexp(safe, axis=-1), -jnp.inf), has
+
+
+def circle_loss(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: float = 80.0,
+    margin: float = 0.4,
+    remove_diagonal: bool = True,
+    normalize: bool = True,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Circle loss (Sun et al., 2020) within a batch of labelled embeddings, per anchor.
+
+        s_ij = ⟨ê_i, ê_j⟩ (capped at 1),   P(i) = {j : y_j = y_i},   N(i) = {k : y_k ≠ y_i}
+        α_p = max(0, 1 + m − s_ij),   α_n = max(0, s_ik + m),   Δ_p = 1 − m,   Δ_n = m
+        ℓ_i = log(1 + Σ_{k∈N(i)} exp(γ α_n (s_ik − Δ_n)) · Σ_{j∈P(i)} exp(−γ α_p (s_ij − Δ_p)))
+
+    the paper's eq. (6) with its one-margin parametrization (O_p = 1 + m, O_n = −m), as
+    ``keras.losses.Circle`` computes it (defaults γ = 80, m = 0.4): the positives and
+    negatives of anchor i are the other examples of the batch with the same and with a
+    different label. ``remove_diagonal=True`` (the default, as Keras) leaves i out of its
+    own positives; with False, s_ii = 1 is one of them. The gradient is the derivative of
+    this value, α's included (as Keras; the paper's eq. (10) treats α as constants);
+    where an α reaches 0 (s_ik = −m) the loss has a kink and takes the flat side's
+    derivative.
+    Computed in log space (``softplus(lse_p + lse_n)``), so γ = 80 never overflows.
+
+    An anchor with no positive or no negative among the kept examples has no loss: it is
+    left out of ``"sum"`` and ``"mean"`` (and is 0 with ``"none"``); it still serves as
+    others' positive or negative. Keras masks the same anchors (its loss 0) out of its
+    mean, so ``reduction="mean"`` is ``keras.losses.Circle()(labels, embeddings)``.
+    ``where=False`` removes an example from the batch entirely.
+
+    Args:
+      embeddings: e, floating ``[..., B, D]``.
+      labels: integer class ids ``[..., B]`` (broadcastable); equal ids are positives.
+      gamma: γ > 0, the scale of the similarities.
+      margin: m, the relaxation margin (a finite number).
+      remove_diagonal: leave each anchor out of its own positives.
+      normalize: L2-normalize e along D first (default True, the paper's cosine
+        similarity; a zero vector stays 0). Keras expects normalized embeddings and
+        does not normalize: False computes its formula on the raw dot products.
+      where, weights, reduction: as in `ntxent_loss`.
+
+    Returns:
+      As in `ntxent_loss`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> e = jnp.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+      >>> jaxloss.circle_loss(e, jnp.array([0, 0, 1, 1]), gamma=4.0)
+      Array([0.6652944 , 0.99451315, 0.99451315, 0.6652944 ], dtype=float32)
+
+    References:
+      Sun et al., "Circle loss: a unified perspective of pair similarity optimization",
+      CVPR 2020, eq. (6); ``keras.losses.Circle``.
+    """
+    C.check_positive("gamma", gamma)
+    if C._is_concrete_number(margin) and not abs(margin) < float("inf"):
+        raise ValueError(f"`margin` must be a finite number, got {margin!r}.")
+    for name, flag in (("remove_diagonal", remove_diagonal), ("normalize", normalize)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be a bool, got {flag!r}.")
+    e, labels, where, weights = _labelled(embeddings, labels, where, weights, reduction)
+    batch = e.shape[:-1]
+    dtype = C.compute_dtype(e)
+    keep = _keep_mask(where, batch, None)
+    e = C.keep(keep[..., None], e.astype(dtype), 0.0)
+    if normalize:
+        e = _unit(e)
+    s = _similarity(e, e)
+    s = jnp.where(s > 1.0, 1.0, s)  # Keras's cosine distance max(1 − s, 0)
+
+    n = batch[-1]
+    same = labels[..., :, None] == labels[..., None, :]
+    kept_j = keep[..., None, :]
+    positive = same & kept_j
+    if remove_diagonal:
+        positive = positive & ~jnp.eye(n, dtype=bool)
+    negative = ~same & kept_j
+    alpha_p = jax.nn.relu(1.0 + margin - s)
+    alpha_n = jax.nn.relu(s + margin)
+    lse_p, has_p = _masked_logsumexp(-gamma * alpha_p * (s - (1.0 - margin)), positive)
+    lse_n, has_n = _masked_logsumexp(gamma * alpha_n * (s - margin), negative)
+    valid = has_p & has_n
+    loss = jnp.where(valid, jax.nn.softplus(jnp.where(valid, lse_p + lse_n, 0.0)), 0.0)
+    return C.reduce(loss, where=keep & valid, weights=weights, reduction=reduction)
 
 
 # --------------------------------------------------------------------------------------

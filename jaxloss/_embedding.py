@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,13 @@ def _feature_axis(axis, x: jax.Array, name: str) -> int:
         raise ValueError(f"`{name}` must have a feature axis; got a scalar.")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"`axis` {axis} is out of range for `{name}` of shape {x.shape}.")
-    return axis % x.ndim
+    axis = axis % x.ndim
+    if x.shape[axis] == 0:
+        raise ValueError(
+            f"`{name}` has a feature axis of size 0 (axis {axis} of shape {x.shape}): there "
+            "are no features to compare. Check `axis` and how the embeddings were sliced."
+        )
+    return axis
 
 
 def _check_eps(eps) -> None:
@@ -64,9 +71,14 @@ def normalize(x: jax.Array, axis: int, eps: float | jax.Array) -> jax.Array:
 
     The building block of `cosine_similarity` for callers that form many dot products
     (a similarity matrix): normalize once, then multiply. ``x`` is used as given (no
-    dtype promotion or validation); the gradient at x = 0 is 1/ε (not NaN).
+    dtype promotion or validation); the Jacobian at x = 0 is I/ε for ε > 0, and 0 for
+    ε = 0, where x/‖x‖ has no limit (a double where: 0/0 is never formed). A traced
+    negative ε gives NaN.
     """
-    return x / jnp.maximum(N.safe_norm(x, axis, keepdims=True), eps)
+    den = jnp.maximum(N.safe_norm(x, axis, keepdims=True), eps)
+    den = jnp.where(jnp.asarray(eps) < 0, jnp.nan, den)
+    zero = den == 0  # only for ε = 0 and x = 0
+    return jnp.where(zero, 0.0, x / jnp.where(zero, 1.0, den))
 
 
 def _cosine(x: jax.Array, y: jax.Array, axis: int, eps) -> jax.Array:
@@ -89,16 +101,19 @@ def cosine_similarity(
 
     The formula of ``torch.nn.functional.cosine_similarity`` (PyTorch ≥ 1.12): each norm
     is floored at ε separately, so a zero vector has similarity 0 with everything and a
-    finite gradient (of size 1/ε), never NaN. ``optax.losses.cosine_similarity`` floors
+    finite gradient (of size 1/ε), never NaN. With ε = 0 a zero vector still has
+    similarity 0, and gradient 0 (the cosine has no limit, hence no derivative, there;
+    torch gives NaN). ``optax.losses.cosine_similarity`` floors
     each *squared* norm at its ``epsilon``, so it equals this with ε = √epsilon (its
     default epsilon = 0 gives NaN for a zero vector).
     The norms use a scaled, overflow-free computation (`_numerics.safe_norm`).
 
     Args:
-      x: floating array with a feature axis.
+      x: floating array with a feature axis (of size ≥ 1: an empty feature axis raises).
       y: floating array broadcastable to ``x``' shape.
       axis: the feature axis (default the last).
-      eps: ε ≥ 0, the floor of each norm.
+      eps: ε ≥ 0, the floor of each norm (a negative ε given as a Python number raises;
+        a traced one gives NaN).
       where: optional boolean mask broadcastable to ``x``' shape without ``axis``.
       weights: optional non-negative weights, broadcastable like ``where``.
       reduction: ``"none"`` (per vector pair), ``"sum"`` or ``"mean"`` (Σ w·ℓ / Σ w).
@@ -270,22 +285,113 @@ def triplet_margin_loss(
     _check_eps(eps)
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not (1 <= p < math.inf):
         raise ValueError(f"`p` must be a Python number in [1, inf), got {p!r}.")
-    if not isinstance(swap, bool):
-        raise TypeError(f"`swap` must be a bool, got {swap!r}.")
-    (a, pos, neg), axis, where, weights = _vectors(
-        ("anchors", "positives", "negatives"),
-        (anchors, positives, negatives),
-        axis,
-        where,
-        weights,
-        reduction,
+    (a, pos, neg), axis, where, weights = _triplets(
+        anchors, positives, negatives, swap, axis, where, weights, reduction
     )
 
     def dist(u, v):
         return N.safe_norm(u - v + eps, axis, p=p)
 
+    loss = _triplet(dist, a, pos, neg, margin, swap)
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def _triplets(anchors, positives, negatives, swap, axis, where, weights, reduction):
+    """`_vectors` for (anchors, positives, negatives), with ``swap`` checked."""
+    if not isinstance(swap, bool):
+        raise TypeError(f"`swap` must be a bool, got {swap!r}.")
+    names = ("anchors", "positives", "negatives")
+    return _vectors(names, (anchors, positives, negatives), axis, where, weights, reduction)
+
+
+def _triplet(dist, a, pos, neg, margin, swap: bool) -> jax.Array:
+    """max(0, d(a, p) − d(a, n) + m), d(a, n) ← min(d(a, n), d(p, n)) with ``swap``."""
     d_neg = dist(a, neg)
     if swap:
         d_neg = jnp.minimum(d_neg, dist(pos, neg))
-    loss = jax.nn.relu(dist(a, pos) - d_neg + margin)
+    return jax.nn.relu(dist(a, pos) - d_neg + margin)
+
+
+def triplet_margin_with_distance_loss(
+    anchors: ArrayLike,
+    positives: ArrayLike,
+    negatives: ArrayLike,
+    *,
+    distance_function: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    margin: float = 1.0,
+    swap: bool = False,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Triplet margin loss with any distance function d.
+
+        ℓ = max(0, d(a, p) − d(a, n) + m)
+
+    The definition of ``torch.nn.functional.triplet_margin_with_distance_loss``: d is
+    ``distance_function`` (default: torch's ``pairwise_distance``, ‖u − v + 10⁻⁶‖₂ along
+    ``axis``, which makes this `triplet_margin_loss` with its defaults), and with
+    ``swap=True`` d(a, n) is replaced by min(d(a, n), d(p, n)). Where the two distances
+    tie, ``swap``'s min splits the gradient between them (a subgradient).
+
+    ``distance_function(u, v)`` receives two arrays of ``anchors``' shape (the inputs
+    broadcast to it, in the compute dtype, with the rows of dropped triplets replaced by
+    ones) and must return a non-negative distance per triplet, of ``anchors``' shape
+    without ``axis``; any other shape raises. It may be any JAX function, e.g.
+    ``lambda u, v: jaxloss.cosine_distance(u, v)``; its gradient is the loss's.
+
+    Args:
+      anchors: a, floating array with a feature axis.
+      positives: p, floating array broadcastable to ``anchors``' shape.
+      negatives: n, floating array broadcastable to ``anchors``' shape.
+      distance_function: d(u, v), or None for the Euclidean ``pairwise_distance``.
+      margin: m ≥ 0 (torch requires m > 0).
+      swap: use the distance swap (Balntas et al., 2016).
+      axis: the feature axis (default the last): the loss has ``anchors``' shape
+        without it.
+      where, weights, reduction: as in `triplet_margin_loss`.
+
+    Returns:
+      As in `triplet_margin_loss`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> a, p, n = jnp.array([[1.0, 0.0]]), jnp.array([[1.0, 1.0]]), jnp.array([[0.0, 1.0]])
+      >>> jaxloss.triplet_margin_with_distance_loss(
+      ...     a, p, n, distance_function=jaxloss.cosine_distance, margin=1.0)
+      Array([0.29289323], dtype=float32)
+
+    References:
+      ``torch.nn.TripletMarginWithDistanceLoss``; Schroff et al., "FaceNet", CVPR 2015;
+      Balntas et al., "Learning local feature descriptors with triplets and shallow
+      convolutional neural networks", BMVC 2016.
+    """
+    M._check_margin(margin)
+    if distance_function is not None and not callable(distance_function):
+        raise TypeError(
+            f"`distance_function` must be a callable d(u, v) or None, got {distance_function!r}."
+        )
+    (a, pos, neg), axis, where, weights = _triplets(
+        anchors, positives, negatives, swap, axis, where, weights, reduction
+    )
+    batch = a.shape[:axis] + a.shape[axis + 1 :]
+    if distance_function is None:
+
+        def dist(u, v):
+            return N.safe_norm(u - v + 1e-6, axis)
+
+    else:
+
+        def dist(u, v):
+            d = jnp.asarray(distance_function(u, v))
+            if d.shape != batch:
+                raise ValueError(
+                    f"`distance_function` returned shape {d.shape}; it must return one "
+                    f"distance per triplet, of `anchors`' shape without the feature axis "
+                    f"{axis}: {batch}."
+                )
+            return d.astype(a.dtype)
+
+    loss = _triplet(dist, a, pos, neg, margin, swap)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)

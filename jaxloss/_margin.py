@@ -61,12 +61,12 @@ def _signs(labels: ArrayLike, shape, dtype, where, pred_name: str) -> jax.Array:
     return jnp.where(jnp.abs(y) == 1, y, jnp.nan)
 
 
-def _binary_inputs(scores, labels, where, weights, reduction):
+def _binary_inputs(scores, labels, where, weights, reduction, name="scores"):
     """(scores, ±1 labels, where, weights) of a binary margin loss, masked rows made safe."""
-    s = C.as_float("scores", scores)
+    s = C.as_float(name, scores)
     where, weights = C.prepare(s.shape, where, weights, reduction)
     dtype = C.compute_dtype(s)
-    y = _signs(labels, s.shape, dtype, where, "scores")
+    y = _signs(labels, s.shape, dtype, where, name)
     s = C.keep(where, s.astype(dtype), 0.0)
     y = C.keep(where, y, 1.0)
     return s, y, where, weights
@@ -195,6 +195,54 @@ def soft_margin_loss(
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 
+def hinge_embedding_loss(
+    distances: ArrayLike,
+    labels: ArrayLike,
+    *,
+    margin: float = 1.0,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Hinge embedding loss on distances x, with labels y in {−1, +1}.
+
+        ℓ = x                    if y = +1
+        ℓ = max(0, m − x)        if y = −1
+
+    Similar pairs (y = +1) are pulled together, dissimilar ones (y = −1) pushed beyond
+    the margin. Equal to ``torch.nn.functional.hinge_embedding_loss`` (whose ``"mean"``
+    is this mean). x is usually a distance between two embeddings (e.g. an L1 distance), but any
+    score works. The gradient at the kink x = m of a y = −1 pair is the subgradient 0, as
+    in `hinge_loss`.
+
+    Args:
+      distances: x, floating array of any shape.
+      labels: y, −1 or +1 (any numeric dtype) or booleans (True = +1), broadcastable to
+        ``distances``' shape. Concrete labels outside {−1, +1} raise ``ValueError``
+        (torch reads any other label as both cases at once); traced ones give NaN.
+      margin: m, a finite number (torch's default 1).
+      where, weights, reduction: as in `hinge_loss` (broadcast to ``distances``).
+
+    Returns:
+      ``distances``' shape for ``"none"``, else a scalar; float32, or float64 for
+      float64 input (bf16/f16 are computed and returned in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.hinge_embedding_loss(jnp.array([0.3, 0.3, 2.0]), jnp.array([1, -1, -1]))
+      Array([0.3, 0.7, 0. ], dtype=float32)
+
+    References:
+      The loss of ``torch.nn.HingeEmbeddingLoss``; Mobahi, Collobert & Weston, "Deep
+      learning from temporal coherence in video", ICML 2009.
+    """
+    _check_margin(margin, nonnegative=False)
+    x, y, where, weights = _binary_inputs(distances, labels, where, weights, reduction, "distances")
+    loss = jnp.where(y > 0, x, jax.nn.relu(margin - x))
+    loss = jnp.where(jnp.isnan(y), jnp.nan, loss)
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
 def margin_ranking_loss(
     scores_1: ArrayLike,
     scores_2: ArrayLike,
@@ -276,6 +324,7 @@ def multiclass_hinge_loss(
     margin: float = 1.0,
     formulation: str = "crammer_singer",
     power: int = 1,
+    class_weights: ArrayLike | None = None,
     axis: int = -1,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
@@ -289,8 +338,13 @@ def multiclass_hinge_loss(
     Crammer–Singer (the default) penalizes the best wrong class; it equals
     ``optax.losses.multiclass_hinge_loss`` for m = 1, power = 1. Weston–Watkins sums
     over every wrong class, divided by the number of classes C: it equals
-    ``torch.nn.functional.multi_margin_loss(p=power, margin=m)`` (without its
-    ``weight``). With one class both are 0. An integer label outside [0, C) gives NaN.
+    ``torch.nn.functional.multi_margin_loss(p=power, margin=m, weight=w,
+    reduction="none")`` with ``class_weights=w``, which multiply each example's loss by
+    w_y (torch's kernel multiplies each term after the power; its documentation writes
+    w_y inside the power). With class weights ``"mean"`` divides by Σ w_y over the kept
+    examples, as for `softmax_cross_entropy`; torch's ``multi_margin_loss`` divides by
+    N: ``jnp.mean`` of the ``"none"`` output is its number. With one class both
+    formulations are 0. An integer label outside [0, C) gives NaN.
 
     Args:
       scores: s, floating array with a class axis of size C.
@@ -298,6 +352,8 @@ def multiclass_hinge_loss(
       margin: m ≥ 0.
       formulation: ``"crammer_singer"`` or ``"weston_watkins"``.
       power: 1 (hinge) or 2 (squared hinge).
+      class_weights: optional non-negative weights w of shape [C]: example n's loss is
+        multiplied by w[y_n], and ``"mean"`` divides by Σ w[y_n] over kept examples.
       axis: the class axis of ``scores`` (default the last).
       where: optional boolean mask broadcastable to the per-example loss (``scores``'
         shape without ``axis``); a dropped example's row gets exactly zero gradient.
@@ -338,7 +394,13 @@ def multiclass_hinge_loss(
     else:
         terms = jnp.where(is_y, 0.0, jax.nn.relu(margin - s_y + s) ** power)
         loss = jnp.sum(terms, axis=axis) / s.shape[axis]
-    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+    cw = K._class_weights(class_weights, s.shape[axis])
+    omega = None
+    if cw is not None:
+        ids = K._past_the_end(labels, s.shape[axis])  # NaN weight for a bad label
+        omega = jnp.take(cw.astype(loss.dtype), ids, mode="fill", fill_value=jnp.nan)
+        loss = omega * loss
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction, denominator=omega)
 
 
 def multiclass_perceptron_loss(
@@ -377,4 +439,89 @@ def multiclass_perceptron_loss(
         scores, labels, axis, where, weights, reduction
     )
     loss = jnp.max(s, axis=axis) - jnp.squeeze(K._pick(s, labels, axis), axis)
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def multilabel_margin_loss(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Multi-label hinge loss: every target class above every non-target class by 1.
+
+        ℓ = Σ_{j ∈ Y} Σ_{i ∉ Y} max(0, 1 − (s_j − s_i)) / C
+
+    The formula of ``torch.nn.functional.multilabel_margin_loss``, with its label format:
+    ``labels`` has the scores' shape and lists the target classes Y of each example,
+    ended by the first negative entry (torch pads with −1: ``[3, 0, -1, 1]`` means
+    Y = {3, 0}; what follows the −1 is ignored). A class listed twice counts twice (as
+    in torch). An example with no target class has loss 0. The sum runs over C × C pairs,
+    so memory grows as C² per example. The gradient at a kink (s_j − s_i = 1) is the
+    subgradient 0.
+
+    Args:
+      scores: s, floating array with a class axis of size C.
+      labels: integer array of class ids, broadcastable to ``scores``' shape: per
+        example, the target classes along ``axis``, then −1 padding. Concrete ids ≥ C
+        before the first −1 raise ``ValueError``; traced ones give NaN.
+      axis: the class axis of ``scores`` and ``labels`` (default the last).
+      where, weights, reduction: as in `multiclass_hinge_loss`.
+
+    Returns:
+      As in `multiclass_hinge_loss`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> s = jnp.array([[0.1, 0.2, 0.4, 0.8]])
+      >>> jaxloss.multilabel_margin_loss(s, jnp.array([[3, 0, -1, 1]]))
+      Array([0.85], dtype=float32)
+
+    References:
+      ``torch.nn.MultiLabelMarginLoss``; Crammer & Singer, "A family of additive online
+      algorithms for category ranking", JMLR 3 (2003).
+    """
+    s = C.as_float("scores", scores)
+    axis = K._class_axis(axis, s, "scores")
+    if labels is None:
+        raise TypeError("`labels` is required, got None.")
+    y = jnp.asarray(labels)
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise TypeError(
+            f"`labels` must be integer class ids padded with -1, got dtype {y.dtype}: cast "
+            "them, e.g. `labels.astype(jnp.int32)`. For 0/1 multi-hot targets use "
+            "`sigmoid_binary_cross_entropy`."
+        )
+    C.check_fits("scores", s.shape, labels=y)
+    n = s.shape[axis]
+    where, weights = C.prepare(K._batch_shape(s, axis), where, weights, reduction)
+    y = jnp.moveaxis(jnp.broadcast_to(y, s.shape), axis, -1)
+    s = jnp.moveaxis(s.astype(C.compute_dtype(s)), axis, -1)
+    listed = jnp.cumprod(y >= 0, axis=-1).astype(bool)  # the entries before the first −1
+    bad = listed & (y >= n) if jnp.iinfo(y.dtype).max >= n else jnp.zeros(y.shape, bool)
+    if not isinstance(y, jax.core.Tracer) and not isinstance(where, jax.core.Tracer):
+        found = np.asarray(bad)
+        if where is not None:
+            found = found & np.expand_dims(np.broadcast_to(np.asarray(where), found.shape[:-1]), -1)
+        if found.any():
+            raise ValueError(
+                f"`labels` hold class ids {sorted(set(np.asarray(y)[found].tolist()))[:3]} "
+                f"outside [0, {n}) before their first -1; list each example's target "
+                "classes, then pad with -1."
+            )
+    if where is not None:
+        s = C.keep(where[..., None], s, 0.0)
+        listed = listed & where[..., None]
+    ids = jnp.where(listed & ~bad, y, 0).astype(jnp.int32)
+    # [..., j, i]: whether list entry j is class i
+    entry_is = listed[..., :, None] & (ids[..., :, None] == jnp.arange(n))
+    is_target = jnp.any(entry_is, axis=-2)
+    s_j = jnp.take_along_axis(s, ids, axis=-1)
+    terms = jax.nn.relu(1.0 - s_j[..., :, None] + s[..., None, :])
+    terms = jnp.where(listed[..., :, None] & ~is_target[..., None, :], terms, 0.0)
+    loss = jnp.sum(terms, axis=(-2, -1)) / n
+    loss = jnp.where(jnp.any(bad, axis=-1), jnp.nan, loss)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)

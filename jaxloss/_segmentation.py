@@ -3,7 +3,9 @@
 Inputs are probabilities, not logits: apply ``jax.nn.softmax(logits, axis=class_axis)``
 (one label per pixel) or ``jax.nn.sigmoid(logits)`` (independent masks) first. Each
 loss sums over the spatial ``axis`` (required: there is no safe default layout) and
-returns one loss per remaining index (per example and class). Dice and Jaccard are
+returns one loss per remaining index (per example and class); ``where`` and
+``weights`` apply to those, while ``pixel_where`` (broadcastable to the inputs) removes
+pixels from the sums, e.g. the void label of a data set. Dice and Jaccard are
 Tversky indices (α = β = ½ and α = β = 1), so the three share one body, in which an
 empty class (no target, no prediction) has loss 0 with a finite gradient for every
 ``smooth`` ≥ 0.
@@ -49,6 +51,14 @@ def _axes(axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def _class_axis(class_axis, axis, ndim: int) -> int:
+    """``class_axis`` as a non-negative axis, checked not to be a spatial axis."""
+    (cax,) = _axes(class_axis, ndim, "class_axis")
+    if cax in _axes(axis, ndim):
+        raise ValueError(f"`class_axis` {class_axis} must not be one of the spatial `axis` {axis}.")
+    return cax
+
+
 def _check_unit_interval(name: str, x: jax.Array) -> None:
     """Concrete probabilities or targets outside [0, 1] raise: they are likely logits."""
     if isinstance(x, jax.core.Tracer):
@@ -69,24 +79,44 @@ def _check_nonnegative(name: str, value) -> None:
         raise ValueError(f"`{name}` must be a non-negative finite number, got {value!r}.")
 
 
-def _inputs(probs, targets, axis, where, weights, reduction, extra_axes=()):
+def _pixel_mask(pixel_where, shape) -> jax.Array | None:
+    """``pixel_where`` checked: a boolean mask that broadcasts to ``probs``' shape."""
+    if pixel_where is None:
+        return None
+    m = jnp.asarray(pixel_where)
+    if m.dtype != jnp.bool_:
+        raise TypeError(
+            f"`pixel_where` must be a boolean mask (True = the pixel counts), got dtype "
+            f"{m.dtype}. For a void label use e.g. `pixel_where=(ids != 255)[..., None]`."
+        )
+    C.check_fits("probs", shape, pixel_where=m)
+    return m
+
+
+def _inputs(probs, targets, axis, where, weights, reduction, pixel_where=None, extra_axes=()):
     """(probs, targets, spatial axes, where, weights): the shared validation.
 
     The loss shape is ``probs``' shape without the spatial axes (and ``extra_axes``);
-    ``targets`` broadcast to ``probs``. Dropped entries are zeroed before the sums.
+    ``targets`` and ``pixel_where`` broadcast to ``probs``. Dropped entries (of ``where``
+    or ``pixel_where``) are zeroed in both inputs before the sums, which removes them from
+    every sum (TP, FP, FN, Σp, Σt), and gives them exactly zero gradient.
     """
     p = C.as_float("probs", probs)
     t = C.as_float("targets", targets, allow_int=True)
     axes = _axes(axis, p.ndim)
     C.check_fits("probs", p.shape, targets=t)
+    pixels = _pixel_mask(pixel_where, p.shape)
     reduced = tuple(sorted(set(axes) | set(extra_axes)))
     loss_shape = tuple(d for i, d in enumerate(p.shape) if i not in reduced)
     where, weights = C.prepare(loss_shape, where, weights, reduction)
     dtype = C.compute_dtype(p, t)
     p = p.astype(dtype)
     t = jnp.broadcast_to(t.astype(dtype), p.shape)
+    full = pixels
     if where is not None:
-        full = jnp.expand_dims(jnp.broadcast_to(where, loss_shape), reduced)
+        rows = jnp.expand_dims(jnp.broadcast_to(where, loss_shape), reduced)
+        full = rows if full is None else rows & full
+    if full is not None:
         p, t = C.keep(full, p, 0.0), C.keep(full, t, 0.0)
     _check_unit_interval("probs", p)  # after masking: dropped entries are not checked
     _check_unit_interval("targets", t)
@@ -131,6 +161,7 @@ def tversky_loss(
     beta: float = 0.5,
     axis: int | Sequence[int],
     smooth: float = 1.0,
+    pixel_where: ArrayLike | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
@@ -157,8 +188,14 @@ def tversky_loss(
       beta: β ≥ 0, the weight of false negatives.
       axis: required, int or tuple of ints: the spatial axes summed over.
       smooth: s ≥ 0, added to numerator and denominator.
+      pixel_where: optional boolean mask broadcastable to ``probs``' shape (e.g.
+        [B, H, W, 1]); False removes a pixel from every sum (TP, FP, FN), as if the
+        image did not contain it, and gives its inputs exactly zero gradient. For the
+        "void" label of segmentation data sets (255 in Pascal VOC and Cityscapes):
+        ``targets=jax.nn.one_hot(ids, C)``, ``pixel_where=(ids != 255)[..., None]``.
+        An (example, class) with no pixel left is an empty class (loss 0).
       where: optional boolean mask broadcastable to the loss (``probs``' shape without
-        ``axis``, e.g. [B, C]); True keeps an (example, class).
+        ``axis``, e.g. [B, C]); True keeps an (example, class) in the reduction.
       weights: optional non-negative weights broadcastable to the loss.
       reduction: ``"none"`` (per example and class), ``"sum"`` or ``"mean"``.
 
@@ -180,7 +217,9 @@ def tversky_loss(
     _check_nonnegative("alpha", alpha)
     _check_nonnegative("beta", beta)
     _check_nonnegative("smooth", smooth)
-    p, t, axes, where, weights = _inputs(probs, targets, axis, where, weights, reduction)
+    p, t, axes, where, weights = _inputs(
+        probs, targets, axis, where, weights, reduction, pixel_where
+    )
     loss = _tversky(p, t, axes, alpha, beta, smooth)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
@@ -192,6 +231,7 @@ def dice_loss(
     axis: int | Sequence[int],
     smooth: float = 1.0,
     class_weights: ArrayLike | None = None,
+    pixel_where: ArrayLike | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
@@ -217,7 +257,7 @@ def dice_loss(
       class_weights: optional non-negative weights of shape [C], C the size of the
         loss's last axis (the class axis); they multiply ``weights``, so ``"mean"`` is
         Σ ω·ℓ / Σ ω (optax's mean divides by C instead).
-      where, weights, reduction: as in `tversky_loss`.
+      pixel_where, where, weights, reduction: as in `tversky_loss`.
 
     Returns:
       As in `tversky_loss`.
@@ -235,7 +275,9 @@ def dice_loss(
       volumetric medical image segmentation", 3DV 2016.
     """
     _check_nonnegative("smooth", smooth)
-    p, t, axes, where, weights = _inputs(probs, targets, axis, where, weights, reduction)
+    p, t, axes, where, weights = _inputs(
+        probs, targets, axis, where, weights, reduction, pixel_where
+    )
     loss = _tversky(p, t, axes, 0.5, 0.5, 0.5 * smooth)  # (2I + s)/(P + T + s), halved
     cw = _class_weights(class_weights, loss.shape)
     if cw is not None:
@@ -249,6 +291,7 @@ def jaccard_loss(
     *,
     axis: int | Sequence[int],
     smooth: float = 1.0,
+    pixel_where: ArrayLike | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
@@ -260,7 +303,8 @@ def jaccard_loss(
     The Tversky loss with α = β = 1. An empty class has loss 0 with a finite gradient.
 
     Args:
-      probs, targets, axis, smooth, where, weights, reduction: as in `dice_loss`.
+      probs, targets, axis, smooth, pixel_where, where, weights, reduction: as in
+        `tversky_loss`.
 
     Returns:
       As in `tversky_loss`.
@@ -276,7 +320,9 @@ def jaccard_loss(
       image segmentation", ISVC 2016.
     """
     _check_nonnegative("smooth", smooth)
-    p, t, axes, where, weights = _inputs(probs, targets, axis, where, weights, reduction)
+    p, t, axes, where, weights = _inputs(
+        probs, targets, axis, where, weights, reduction, pixel_where
+    )
     loss = _tversky(p, t, axes, 1.0, 1.0, smooth)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
@@ -288,6 +334,7 @@ def generalized_dice_loss(
     axis: int | Sequence[int],
     class_axis: int = -1,
     smooth: float = 1e-5,
+    pixel_where: ArrayLike | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
@@ -305,10 +352,10 @@ def generalized_dice_loss(
     which leaves the ratio unchanged for s = 0. An example with no target and no
     prediction in any class has loss 0.
 
-    ``optax.losses.multiclass_generalized_dice_loss`` is a different function: it
-    computes one weight per class over the whole batch and averages weighted per-class
-    Dice losses, rather than pooling the classes inside one ratio; the two agree for
-    one example with one class and s = 0.
+    `multiclass_generalized_dice_loss` (optax's function of that name) is a different
+    function: it computes one weight per class over the whole batch and averages the
+    weighted per-class Dice losses, rather than pooling the classes inside one ratio per
+    example; the two agree for one example with one class and s = 0.
 
     Args:
       probs: p, probabilities in [0, 1] with a class axis, e.g. [B, H, W, C].
@@ -317,6 +364,9 @@ def generalized_dice_loss(
       class_axis: the class axis of ``probs`` (default the last), not in ``axis``.
       smooth: s ≥ 0 (default 10⁻⁵, as MONAI), relative to the weighted sums, which
         are of the order of C / (Σ t).
+      pixel_where: optional boolean mask broadcastable to ``probs``' shape; False
+        removes a pixel from every sum, the class volumes Σ t included (see
+        `tversky_loss`).
       where: optional boolean mask broadcastable to the per-example loss.
       weights: optional non-negative weights broadcastable to the per-example loss.
       reduction: ``"none"`` (per example), ``"sum"`` or ``"mean"``.
@@ -337,12 +387,9 @@ def generalized_dice_loss(
       highly unbalanced segmentations", DLMIA 2017.
     """
     _check_nonnegative("smooth", smooth)
-    ndim = jnp.ndim(probs)
-    (cax,) = _axes(class_axis, ndim, "class_axis")
-    if cax in _axes(axis, ndim):
-        raise ValueError(f"`class_axis` {class_axis} must not be one of the spatial `axis` {axis}.")
+    cax = _class_axis(class_axis, axis, jnp.ndim(probs))
     p, t, axes, where, weights = _inputs(
-        probs, targets, axis, where, weights, reduction, extra_axes=(cax,)
+        probs, targets, axis, where, weights, reduction, pixel_where, extra_axes=(cax,)
     )
     inter = jnp.sum(p * t, axis=axes)
     total = jnp.sum(p + t, axis=axes)
@@ -357,3 +404,80 @@ def generalized_dice_loss(
     num = 2.0 * jnp.sum(w * inter, axis=c) + smooth
     den = jnp.sum(w * total, axis=c) + smooth
     return C.reduce(_ratio_loss(num, den), where=where, weights=weights, reduction=reduction)
+
+
+def multiclass_generalized_dice_loss(
+    probs: ArrayLike,
+    targets: ArrayLike,
+    *,
+    axis: int | Sequence[int],
+    class_axis: int = -1,
+    smooth: float = 1.0,
+    pixel_where: ArrayLike | None = None,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """optax's generalized Dice loss: per-class Dice losses weighted by 1/F² over the batch.
+
+        ℓ_bc = ω_c · (1 − (2·Σ p·t + s) / (Σ p + Σ t + s))        (sums over ``axis``)
+        ω_c = C · v_c / Σ_k v_k,   v_c = 1 / (F_c² + 10⁻⁷),   F_c = Σ t_c over the batch
+
+    The function of ``optax.losses.multiclass_generalized_dice_loss``: each class's
+    weight comes from its target volume F_c summed over *every* axis but ``class_axis``
+    (all examples and pixels of the array, after ``where`` and ``pixel_where``), so rare
+    classes count more; the weights sum to C, and ``reduction="mean"`` (the mean over
+    examples and classes) is optax's scalar with its ``smooth=s`` as ``smooth=2s`` here
+    (the smoothing convention of `dice_loss`). A class absent from the whole batch gets
+    the weight of v_c = 10⁷ and dominates, as in optax. The weights depend on the
+    targets only and are not held constant (as in optax). Under ``vmap`` they are
+    computed per mapped slice. ``where=False`` on an (example, class) removes it from
+    the class volumes too, which changes the other entries' weights.
+
+    `generalized_dice_loss` is Sudre et al.'s per-example score instead: the classes of
+    one example pooled inside a single ratio, with weights 1/(Σ t)² from that example
+    alone and held constant. optax's ``ignore_background=True`` is the mean of this
+    loss's ``"none"`` output without class 0 (its weights still count class 0).
+
+    Args:
+      probs: p, probabilities in [0, 1] with a class axis, e.g. [B, H, W, C].
+      targets: t, targets in [0, 1] broadcastable to ``probs``' shape (one-hot).
+      axis: required, int or tuple of ints: the spatial axes summed over.
+      class_axis: the class axis of ``probs`` (default the last), not in ``axis``.
+      smooth: s ≥ 0, added to numerator and denominator of 2Σpt / (Σp + Σt).
+      pixel_where: optional boolean mask broadcastable to ``probs``' shape; False
+        removes a pixel from every sum, the class volumes included (see `tversky_loss`).
+      where: optional boolean mask broadcastable to the loss (``probs``' shape without
+        ``axis``); False removes an (example, class) from the class volumes and the
+        reduction.
+      weights: optional non-negative weights broadcastable to the loss.
+      reduction: ``"none"`` (per example and class), ``"sum"`` or ``"mean"``.
+
+    Returns:
+      ``probs``' shape without ``axis`` for ``"none"``, else a scalar; float32, or
+      float64 for float64 inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> targets = jnp.array([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])
+      >>> probs = jnp.array([[[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]]])
+      >>> jaxloss.multiclass_generalized_dice_loss(probs, targets, axis=1, smooth=0.0)
+      Array([[0.03571428, 0.7499999 ]], dtype=float32)
+
+    References:
+      ``optax.losses.multiclass_generalized_dice_loss``; Sudre et al., "Generalised
+      Dice overlap as a deep learning loss function for highly unbalanced
+      segmentations", DLMIA 2017.
+    """
+    _check_nonnegative("smooth", smooth)
+    cax = _class_axis(class_axis, axis, jnp.ndim(probs))
+    p, t, axes, where, weights = _inputs(
+        probs, targets, axis, where, weights, reduction, pixel_where
+    )
+    loss = _tversky(p, t, axes, 0.5, 0.5, 0.5 * smooth)  # (2I + s)/(P + T + s), halved
+    others = tuple(i for i in range(t.ndim) if i != cax)
+    v = 1.0 / (jnp.square(jnp.sum(t, axis=others)) + 1e-7)  # optax's 10⁻⁷
+    omega = v * (v.shape[0] / jnp.sum(v))
+    c = cax - sum(a < cax for a in axes)  # the class axis of the loss
+    loss = loss * omega.reshape((-1,) + (1,) * (loss.ndim - c - 1))
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)

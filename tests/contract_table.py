@@ -1101,6 +1101,26 @@ def _ref_weston_watkins(s, y, margin=1.0, power=1):
     return np.where(np.eye(s.shape[-1])[y] == 1, 0.0, terms).sum(-1) / s.shape[-1]
 
 
+def _ml_labels(rng):
+    """Per example a random set of target classes, then −1 padding (torch's format)."""
+    labels = np.full(CLS, -1)
+    for n in range(CLS[0]):
+        k = rng.integers(0, CLS[1] + 1)
+        labels[n, :k] = rng.permutation(CLS[1])[:k]
+    return labels
+
+
+def _ref_multilabel_margin(s, y):
+    # torch.nn.functional.multilabel_margin_loss, documented formula:
+    # Σ_{j in targets} Σ_{i not in targets} max(0, 1 − (x[y[j]] − x[i])) / x.size(0)
+    out = np.zeros(s.shape[:-1])
+    for idx in np.ndindex(*s.shape[:-1]):
+        targets = list(y[idx][: np.argmax(np.append(y[idx], -1) < 0)])
+        rest = [i for i in range(s.shape[-1]) if i not in targets]
+        out[idx] = sum(max(0.0, 1.0 - s[idx][j] + s[idx][i]) for j in targets for i in rest)
+    return out / s.shape[-1]
+
+
 CASES += [
     Case(
         "hinge_loss",
@@ -1135,6 +1155,15 @@ CASES += [
         jaxloss.soft_margin_loss,
         _mg_binary,
         lambda s, y: np.logaddexp(0.0, -y * s),  # torch: log(1 + exp(−y·x))
+        extreme=_mg_binary_extreme,
+    ),
+    Case(
+        "hinge_embedding_loss",
+        jaxloss.hinge_embedding_loss,
+        lambda rng: ((np.abs(_normal(rng, scale=2.0)), _signs(rng)), {"margin": 1.5}),
+        # torch: x if y = 1, max(0, margin − x) if y = −1
+        lambda x, y, margin: np.where(y == 1, x, np.maximum(0.0, margin - x)),
+        grad_order=1,
         extreme=_mg_binary_extreme,
     ),
     Case(
@@ -1174,6 +1203,20 @@ CASES += [
         grad_order=1,
         extreme=_mg_multiclass_extreme,
         id="multiclass_hinge_loss[weston_watkins,power=2]",
+    ),
+    Case(
+        "multilabel_margin_loss",
+        jaxloss.multilabel_margin_loss,
+        lambda rng: ((_normal(rng, shape=CLS, scale=2.0), _ml_labels(rng)), {}),
+        _ref_multilabel_margin,
+        grad_order=1,
+        extreme=lambda: (
+            (
+                np.array([[1e30, -1e30, 0.0, 1e4, -1e4], [0.0, 0.0, 0.0, 0.0, 0.0]], np.float32),
+                np.array([[1, 3, -1, 0, 0], [0, 1, 2, 3, 4]], np.int32),
+            ),
+            {},
+        ),
     ),
     Case(
         "multiclass_perceptron_loss",
@@ -1268,7 +1311,46 @@ CASES += [
         extreme=lambda: (_EMB_EXTREME + (_EMB_EXTREME[0],), {"p": 1.0, "swap": True}),
         id="triplet_margin_loss[p=3,swap]",
     ),
+    Case(
+        "triplet_margin_with_distance_loss",
+        jaxloss.triplet_margin_with_distance_loss,
+        lambda rng: ((_normal(rng, EMB), _normal(rng, EMB), _normal(rng, EMB)), {"margin": 2.0}),
+        # torch's default distance_function: pairwise_distance, ‖u − v + 1e-6‖₂
+        lambda a, pos, neg, margin: _ref_triplet(a, pos, neg, margin),
+        grad_args=(0, 1, 2),
+        grad_order=1,
+        extreme=lambda: (_EMB_EXTREME + (_EMB_EXTREME[0],), {}),
+    ),
+    Case(
+        "triplet_margin_with_distance_loss",
+        functools.partial(
+            jaxloss.triplet_margin_with_distance_loss,
+            distance_function=lambda u, v: jax.numpy.sum((u - v) ** 2, axis=-1),
+            swap=True,
+        ),
+        lambda rng: ((_normal(rng, EMB), _normal(rng, EMB), _normal(rng, EMB)), {"margin": 1.5}),
+        lambda a, pos, neg, margin: _ref_triplet_sq(a, pos, neg, margin),
+        grad_args=(0, 1, 2),
+        grad_order=1,
+        extreme=lambda: (
+            (
+                np.zeros((2, D), np.float32),
+                np.ones((2, D), np.float32),
+                np.ones((2, D), np.float32) * 1e15,
+            ),
+            {},
+        ),
+        id="triplet_margin_with_distance_loss[squared_euclidean,swap]",
+    ),
 ]
+
+
+def _ref_triplet_sq(a, p, n, margin):
+    # max(0, d(a, p) − min(d(a, n), d(p, n)) + m) with d(u, v) = Σ (u − v)²
+    def d(u, v):
+        return ((u - v) ** 2).sum(-1)
+
+    return np.maximum(d(a, p) - np.minimum(d(a, n), d(p, n)) + margin, 0.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -1320,6 +1402,19 @@ def _ref_generalized_dice(p, t, axis=-1, class_axis=-2, smooth=1e-5):
     return 1.0 - num / den
 
 
+def _ref_multiclass_generalized_dice(p, t, *, where=None, axis=-1, class_axis=-2, smooth=1.0):
+    # optax.losses.multiclass_generalized_dice_loss for [N, C, S] (reduction="none"): Dice
+    # per (example, class) times w_c = C·v_c/Σv, v_c = 1/(F_c² + 1e-7), F_c = Σ_{n,s} t_nc
+    # over the kept (example, class) entries; jaxloss's smoothing (2I + s)/(P + T + s).
+    keep = np.ones(p.shape[:2], bool) if where is None else np.broadcast_to(where, p.shape[:2])
+    p = np.where(keep[..., None], p, 0.0)
+    t = np.where(keep[..., None], t, 0.0)
+    v = 1.0 / (t.sum((0, 2)) ** 2 + 1e-7)
+    w = v * len(v) / v.sum()
+    dice = 1.0 - (2 * (p * t).sum(-1) + smooth) / (p.sum(-1) + t.sum(-1) + smooth)
+    return w * dice
+
+
 # Exact 0/1 probabilities, an empty class (no target, no prediction) and a class with
 # targets but no prediction.
 _SEG_EXTREME_P = np.array([[[1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]], np.float32)
@@ -1347,6 +1442,20 @@ CASES += [
         _seg_make(smooth=0.1),
         _ref_jaccard,
         extreme=lambda: ((_SEG_EMPTY, _SEG_EMPTY), {"axis": -1, "smooth": 0.0}),
+    ),
+    Case(
+        "multiclass_generalized_dice_loss",
+        jaxloss.multiclass_generalized_dice_loss,
+        _seg_make(class_axis=-2, smooth=0.5),
+        _ref_multiclass_generalized_dice,
+        coupled=True,  # the class weights come from every kept example's targets
+        extreme=lambda: (
+            (
+                np.concatenate([_SEG_EXTREME_P, _SEG_EMPTY]),
+                np.concatenate([_SEG_EXTREME_T, _SEG_EMPTY]),
+            ),
+            {"axis": -1, "class_axis": -2, "smooth": 0.0},
+        ),
     ),
     Case(
         "generalized_dice_loss",
@@ -2043,6 +2152,43 @@ def _ntxent_batch(e, labels, *, temperature=0.07):
     return out
 
 
+def _circle_batch(e, labels, *, gamma=80.0, margin=0.4, remove_diagonal=True, normalize=True):
+    # keras.losses.circle: d = max(1 − e·eᵀ, 0); α_p = max(m + d, 0), α_n = max(1 + m − d, 0);
+    # softplus(lse_P(−γ α_p (m − d)) + lse_N(γ α_n (1 − m − d))); Sun et al. (2020), eq. (6)
+    if normalize:
+        e = _unit_rows(e)
+    d = np.maximum(1.0 - e @ e.T, 0.0)
+    out = np.full(len(e), np.nan)  # an anchor without a positive or a negative: no loss
+    for i in range(len(e)):
+        pos = [
+            j for j in range(len(e)) if labels[j] == labels[i] and (j != i or not remove_diagonal)
+        ]
+        neg = [k for k in range(len(e)) if labels[k] != labels[i]]
+        if pos and neg:
+            lp = special.logsumexp(
+                [-gamma * max(margin + d[i, j], 0) * (margin - d[i, j]) for j in pos]
+            )
+            ln = special.logsumexp(
+                [gamma * max(1 + margin - d[i, k], 0) * (1 - margin - d[i, k]) for k in neg]
+            )
+            out[i] = np.logaddexp(0.0, lp + ln)
+    return out
+
+
+def circle_reference(e, labels, *, where=None, **kwargs):
+    labels = np.broadcast_to(labels, np.shape(e)[:-1])[..., None]
+    batch = lambda e, lab, **kw: _circle_batch(e, lab[:, 0], **kw)  # noqa: E731
+    return _per_batch(batch)(e, labels, where=where, **kwargs)
+
+
+def _circle_make(**kwargs):
+    def make(rng):
+        labels = np.stack([rng.permutation([0, 0, 1, 1, 1]) for _ in range(N)])
+        return (_normal(rng, (N, CON_B, CON_D)), labels), kwargs
+
+    return make
+
+
 clip_reference = _per_batch(_clip_batch)
 siglip_reference = _per_batch(_siglip_batch)
 
@@ -2081,6 +2227,24 @@ CASES += [
             (_con_extreme()[0][0], np.array([0, 0, 1, 1])),
             {"temperature": 0.01},
         ),
+    ),
+    Case(
+        "circle_loss",
+        jaxloss.circle_loss,
+        _circle_make(gamma=6.0, margin=0.25),
+        circle_reference,
+        coupled=True,
+        grad_order=1,  # α = max(0, ·) has kinks
+        extreme=lambda: ((_con_extreme()[0][0], np.array([0, 0, 1, 1])), {}),
+    ),
+    Case(
+        "circle_loss",
+        jaxloss.circle_loss,
+        _circle_make(gamma=3.0, margin=0.4, remove_diagonal=False, normalize=False),
+        circle_reference,
+        coupled=True,
+        grad_order=1,
+        id="circle_loss[keep_diagonal,unnormalized]",
     ),
     Case(
         "clip_loss",

@@ -318,3 +318,96 @@ def test_bad_input_errors(call, error, message):
         call()
     with pytest.raises(error, match=message):
         jax.jit(call)()
+
+
+# --- circle_loss ------------------------------------------------------------------------
+
+
+def keras_circle(labels, e, gamma=80.0, margin=0.4, remove_diagonal=True):
+    """keras.losses.circle(y_true, y_pred) as Keras computes it (float64): per anchor
+    softplus(lse_P(−γ·max(m + d, 0)·(m − d)) + lse_N(γ·max(1 + m − d, 0)·(1 − m − d))),
+    d = max(1 − e·eᵀ, 0), −inf for an empty set; and its "sum_over_batch_size" mean,
+    which masks out the anchors whose loss is 0: Σ ℓ / (#{ℓ > 0} + 1e-7)."""
+    d = np.maximum(1.0 - e @ e.T, 0.0)
+    same = labels[:, None] == labels[None, :]
+    pos = same & ~np.eye(len(e), dtype=bool) if remove_diagonal else same
+    neg = ~same
+    wp = np.maximum(margin + d, 0.0) * pos
+    wn = np.maximum(1 + margin - d, 0.0) * neg
+    lp = np.where(pos, -gamma * wp * (margin - d), -np.inf)
+    ln = np.where(neg, gamma * wn * (1 - margin - d), -np.inf)
+    with np.errstate(divide="ignore"):
+        per = np.logaddexp(0.0, _lse(lp) + _lse(ln))
+    return per, per.sum() / ((per > 0).sum() + 1e-7)
+
+
+def _lse(x):
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(x - m).sum(-1)) + m[:, 0]
+
+
+CIRCLE_LABELS = np.array([0, 1, 0, 2, 1, 1, 3])  # 2 and 3: no positive
+
+
+def test_circle_loss_equals_keras_per_anchor_and_mean():
+    e = X / np.linalg.norm(X, axis=-1, keepdims=True)
+    per, mean = keras_circle(CIRCLE_LABELS, e)
+    out = jaxloss.circle_loss(e, CIRCLE_LABELS)
+    np.testing.assert_allclose(out, per, rtol=1e-12)
+    assert out[3] == 0 and out[6] == 0  # no positive: no loss
+    np.testing.assert_allclose(
+        jaxloss.circle_loss(e, CIRCLE_LABELS, reduction="mean"), mean, rtol=1e-6
+    )
+    # normalize=True normalizes; Keras expects it done
+    np.testing.assert_allclose(jaxloss.circle_loss(3.0 * X, CIRCLE_LABELS), per, rtol=1e-12)
+    per_d, _ = keras_circle(CIRCLE_LABELS, 0.5 * X, 5.0, 0.25, remove_diagonal=False)
+    out_d = jaxloss.circle_loss(
+        0.5 * X, CIRCLE_LABELS, gamma=5.0, margin=0.25, remove_diagonal=False, normalize=False
+    )
+    np.testing.assert_allclose(out_d, per_d, rtol=1e-12)
+
+
+def test_circle_loss_drops_removed_examples_and_is_finite_at_gamma_80():
+    e = X / np.linalg.norm(X, axis=-1, keepdims=True)
+    keep = np.array([True, True, True, True, True, False, True])
+    out = jaxloss.circle_loss(e, CIRCLE_LABELS, where=keep)
+    per, _ = keras_circle(CIRCLE_LABELS[keep], e[keep])
+    np.testing.assert_allclose(np.asarray(out)[keep], per, rtol=1e-12)
+    # float32, γ = 80, near-duplicate and opposite embeddings: finite value and gradient
+    x32 = jnp.asarray(np.concatenate([e, -e[:2], e[:2] * (1 + 1e-6)]), jnp.float32)
+    labels = np.concatenate([CIRCLE_LABELS, [1, 0, 0, 1]])
+    f = lambda v: jaxloss.circle_loss(v, labels, reduction="mean")  # noqa: E731
+    assert np.isfinite(f(x32)) and np.isfinite(jax.grad(f)(x32)).all()
+    # an example removed with NaN embeddings: zero gradient
+    xn = x32.at[1].set(jnp.nan)
+    keep = np.arange(len(labels)) != 1
+    g = jax.grad(lambda v: jaxloss.circle_loss(v, labels, where=keep, reduction="sum"))(xn)
+    assert np.isfinite(g).all() and (np.asarray(g)[1] == 0).all()
+
+
+def test_circle_loss_errors():
+    with pytest.raises(ValueError, match="`gamma` must be a positive"):
+        jaxloss.circle_loss(X, CIRCLE_LABELS, gamma=0.0)
+    with pytest.raises(ValueError, match="`margin` must be a finite number"):
+        jaxloss.circle_loss(X, CIRCLE_LABELS, margin=float("inf"))
+    with pytest.raises(TypeError, match="`labels` must be an integer array"):
+        jaxloss.circle_loss(X, CIRCLE_LABELS.astype(float))
+    with pytest.raises(ValueError, match=r"`labels` of shape \(6,\)"):
+        jaxloss.circle_loss(X, CIRCLE_LABELS[:6])
+    with pytest.raises(TypeError, match="`remove_diagonal` must be a bool"):
+        jaxloss.circle_loss(X, CIRCLE_LABELS, remove_diagonal=1)
+
+
+def test_circle_loss_derivative_at_the_kink_of_alpha_is_the_flat_side():
+    """At s = −m the negative's weight α_n = max(0, s + m) reaches 0: a kink, where the
+    derivative is the flat side's (0), as documented."""
+    e = jnp.array([[1.0], [1.0], [-0.4]])  # s_02 = s_12 = −0.4 = −m (unnormalized)
+    labels = jnp.array([0, 0, 1])  # the third example has no positive: no loss of its own
+
+    def f(v):
+        return jaxloss.circle_loss(v, labels, margin=0.4, normalize=False, reduction="sum")
+
+    assert jax.grad(f)(e)[2, 0] == 0.0
+    assert jax.grad(f)(e.at[2, 0].set(-0.3))[2, 0] < 0  # past the kink: 2γs, s < 0

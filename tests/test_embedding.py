@@ -199,3 +199,133 @@ def test_cosine_is_scale_invariant_and_triplet_translation_invariant(scale, shif
     t = jaxloss.triplet_margin_loss(X, Y, Z, eps=0.0)
     shifted = jaxloss.triplet_margin_loss(X + shift, Y + shift, Z + shift, eps=0.0)
     np.testing.assert_allclose(shifted, t, rtol=1e-9, atol=1e-9)
+
+
+# --- review 2 ---------------------------------------------------------------------------
+
+
+def test_eps_zero_keeps_zero_vectors_finite():
+    """Review 2, item 5: `eps=0.0` is accepted, and a zero vector then gave a NaN cosine
+    and an inf gradient against the promise "finite (0) at zero vectors, never NaN".
+    With ε = 0 a zero vector has cosine 0 and gradient 0 (the cosine has no derivative
+    there); nonzero vectors get the exact cosine."""
+    zero = jnp.zeros((2, 5))
+    y = jnp.asarray(Y[:2])
+    x = jnp.concatenate([zero, jnp.asarray(X[:2])])
+    yy = jnp.concatenate([y, y])
+    exact = (X[:2] * Y[:2]).sum(-1) / (
+        np.linalg.norm(X[:2], axis=-1) * np.linalg.norm(Y[:2], axis=-1)
+    )
+    out = jaxloss.cosine_similarity(x, yy, eps=0.0)
+    np.testing.assert_allclose(out, np.concatenate([[0.0, 0.0], exact]), rtol=1e-14, atol=0)
+    np.testing.assert_array_equal(jaxloss.cosine_distance(zero, y, eps=0.0), 1.0)
+    gx, gy = jax.grad(lambda a, b: jnp.sum(jaxloss.cosine_similarity(a, b, eps=0.0)), (0, 1))(
+        zero, y
+    )
+    np.testing.assert_array_equal(gx, 0.0)
+    np.testing.assert_array_equal(gy, 0.0)
+    g = jax.grad(lambda a: jnp.sum(jaxloss.cosine_similarity(a, a, eps=0.0)))(zero)
+    np.testing.assert_array_equal(g, 0.0)
+
+    labels = jnp.array([1, -1])
+    loss = lambda a: jaxloss.cosine_embedding_loss(a, y, labels, margin=-0.5, eps=0.0)  # noqa: E731
+    np.testing.assert_array_equal(loss(zero), [1.0, 0.5])  # cos = 0: 1 − 0 and max(0, 0 + 0.5)
+    np.testing.assert_array_equal(jax.grad(lambda a: jnp.sum(loss(a)))(zero), 0.0)
+    # float32, as a user computes it
+    z32 = jnp.zeros((1, 3), jnp.float32)
+    y32 = jnp.ones((1, 3), jnp.float32)
+    assert jaxloss.cosine_similarity(z32, y32, eps=0.0).dtype == jnp.float32
+    np.testing.assert_array_equal(jaxloss.cosine_similarity(z32, y32, eps=0.0), 0.0)
+    g32 = jax.grad(lambda a: jnp.sum(jaxloss.cosine_similarity(a, y32, eps=0.0)))(z32)
+    np.testing.assert_array_equal(g32, 0.0)
+
+
+@pytest.mark.parametrize(
+    "call,name",
+    [
+        (lambda x, y: jaxloss.cosine_similarity(x, y), "x"),
+        (lambda x, y: jaxloss.cosine_distance(x, y), "x"),
+        (lambda x, y: jaxloss.cosine_embedding_loss(x, y, np.ones(3, np.int32)), "x_1"),
+        (lambda x, y: jaxloss.triplet_margin_loss(x, y, y), "anchors"),
+        (lambda x, y: jaxloss.cosine_similarity(x.T, y.T, axis=0), "x"),
+    ],
+)
+def test_zero_size_feature_axis_raises_naming_the_argument(call, name):
+    """Review 2, item 11: a feature axis of size 0 crashed with JAX's raw "zero-size array
+    to reduction operation max"; it is a ValueError that names the input, also under jit."""
+    x, y = np.zeros((3, 0)), np.zeros((3, 0))
+    with pytest.raises(ValueError, match=rf"`{name}` has a feature axis of size 0"):
+        call(x, y)
+    with pytest.raises(ValueError, match=rf"`{name}` has a feature axis of size 0"):
+        jax.jit(call)(x, y)
+
+
+def test_empty_batch_is_fine():
+    out = jaxloss.cosine_similarity(np.zeros((0, 4)), np.zeros((0, 4)), reduction="mean")
+    assert out == 0.0
+    assert jaxloss.triplet_margin_loss(
+        np.zeros((0, 4)), np.zeros((0, 4)), np.zeros((0, 4))
+    ).shape == (0,)
+
+
+# --- triplet_margin_with_distance_loss --------------------------------------------------
+
+
+def test_triplet_with_distance_default_is_torch_pairwise_distance():
+    out = jaxloss.triplet_margin_with_distance_loss(X, Y, Z, margin=1.5, swap=True)
+    np.testing.assert_array_equal(out, jaxloss.triplet_margin_loss(X, Y, Z, margin=1.5, swap=True))
+
+    def d(u, v):  # torch.nn.functional.pairwise_distance(u, v): ‖u − v + 1e-6‖₂
+        return np.linalg.norm(u - v + 1e-6, axis=-1)
+
+    ref = np.maximum(d(X, Y) - np.minimum(d(X, Z), d(Y, Z)) + 1.5, 0.0)
+    np.testing.assert_allclose(out, ref, rtol=1e-13)
+
+
+def test_triplet_with_any_distance_function():
+    def cos_d(u, v):  # 1 − cosine similarity, in numpy
+        return 1 - (u * v).sum(-1) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
+
+    out = jaxloss.triplet_margin_with_distance_loss(
+        X, Y, Z, distance_function=jaxloss.cosine_distance, margin=0.4
+    )
+    np.testing.assert_allclose(out, np.maximum(cos_d(X, Y) - cos_d(X, Z) + 0.4, 0.0), rtol=1e-12)
+    # the feature axis is the loss's; the distance function decides how to use it
+    moved = jaxloss.triplet_margin_with_distance_loss(
+        X.T,
+        Y.T,
+        Z.T,
+        distance_function=lambda u, v: jaxloss.cosine_distance(u, v, axis=0),
+        margin=0.4,
+        axis=0,
+    )
+    np.testing.assert_allclose(moved, out, rtol=1e-14)
+    # under jit, and a dropped triplet's NaN inputs get zero gradient
+    keep = np.arange(7) != 2
+    xn = X.copy()
+    xn[2] = np.nan
+    f = jax.jit(
+        lambda a: jaxloss.triplet_margin_with_distance_loss(
+            a,
+            Y,
+            Z,
+            distance_function=jaxloss.cosine_distance,
+            margin=0.4,
+            where=keep,
+            reduction="sum",
+        )
+    )
+    np.testing.assert_allclose(f(xn), np.where(keep, out, 0.0).sum(), rtol=1e-12)
+    g = jax.grad(f)(xn)
+    assert np.isfinite(g).all() and (np.asarray(g)[2] == 0).all()
+
+
+def test_triplet_with_distance_errors():
+    with pytest.raises(ValueError, match=r"`distance_function` returned shape \(7, 5\).*\(7,\)"):
+        jaxloss.triplet_margin_with_distance_loss(X, Y, Z, distance_function=lambda u, v: u - v)
+    with pytest.raises(TypeError, match="`distance_function` must be a callable"):
+        jaxloss.triplet_margin_with_distance_loss(X, Y, Z, distance_function="cosine")
+    with pytest.raises(ValueError, match="`margin` must be a non-negative"):
+        jaxloss.triplet_margin_with_distance_loss(X, Y, Z, margin=-1.0)
+    with pytest.raises(ValueError, match="`anchors` has a feature axis of size 0"):
+        jaxloss.triplet_margin_with_distance_loss(X[:, :0], Y[:, :0], Z[:, :0])

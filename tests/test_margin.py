@@ -68,13 +68,15 @@ def test_keras_hinge_is_the_mean_over_the_last_axis(squared):
     np.testing.assert_allclose(jnp.mean(out, -1), _keras_hinge(y01, SCORES, squared), rtol=1e-13)
 
 
-def _torch_multi_margin(x, y, p=1, margin=1.0):
-    """torch.nn.functional.multi_margin_loss (reduction="none"), as documented."""
+def _torch_multi_margin(x, y, p=1, margin=1.0, weight=None):
+    """torch.nn.functional.multi_margin_loss (reduction="none"), as documented, with
+    ``weight`` applied as torch's kernel does: each term max(0, ·)^p times w[y]."""
     out = np.zeros(x.shape[0])
     for n in range(x.shape[0]):
+        w = 1.0 if weight is None else weight[y[n]]
         for i in range(x.shape[1]):
             if i != y[n]:
-                out[n] += max(0.0, margin - x[n, y[n]] + x[n, i]) ** p
+                out[n] += w * max(0.0, margin - x[n, y[n]] + x[n, i]) ** p
     return out / x.shape[1]
 
 
@@ -209,3 +211,158 @@ def test_perceptron_is_hinge_with_zero_margin():
     np.testing.assert_array_equal(
         jaxloss.perceptron_loss(SCORES, SIGNS), jaxloss.hinge_loss(SCORES, SIGNS, margin=0.0)
     )
+
+
+# --- hinge_embedding_loss ---------------------------------------------------------------
+
+
+def _torch_hinge_embedding(x, y, margin=1.0):
+    """torch.nn.functional.hinge_embedding_loss (reduction="none"), as documented:
+    x if y = 1, max(0, margin − x) if y = −1."""
+    return np.where(y == 1, x, np.maximum(0.0, margin - x))
+
+
+def test_hinge_embedding_loss_equals_torch_formula():
+    x = np.abs(SCORES)
+    out = jaxloss.hinge_embedding_loss(x, SIGNS, margin=1.5)
+    np.testing.assert_allclose(out, _torch_hinge_embedding(x, SIGNS, 1.5), rtol=1e-15)
+    np.testing.assert_array_equal(out, jaxloss.hinge_embedding_loss(x, SIGNS > 0, margin=1.5))
+    mean = jaxloss.hinge_embedding_loss(x, SIGNS, reduction="mean")
+    np.testing.assert_allclose(mean, _torch_hinge_embedding(x, SIGNS).mean(), rtol=1e-14)
+
+
+def test_hinge_embedding_gradient_at_the_kink_and_labels():
+    """The derivative is 1 for y = +1 and −1 below the margin for y = −1; at the kink
+    x = m the subgradient 0 (the flat side), as `hinge_loss`."""
+    x = jnp.array([0.5, 0.5, 1.0, 2.0])
+    y = jnp.array([1, -1, -1, -1])
+    g = jax.grad(lambda v: jaxloss.hinge_embedding_loss(v, y, reduction="sum"))(x)
+    np.testing.assert_array_equal(g, [1.0, -1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"`labels` must be −1 or \+1"):
+        jaxloss.hinge_embedding_loss(x, jnp.array([1, 0, 1, 1]))
+    out = jax.jit(jaxloss.hinge_embedding_loss)(x, jnp.array([1, 0, 1, 1]))
+    out = np.asarray(out)
+    assert np.isnan(out[1]) and np.isfinite(out[[0, 2, 3]]).all()
+    with pytest.raises(TypeError, match="`distances` must be a floating-point array"):
+        jaxloss.hinge_embedding_loss(np.ones(3, np.int32), np.ones(3, np.int32))
+
+
+# --- multilabel_margin_loss -------------------------------------------------------------
+
+
+def torch_multilabel_margin(x, y):
+    """torch.nn.functional.multilabel_margin_loss (reduction="none"), as documented:
+    Σ_{j in targets} Σ_{i not in targets} max(0, 1 − (x[y[j]] − x[i])) / C, the targets
+    being the entries of y before the first −1."""
+    out = np.zeros(x.shape[0])
+    for n in range(x.shape[0]):
+        targets = []
+        for v in y[n]:
+            if v < 0:
+                break
+            targets.append(int(v))
+        for j in targets:
+            for i in range(x.shape[1]):
+                if i not in targets:
+                    out[n] += max(0.0, 1.0 - (x[n, j] - x[n, i]))
+    return out / x.shape[1]
+
+
+ML_LABELS = np.array(
+    [[3, 0, -1, 1, 2], [1, -1, 4, 4, 4], [-1, 0, 1, 2, 3], [0, 1, 2, 3, 4], [2, 2, -1, 0, 0]]
+    + [[4, 1, 3, -1, -1]] * 3
+)
+
+
+def test_multilabel_margin_loss_equals_torch_formula():
+    out = jaxloss.multilabel_margin_loss(MC_SCORES, ML_LABELS)
+    np.testing.assert_allclose(out, torch_multilabel_margin(MC_SCORES, ML_LABELS), rtol=1e-14)
+    # torch's documented example
+    x = jnp.array([[0.1, 0.2, 0.4, 0.8]])
+    np.testing.assert_allclose(
+        jaxloss.multilabel_margin_loss(x, jnp.array([[3, 0, -1, 1]])), [0.85]
+    )
+    moved = jaxloss.multilabel_margin_loss(MC_SCORES.T, ML_LABELS.T, axis=0)
+    np.testing.assert_array_equal(moved, out)
+
+
+def test_multilabel_margin_loss_labels():
+    with pytest.raises(ValueError, match=r"class ids \[5\] outside \[0, 5\) before"):
+        jaxloss.multilabel_margin_loss(MC_SCORES[:1], np.array([[0, 5, -1, 0, 0]]))
+    # after the first -1 anything goes
+    out = jaxloss.multilabel_margin_loss(MC_SCORES[:1], np.array([[0, -1, 7, -3, 9]]))
+    np.testing.assert_allclose(out, torch_multilabel_margin(MC_SCORES[:1], np.array([[0, -1]])))
+    out = jax.jit(jaxloss.multilabel_margin_loss)(MC_SCORES[:2], jnp.array([[0, 5, -1, 0, 0]] * 2))
+    assert np.isnan(np.asarray(out)).all()
+    with pytest.raises(TypeError, match="`labels` must be integer class ids padded with -1"):
+        jaxloss.multilabel_margin_loss(MC_SCORES, (ML_LABELS >= 0).astype(np.float32))
+    # a dropped example is not checked
+    keep = np.array([True, False])
+    out = jaxloss.multilabel_margin_loss(
+        MC_SCORES[:2], np.array([[0, -1, 0, 0, 0], [9, -1, 0, 0, 0]]), where=keep
+    )
+    assert np.isfinite(np.asarray(out)).all()
+
+
+def test_multilabel_margin_gradient_at_the_kink_is_zero():
+    s = jnp.array([[1.0, 0.0, 0.5]])  # target 0 vs 1: margin exactly met (kink)
+    g = jax.grad(
+        lambda v: jaxloss.multilabel_margin_loss(v, jnp.array([[0, -1, -1]]), reduction="sum")
+    )(s)
+    # only the pair (0, 2) is active: d/ds_0 = −1/3, d/ds_2 = +1/3
+    np.testing.assert_allclose(g, [[-1 / 3, 0.0, 1 / 3]], rtol=1e-15)
+
+
+# --- class weights of multiclass_hinge_loss (torch's multi_margin_loss weight=) ---------
+
+CW = np.array([0.5, 2.0, 1.0, 0.25, 3.0])
+
+
+@pytest.mark.parametrize("formulation", ["weston_watkins", "crammer_singer"])
+@pytest.mark.parametrize("power", [1, 2])
+def test_multiclass_hinge_class_weights(formulation, power):
+    """w[y] multiplies each example's loss (torch's `weight=`, applied after the power as
+    its kernel does); "mean" divides by Σ w[y] over kept examples, "sum" by nothing."""
+    kwargs = {"formulation": formulation, "power": power, "margin": 0.7}
+    plain = np.asarray(jaxloss.multiclass_hinge_loss(MC_SCORES, MC_LABELS, **kwargs))
+    w_y = CW[MC_LABELS]
+    out = jaxloss.multiclass_hinge_loss(MC_SCORES, MC_LABELS, class_weights=CW, **kwargs)
+    np.testing.assert_allclose(out, w_y * plain, rtol=1e-14)
+    if formulation == "weston_watkins":
+        torch_ref = _torch_multi_margin(MC_SCORES, MC_LABELS, power, 0.7, weight=CW)
+        np.testing.assert_allclose(out, torch_ref, rtol=1e-13)
+    keep = np.arange(8) % 3 != 0
+    w = RNG.random(8) + 0.5
+    mean = jaxloss.multiclass_hinge_loss(
+        MC_SCORES, MC_LABELS, class_weights=CW, where=keep, weights=w, reduction="mean", **kwargs
+    )
+    expected = (keep * w * w_y * plain).sum() / (keep * w * w_y).sum()
+    np.testing.assert_allclose(mean, expected, rtol=1e-13)
+    total = jaxloss.multiclass_hinge_loss(
+        MC_SCORES, MC_LABELS, class_weights=CW, reduction="sum", **kwargs
+    )
+    np.testing.assert_allclose(total, (w_y * plain).sum(), rtol=1e-13)
+
+
+def test_multiclass_hinge_class_weights_errors_and_bad_labels():
+    with pytest.raises(ValueError, match=r"`class_weights` must have shape \(5,\)"):
+        jaxloss.multiclass_hinge_loss(MC_SCORES, MC_LABELS, class_weights=np.ones(4))
+    with pytest.raises(ValueError, match="`class_weights` must be non-negative"):
+        jaxloss.multiclass_hinge_loss(MC_SCORES, MC_LABELS, class_weights=-np.ones(5))
+    out = jaxloss.multiclass_hinge_loss(
+        MC_SCORES[:2], np.array([5, 1]), class_weights=CW, reduction="mean"
+    )
+    assert np.isnan(out)  # a bad label's NaN weight reaches the mean
+    # a dropped example's row gets zero gradient, even with NaN scores
+    s = MC_SCORES[:3].copy()
+    s[1] = np.nan
+    keep = np.array([True, False, True])
+
+    def f(v):
+        return jaxloss.multiclass_hinge_loss(
+            v, MC_LABELS[:3], class_weights=CW, where=keep, reduction="mean"
+        )
+
+    assert np.isfinite(f(s))
+    g = np.asarray(jax.grad(f)(s))
+    assert np.isfinite(g).all() and (g[1] == 0).all()

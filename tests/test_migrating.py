@@ -24,7 +24,13 @@ from scipy import special
 
 import jaxloss
 from tests.contract_table import np_ctc_loss
-from tests.test_margin import _keras_hinge, _torch_multi_margin
+from tests.test_contrastive import keras_circle
+from tests.test_margin import (
+    _keras_hinge,
+    _torch_hinge_embedding,
+    _torch_multi_margin,
+    torch_multilabel_margin,
+)
 from tests.torch_ce_reference import torch_cross_entropy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,6 +269,15 @@ def _(rng):
     return ours, L.binary_dice_loss(logits, masks, smooth=1.0)
 
 
+@row("optax-multiclass_generalized_dice_loss")
+def _(rng):
+    logits = rng.normal(size=(2, 3, 4, 3)) * 2.0
+    ours = jaxloss.multiclass_generalized_dice_loss(
+        jax.nn.softmax(logits, axis=-1), SEG_TARGETS, axis=(1, 2), smooth=2.0, reduction="mean"
+    )
+    return ours, L.multiclass_generalized_dice_loss(logits, SEG_TARGETS, smooth=1.0)
+
+
 def _ctc_batch(rng):
     logits = rng.normal(size=(3, 6, 4))  # [B, T, K], blank 0
     labels = np.array([[1, 2, 2], [3, 1, 0], [2, 0, 0]])
@@ -423,10 +438,21 @@ def _(rng):
 
 @row("torch-multi_margin_loss")
 def _(rng):
+    # weight=w: each term times w[y]; torch's "mean" divides by N, not by Σ w[y]
     out = jaxloss.multiclass_hinge_loss(
-        Z, IDS, formulation="weston_watkins", power=2, margin=0.5, reduction="mean"
+        Z, IDS, formulation="weston_watkins", power=2, margin=0.5, class_weights=CW
     )
-    return out, np.mean(_torch_multi_margin(Z, IDS, p=2, margin=0.5))
+    return jnp.mean(out), np.mean(_torch_multi_margin(Z, IDS, p=2, margin=0.5, weight=CW))
+
+
+@row("torch-multilabel_margin_loss")
+def _(rng):
+    y = np.full((N, C), -1)
+    for n in range(N):  # target classes, then -1 padding
+        k = rng.integers(0, C + 1)
+        y[n, :k] = rng.permutation(C)[:k]
+    ref = np.mean(torch_multilabel_margin(Z, y))
+    return jaxloss.multilabel_margin_loss(Z, y, reduction="mean"), ref
 
 
 @row("torch-multilabel_soft_margin_loss")
@@ -440,6 +466,14 @@ def _(rng):
 def _(rng):
     ref = np.mean(np.log1p(np.exp(-SIGNS * S)))
     return jaxloss.soft_margin_loss(S, SIGNS, reduction="mean"), ref
+
+
+@row("torch-hinge_embedding_loss")
+def _(rng):
+    x = np.abs(X)  # distances
+    y = rng.choice(np.array([-1.0, 1.0]), size=(N, D))
+    out = jaxloss.hinge_embedding_loss(x, y, margin=0.8, reduction="mean")
+    return out, np.mean(_torch_hinge_embedding(x, y, 0.8))
 
 
 @row("torch-margin_ranking_loss")
@@ -468,6 +502,21 @@ def _(rng):
     d = lambda u, v: np.linalg.norm(u - v + 1e-6, axis=-1)  # pairwise_distance: ‖u − v + ε‖  # noqa: E731
     ref = np.mean(np.maximum(d(X, Y) - d(X, W) + 1.0, 0.0))
     return jaxloss.triplet_margin_loss(X, Y, W, reduction="mean"), ref
+
+
+@row("torch-triplet_margin_with_distance_loss")
+def _(rng):
+    # distance_function=torch.nn.PairwiseDistance(p=1): ‖u − v + 1e-6‖₁; swap=True
+    d = lambda u, v: np.abs(u - v + 1e-6).sum(-1)  # noqa: E731
+    ref = np.mean(np.maximum(d(X, Y) - np.minimum(d(X, W), d(Y, W)) + 0.5, 0.0))
+
+    def l1(u, v):
+        return jnp.sum(jnp.abs(u - v + 1e-6), axis=-1)
+
+    out = jaxloss.triplet_margin_with_distance_loss(
+        X, Y, W, distance_function=l1, margin=0.5, swap=True, reduction="mean"
+    )
+    return out, ref
 
 
 @row("torch-ctc_loss", rtol=1e-9, atol=1e-9)
@@ -617,6 +666,14 @@ def _(rng):
     ref = 1 - tp / (tp + 0.3 * fp + 0.7 * fn + 1e-7)
     out = jaxloss.tversky_loss(p, t, alpha=0.3, beta=0.7, axis=(0, 1, 2, 3), smooth=0.0)
     return out, ref
+
+
+@row("keras-Circle", rtol=1e-6)
+def _(rng):
+    # y_pred: L2-normalized embeddings; labels with an anchor without positive (masked)
+    e = X / np.linalg.norm(X, axis=-1, keepdims=True)
+    labels = np.array([0, 1, 0, 1, 2, 1])
+    return jaxloss.circle_loss(e, labels, reduction="mean"), keras_circle(labels, e)[1]
 
 
 # --- the tests ------------------------------------------------------------------------

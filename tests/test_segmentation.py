@@ -253,3 +253,158 @@ def test_overlap_losses_lie_in_the_unit_interval(alpha, beta, smooth):
     assert np.all((t >= -1e-15) & (t <= 1.0))
     g = np.asarray(jaxloss.generalized_dice_loss(PROBS, TARGETS, axis=SPATIAL, smooth=smooth))
     assert np.all((g >= -1e-15) & (g <= 1.0))
+
+
+# --- review 2, item 12: pixels excluded from the overlap sums ---------------------------
+
+VOID = 255
+IDS = RNG.integers(0, NC, size=(B, H, W))
+IDS[0, :2, :3] = VOID  # "void" pixels, as in Pascal VOC / Cityscapes
+IDS[1, 3, :] = VOID
+VALID = IDS != VOID
+
+
+def _dropped_reference(p, t, keep, per_example):
+    """``per_example(p_kept [n, C], t_kept [n, C]) -> [C] or scalar``, per example, with
+    the excluded pixels removed by boolean indexing (float64 numpy)."""
+    return np.stack([per_example(p[b][keep[b]], t[b][keep[b]]) for b in range(len(p))])
+
+
+def _np_tversky(alpha, beta, smooth):
+    def f(p, t):
+        tp, fp, fn = (p * t).sum(0), (p * (1 - t)).sum(0), ((1 - p) * t).sum(0)
+        return 1 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+
+    return f
+
+
+def _np_dice(smooth):
+    return lambda p, t: 1 - (2 * (p * t).sum(0) + smooth) / (p.sum(0) + t.sum(0) + smooth)
+
+
+def _np_generalized_dice(p, t):  # Sudre et al., every class present, s = 0
+    w = 1.0 / t.sum(0) ** 2
+    return 1 - 2 * (w * (p * t).sum(0)).sum() / (w * (p + t).sum(0)).sum()
+
+
+@pytest.mark.parametrize(
+    "fn,kwargs,ref",
+    [
+        (jaxloss.dice_loss, {"smooth": 0.5}, _np_dice(0.5)),
+        (jaxloss.tversky_loss, {"alpha": 0.3, "beta": 0.7}, _np_tversky(0.3, 0.7, 1.0)),
+        (jaxloss.jaccard_loss, {"smooth": 0.1}, _np_tversky(1.0, 1.0, 0.1)),
+        (jaxloss.generalized_dice_loss, {"smooth": 0.0}, _np_generalized_dice),
+    ],
+    ids=["dice", "tversky", "jaccard", "generalized_dice"],
+)
+def test_pixel_where_drops_void_pixels_from_every_sum(fn, kwargs, ref):
+    """Review 2, item 12: the overlap losses could not exclude pixels (the void label 255
+    of segmentation data sets), `where` being per (example, class). `pixel_where`, a mask
+    broadcastable to the probabilities, removes pixels from every sum: equal to a float64
+    reference that drops them; their inputs (even NaN) get exactly zero gradient."""
+    targets = jax.nn.one_hot(IDS, NC)  # a void id is out of range: an all-zero row
+    keep = VALID[..., None]
+    expected = _dropped_reference(PROBS, np.asarray(targets), VALID, ref)
+    out = fn(PROBS, targets, axis=SPATIAL, pixel_where=keep, **kwargs)
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    # jit, and NaN in the excluded pixels: same value, zero gradient there
+    poisoned = np.where(keep, PROBS, np.nan)
+    f = jax.jit(lambda p: fn(p, targets, axis=SPATIAL, pixel_where=keep, **kwargs))
+    np.testing.assert_allclose(f(poisoned), expected, rtol=1e-12)
+    g = jax.grad(lambda p: jnp.sum(f(p)))(poisoned)
+    assert np.isfinite(g).all()
+    np.testing.assert_array_equal(np.asarray(g)[~VALID], 0.0)
+    # channels first: the mask broadcasts along the class axis there too
+    first = fn(
+        np.moveaxis(PROBS, -1, 1),
+        np.moveaxis(np.asarray(targets), -1, 1),
+        axis=(2, 3),
+        pixel_where=VALID[:, None],
+        **({"class_axis": 1} if fn is jaxloss.generalized_dice_loss else {}),
+        **kwargs,
+    )
+    np.testing.assert_allclose(first, expected, rtol=1e-12)
+
+
+def test_pixel_where_is_checked():
+    with pytest.raises(TypeError, match=r"`pixel_where` must be a boolean mask"):
+        jaxloss.dice_loss(PROBS, TARGETS, axis=SPATIAL, pixel_where=VALID.astype(int)[..., None])
+    with pytest.raises(ValueError, match=r"`pixel_where` of shape \(1, 2, 4, 5, 1\).*`probs`"):
+        jaxloss.dice_loss(PROBS, TARGETS, axis=SPATIAL, pixel_where=VALID[None, ..., None])
+    with pytest.raises(ValueError, match=r"do not broadcast.*`pixel_where` \(2, 4, 5\)"):
+        jaxloss.dice_loss(PROBS, TARGETS, axis=SPATIAL, pixel_where=VALID)  # classes last
+
+
+# --- multiclass_generalized_dice_loss: optax's function ---------------------------------
+
+
+def test_multiclass_generalized_dice_equals_optax():
+    logits = RNG.normal(size=(B, H, W, NC)) * 2.0
+    probs = jax.nn.softmax(logits, axis=-1)
+    for smooth in (1.0, 0.25):
+        ours = jaxloss.multiclass_generalized_dice_loss(
+            probs, TARGETS, axis=SPATIAL, smooth=2 * smooth, reduction="mean"
+        )
+        peer = optax.losses.multiclass_generalized_dice_loss(logits, TARGETS, smooth=smooth)
+        np.testing.assert_allclose(ours, peer, rtol=1e-13)
+    per = jaxloss.multiclass_generalized_dice_loss(probs, TARGETS, axis=SPATIAL, smooth=2.0)
+    peer = optax.losses.multiclass_generalized_dice_loss(logits, TARGETS, ignore_background=True)
+    np.testing.assert_allclose(jnp.mean(per[..., 1:]), peer, rtol=1e-13)
+    # channels first
+    first = jaxloss.multiclass_generalized_dice_loss(
+        np.moveaxis(np.asarray(probs), -1, 1),
+        np.moveaxis(TARGETS, -1, 1),
+        axis=(2, 3),
+        class_axis=1,
+        smooth=2.0,
+    )
+    np.testing.assert_allclose(first, per, rtol=1e-14)
+
+
+def test_optax_multiclass_generalized_dice_tests_ported():
+    """optax's own tests of multiclass_generalized_dice_loss (losses/_segmentation_test.py),
+    with jaxloss substituted: a finite scalar unlike the plain Dice mean on imbalanced
+    classes, and ignore_background changing the value."""
+    key = jax.random.PRNGKey(0)
+    predictions = jax.random.normal(key, (4, 32, 32, 3))
+    class_labels = jax.random.choice(key, 3, (4, 32, 32), p=jnp.array([0.8, 0.15, 0.05]))
+    targets = jax.nn.one_hot(class_labels, 3)
+    probs = jax.nn.softmax(predictions, axis=-1)
+    gdl = jaxloss.multiclass_generalized_dice_loss(
+        probs, targets, axis=(1, 2), smooth=2.0, reduction="mean"
+    )
+    regular = jnp.mean(jaxloss.dice_loss(probs, targets, axis=(1, 2), smooth=2.0))
+    assert gdl.shape == () and np.isfinite(gdl)
+    assert not np.allclose(gdl, regular)
+    predictions = jax.random.normal(key, (2, 16, 16, 4))
+    targets = jax.nn.one_hot(jax.random.randint(key, (2, 16, 16), 0, 4), 4)
+    per = jaxloss.multiclass_generalized_dice_loss(
+        jax.nn.softmax(predictions, axis=-1), targets, axis=(1, 2), smooth=2.0
+    )
+    with_bg, no_bg = jnp.mean(per), jnp.mean(per[..., 1:])
+    assert not np.allclose(with_bg, no_bg)
+    assert np.isfinite(with_bg) and np.isfinite(no_bg)
+
+
+def test_multiclass_generalized_dice_weights_and_masks():
+    """Class weights from the volume over the whole batch; pixel_where and where remove
+    pixels and (example, class) entries from those volumes (float64 reference)."""
+    t = np.asarray(jax.nn.one_hot(IDS, NC))
+    keep = VALID[..., None]
+
+    def reference(p, t, pixels, entries):
+        p = np.where(pixels & entries[:, None, None, :], p, 0.0)
+        t = np.where(pixels & entries[:, None, None, :], t, 0.0)
+        v = 1.0 / (t.sum((0, 1, 2)) ** 2 + 1e-7)
+        w = v * NC / v.sum()
+        inter, total = (p * t).sum((1, 2)), (p + t).sum((1, 2))
+        return w * (1 - (2 * inter + 0.5) / (total + 0.5))
+
+    entries = np.array([[True, True, False], [True, True, True]])
+    out = jaxloss.multiclass_generalized_dice_loss(
+        PROBS, t, axis=SPATIAL, smooth=0.5, pixel_where=keep, where=entries
+    )
+    expected = np.where(entries, reference(PROBS, t, keep, entries), 0.0)
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="`class_axis` -1 must not be one of the spatial"):
+        jaxloss.multiclass_generalized_dice_loss(PROBS, t, axis=(1, 3))
