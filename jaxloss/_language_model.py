@@ -401,10 +401,25 @@ def _check_policy_options(aggregation, clip_epsilon, clip_epsilon_high, max_leng
 
 
 def _clipped_surrogate(lp, old, adv, clip_low, clip_high):
-    """−min(r·A, clip(r, 1 − ε_low, 1 + ε_high)·A) per token, r = exp(log π − log π_old)."""
-    ratio = jnp.exp(lp - old)
-    clipped = jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    return -jnp.minimum(ratio * adv, clipped * adv)
+    """−min(r·A, clip(r, 1 − ε_low, 1 + ε_high)·A) per token, r = exp(log π − log π_old).
+
+    That is −A·min(r, 1 + ε_high) for A ≥ 0 and −A·max(r, 1 − ε_low) for A < 0: −A·r
+    unless r lies strictly beyond the bound on the advantage's side, where it is the
+    constant −A·(bound), with derivative 0. So the derivative is the full one-sided
+    −A·r at the bound on the other side, where the surrogate is smooth, and, at the kink
+    (r = 1 + ε_high with A > 0, r = 1 − ε_low with A < 0), the subgradient −A·r of the
+    unclipped side, as TRL's and Liger-Kernel's torch.min/clamp give and as the clip
+    fractions count (strict inequalities). The ratio is exponentiated only where it is
+    not clipped (double where): log π − log π_old = 100 overflows float32, but there the
+    surrogate is the clipped constant (A ≥ 0), with derivative 0, also for A = 0.
+    """
+    delta = lp - old
+    ratio = jnp.exp(delta)  # only compared: may be inf where the ratio is clipped
+    up = adv >= 0
+    clipped = jnp.where(up, ratio > 1.0 + clip_high, ratio < 1.0 - clip_low)
+    r = jnp.exp(jnp.where(clipped, 0.0, delta))
+    bound = jnp.where(up, 1.0 + clip_high, 1.0 - clip_low)
+    return -adv * jnp.where(clipped, bound, r)
 
 
 def _aggregation_weights(mask: jax.Array, aggregation: str, max_length) -> jax.Array:
@@ -446,7 +461,15 @@ def policy_gradient_loss(
         "sequence_sum_normalized"  Σ_{b,t} m·ℓ / (B · max_length)             (Dr. GRPO)
 
     A mean over no kept token is 0 with zero gradient; in "sequence_mean" a sequence
-    with no kept token contributes 0 and still counts in B (as TRL's GRPO loss). The
+    with no kept token contributes 0 and still counts in B (as TRL's GRPO loss).
+
+    ℓₜ is −A·r except strictly beyond the bound on the advantage's side (r > 1 + ε_high
+    for A ≥ 0, r < 1 − ε_low for A < 0), where it is constant, with derivative 0. So at
+    the other bound, where ℓₜ is smooth, the derivative is the full −A·r; at the kink
+    (r = 1 + ε_high with A > 0, r = 1 − ε_low with A < 0) it is the subgradient −A·r
+    of the unclipped side, as in TRL and Liger-Kernel. The ratio is never formed where
+    it is clipped, so a log-ratio that overflows exp there (100 in float32) gives the
+    finite clipped value with gradient 0, also for A = 0. The
     gradient flows to ``log_probs`` only: ``old_log_probs`` and ``advantages`` are
     constants of the update (``stop_gradient``). Masked-out tokens get zero gradient even
     where their inputs are NaN.

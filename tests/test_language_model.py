@@ -449,3 +449,77 @@ def test_distillation_gradient_at_float32_extremes(twin, divergence):
         np.testing.assert_allclose(
             g, _ref_divergence_grad(zs32, zt32, divergence, 0.3), rtol=1e-4, atol=2e-6
         )
+
+
+def _pg_value_and_grad(lp, old, adv, clip_low, clip_high):
+    return jax.value_and_grad(jaxloss.policy_gradient_loss)(
+        lp, old, adv, clip_epsilon=clip_low, clip_epsilon_high=clip_high
+    )
+
+
+def _fused_pg_value_and_grad(lp, old, adv, clip_low, clip_high):
+    # One token of two classes with logits h·W = [0, 0]: log π = −log 2, and the
+    # gradient in W is ∂ℓ/∂(log π)·(onehot(0) − softmax) = ∂ℓ/∂(log π)·[½, −½].
+    del lp
+    hidden = jnp.ones((1, 1, 1), old.dtype)
+    return jax.value_and_grad(
+        lambda w: jaxloss.fused_linear_policy_gradient_loss(
+            hidden,
+            w,
+            jnp.zeros((1, 1), jnp.int32),
+            old,
+            adv,
+            clip_epsilon=clip_low,
+            clip_epsilon_high=clip_high,
+        )
+    )(jnp.zeros((1, 2), old.dtype))
+
+
+_PG_TWINS = {
+    "policy_gradient_loss": jax.jit(_pg_value_and_grad, static_argnums=(3, 4)),
+    "fused_linear_policy_gradient_loss": jax.jit(_fused_pg_value_and_grad, static_argnums=(3, 4)),
+}
+
+
+def _pg_slope(twin, grad):
+    """∂loss/∂(log π) of the single token, from either twin's gradient."""
+    grad = np.asarray(grad, np.float64)
+    if twin == "policy_gradient_loss":
+        return grad.item()
+    np.testing.assert_allclose(grad[0, 1], -grad[0, 0], rtol=1e-6)
+    return 2 * grad[0, 0]
+
+
+@pytest.mark.parametrize("twin", list(_PG_TWINS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_policy_gradient_derivative_at_the_clip_bounds(twin, dtype):
+    """Review 2, item 2: at r = 1 − ε_low with A > 0 and r = 1 + ε_high with A < 0 the
+    surrogate is −r·A on both sides, and the derivative in log π is −r·A, not 0.75 of it
+    (a minimum tie's ½ times a clip boundary's ½). At the kinks (r = 1 + ε_high with
+    A > 0, r = 1 − ε_low with A < 0) the documented subgradient is the unclipped side's,
+    −r·A (TRL's and Liger-Kernel's). r = 1 exactly (log π = log π_old), the bound on
+    the tested side put there by ε = 0."""
+    lp = np.asarray([[-np.log(2.0)]], dtype)  # the fused twin's log π (logits [0, 0])
+    for clip_low, clip_high, a in [
+        (0.0, 0.2, 1.5),
+        (0.2, 0.0, -1.5),
+        (0.2, 0.0, 1.5),
+        (0.0, 0.2, -1.5),
+    ]:
+        value, grad = _PG_TWINS[twin](lp, lp, np.asarray([a], dtype), clip_low, clip_high)
+        np.testing.assert_allclose(value, -a, rtol=1e-6)
+        np.testing.assert_allclose(_pg_slope(twin, grad), -a, rtol=1e-6)
+
+
+@pytest.mark.parametrize("twin", list(_PG_TWINS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_policy_gradient_huge_log_ratio(twin, dtype):
+    """Review 2, item 3: log π − log π_old = 100 (exp overflows float32): with A ≥ 0 the
+    ratio is clipped, the surrogate is the constant −(1 + ε_high)·A, finite, with
+    gradient 0; before, A = 1 gave a NaN gradient and A = 0 a NaN value."""
+    lp = np.asarray([[-np.log(2.0)]], dtype)
+    old = lp - np.asarray(100.0, dtype)
+    for a in (1.0, 0.0):
+        value, grad = _PG_TWINS[twin](lp, old, np.asarray([a], dtype), 0.2, 0.28)
+        np.testing.assert_allclose(value, -1.28 * a, rtol=1e-6)
+        assert np.all(np.asarray(grad) == 0)
