@@ -34,6 +34,17 @@ def _normal(rng, shape=SHAPE, scale=1.0):
 # --------------------------------------------------------------------------------------
 
 
+def _ref_torch_poisson_nll(x, k, *, log_input=True, full=False, eps=1e-8):
+    """PyTorch's documented poisson_nll_loss, unreduced: exp(x) − k·x (log_input), else
+    x − k·log(x + eps); full adds k log k − k + ½ log(2πk) where k > 1."""
+    k = np.asarray(k, np.float64)
+    loss = np.exp(x) - k * x if log_input else x - k * np.log(x + eps)
+    if full:
+        kk = np.where(k > 1, k, 2.0)
+        loss = loss + np.where(k > 1, kk * np.log(kk) - kk + 0.5 * np.log(2 * np.pi * kk), 0.0)
+    return loss
+
+
 def _pair(rng):
     return (_normal(rng), _normal(rng)), {}
 
@@ -144,6 +155,17 @@ CASES += [
             (np.array([-80.0, 80.0, 0.0], np.float32), np.array([0, 10**6, 10**9], np.int32)),
             {},
         ),
+    ),
+    Case(
+        "poisson_nll",
+        functools.partial(jaxloss.poisson_nll, log_input=False, full="stirling"),
+        lambda rng: ((rng.uniform(0.5, 4.0, size=SHAPE), rng.poisson(2.0, size=SHAPE)), {}),
+        lambda rate, k: _ref_torch_poisson_nll(rate, k, log_input=False, full=True),
+        extreme=lambda: (
+            (np.array([0.0, 1e6, 1e-3], np.float32), np.array([0, 10**6, 10**9], np.int32)),
+            {},
+        ),
+        id="poisson_nll[rate,stirling]",
     ),
 ]
 

@@ -102,7 +102,7 @@ ELEMENTWISE = [
     ("gaussian_nll", lambda p, t: jaxloss.gaussian_nll(p, t), "mean", "targets"),
     ("laplace_nll", lambda p, t: jaxloss.laplace_nll(p, t), "loc", "targets"),
     ("student_t_nll", lambda p, t: jaxloss.student_t_nll(p, t, df=3.0), "loc", "targets"),
-    ("poisson_nll", lambda p, t: jaxloss.poisson_nll(p, t), "log_rate", "counts"),
+    ("poisson_nll", lambda p, t: jaxloss.poisson_nll(p, t), "predictions", "counts"),
     (
         "sigmoid_binary_cross_entropy",
         lambda p, t: jaxloss.sigmoid_binary_cross_entropy(p, t),
