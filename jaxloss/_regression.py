@@ -462,3 +462,104 @@ def poisson_nll(
         stirling = k * jnp.log(k) - k + 0.5 * jnp.log(2.0 * math.pi * k)
         loss = loss + jnp.where(many, stirling, 0.0)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+# Keras's backend.epsilon(), the floor of both Keras losses below.
+_KERAS_EPSILON = 1e-7
+
+
+def mean_absolute_percentage_error(
+    predictions: ArrayLike,
+    targets: ArrayLike,
+    *,
+    eps: float = _KERAS_EPSILON,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Absolute error as a percentage of the target, per element (Keras's MAPE).
+
+        ℓ = 100 · |y − ŷ| / max(|y|, ε)
+
+    The floor ε keeps the loss finite at y = 0 (where it is 100·|ŷ|/ε). The gradient
+    in ŷ is 100·sign(ŷ − y)/max(|y|, ε), with the subgradient 0 at ŷ = y; in y, at the
+    floor's kink |y| = ε, it is the side of |y| > ε's.
+
+    Args:
+      predictions: ŷ, floating array of any shape.
+      targets: y, array broadcastable to the shape of ``predictions`` (integers are cast).
+      eps: the floor ε > 0 of |y| (default 1e-7, Keras's ``backend.epsilon()``).
+      where, weights, reduction: as in `squared_error`.
+
+    Returns:
+      As in `squared_error`. Keras's ``mean_absolute_percentage_error`` is the mean of
+      this over the last axis.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.mean_absolute_percentage_error(jnp.array([1.5, 1.0]), jnp.array([2.0, -4.0]))
+      Array([ 25., 125.], dtype=float32)
+
+    References:
+      Keras, ``keras.losses.MeanAbsolutePercentageError`` /
+      ``keras.losses.mean_absolute_percentage_error``.
+    """
+    C.check_positive("eps", eps)
+    (predictions, targets), where, weights = C.float_inputs(
+        where, weights, reduction, allow_int=("targets",), predictions=predictions, targets=targets
+    )
+    predictions = C.keep(where, predictions, 0.0)
+    targets = C.keep(where, targets, 1.0)
+    size = jnp.abs(targets)
+    scale = jnp.where(size >= eps, size, eps)
+    loss = 100.0 * N.abs0(predictions - targets) / scale
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def mean_squared_logarithmic_error(
+    predictions: ArrayLike,
+    targets: ArrayLike,
+    *,
+    eps: float = _KERAS_EPSILON,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Squared error of log(1 + ·), with both sides floored at ε, per element (Keras's MSLE).
+
+        ℓ = (log(1 + max(ŷ, ε)) − log(1 + max(y, ε)))²
+
+    A relative error for non-negative quantities (counts, prices). As in Keras, values
+    below ε (negative ones included) count as ε, so their gradient is 0; at the floor's
+    kink ŷ = ε the gradient is the unfloored side's, 2·(log(1 + ŷ) − log(1 + y'))/(1 + ŷ)
+    with y' = max(y, ε). log(1 + x) is evaluated as ``log1p``.
+
+    Args:
+      predictions: ŷ, floating array of any shape.
+      targets: y, array broadcastable to the shape of ``predictions`` (integers are cast).
+      eps: the floor ε ≥ 0 of both sides (default 1e-7, Keras's ``backend.epsilon()``).
+      where, weights, reduction: as in `squared_error`.
+
+    Returns:
+      As in `squared_error`. Keras's ``mean_squared_logarithmic_error`` is the mean of
+      this over the last axis.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.mean_squared_logarithmic_error(jnp.array([0.0, 3.0]), jnp.array([-1.0, 1.0]))
+      Array([0.      , 0.480453], dtype=float32)
+
+    References:
+      Keras, ``keras.losses.MeanSquaredLogarithmicError`` /
+      ``keras.losses.mean_squared_logarithmic_error``.
+    """
+    C.check_in_range("eps", eps, 0.0, math.inf)
+    (predictions, targets), where, weights = C.float_inputs(
+        where, weights, reduction, allow_int=("targets",), predictions=predictions, targets=targets
+    )
+    predictions = C.keep(where, predictions, 0.0)
+    targets = C.keep(where, targets, 0.0)
+    # Floored with a strict comparison: at ŷ = ε the derivative is the unfloored side's.
+    first = jnp.log1p(jnp.where(predictions < eps, eps, predictions))
+    second = jnp.log1p(jnp.where(targets < eps, eps, targets))
+    return C.reduce(jnp.square(first - second), where=where, weights=weights, reduction=reduction)

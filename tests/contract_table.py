@@ -167,6 +167,32 @@ CASES += [
         ),
         id="poisson_nll[rate,stirling]",
     ),
+    Case(
+        "mean_absolute_percentage_error",
+        jaxloss.mean_absolute_percentage_error,
+        # targets away from 0, where a rounded input changes the ratio little
+        lambda rng: (
+            (_normal(rng), rng.choice([-1.0, 1.0], SHAPE) * rng.uniform(0.5, 3, SHAPE)),
+            {},
+        ),
+        lambda p, t, eps=1e-7: 100 * np.abs(t - p) / np.maximum(np.abs(t), eps),  # Keras
+        grad_order=1,
+        extreme=lambda: (
+            (np.array([1e30, -1e30, 3.0], np.float32), np.array([0.0, 1e-30, -1e30], np.float32)),
+            {"eps": 1e-3},
+        ),
+    ),
+    Case(
+        "mean_squared_logarithmic_error",
+        jaxloss.mean_squared_logarithmic_error,
+        lambda rng: ((rng.uniform(0.1, 5.0, SHAPE), rng.uniform(0.1, 5.0, SHAPE)), {}),
+        # Keras: (log(max(ŷ, ε) + 1) − log(max(y, ε) + 1))², log(x + 1) as log1p
+        lambda p, t, eps=1e-7: (np.log1p(np.maximum(p, eps)) - np.log1p(np.maximum(t, eps))) ** 2,
+        extreme=lambda: (
+            (np.array([3e38, -1e30, 0.0], np.float32), np.array([0.0, 1e30, 3e38], np.float32)),
+            {},
+        ),
+    ),
 ]
 
 # --------------------------------------------------------------------------------------

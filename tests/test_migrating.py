@@ -487,9 +487,21 @@ def _(rng):
 
 @row("keras-MeanSquaredLogarithmicError")
 def _(rng):
-    y_true, y_pred = PROB, 2.0 * PROB[::-1]  # non-negative
-    ref = np.mean((np.log1p(y_true) - np.log1p(y_pred)) ** 2, -1).mean()
-    return jaxloss.squared_error(jnp.log1p(y_pred), jnp.log1p(y_true), reduction="mean"), ref
+    # Keras: log(max(y, ε) + 1) on both sides, ε = 1e-7 (zeros and negatives floored).
+    y_true, y_pred = X.copy(), 2.0 * PROB[::-1]
+    y_true[0, 0], y_pred[1, 1] = 0.0, -0.5
+    floor = lambda v: np.log(np.maximum(v, 1e-7) + 1.0)  # noqa: E731
+    ref = np.mean((floor(y_pred) - floor(y_true)) ** 2, -1).mean()
+    return jaxloss.mean_squared_logarithmic_error(y_pred, y_true, reduction="mean"), ref
+
+
+@row("keras-MeanAbsolutePercentageError")
+def _(rng):
+    # Keras: 100·|y − ŷ| / max(|y|, ε), ε = 1e-7 (a zero target included).
+    y_true = Y.copy()
+    y_true[0, 0] = 0.0
+    ref = np.mean(100.0 * np.abs(y_true - X) / np.maximum(np.abs(y_true), 1e-7), -1).mean()
+    return jaxloss.mean_absolute_percentage_error(X, y_true, reduction="mean"), ref
 
 
 @row("keras-Huber")

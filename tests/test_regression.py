@@ -234,3 +234,30 @@ def test_negative_concrete_weights_are_rejected():
     # Only concrete weights can be inspected; traced weights are the caller's contract.
     with pytest.raises(ValueError, match=r"`weights` must be non-negative"):
         jaxloss.laplace_nll(jnp.zeros(3), jnp.zeros(3), weights=-jnp.ones(3))
+
+
+def test_keras_percentage_and_logarithmic_errors_floors_and_kinks():
+    """Keras's floors, in value and gradient: MAPE divides by max(|y|, ε) (finite at
+    y = 0), with the subgradient 0 at ŷ = y; MSLE floors both sides at ε, so a
+    prediction below it has gradient 0, and at ŷ = ε the gradient is the unfloored
+    side's 2(log(1 + ŷ) − log(1 + y))/(1 + ŷ)."""
+    y = jnp.array([0.0, -4.0, 2.0])
+    p = jnp.array([0.5, -2.0, 2.0])
+    mape = lambda p: jaxloss.mean_absolute_percentage_error(p, y, eps=0.01)  # noqa: E731
+    np.testing.assert_allclose(mape(p), [5000.0, 50.0, 0.0], rtol=1e-12)
+    g = jax.grad(lambda p: mape(p).sum())(p)
+    np.testing.assert_allclose(g, [10000.0, 25.0, 0.0], rtol=1e-12)
+
+    eps = 0.25
+    msle = lambda p: jaxloss.mean_squared_logarithmic_error(p, jnp.array([1.0, -3.0, 1.0]), eps=eps)  # noqa: E731
+    p = jnp.array([-5.0, 0.25, 3.0])
+    np.testing.assert_allclose(
+        msle(p),
+        [np.log(1.25 / 2) ** 2, 0.0, np.log(4 / 2) ** 2],
+        rtol=1e-12,
+    )
+    g = jax.grad(lambda p: msle(p).sum())(p)
+    np.testing.assert_allclose(g, [0.0, 0.0, 2 * np.log(2) / 4], rtol=1e-12, atol=1e-15)
+    # at ŷ = ε against a larger target: the unfloored side's derivative, not 0 or half
+    g = jax.grad(lambda p: jaxloss.mean_squared_logarithmic_error(p, 3.0, eps=eps))(0.25)
+    np.testing.assert_allclose(g, 2 * np.log(1.25 / 4) / 1.25, rtol=1e-12)
