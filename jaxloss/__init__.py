@@ -91,6 +91,8 @@ from jaxloss._regression import (
     huber,
     laplace_nll,
     log_cosh,
+    mean_absolute_percentage_error,
+    mean_squared_logarithmic_error,
     poisson_nll,
     squared_error,
     student_t_nll,
@@ -126,6 +128,8 @@ __all__ = [
     "laplace_nll",
     "student_t_nll",
     "poisson_nll",
+    "mean_absolute_percentage_error",
+    "mean_squared_logarithmic_error",
     # classification (cross-entropies)
     "softmax_cross_entropy",
     "nll_loss",

@@ -365,7 +365,9 @@ def reduce(
 ) -> Array:
     """Apply the mask, the weights and the reduction to an elementwise loss.
 
-    ``"none"`` returns the loss with masked-out entries set to 0 (times ``weights``);
+    ``"none"`` returns the loss with masked-out entries set to 0 (times ``weights``; an
+    entry of weight 0 is 0, with zero gradient, as a masked-out one, even where ℓ is
+    inf or NaN);
     ``"sum"`` returns Σ w·ℓ over kept entries; ``"mean"`` returns Σ w·ℓ / Σ w·d over kept
     entries, where ``denominator`` d (default 1) is a per-element weight the caller has
     already applied inside ℓ (a class weight ω_y: PyTorch's mean divides by Σ ω_y). A
@@ -383,7 +385,10 @@ def reduce(
         loss = jnp.where(mask, loss, 0)
         w = jnp.where(mask, 1 if w is None else w, 0).astype(loss.dtype)
     if w is not None:
-        loss = loss * w
+        # A weight of 0 removes the term, as `where` does: 0·ℓ would be NaN for an
+        # infinite ℓ (an impossible CTC alignment), and the product's gradient in w
+        # would be ℓ. Zeroed before the product (double where); a NaN weight stays NaN.
+        loss = jnp.where(w == 0, 0, loss) * w
     if reduction == "none":
         return loss
     total = jnp.sum(loss)

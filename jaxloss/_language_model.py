@@ -183,44 +183,49 @@ _PHI_SERIES = tuple((-1.0) ** n / (n * (n - 1)) for n in range(2, 18))
 _PHI_SMALL = 0.1
 
 
-def _bregman_term(p: jax.Array, m: jax.Array, d: jax.Array) -> jax.Array:
-    """p log(p/m) − p + m ≥ 0 for probabilities p, m, given d = p − m; 0 where p = m = 0.
+def _phi(log_r: jax.Array, bound: float) -> jax.Array:
+    """φ(r) = r log r − r + 1 ≥ 0 of r = exp(log_r) ∈ [0, e^bound], from its logarithm.
 
-    The generalized KL term, each one ≥ 0, so their sum has no cancellation; in turn
-    p log(p/m) and p − m cancel for p ≈ m, so there, with u = d/m, it is computed as
-    d²/m · Σₙ (−1)ⁿ uⁿ⁻²/(n(n − 1)) (each branch sees only inputs it is safe for).
+    For r near 1 (|r − 1| < 0.1), where r log r and r − 1 cancel, it is u²·Σₙ (−1)ⁿ
+    uⁿ⁻²/(n(n − 1)) with u = expm1(log r); elsewhere r·log r − r + 1, which is 1 at
+    r = 0. Each branch sees only inputs it is safe for, so the gradient is finite for
+    every log r in [−∞, bound]. A log-ratio above ``bound`` (its largest value) can only
+    come from rounding at the lowest float (`N.log_softmax`'s floor for −inf logits) and
+    is cut to it; the comparison is strict so that the gradient at the bound passes.
     """
-    positive = m > 0
-    m_safe = jnp.where(positive, m, 1.0)
-    u = jnp.where(positive, d / m_safe, 0.0)
+    log_r = jnp.where(log_r > bound, bound, log_r)
+    u = jnp.expm1(log_r)
     small = jnp.abs(u) < _PHI_SMALL
     us = jnp.where(small, u, 0.0)
     series = jnp.zeros_like(us)
     for c in reversed(_PHI_SERIES):
         series = series * us + c
-    ds = jnp.where(small, d, 0.0)
-    near = ds * ds / m_safe * series
-    pf, mf = jnp.where(small, 1.0, p), jnp.where(small, 1.0, m)
-    far = N.relative_entropy_term(pf, mf) - pf + mf
-    return jnp.where(small, near, far)
+    # Far from 1: r·log r, with 0·log 0 = 0 at r = 0 (log r = −∞, or underflowed).
+    lf = jnp.where(small, 1.0, log_r)
+    r = jnp.exp(lf)
+    lf = jnp.where(r == 0, 0.0, lf)
+    far = r * lf - r + 1.0
+    return jnp.where(small, us * us * series, far)
 
 
 def _jsd(s_logits: jax.Array, t_logits: jax.Array, beta: float, axis: int) -> jax.Array:
     """β·KL(t‖m) + (1 − β)·KL(s‖m), m = β·t + (1 − β)·s, for 0 < β < 1.
 
     Per class β(t − m) + (1 − β)(s − m) = 0, so the divergence is the sum of the
-    generalized terms β·[t log(t/m) − t + m] + (1 − β)·[s log(s/m) − s + m], each ≥ 0
-    and accurate also for s ≈ t (`_bregman_term`): the plain sum of t log(t/m) terms
-    would lose every digit to cancellation there, where JSD is of order (s − t)².
-    With d = t − s: t − m = (1 − β)·d and s − m = −β·d.
+    generalized terms β·[t log(t/m) − t + m] + (1 − β)·[s log(s/m) − s + m] =
+    m·[β·φ(t/m) + (1 − β)·φ(s/m)], φ(x) = x log x − x + 1, each ≥ 0 and accurate also
+    for s ≈ t (`_phi`): the plain sum of t log(t/m) terms would lose every digit to
+    cancellation there, where JSD is of order (s − t)². Everything is formed from the
+    log-probabilities: the ratios t/m ≤ 1/β and s/m ≤ 1/(1 − β) are bounded, and no
+    division by a mixture probability that underflows (logits tens apart in float32)
+    reaches the reverse pass, where it would give 0·∞.
     """
-    p_s = jnp.exp(N.log_softmax(s_logits, axis))
-    p_t = jnp.exp(N.log_softmax(t_logits, axis))
-    m = beta * p_t + (1.0 - beta) * p_s
-    d = p_t - p_s
-    terms = beta * _bregman_term(p_t, m, (1.0 - beta) * d) + (1.0 - beta) * _bregman_term(
-        p_s, m, -beta * d
-    )
+    log_s = N.log_softmax(s_logits, axis)
+    log_t = N.log_softmax(t_logits, axis)
+    log_m = jnp.logaddexp(math.log(beta) + log_t, math.log1p(-beta) + log_s)
+    phi_t = _phi(log_t - log_m, -math.log(beta))
+    phi_s = _phi(log_s - log_m, -math.log1p(-beta))
+    terms = jnp.exp(log_m) * (beta * phi_t + (1.0 - beta) * phi_s)
     return jnp.sum(terms, axis=axis)
 
 
@@ -396,10 +401,25 @@ def _check_policy_options(aggregation, clip_epsilon, clip_epsilon_high, max_leng
 
 
 def _clipped_surrogate(lp, old, adv, clip_low, clip_high):
-    """−min(r·A, clip(r, 1 − ε_low, 1 + ε_high)·A) per token, r = exp(log π − log π_old)."""
-    ratio = jnp.exp(lp - old)
-    clipped = jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    return -jnp.minimum(ratio * adv, clipped * adv)
+    """−min(r·A, clip(r, 1 − ε_low, 1 + ε_high)·A) per token, r = exp(log π − log π_old).
+
+    That is −A·min(r, 1 + ε_high) for A ≥ 0 and −A·max(r, 1 − ε_low) for A < 0: −A·r
+    unless r lies strictly beyond the bound on the advantage's side, where it is the
+    constant −A·(bound), with derivative 0. So the derivative is the full one-sided
+    −A·r at the bound on the other side, where the surrogate is smooth, and, at the kink
+    (r = 1 + ε_high with A > 0, r = 1 − ε_low with A < 0), the subgradient −A·r of the
+    unclipped side, as TRL's and Liger-Kernel's torch.min/clamp give and as the clip
+    fractions count (strict inequalities). The ratio is exponentiated only where it is
+    not clipped (double where): log π − log π_old = 100 overflows float32, but there the
+    surrogate is the clipped constant (A ≥ 0), with derivative 0, also for A = 0.
+    """
+    delta = lp - old
+    ratio = jnp.exp(delta)  # only compared: may be inf where the ratio is clipped
+    up = adv >= 0
+    clipped = jnp.where(up, ratio > 1.0 + clip_high, ratio < 1.0 - clip_low)
+    r = jnp.exp(jnp.where(clipped, 0.0, delta))
+    bound = jnp.where(up, 1.0 + clip_high, 1.0 - clip_low)
+    return -adv * jnp.where(clipped, bound, r)
 
 
 def _aggregation_weights(mask: jax.Array, aggregation: str, max_length) -> jax.Array:
@@ -441,7 +461,15 @@ def policy_gradient_loss(
         "sequence_sum_normalized"  Σ_{b,t} m·ℓ / (B · max_length)             (Dr. GRPO)
 
     A mean over no kept token is 0 with zero gradient; in "sequence_mean" a sequence
-    with no kept token contributes 0 and still counts in B (as TRL's GRPO loss). The
+    with no kept token contributes 0 and still counts in B (as TRL's GRPO loss).
+
+    ℓₜ is −A·r except strictly beyond the bound on the advantage's side (r > 1 + ε_high
+    for A ≥ 0, r < 1 − ε_low for A < 0), where it is constant, with derivative 0. So at
+    the other bound, where ℓₜ is smooth, the derivative is the full −A·r; at the kink
+    (r = 1 + ε_high with A > 0, r = 1 − ε_low with A < 0) it is the subgradient −A·r
+    of the unclipped side, as in TRL and Liger-Kernel. The ratio is never formed where
+    it is clipped, so a log-ratio that overflows exp there (100 in float32) gives the
+    finite clipped value with gradient 0, also for A = 0. The
     gradient flows to ``log_probs`` only: ``old_log_probs`` and ``advantages`` are
     constants of the update (``stop_gradient``). Masked-out tokens get zero gradient even
     where their inputs are NaN.

@@ -7,6 +7,8 @@ log-densities with learned (heteroscedastic) scales.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
@@ -367,28 +369,48 @@ def student_t_nll(
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 
+POISSON_FULL = (False, True, "stirling")
+
+
 def poisson_nll(
-    log_rate: ArrayLike,
+    predictions: ArrayLike,
     counts: ArrayLike,
     *,
-    full: bool = True,
+    log_input: bool = True,
+    full: bool | str = True,
+    eps: float | None = None,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
 ) -> jax.Array:
-    """Negative log-probability of counts k under Poisson(λ = exp(log_rate)), per element.
+    """Negative log-probability of counts k under Poisson(λ), per element.
 
-        ℓ = λ − k log λ + log k!,       log λ = log_rate
+        ℓ = λ − k log λ + log k!              log λ = predictions (``log_input=True``)
+        ℓ = λ − k log(λ + ε) + log k!         λ = predictions (``log_input=False``)
 
-    Parameterized by log λ (the canonical link), so λ > 0 always and the loss is convex.
-    ``log k!`` is ``gammaln(k + 1)``, accurate to rounding but not exact at k = 0, 1 in
-    float32 (gammaln(1) = 4.8e-7 there, so ``poisson_nll(0., 0)`` is 1.0000005).
+    By default parameterized by log λ (the canonical link), so λ > 0 always and the
+    loss is convex. With ``log_input=False`` the predictions are the rate λ ≥ 0 itself,
+    and ε (``eps``) keeps the log finite at λ = 0, as in PyTorch's ``poisson_nll_loss``
+    (and, with ``eps=1e-7``, Keras's ``Poisson``).
+
+    The term log k! does not depend on the predictions; ``full`` picks it:
+
+        True         log k! = gammaln(k + 1), the exact NLL
+        False        0
+        "stirling"   k log k − k + ½ log(2πk) for k > 1, 0 for k ≤ 1 (PyTorch's
+                     ``full=True``, Stirling's approximation of log k!)
+
+    ``gammaln`` is accurate to rounding but not exact at k = 0, 1 in float32
+    (gammaln(1) = 4.8e-7 there, so ``poisson_nll(0., 0)`` is 1.0000005).
 
     Args:
-      log_rate: log λ, floating array of any shape.
-      counts: k ≥ 0, broadcastable to the shape of ``log_rate`` (integers are cast).
-      full: include log k! (the exact NLL); ``False`` drops only it (it does not depend
-        on the prediction).
+      predictions: log λ (``log_input=True``) or λ ≥ 0 (``log_input=False``), floating
+        array of any shape.
+      counts: k ≥ 0, broadcastable to the shape of ``predictions`` (integers are cast).
+      log_input: whether ``predictions`` hold log λ (default) or λ.
+      full: True, False or "stirling": the log k! term, as above.
+      eps: ε ≥ 0 added to λ inside the log with ``log_input=False`` (default 1e-8,
+        PyTorch's); not accepted with ``log_input=True``, which takes no log.
       where, weights, reduction: as in `squared_error`.
 
     Returns:
@@ -398,13 +420,146 @@ def poisson_nll(
       >>> import jax.numpy as jnp, jaxloss
       >>> jaxloss.poisson_nll(jnp.array([0.0]), jnp.array([3]))
       Array([2.79176], dtype=float32)
+      >>> jaxloss.poisson_nll(jnp.array([1.0]), jnp.array([3]), log_input=False, full="stirling")
+      Array([2.7640815], dtype=float32)
+
+    References:
+      PyTorch, ``torch.nn.functional.poisson_nll_loss`` (``log_input``, ``eps`` and the
+      Stirling term of ``full=True``); Keras, ``keras.losses.Poisson``.
     """
-    (log_rate, counts), where, weights = C.float_inputs(
-        where, weights, reduction, allow_int=("counts",), log_rate=log_rate, counts=counts
+    if not isinstance(log_input, bool):
+        raise TypeError(f"`log_input` must be a bool, got {log_input!r}.")
+    if not any(full is f or (isinstance(full, str) and full == f) for f in POISSON_FULL):
+        raise ValueError(
+            f'`full` must be True (exact log k!), False (no log k! term) or "stirling" '
+            f"(PyTorch's approximation), got {full!r}."
+        )
+    if log_input:
+        if eps is not None:
+            raise ValueError(
+                f"`eps` is used only with log_input=False (it is added to the rate inside "
+                f"the log); got eps={eps!r} with log_input=True."
+            )
+    else:
+        eps = 1e-8 if eps is None else eps
+        C.check_in_range("eps", eps, 0.0, math.inf)
+    (predictions, counts), where, weights = C.float_inputs(
+        where, weights, reduction, allow_int=("counts",), predictions=predictions, counts=counts
     )
-    log_rate = C.keep(where, log_rate, 0.0)
     counts = C.keep(where, counts, 0.0)
-    loss = jnp.exp(log_rate) - counts * log_rate
-    if full:
+    if log_input:
+        log_rate = C.keep(where, predictions, 0.0)
+        loss = jnp.exp(log_rate) - counts * log_rate
+    else:
+        rate = C.keep(where, predictions, 1.0)
+        loss = rate - counts * jnp.log(rate + eps)
+    if full is True:
         loss = loss + gammaln(counts + 1.0)
+    elif full == "stirling":
+        # Added for k > 1 only; k is replaced there before the logs (double where).
+        many = counts > 1
+        k = jnp.where(many, counts, 2.0)
+        stirling = k * jnp.log(k) - k + 0.5 * jnp.log(2.0 * math.pi * k)
+        loss = loss + jnp.where(many, stirling, 0.0)
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+# Keras's backend.epsilon(), the floor of both Keras losses below.
+_KERAS_EPSILON = 1e-7
+
+
+def mean_absolute_percentage_error(
+    predictions: ArrayLike,
+    targets: ArrayLike,
+    *,
+    eps: float = _KERAS_EPSILON,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Absolute error as a percentage of the target, per element (Keras's MAPE).
+
+        ℓ = 100 · |y − ŷ| / max(|y|, ε)
+
+    The floor ε keeps the loss finite at y = 0 (where it is 100·|ŷ|/ε). The gradient
+    in ŷ is 100·sign(ŷ − y)/max(|y|, ε), with the subgradient 0 at ŷ = y; in y, at the
+    floor's kink |y| = ε, it is the side of |y| > ε's.
+
+    Args:
+      predictions: ŷ, floating array of any shape.
+      targets: y, array broadcastable to the shape of ``predictions`` (integers are cast).
+      eps: the floor ε > 0 of |y| (default 1e-7, Keras's ``backend.epsilon()``).
+      where, weights, reduction: as in `squared_error`.
+
+    Returns:
+      As in `squared_error`. Keras's ``mean_absolute_percentage_error`` is the mean of
+      this over the last axis.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.mean_absolute_percentage_error(jnp.array([1.5, 1.0]), jnp.array([2.0, -4.0]))
+      Array([ 25., 125.], dtype=float32)
+
+    References:
+      Keras, ``keras.losses.MeanAbsolutePercentageError`` /
+      ``keras.losses.mean_absolute_percentage_error``.
+    """
+    C.check_positive("eps", eps)
+    (predictions, targets), where, weights = C.float_inputs(
+        where, weights, reduction, allow_int=("targets",), predictions=predictions, targets=targets
+    )
+    predictions = C.keep(where, predictions, 0.0)
+    targets = C.keep(where, targets, 1.0)
+    size = jnp.abs(targets)
+    scale = jnp.where(size >= eps, size, eps)
+    loss = 100.0 * N.abs0(predictions - targets) / scale
+    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+
+
+def mean_squared_logarithmic_error(
+    predictions: ArrayLike,
+    targets: ArrayLike,
+    *,
+    eps: float = _KERAS_EPSILON,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Squared error of log(1 + ·), with both sides floored at ε, per element (Keras's MSLE).
+
+        ℓ = (log(1 + max(ŷ, ε)) − log(1 + max(y, ε)))²
+
+    A relative error for non-negative quantities (counts, prices). As in Keras, values
+    below ε (negative ones included) count as ε, so their gradient is 0; at the floor's
+    kink ŷ = ε the gradient is the unfloored side's, 2·(log(1 + ŷ) − log(1 + y'))/(1 + ŷ)
+    with y' = max(y, ε). log(1 + x) is evaluated as ``log1p``.
+
+    Args:
+      predictions: ŷ, floating array of any shape.
+      targets: y, array broadcastable to the shape of ``predictions`` (integers are cast).
+      eps: the floor ε ≥ 0 of both sides (default 1e-7, Keras's ``backend.epsilon()``).
+      where, weights, reduction: as in `squared_error`.
+
+    Returns:
+      As in `squared_error`. Keras's ``mean_squared_logarithmic_error`` is the mean of
+      this over the last axis.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.mean_squared_logarithmic_error(jnp.array([0.0, 3.0]), jnp.array([-1.0, 1.0]))
+      Array([0.      , 0.480453], dtype=float32)
+
+    References:
+      Keras, ``keras.losses.MeanSquaredLogarithmicError`` /
+      ``keras.losses.mean_squared_logarithmic_error``.
+    """
+    C.check_in_range("eps", eps, 0.0, math.inf)
+    (predictions, targets), where, weights = C.float_inputs(
+        where, weights, reduction, allow_int=("targets",), predictions=predictions, targets=targets
+    )
+    predictions = C.keep(where, predictions, 0.0)
+    targets = C.keep(where, targets, 0.0)
+    # Floored with a strict comparison: at ŷ = ε the derivative is the unfloored side's.
+    first = jnp.log1p(jnp.where(predictions < eps, eps, predictions))
+    second = jnp.log1p(jnp.where(targets < eps, eps, targets))
+    return C.reduce(jnp.square(first - second), where=where, weights=weights, reduction=reduction)

@@ -34,6 +34,17 @@ def _normal(rng, shape=SHAPE, scale=1.0):
 # --------------------------------------------------------------------------------------
 
 
+def _ref_torch_poisson_nll(x, k, *, log_input=True, full=False, eps=1e-8):
+    """PyTorch's documented poisson_nll_loss, unreduced: exp(x) − k·x (log_input), else
+    x − k·log(x + eps); full adds k log k − k + ½ log(2πk) where k > 1."""
+    k = np.asarray(k, np.float64)
+    loss = np.exp(x) - k * x if log_input else x - k * np.log(x + eps)
+    if full:
+        kk = np.where(k > 1, k, 2.0)
+        loss = loss + np.where(k > 1, kk * np.log(kk) - kk + 0.5 * np.log(2 * np.pi * kk), 0.0)
+    return loss
+
+
 def _pair(rng):
     return (_normal(rng), _normal(rng)), {}
 
@@ -142,6 +153,43 @@ CASES += [
         lambda log_rate, k: -stats.poisson.logpmf(k, np.exp(log_rate)),
         extreme=lambda: (
             (np.array([-80.0, 80.0, 0.0], np.float32), np.array([0, 10**6, 10**9], np.int32)),
+            {},
+        ),
+    ),
+    Case(
+        "poisson_nll",
+        functools.partial(jaxloss.poisson_nll, log_input=False, full="stirling"),
+        lambda rng: ((rng.uniform(0.5, 4.0, size=SHAPE), rng.poisson(2.0, size=SHAPE)), {}),
+        lambda rate, k: _ref_torch_poisson_nll(rate, k, log_input=False, full=True),
+        extreme=lambda: (
+            (np.array([0.0, 1e6, 1e-3], np.float32), np.array([0, 10**6, 10**9], np.int32)),
+            {},
+        ),
+        id="poisson_nll[rate,stirling]",
+    ),
+    Case(
+        "mean_absolute_percentage_error",
+        jaxloss.mean_absolute_percentage_error,
+        # targets away from 0, where a rounded input changes the ratio little
+        lambda rng: (
+            (_normal(rng), rng.choice([-1.0, 1.0], SHAPE) * rng.uniform(0.5, 3, SHAPE)),
+            {},
+        ),
+        lambda p, t, eps=1e-7: 100 * np.abs(t - p) / np.maximum(np.abs(t), eps),  # Keras
+        grad_order=1,
+        extreme=lambda: (
+            (np.array([1e30, -1e30, 3.0], np.float32), np.array([0.0, 1e-30, -1e30], np.float32)),
+            {"eps": 1e-3},
+        ),
+    ),
+    Case(
+        "mean_squared_logarithmic_error",
+        jaxloss.mean_squared_logarithmic_error,
+        lambda rng: ((rng.uniform(0.1, 5.0, SHAPE), rng.uniform(0.1, 5.0, SHAPE)), {}),
+        # Keras: (log(max(ŷ, ε) + 1) − log(max(y, ε) + 1))², log(x + 1) as log1p
+        lambda p, t, eps=1e-7: (np.log1p(np.maximum(p, eps)) - np.log1p(np.maximum(t, eps))) ** 2,
+        extreme=lambda: (
+            (np.array([3e38, -1e30, 0.0], np.float32), np.array([0.0, 1e30, 3e38], np.float32)),
             {},
         ),
     ),

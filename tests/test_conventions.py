@@ -102,7 +102,7 @@ ELEMENTWISE = [
     ("gaussian_nll", lambda p, t: jaxloss.gaussian_nll(p, t), "mean", "targets"),
     ("laplace_nll", lambda p, t: jaxloss.laplace_nll(p, t), "loc", "targets"),
     ("student_t_nll", lambda p, t: jaxloss.student_t_nll(p, t, df=3.0), "loc", "targets"),
-    ("poisson_nll", lambda p, t: jaxloss.poisson_nll(p, t), "log_rate", "counts"),
+    ("poisson_nll", lambda p, t: jaxloss.poisson_nll(p, t), "predictions", "counts"),
     (
         "sigmoid_binary_cross_entropy",
         lambda p, t: jaxloss.sigmoid_binary_cross_entropy(p, t),
@@ -223,3 +223,55 @@ def test_reduce_denominator_counts_in_the_mean_only():
     np.testing.assert_allclose(mean, (1 + 1 + 4) / (2 + 0.5 + 3), rtol=1e-12)
     total = C.reduce(loss, where=keep, weights=w, denominator=d, reduction="sum")
     np.testing.assert_allclose(total, 6.0, rtol=1e-12)
+
+
+def _as_dropped(f, keep_weights):
+    """f's value and gradient with weights w against the same with where = w > 0 (weights
+    w there too): a weight of 0 must remove the term exactly as `where` does."""
+    keep = np.asarray(keep_weights) > 0
+    for reduction in ("none", "sum", "mean"):
+        weighted = lambda x: f(x, dict(weights=keep_weights, reduction=reduction))  # noqa: E731, B023
+        dropped = lambda x: f(x, dict(where=keep, weights=keep_weights, reduction=reduction))  # noqa: E731, B023
+        yield reduction, weighted, dropped
+
+
+@pytest.mark.parametrize("loss", ["ctc_loss", "absolute_error", "fused_linear_distillation_loss"])
+def test_zero_weight_removes_an_infinite_term(loss):
+    """Review 2, item 6: a kept element of weight 0 whose loss is +inf (an impossible CTC
+    alignment: 5 labels in 3 frames) adds nothing: "none" gives 0 there and "mean"/"sum"
+    equal dropping it with `where`, in value and gradient; 0·inf made them NaN."""
+    rng = np.random.default_rng(0)
+    w = jnp.array([0.0, 1.5])
+    if loss == "ctc_loss":
+        x = jnp.asarray(rng.normal(size=(2, 3, 4)))
+        labels = jnp.array([[1, 2, 3, 1, 2], [1, 2, 0, 0, 0]])
+
+        def f(z, kw):
+            return jaxloss.ctc_loss(z, labels, label_lengths=jnp.array([5, 2]), **kw)
+
+    elif loss == "absolute_error":
+        x = jnp.array([np.inf, -2.0])
+
+        def f(p, kw):
+            return jaxloss.absolute_error(p, jnp.zeros(2), **kw)
+
+    else:
+        # Token 0: the student puts −inf on a class the teacher gives mass (KL = +inf).
+        x = jnp.zeros((1, 3))
+        hidden, t_hidden = jnp.ones((2, 1)), jnp.array([[0.0], [1.0]])
+        t_weight = jnp.array([[0.0, 1.0, -1e30]])
+        bias = jnp.array([0.0, 0.0, -np.inf])
+
+        def f(weight, kw):
+            return jaxloss.fused_linear_distillation_loss(
+                hidden, weight, t_hidden, t_weight, student_bias=bias, **kw
+            )
+
+    assert np.isinf(f(x, {"reduction": "none"})[0])
+    for reduction, weighted, dropped in _as_dropped(f, w):
+        value, want = weighted(x), dropped(x)
+        assert np.isfinite(value).all(), reduction
+        np.testing.assert_allclose(value, want, rtol=1e-6)
+        g = jax.grad(lambda x: jnp.sum(weighted(x)))(x)  # noqa: B023
+        assert np.isfinite(g).all(), reduction
+        np.testing.assert_allclose(g, jax.grad(lambda x: jnp.sum(dropped(x)))(x), rtol=1e-6)  # noqa: B023

@@ -377,3 +377,149 @@ def test_group_relative_advantages_bad_inputs():
         jaxloss.group_relative_advantages(jnp.zeros(6), group_size=2.0)
     with pytest.raises(ValueError, match="`rewards` must have a batch axis"):
         jaxloss.group_relative_advantages(jnp.float32(1.0), group_size=2)
+
+
+# -- Review 2: gradients at float32's extremes ----------------------------------------------
+
+# Rows of [student, teacher] logits: gaps from the issue's [0, −45] / [0, −50] up to the
+# float32 range, both orders and opposite modes (V = 2), and 2k-vocabulary N(0, 8²) rows.
+_GAPS = [45.0, 50.0, 100.0, 1e3, 1e4, 1e10, 1e30, 3e38]
+_GAP_S = [[0.0, -45.0], [0.0, -50.0]]
+_GAP_T = [[0.0, -50.0], [0.0, -45.0]]
+for _g in _GAPS:
+    _GAP_S += [[0.0, -_g], [0.0, -_g / 2], [0.0, -_g], [-_g, 0.0]]
+    _GAP_T += [[0.0, -_g / 2], [0.0, -_g], [-_g, 0.0], [0.0, -_g]]
+_GAP_S, _GAP_T = np.array(_GAP_S), np.array(_GAP_T)
+_WIDE_S, _WIDE_T = RNG.normal(0, 8, (3, 2048)), RNG.normal(0, 8, (3, 2048))
+
+
+def _ref_divergence_grad(zs, zt, divergence, beta):
+    """∂D/∂z_s in float64 numpy, in log space: with p = softmax(z_s), q = softmax(z_t) and
+    g = ∂D/∂p, ∂D/∂z_s = p·(g − Σ p·g); forward KL(q‖p): p − q; reverse KL(p‖q): g = log(p/q)
+    (+1, which the projection removes); JSD_β: g = (1 − β)·log(p/m), m = βq + (1 − β)p;
+    TVD: g = ½·sign(p − q) (no ties in these rows)."""
+    lp, lq = special.log_softmax(zs, -1), special.log_softmax(zt, -1)
+    p, q = np.exp(lp), np.exp(lq)
+    if divergence == "forward_kl":
+        return p - q
+    if divergence == "reverse_kl":
+        g = lp - lq
+    elif divergence == "jsd":
+        g = (1 - beta) * (lp - np.logaddexp(np.log(beta) + lq, np.log1p(-beta) + lp))
+    else:
+        g = 0.5 * np.sign(p - q)
+    return p * (g - np.sum(p * g, -1, keepdims=True))
+
+
+def _distill_grad(s, t, divergence):
+    return jax.grad(
+        lambda z: jaxloss.distillation_loss(z, t, divergence=divergence, beta=0.3, reduction="sum")
+    )(s)
+
+
+def _fused_distill_grad(s, t, divergence):
+    # hidden @ identity: the logits exactly, so the fused twin sees the same extremes.
+    eye = jnp.eye(s.shape[-1], dtype=s.dtype)
+    return jax.grad(
+        lambda h: jaxloss.fused_linear_distillation_loss(
+            h, eye, t, eye, divergence=divergence, beta=0.3, reduction="sum", chunk_size=8
+        )
+    )(s)
+
+
+_DISTILL_GRADS = {
+    "distillation_loss": jax.jit(_distill_grad, static_argnums=2),
+    "fused_linear_distillation_loss": jax.jit(_fused_distill_grad, static_argnums=2),
+}
+
+
+@pytest.mark.parametrize("twin", list(_DISTILL_GRADS))
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_distillation_gradient_at_float32_extremes(twin, divergence):
+    """Review 2, item 1: the gradient of every divergence (both twins) is finite and equal
+    to a float64 reference for float32 logits whose gaps reach the float32 range; "jsd"
+    gave NaN (a 0·0 divided by an underflowing mixture probability, 0·∞ in reverse)."""
+    for zs, zt in [(_GAP_S, _GAP_T), (_WIDE_S, _WIDE_T)]:
+        g = _DISTILL_GRADS[twin](
+            jnp.asarray(zs, jnp.float32), jnp.asarray(zt, jnp.float32), divergence
+        )
+        assert np.isfinite(g).all()
+        zs32 = zs.astype(np.float32).astype(np.float64)  # the float32 inputs, exactly
+        zt32 = zt.astype(np.float32).astype(np.float64)
+        np.testing.assert_allclose(
+            g, _ref_divergence_grad(zs32, zt32, divergence, 0.3), rtol=1e-4, atol=2e-6
+        )
+
+
+def _pg_value_and_grad(lp, old, adv, clip_low, clip_high):
+    return jax.value_and_grad(jaxloss.policy_gradient_loss)(
+        lp, old, adv, clip_epsilon=clip_low, clip_epsilon_high=clip_high
+    )
+
+
+def _fused_pg_value_and_grad(lp, old, adv, clip_low, clip_high):
+    # One token of two classes with logits h·W = [0, 0]: log π = −log 2, and the
+    # gradient in W is ∂ℓ/∂(log π)·(onehot(0) − softmax) = ∂ℓ/∂(log π)·[½, −½].
+    del lp
+    hidden = jnp.ones((1, 1, 1), old.dtype)
+    return jax.value_and_grad(
+        lambda w: jaxloss.fused_linear_policy_gradient_loss(
+            hidden,
+            w,
+            jnp.zeros((1, 1), jnp.int32),
+            old,
+            adv,
+            clip_epsilon=clip_low,
+            clip_epsilon_high=clip_high,
+        )
+    )(jnp.zeros((1, 2), old.dtype))
+
+
+_PG_TWINS = {
+    "policy_gradient_loss": jax.jit(_pg_value_and_grad, static_argnums=(3, 4)),
+    "fused_linear_policy_gradient_loss": jax.jit(_fused_pg_value_and_grad, static_argnums=(3, 4)),
+}
+
+
+def _pg_slope(twin, grad):
+    """∂loss/∂(log π) of the single token, from either twin's gradient."""
+    grad = np.asarray(grad, np.float64)
+    if twin == "policy_gradient_loss":
+        return grad.item()
+    np.testing.assert_allclose(grad[0, 1], -grad[0, 0], rtol=1e-6)
+    return 2 * grad[0, 0]
+
+
+@pytest.mark.parametrize("twin", list(_PG_TWINS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_policy_gradient_derivative_at_the_clip_bounds(twin, dtype):
+    """Review 2, item 2: at r = 1 − ε_low with A > 0 and r = 1 + ε_high with A < 0 the
+    surrogate is −r·A on both sides, and the derivative in log π is −r·A, not 0.75 of it
+    (a minimum tie's ½ times a clip boundary's ½). At the kinks (r = 1 + ε_high with
+    A > 0, r = 1 − ε_low with A < 0) the documented subgradient is the unclipped side's,
+    −r·A (TRL's and Liger-Kernel's). r = 1 exactly (log π = log π_old), the bound on
+    the tested side put there by ε = 0."""
+    lp = np.asarray([[-np.log(2.0)]], dtype)  # the fused twin's log π (logits [0, 0])
+    for clip_low, clip_high, a in [
+        (0.0, 0.2, 1.5),
+        (0.2, 0.0, -1.5),
+        (0.2, 0.0, 1.5),
+        (0.0, 0.2, -1.5),
+    ]:
+        value, grad = _PG_TWINS[twin](lp, lp, np.asarray([a], dtype), clip_low, clip_high)
+        np.testing.assert_allclose(value, -a, rtol=1e-6)
+        np.testing.assert_allclose(_pg_slope(twin, grad), -a, rtol=1e-6)
+
+
+@pytest.mark.parametrize("twin", list(_PG_TWINS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_policy_gradient_huge_log_ratio(twin, dtype):
+    """Review 2, item 3: log π − log π_old = 100 (exp overflows float32): with A ≥ 0 the
+    ratio is clipped, the surrogate is the constant −(1 + ε_high)·A, finite, with
+    gradient 0; before, A = 1 gave a NaN gradient and A = 0 a NaN value."""
+    lp = np.asarray([[-np.log(2.0)]], dtype)
+    old = lp - np.asarray(100.0, dtype)
+    for a in (1.0, 0.0):
+        value, grad = _PG_TWINS[twin](lp, old, np.asarray([a], dtype), 0.2, 0.28)
+        np.testing.assert_allclose(value, -1.28 * a, rtol=1e-6)
+        assert np.all(np.asarray(grad) == 0)

@@ -348,9 +348,29 @@ def _(rng):
 
 @row("torch-poisson_nll_loss")
 def _(rng):
+    # torch's defaults (log_input=True, full=False), and log_input=False with eps and
+    # full=True (its Stirling term, for targets > 1 only): the four combinations.
     counts = rng.poisson(2.0, size=(N, D)).astype(np.float64)
-    ref = np.mean(np.exp(X) - counts * X)  # log_input=True, full=False
-    return jaxloss.poisson_nll(X, counts, full=False, reduction="mean"), ref
+    rate = PROB * 3.0
+    rate[0, 0] = 0.0  # λ = 0: torch's eps keeps log(λ + eps) finite
+    big = np.where(counts > 1, counts, 2.0)
+    stirling = np.where(counts > 1, big * np.log(big) - big + 0.5 * np.log(2 * np.pi * big), 0)
+    refs, ours = [], []
+    for log_input, full in [(True, False), (True, True), (False, False), (False, True)]:
+        x = X if log_input else rate
+        nll = np.exp(x) - counts * x if log_input else x - counts * np.log(x + 1e-6)
+        refs.append(np.mean(nll + (stirling if full else 0.0)))
+        ours.append(
+            jaxloss.poisson_nll(
+                x,
+                counts,
+                log_input=log_input,
+                full="stirling" if full else False,
+                eps=None if log_input else 1e-6,
+                reduction="mean",
+            )
+        )
+    return jnp.stack(ours), np.array(refs)
 
 
 @row("torch-gaussian_nll_loss")
@@ -549,9 +569,21 @@ def _(rng):
 
 @row("keras-MeanSquaredLogarithmicError")
 def _(rng):
-    y_true, y_pred = PROB, 2.0 * PROB[::-1]  # non-negative
-    ref = np.mean((np.log1p(y_true) - np.log1p(y_pred)) ** 2, -1).mean()
-    return jaxloss.squared_error(jnp.log1p(y_pred), jnp.log1p(y_true), reduction="mean"), ref
+    # Keras: log(max(y, ε) + 1) on both sides, ε = 1e-7 (zeros and negatives floored).
+    y_true, y_pred = X.copy(), 2.0 * PROB[::-1]
+    y_true[0, 0], y_pred[1, 1] = 0.0, -0.5
+    floor = lambda v: np.log(np.maximum(v, 1e-7) + 1.0)  # noqa: E731
+    ref = np.mean((floor(y_pred) - floor(y_true)) ** 2, -1).mean()
+    return jaxloss.mean_squared_logarithmic_error(y_pred, y_true, reduction="mean"), ref
+
+
+@row("keras-MeanAbsolutePercentageError")
+def _(rng):
+    # Keras: 100·|y − ŷ| / max(|y|, ε), ε = 1e-7 (a zero target included).
+    y_true = Y.copy()
+    y_true[0, 0] = 0.0
+    ref = np.mean(100.0 * np.abs(y_true - X) / np.maximum(np.abs(y_true), 1e-7), -1).mean()
+    return jaxloss.mean_absolute_percentage_error(X, y_true, reduction="mean"), ref
 
 
 @row("keras-Huber")
@@ -615,12 +647,13 @@ def _(rng):
     return jaxloss.kl_divergence(P, Q, reduction="mean"), ref
 
 
-@row("keras-Poisson", rtol=1e-6)
+@row("keras-Poisson")
 def _(rng):
     rate = PROB + 0.5
     counts = rng.poisson(1.0, size=(N, D)).astype(np.float64)
     ref = np.mean(rate - counts * np.log(rate + 1e-7))  # keras adds ε = 1e-7 in the log
-    return jaxloss.poisson_nll(jnp.log(rate), counts, full=False, reduction="mean"), ref
+    out = jaxloss.poisson_nll(rate, counts, log_input=False, eps=1e-7, full=False, reduction="mean")
+    return out, ref
 
 
 @row("keras-CosineSimilarity")

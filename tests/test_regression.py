@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from scipy import stats
+from scipy import special, stats
 
 import jaxloss
 
@@ -99,6 +99,41 @@ def test_poisson_nll_integer_and_float_counts_agree_and_match_scipy():
     np.testing.assert_allclose(ours, expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("log_input", [True, False])
+@pytest.mark.parametrize("full", [False, True, "stirling"])
+def test_poisson_nll_log_input_and_full_options(log_input, full):
+    """PyTorch's log_input=False (λ − k log(λ + ε)) and its Stirling term (full=True
+    there, "stirling" here: k log k − k + ½ log 2πk for k > 1), against float64 formulas;
+    full=True here is the exact log k! (scipy's logpmf)."""
+    counts = np.array([0, 1, 2, 5, 40, 3])
+    x = np.array([0.3, 0.0, 1.5, 3.0, 2.0, 1e-3])  # a log rate, or a rate (0 included)
+    eps = 1e-8 if not log_input else None
+    out = jaxloss.poisson_nll(jnp.asarray(x), counts, log_input=log_input, full=full, eps=eps)
+    rate = np.exp(x) if log_input else x
+    nll = rate - counts * (x if log_input else np.log(x + 1e-8))
+    if full is True:
+        nll = nll + special.gammaln(counts + 1.0)
+    elif full == "stirling":
+        k = counts.astype(float)
+        big = np.where(k > 1, k, 2.0)
+        nll = nll + np.where(k > 1, big * np.log(big) - big + 0.5 * np.log(2 * np.pi * big), 0)
+    np.testing.assert_allclose(out, nll, rtol=1e-12)
+    # ∂ℓ/∂x: λ − k (log rate) or 1 − k/(λ + ε) (rate); finite at λ = 0.
+    g = jax.grad(
+        lambda z: jaxloss.poisson_nll(z, counts, log_input=log_input, full=full, eps=eps).sum()
+    )(jnp.asarray(x))
+    want = rate - counts if log_input else 1 - counts / (x + 1e-8)
+    np.testing.assert_allclose(g, want, rtol=1e-12)
+
+
+def test_poisson_nll_stirling_approximates_log_factorial():
+    """The Stirling term is within 1/(12k) of log k! (it omits that series term)."""
+    k = np.array([2.0, 10.0, 100.0])
+    exact = jaxloss.poisson_nll(jnp.zeros(3), k, full=True)
+    approx = jaxloss.poisson_nll(jnp.zeros(3), k, full="stirling")
+    np.testing.assert_allclose(exact - approx, 1 / (12 * k), rtol=0.05)
+
+
 def test_heteroscedastic_gradient_in_log_scale():
     """d/ds [½ r² e^{-2s} + s] = 1 − r² e^{-2s}: zero exactly when σ² = r² (the MLE)."""
     r = jnp.asarray([0.5, 2.0, 3.0])
@@ -162,7 +197,27 @@ BAD_CALLS = [
     (
         lambda: jaxloss.poisson_nll(jnp.zeros(3, jnp.int32), jnp.zeros(3)),
         TypeError,
-        r"`log_rate` must be a floating-point array.*int32",
+        r"`predictions` must be a floating-point array.*int32",
+    ),
+    (
+        lambda: jaxloss.poisson_nll(jnp.zeros(3), jnp.zeros(3), full="exact"),
+        ValueError,
+        r"`full` must be True .*, False .* or \"stirling\".*got 'exact'",
+    ),
+    (
+        lambda: jaxloss.poisson_nll(jnp.zeros(3), jnp.zeros(3), eps=1e-8),
+        ValueError,
+        r"`eps` is used only with log_input=False",
+    ),
+    (
+        lambda: jaxloss.poisson_nll(jnp.ones(3), jnp.zeros(3), log_input=False, eps=-1.0),
+        ValueError,
+        r"`eps` must be in \[0.0, inf\], got -1.0",
+    ),
+    (
+        lambda: jaxloss.poisson_nll(jnp.zeros(3), jnp.zeros(3), log_input=0),
+        TypeError,
+        r"`log_input` must be a bool, got 0",
     ),
 ]
 
@@ -179,3 +234,30 @@ def test_negative_concrete_weights_are_rejected():
     # Only concrete weights can be inspected; traced weights are the caller's contract.
     with pytest.raises(ValueError, match=r"`weights` must be non-negative"):
         jaxloss.laplace_nll(jnp.zeros(3), jnp.zeros(3), weights=-jnp.ones(3))
+
+
+def test_keras_percentage_and_logarithmic_errors_floors_and_kinks():
+    """Keras's floors, in value and gradient: MAPE divides by max(|y|, ε) (finite at
+    y = 0), with the subgradient 0 at ŷ = y; MSLE floors both sides at ε, so a
+    prediction below it has gradient 0, and at ŷ = ε the gradient is the unfloored
+    side's 2(log(1 + ŷ) − log(1 + y))/(1 + ŷ)."""
+    y = jnp.array([0.0, -4.0, 2.0])
+    p = jnp.array([0.5, -2.0, 2.0])
+    mape = lambda p: jaxloss.mean_absolute_percentage_error(p, y, eps=0.01)  # noqa: E731
+    np.testing.assert_allclose(mape(p), [5000.0, 50.0, 0.0], rtol=1e-12)
+    g = jax.grad(lambda p: mape(p).sum())(p)
+    np.testing.assert_allclose(g, [10000.0, 25.0, 0.0], rtol=1e-12)
+
+    eps = 0.25
+    msle = lambda p: jaxloss.mean_squared_logarithmic_error(p, jnp.array([1.0, -3.0, 1.0]), eps=eps)  # noqa: E731
+    p = jnp.array([-5.0, 0.25, 3.0])
+    np.testing.assert_allclose(
+        msle(p),
+        [np.log(1.25 / 2) ** 2, 0.0, np.log(4 / 2) ** 2],
+        rtol=1e-12,
+    )
+    g = jax.grad(lambda p: msle(p).sum())(p)
+    np.testing.assert_allclose(g, [0.0, 0.0, 2 * np.log(2) / 4], rtol=1e-12, atol=1e-15)
+    # at ŷ = ε against a larger target: the unfloored side's derivative, not 0 or half
+    g = jax.grad(lambda p: jaxloss.mean_squared_logarithmic_error(p, 3.0, eps=eps))(0.25)
+    np.testing.assert_allclose(g, 2 * np.log(1.25 / 4) / 1.25, rtol=1e-12)
