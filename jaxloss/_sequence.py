@@ -15,6 +15,7 @@ derivative again raises an error that says so.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -213,9 +214,12 @@ def _concrete(x) -> np.ndarray | None:
     return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
 
 
-def _lengths(name: str, x, batch: tuple[int, ...], size: int, size_name: str) -> jax.Array:
+def _lengths(
+    name: str, x, batch: tuple[int, ...], size: int, size_name: str
+) -> tuple[jax.Array, jax.Array]:
+    """(lengths clipped to [0, size], whether each was outside it) of the batch shape."""
     if x is None:
-        return jnp.full(batch, size, jnp.int32)
+        return jnp.full(batch, size, jnp.int32), jnp.zeros(batch, bool)
     given = x
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.integer):
@@ -237,8 +241,45 @@ def _lengths(name: str, x, batch: tuple[int, ...], size: int, size_name: str) ->
             f"`{name}` must be in [0, {size_name} = {size}], got values in "
             f"[{values.min()}, {values.max()}]. {_PADDINGS_HINT}"
         )
-    # Traced lengths cannot be checked; they are clipped to [0, size].
-    return jnp.clip(jnp.broadcast_to(x, batch), 0, size).astype(jnp.int32)
+    # Traced lengths cannot be checked: they are clipped for the recursion, and the
+    # sequences whose length was out of range get a NaN loss (see _prepare).
+    x = jnp.broadcast_to(x, batch)
+    return jnp.clip(x, 0, size).astype(jnp.int32), (x < 0) | (x > size)
+
+
+def _split_concatenated(labels: jax.Array, label_lengths, batch: tuple[int, ...]) -> jax.Array:
+    """PyTorch's 1-D concatenated targets [Σ L_b] as padded rows [B, max L_b] (padding −1).
+
+    The split needs the lengths at trace time; traced lengths raise.
+    """
+    lengths = _concrete(label_lengths)
+    if lengths is None:
+        raise ValueError(
+            f"`labels` of shape {labels.shape} with one `label_lengths` per sequence are "
+            "read as PyTorch's concatenated targets, whose split needs `label_lengths` at "
+            "trace time, but they are traced (under jit). Pass the labels padded: pad them "
+            "to [N, S] (entries past each length are ignored); for the same labels in every "
+            "sequence pass `labels[None]`."
+        )
+    lengths = np.broadcast_to(lengths, batch).reshape(-1).astype(np.int64)
+    if lengths.size and lengths.min() < 0:
+        return labels  # the range check of label_lengths reports it
+    if int(lengths.sum()) != labels.shape[0]:
+        raise ValueError(
+            f"`labels` of shape {labels.shape} with one `label_lengths` per sequence are "
+            f"read as PyTorch's concatenated targets, which need sum(label_lengths) = "
+            f"{int(lengths.sum())} labels, got {labels.shape[0]}. Pass the labels padded to "
+            "[N, S] (entries past each length are ignored); for the same labels in every "
+            "sequence pass `labels[None]`."
+        )
+    width = max(int(lengths.max(initial=0)), 1)
+    start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    index = start[:, None] + np.arange(width)[None, :]
+    kept = np.arange(width)[None, :] < lengths[:, None]
+    if labels.shape[0] == 0:
+        return jnp.full(batch + (width,), -1, labels.dtype)
+    rows = jnp.where(kept, labels[np.where(kept, index, 0)], -1)
+    return rows.reshape(batch + (width,))
 
 
 def _check_labels(labels, label_lengths, classes: int, blank_id: int) -> None:
@@ -261,6 +302,90 @@ def _check_labels(labels, label_lengths, classes: int, blank_id: int) -> None:
             f"`labels` contain the blank id {blank_id} within `label_lengths`; the blank "
             "cannot be a label. Pass the right `blank_id`, or shorten `label_lengths`."
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """Checked CTC inputs, flattened to one batch axis [B] for the recursions."""
+
+    logits: jax.Array  # [B, T, K], the compute dtype, dropped sequences zeroed
+    labels: jax.Array  # [B, S]
+    logit_lengths: jax.Array  # [B], clipped to [0, T]
+    label_lengths: jax.Array  # [B], clipped to [0, S]
+    invalid: jax.Array  # [B]: a traced length out of range or a traced bad label id
+    batch: tuple[int, ...]
+    blank_id: int
+    zero_infinity: bool
+    where: jax.Array | None
+    weights: jax.Array | None
+
+    def args(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        return self.logits, self.labels, self.logit_lengths, self.label_lengths
+
+    def finish(self, loss: jax.Array) -> jax.Array:
+        """The per-sequence loss [B] in the batch shape, NaN where the input was invalid."""
+        return jnp.where(self.invalid, jnp.nan, loss).reshape(self.batch)
+
+
+def _prepare(
+    logits, labels, logit_lengths, label_lengths, blank_id, zero_infinity, where, weights,
+    reduction,
+) -> _Inputs:  # fmt: skip
+    """Every check of the CTC functions' arguments (at trace time), one place."""
+    z = C.as_float("logits", logits)
+    if z.ndim < 2:
+        raise ValueError(f"`logits` must have shape [..., T, K] (frames, classes), got {z.shape}.")
+    y = C.as_labels("labels", labels)
+    if y.ndim < 1:
+        raise ValueError("`labels` must have shape [..., S], got a scalar.")
+    *batch, frames, classes = z.shape
+    batch = tuple(batch)
+    if y.ndim == 1 and batch and label_lengths is not None and np.ndim(label_lengths) >= 1:
+        # One label sequence and one length per sequence: PyTorch's concatenated targets.
+        y = _split_concatenated(y, label_lengths, batch)
+        labels = y
+    size = y.shape[-1]
+    try:
+        label_batch_ok = jnp.broadcast_shapes(y.shape[:-1], batch) == batch
+    except ValueError:
+        label_batch_ok = False
+    if not label_batch_ok:
+        raise ValueError(
+            f"`labels` of shape {y.shape} do not match `logits` of shape {z.shape}: the "
+            f"labels' batch shape {y.shape[:-1]} must broadcast to the logits' {batch}. "
+            "`logits` is batch-major [..., T, K]; PyTorch's time-major [T, B, K] needs "
+            "`jnp.swapaxes(log_probs, 0, 1)`."
+        )
+    if isinstance(blank_id, bool) or not isinstance(blank_id, (int, np.integer)):
+        raise TypeError(f"`blank_id` must be a Python int, got {blank_id!r}.")
+    blank_id = int(blank_id)
+    if not 0 <= blank_id < classes:
+        raise ValueError(f"`blank_id` must be in [0, K = {classes}), got {blank_id}.")
+    if not isinstance(zero_infinity, (bool, np.bool_)):
+        raise TypeError(f"`zero_infinity` must be a bool, got {zero_infinity!r}.")
+    t_len, t_bad = _lengths("logit_lengths", logit_lengths, batch, frames, "T")
+    l_len, l_bad = _lengths("label_lengths", label_lengths, batch, size, "S")
+    y = jnp.broadcast_to(y, batch + (size,))
+    _check_labels(labels, label_lengths, classes, blank_id)
+    where, weights = C.prepare(batch, where, weights, reduction)
+    if where is not None:  # dropped sequences: harmless logits before any unsafe step
+        z = C.keep(where[..., None, None], z, 0.0)
+    # Traced labels cannot be checked at trace time: a bad id within the length gives NaN.
+    kept = jnp.arange(size) < l_len[..., None]
+    bad = jnp.any(kept & ((y < 0) | (y >= classes) | (y == blank_id)), axis=-1)
+    flat = math.prod(batch)
+    return _Inputs(
+        z.astype(C.compute_dtype(z)).reshape(flat, frames, classes),
+        y.reshape(flat, size),
+        t_len.reshape(flat),
+        l_len.reshape(flat),
+        (bad | t_bad | l_bad).reshape(flat),
+        batch,
+        blank_id,
+        bool(zero_infinity),
+        where,
+        weights,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -318,11 +443,16 @@ def ctc_loss(
         ``logits.shape[:-2]`` plus S; entries past ``label_lengths`` are ignored (any
         padding id, e.g. −1). Within the length, an id outside [0, K) or equal to
         ``blank_id`` is a ``ValueError`` for concrete labels and gives a NaN loss for
-        traced ones (never a silent finite value).
+        traced ones (never a silent finite value). A 1-D array given with one
+        ``label_lengths`` per sequence is PyTorch's concatenated layout [Σ L_b] and is
+        split by the lengths, which must then be known at trace time (concrete, also
+        under ``jit``) and sum to its size; otherwise it raises. For the same labels in
+        every sequence pass ``labels[None]``.
       logit_lengths: optional integer array [...] of valid frames per sequence,
-        0 ≤ T_b ≤ T (default T).
+        0 ≤ T_b ≤ T (default T). Out of range: a ``ValueError`` when concrete, a NaN
+        loss for that sequence when traced.
       label_lengths: optional integer array [...] of labels per sequence, 0 ≤ L_b ≤ S
-        (default S).
+        (default S); out of range as for ``logit_lengths``.
       blank_id: the class id of the blank, in [0, K) (default 0).
       zero_infinity: give impossible sequences loss 0 (and gradient 0) instead of +inf.
       where: optional boolean mask [...] of the sequences to keep (True = keep).
@@ -347,52 +477,11 @@ def ctc_loss(
       labelling unsegmented sequence data with recurrent neural networks", ICML 2006,
       §4.1 (the α and β recursions, eqs. 6–16).
     """
-    z = C.as_float("logits", logits)
-    if z.ndim < 2:
-        raise ValueError(f"`logits` must have shape [..., T, K] (frames, classes), got {z.shape}.")
-    y = C.as_labels("labels", labels)
-    if y.ndim < 1:
-        raise ValueError("`labels` must have shape [..., S], got a scalar.")
-    *batch, frames, classes = z.shape
-    batch = tuple(batch)
-    size = y.shape[-1]
-    try:
-        label_batch_ok = jnp.broadcast_shapes(y.shape[:-1], batch) == batch
-    except ValueError:
-        label_batch_ok = False
-    if not label_batch_ok:
-        raise ValueError(
-            f"`labels` of shape {y.shape} do not match `logits` of shape {z.shape}: the "
-            f"labels' batch shape {y.shape[:-1]} must broadcast to the logits' {batch}. "
-            "`logits` is batch-major [..., T, K]; PyTorch's time-major [T, B, K] needs "
-            "`jnp.swapaxes(log_probs, 0, 1)`."
-        )
-    if isinstance(blank_id, bool) or not isinstance(blank_id, (int, np.integer)):
-        raise TypeError(f"`blank_id` must be a Python int, got {blank_id!r}.")
-    blank_id = int(blank_id)
-    if not 0 <= blank_id < classes:
-        raise ValueError(f"`blank_id` must be in [0, K = {classes}), got {blank_id}.")
-    if not isinstance(zero_infinity, (bool, np.bool_)):
-        raise TypeError(f"`zero_infinity` must be a bool, got {zero_infinity!r}.")
-    t_len = _lengths("logit_lengths", logit_lengths, batch, frames, "T")
-    l_len = _lengths("label_lengths", label_lengths, batch, size, "S")
-    y = jnp.broadcast_to(y, batch + (size,))
-    _check_labels(labels, label_lengths, classes, blank_id)
-    where, weights = C.prepare(batch, where, weights, reduction)
-    dtype = C.compute_dtype(z)
-    if where is not None:  # dropped sequences: harmless logits before any unsafe step
-        z = C.keep(where[..., None, None], z, 0.0)
-    flat = math.prod(batch)
-    loss = _ctc_jit(
-        z.astype(dtype).reshape(flat, frames, classes),
-        y.reshape(flat, size),
-        t_len.reshape(flat),
-        l_len.reshape(flat),
-        blank_id,
-        bool(zero_infinity),
-    ).reshape(batch)
-    # Traced labels cannot be checked at trace time: a bad id within the length gives NaN.
-    kept = jnp.arange(size) < l_len[..., None]
-    bad = kept & ((y < 0) | (y >= classes) | (y == blank_id))
-    loss = jnp.where(jnp.any(bad, axis=-1), jnp.nan, loss)
-    return C.reduce(loss, where=where, weights=weights, reduction=reduction)
+    inputs = _prepare(
+        logits, labels, logit_lengths, label_lengths, blank_id, zero_infinity, where, weights,
+        reduction,
+    )  # fmt: skip
+    loss = _ctc_jit(*inputs.args(), inputs.blank_id, inputs.zero_infinity)
+    return C.reduce(
+        inputs.finish(loss), where=inputs.where, weights=inputs.weights, reduction=reduction
+    )

@@ -443,10 +443,17 @@ def _(rng):
     log_probs = np.moveaxis(special.log_softmax(logits, axis=-1), 1, 0)  # torch: [T, N, C]
     # reduction="mean": each loss divided by its target length, then the batch mean
     ref = np.mean(np_ctc_loss(logits, labels, t_len, l_len) / l_len)
-    per_seq = jaxloss.ctc_loss(
-        jnp.moveaxis(log_probs, 0, 1), labels, logit_lengths=t_len, label_lengths=l_len
-    )
-    return jnp.mean(per_seq / l_len), ref
+    ours = [
+        jnp.mean(
+            jaxloss.ctc_loss(
+                jnp.moveaxis(log_probs, 0, 1), targets, logit_lengths=t_len, label_lengths=l_len
+            )
+            / l_len
+        )
+        # padded [N, S] targets, and torch's concatenated 1-D targets [sum(target_lengths)]
+        for targets in (labels, np.concatenate([y[:n] for y, n in zip(labels, l_len)]))
+    ]
+    return jnp.stack(ours), np.array([ref, ref])
 
 
 # --- keras.losses: float64 references of the documented formulas ---------------------

@@ -184,7 +184,7 @@ def test_never_negative_and_finite_gradient(seed, scale, n_labels):
     labels = rng.integers(1, 4, size=(3,))
     z = _peaked(rng.normal(size=(8, 4)) * 0.1, labels[:n_labels], scale)
     zs = jnp.asarray(np.stack([z, z * 0.5, z + 3.0]))  # also a shifted copy (same loss)
-    out, grad = _value_and_grad(zs, labels, jnp.full(3, n_labels))
+    out, grad = _value_and_grad(zs, labels[None], jnp.full(3, n_labels))
     assert np.all(np.asarray(out) >= 0)
     assert np.isfinite(np.asarray(grad)).all()
 
@@ -265,3 +265,56 @@ def test_bad_input_raises_at_trace_time(kwargs, error, match):
     if not any(k in kwargs for k in ("blank_id", "reduction", "zero_infinity", "labels")):
         with pytest.raises(error, match=match):
             jax.jit(lambda z: jaxloss.ctc_loss(z, labels, **args))(logits)
+
+
+def test_concatenated_1d_targets_are_split_by_label_lengths(x64):
+    """Review 2, item 10: torch's 1-D concatenated targets [sum(label_lengths)] give each
+    sequence its own labels (they were broadcast, every sequence reading the first ids)."""
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(3, 8, 5))
+    l_len = np.array([2, 3, 1])
+    flat = np.array([1, 2, 3, 3, 4, 2])  # (1 2), (3 3 4), (2)
+    padded = np.array([[1, 2, -1], [3, 3, 4], [2, -1, -1]])
+    ref = np_ctc_loss(logits, padded, None, l_len)
+    out = jaxloss.ctc_loss(jnp.asarray(logits), flat, label_lengths=l_len)
+    np.testing.assert_allclose(out, ref, rtol=1e-10)
+    # Under jit with the lengths known at trace time, and with traced labels.
+    jitted = jax.jit(lambda z, y: jaxloss.ctc_loss(z, y, label_lengths=l_len))
+    np.testing.assert_allclose(jitted(jnp.asarray(logits), flat), ref, rtol=1e-10)
+    g = jax.grad(lambda z: jaxloss.ctc_loss(z, flat, label_lengths=l_len, reduction="sum"))
+    g_padded = jax.grad(lambda z: jaxloss.ctc_loss(z, padded, label_lengths=l_len).sum())
+    np.testing.assert_allclose(g(jnp.asarray(logits)), g_padded(jnp.asarray(logits)), rtol=1e-12)
+
+
+def test_concatenated_1d_targets_that_cannot_be_split_raise():
+    """Review 2, item 10: 1-D targets whose size is not sum(label_lengths), or whose
+    lengths are traced (the split needs them at trace time), raise instead of being
+    broadcast to every sequence."""
+    z = jnp.zeros((2, 6, 4))
+    with pytest.raises(ValueError, match=r"sum\(label_lengths\) = 3"):
+        jaxloss.ctc_loss(z, np.array([1, 2, 3, 1]), label_lengths=np.array([1, 2]))
+    with pytest.raises(ValueError, match=r"pad them to \[N, S\]"):
+        jax.jit(lambda n: jaxloss.ctc_loss(z, np.array([1, 2, 3]), label_lengths=n))(
+            np.array([1, 2])
+        )
+
+
+@pytest.mark.parametrize(
+    "t_len, l_len",
+    [([4, 5], [2, 2]), ([4, -1], [2, 2]), ([4, 4], [2, 3]), ([4, 4], [2, -1])],
+    ids=["logit_lengths>T", "logit_lengths<0", "label_lengths>S", "label_lengths<0"],
+)
+def test_traced_lengths_out_of_range_give_nan(t_len, l_len):
+    """Review 2, item 10: under jit, lengths outside [0, T] / [0, S] cannot be checked;
+    the sequence's loss is NaN (they were clipped to a plausible finite loss), the other
+    sequence's is unchanged."""
+    z = jnp.asarray(np.random.default_rng(9).normal(size=(2, 4, 3)), jnp.float32)
+    labels = jnp.array([[1, 2], [2, 1]])
+    out = _ctc_traced_lengths(z, labels, jnp.array(t_len), jnp.array(l_len))
+    assert np.isfinite(out[0]) and np.isnan(out[1])
+    np.testing.assert_allclose(out[0], np_ctc_loss(np.asarray(z[:1]), labels[:1]), rtol=1e-5)
+
+
+@jax.jit
+def _ctc_traced_lengths(z, labels, t_len, l_len):
+    return jaxloss.ctc_loss(z, labels, logit_lengths=t_len, label_lengths=l_len)
