@@ -451,7 +451,7 @@ def _(rng):
             / l_len
         )
         # padded [N, S] targets, and torch's concatenated 1-D targets [sum(target_lengths)]
-        for targets in (labels, np.concatenate([y[:n] for y, n in zip(labels, l_len)]))
+        for targets in (labels, np.concatenate([y[:n] for y, n in zip(labels, l_len, strict=True)]))
     ]
     return jnp.stack(ours), np.array([ref, ref])
 
