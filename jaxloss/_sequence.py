@@ -47,11 +47,22 @@ _PADDINGS_HINT = (
 # --------------------------------------------------------------------------------------
 
 
+@jax.custom_jvp
 def _lse3(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
     """log(eᵃ + eᵇ + eᶜ), −inf when all three are −inf (one log, three exps)."""
     m = jnp.maximum(jnp.maximum(a, b), c)
     m = jnp.where(m == -jnp.inf, 0.0, m)
     return m + jnp.log(jnp.exp(a - m) + jnp.exp(b - m) + jnp.exp(c - m))
+
+
+@_lse3.defjvp
+def _lse3_jvp(primals, tangents):
+    # The weights e^(x − out) of a softmax; an unreachable state (out = −inf) gets weight
+    # 0 where the automatic derivative would form 0/0 = NaN. Only autodiff of the α tables
+    # (ctc_loss_with_forward_probs) comes here; the loss has its closed-form derivative.
+    out = _lse3(*primals)
+    safe = jnp.where(out == -jnp.inf, 0.0, out)
+    return out, sum(jnp.exp(x - safe) * dx for x, dx in zip(primals, tangents, strict=True))
 
 
 def _shift(x: jax.Array, k: int) -> jax.Array:
@@ -199,9 +210,23 @@ def _ctc_jvp(blank_id, zero_infinity, primals, tangents):
     return loss, jnp.einsum("btk,btk->b", grad, tangents[0])
 
 
+def _forward_tables(logits, labels, logit_lengths, label_lengths, blank_id):
+    """log α_t(s) for every frame, split into the blank and the label states.
+
+    ([T, B, S + 1], [T, B, S]): state 2n (the blank before label n) and state 2n + 1
+    (label n); states past a sequence's 2L_b are not part of its labels and are −inf.
+    """
+    problem = _Problem(logits, labels, logit_lengths, label_lengths, blank_id)
+    _, a = problem.alpha(keep_all=True)  # [T, U, B]
+    states = jnp.arange(a.shape[1])[:, None]
+    a = jnp.where(states <= 2 * label_lengths, a, -jnp.inf)
+    return jnp.swapaxes(a[:, 0::2], 1, 2), jnp.swapaxes(a[:, 1::2], 1, 2)
+
+
 # Jitted once per shape, so that eager calls (and a loop over examples) compile the scans
 # once instead of dispatching them op by op; inside an outer jit it is inlined.
 _ctc_jit = jax.jit(_ctc, static_argnums=(4, 5))
+_forward_tables_jit = jax.jit(_forward_tables, static_argnums=(4,))
 
 
 # --------------------------------------------------------------------------------------
@@ -485,3 +510,104 @@ def ctc_loss(
     return C.reduce(
         inputs.finish(loss), where=inputs.where, weights=inputs.weights, reduction=reduction
     )
+
+
+def ctc_loss_with_forward_probs(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    logit_lengths: ArrayLike | None = None,
+    label_lengths: ArrayLike | None = None,
+    blank_id: int = 0,
+    zero_infinity: bool = False,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The CTC loss and the forward (α) log-probabilities of every frame and state.
+
+        α_t(s) = y_t(l'_s) · (α_{t−1}(s) + α_{t−1}(s − 1) + σ_s α_{t−1}(s − 2)),
+        ℓ = −log(α_{T_b−1}(2L_b) + α_{T_b−1}(2L_b − 1))
+
+    over the blank-extended labels l' = (∅, l₁, ∅, l₂, …, ∅), with σ_s = 1 where l'_s is a
+    label different from l'_{s−2} (else 0) and α_{−1} the indicator of state 0: α_t(s) is
+    the probability of the first t + 1 frames' alignments that end in state s. The loss
+    is :func:`ctc_loss`'s (same arguments, values and closed-form gradient); the tables
+    come from the same recursion and are split as optax's are: the blank states 2n and
+    the label states 2n + 1, time-major.
+
+    From optax: ``optax.losses.ctc_loss_with_forward_probs(logits, logit_paddings,
+    labels, label_paddings)`` returns the same three arrays of the same shapes for a
+    batch [B]; pass lengths instead of paddings (see :func:`ctc_loss`). Differences:
+    states that no alignment reaches, and states past a sequence's labels, are −inf
+    here, where optax has values near its ``log_epsilon`` (−1e5) or the α of its
+    padding ids; and optax's last row of the blank table also adds the label states,
+    ``jnp.logaddexp(log_alpha_blank[-1][..., 1:], log_alpha_label[-1])`` (the
+    probability of n labels emitted by the end), where here every row is α.
+
+    Args:
+      logits: z, floating array [..., T, K] of unnormalized scores, batch-major.
+      labels: integer array [..., S] of class ids (or PyTorch's concatenated 1-D
+        targets), as in :func:`ctc_loss`.
+      logit_lengths: optional integer array [...] of valid frames, 0 ≤ T_b ≤ T. Past a
+        sequence's last frame its α is carried unchanged (as optax's is).
+      label_lengths: optional integer array [...] of labels, 0 ≤ L_b ≤ S.
+      blank_id: the class id of the blank, in [0, K) (default 0).
+      zero_infinity: give impossible sequences loss 0 (and gradient 0) instead of +inf.
+      where: optional boolean mask [...] of the sequences to keep; a dropped sequence's
+        tables are −inf.
+      weights: optional non-negative per-sequence weights [...] (of the loss).
+      reduction: ``"none"``, ``"sum"`` or ``"mean"``, applied to the loss only.
+
+    Returns:
+      ``(loss, log_alpha_blank, log_alpha_label)``: the loss of the batch shape for
+      ``"none"`` (else a scalar); log α of the blank states [T, ..., S + 1] (entry
+      [t, ..., n] is log α_t(2n)) and of the label states [T, ..., S] (log α_t(2n + 1)).
+      float32, or float64 for float64 logits. A sequence whose traced lengths or labels
+      are invalid has a NaN loss and NaN tables. The loss's gradient is
+      :func:`ctc_loss`'s closed form; the tables are differentiated through the
+      recursion (an unreachable state, −inf, passes zero gradient).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> logits = jnp.zeros((1, 2, 3))  # T = 2 frames, K = 3 classes, uniform
+      >>> loss, blank, label = jaxloss.ctc_loss_with_forward_probs(logits, jnp.array([[1]]))
+      >>> blank.shape, label.shape  # [T, B, S + 1], [T, B, S]
+      ((2, 1, 2), (2, 1, 1))
+      >>> jnp.round(9 * jnp.exp(blank[:, 0]))  # 9 α_t(∅ before 1), 9 α_t(∅ after 1)
+      Array([[3., 0.],
+             [1., 1.]], dtype=float32)
+      >>> jnp.round(9 * jnp.exp(label[:, 0, 0]))  # 9 α_t(1): (1); then (∅ 1), (1 1)
+      Array([3., 2.], dtype=float32)
+      >>> bool(jnp.allclose(loss, jnp.log(3.0)))  # −log(1/9 + 2/9)
+      True
+
+    References:
+      Graves, Fernández, Gomez and Schmidhuber, "Connectionist temporal classification:
+      labelling unsegmented sequence data with recurrent neural networks", ICML 2006,
+      §4.1 (the α recursion, eqs. 5–8); optax's ``ctc_loss_with_forward_probs`` for the
+      layout of the tables.
+    """
+    inputs = _prepare(
+        logits, labels, logit_lengths, label_lengths, blank_id, zero_infinity, where, weights,
+        reduction,
+    )  # fmt: skip
+    loss = _ctc_jit(*inputs.args(), inputs.blank_id, inputs.zero_infinity)
+    tables = _forward_tables_jit(*inputs.args(), inputs.blank_id)
+    frames = inputs.logits.shape[1]
+    dropped = (
+        jnp.zeros(inputs.logits.shape[0], bool)
+        if inputs.where is None
+        else ~jnp.broadcast_to(inputs.where, inputs.batch).reshape(-1)
+    )
+
+    def finish(x):  # [T, B, n] → [T, ..., n]: −inf where dropped, NaN where invalid
+        x = jnp.where(dropped[:, None], -jnp.inf, x)
+        x = jnp.where(inputs.invalid[:, None], jnp.nan, x)
+        return x.reshape((frames,) + inputs.batch + x.shape[-1:])
+
+    blank, label = (finish(x) for x in tables)
+    loss = C.reduce(
+        inputs.finish(loss), where=inputs.where, weights=inputs.weights, reduction=reduction
+    )
+    return loss, blank, label

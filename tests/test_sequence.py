@@ -10,6 +10,8 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax.test_util import check_grads
+from scipy import special
 
 import jaxloss
 from tests.contract_table import np_ctc_loss
@@ -318,3 +320,87 @@ def test_traced_lengths_out_of_range_give_nan(t_len, l_len):
 @jax.jit
 def _ctc_traced_lengths(z, labels, t_len, l_len):
     return jaxloss.ctc_loss(z, labels, logit_lengths=t_len, label_lengths=l_len)
+
+
+def np_ctc_alpha(logits, labels, logit_lengths, label_lengths, blank_id=0):
+    """log α_t(s) of Graves et al. (2006), eqs. 5–8, float64, one sequence at a time.
+
+    ([T, B, S + 1] blank states 2n, [T, B, S] label states 2n + 1); −inf past a
+    sequence's 2L_b + 1 states; past its last frame α is carried (optax's convention).
+    """
+    logits = np.asarray(logits, np.float64)
+    batch, frames, _ = logits.shape
+    size = labels.shape[-1]
+    blank = np.full((frames, batch, size + 1), -np.inf)
+    label = np.full((frames, batch, size), -np.inf)
+    for b in range(batch):
+        y = special.log_softmax(logits[b], axis=-1)
+        ext = [blank_id]
+        for c in labels[b][: label_lengths[b]]:
+            ext += [int(c), blank_id]
+        alpha = np.full(len(ext), -np.inf)
+        alpha[0] = 0.0  # α_{−1}: the indicator of state 0
+        for t in range(frames):
+            if t < logit_lengths[b]:
+                prev, alpha = alpha, np.full(len(ext), -np.inf)
+                for s, k in enumerate(ext):
+                    terms = [prev[s]] + ([prev[s - 1]] if s >= 1 else [])
+                    if s >= 2 and k != blank_id and k != ext[s - 2]:
+                        terms.append(prev[s - 2])
+                    alpha[s] = np.logaddexp.reduce(terms) + y[t, k]
+            blank[t, b, : len(ext[0::2])] = alpha[0::2]
+            label[t, b, : len(ext[1::2])] = alpha[1::2]
+    return blank, label
+
+
+def test_forward_probs_match_the_alpha_recursion_and_the_loss(x64):
+    logits, labels, t_len, l_len = _batch(seed=10, blank_id=2)
+    kw = dict(logit_lengths=t_len, label_lengths=l_len, blank_id=2)
+    loss, blank, label = jaxloss.ctc_loss_with_forward_probs(jnp.asarray(logits), labels, **kw)
+    ref_blank, ref_label = np_ctc_alpha(logits, labels, t_len, l_len, blank_id=2)
+    assert blank.shape == (7, 5, 5) and label.shape == (7, 5, 4) and blank.dtype == jnp.float64
+    np.testing.assert_allclose(blank, ref_blank, rtol=1e-10)  # −inf at the same places
+    np.testing.assert_allclose(label, ref_label, rtol=1e-10)
+    np.testing.assert_allclose(loss, np_ctc_loss(logits, labels, t_len, l_len, 2), rtol=1e-10)
+    # float32, and the loss's gradient is ctc_loss's (the closed form).
+    z32 = jnp.asarray(logits, jnp.float32)
+    _, blank32, _ = jaxloss.ctc_loss_with_forward_probs(z32, labels, **kw)
+    assert blank32.dtype == jnp.float32
+    np.testing.assert_allclose(blank32, ref_blank, rtol=1e-5, atol=1e-5)
+    g = jax.grad(lambda z: jaxloss.ctc_loss_with_forward_probs(z, labels, **kw)[0].sum())(z32)
+    g_loss = jax.grad(lambda z: jaxloss.ctc_loss(z, labels, **kw).sum())(z32)
+    np.testing.assert_array_equal(g, g_loss)
+
+
+def test_forward_probs_gradient_of_the_tables(x64):
+    """Autodiff of the recursion: finite differences of the tables, zero (not NaN) through
+    the unreachable (−inf) states."""
+    logits, labels, t_len, l_len = _batch(seed=11, n=5, frames=5, classes=4, size=3)
+    reachable = [np.isfinite(t) for t in np_ctc_alpha(logits, labels, t_len, l_len)]
+    w = [np.random.default_rng(12).normal(size=r.shape) for r in reachable]
+
+    def f(z):
+        _, *tables = jaxloss.ctc_loss_with_forward_probs(
+            z, labels, logit_lengths=t_len, label_lengths=l_len
+        )
+        parts = zip(tables, reachable, w, strict=True)
+        return sum(jnp.sum(jnp.where(r, x * v, 0.0)) for x, r, v in parts)
+
+    check_grads(f, (jnp.asarray(logits),), order=1, modes=["rev", "fwd"])
+    assert np.isfinite(np.asarray(jax.grad(f)(jnp.asarray(logits)))).all()
+
+
+def test_forward_probs_masks_reduction_and_invalid_lengths():
+    z = jnp.asarray(np.random.default_rng(13).normal(size=(3, 4, 3)), jnp.float32)
+    labels = jnp.array([[1, 2], [2, 1], [1, 1]])
+    keep = jnp.array([True, False, True])
+    loss, blank, label = jaxloss.ctc_loss_with_forward_probs(z, labels, where=keep, reduction="sum")
+    per_seq = jaxloss.ctc_loss(z, labels)
+    np.testing.assert_allclose(loss, per_seq[0] + per_seq[2], rtol=1e-6)
+    assert np.all(np.asarray(blank)[:, 1] == -np.inf) and np.all(np.asarray(label)[:, 1] == -np.inf)
+    # Traced lengths out of range: NaN loss and NaN tables for that sequence only.
+    f = jax.jit(lambda n: jaxloss.ctc_loss_with_forward_probs(z, labels, logit_lengths=n))
+    loss, blank, label = f(jnp.array([4, 5, 4]))
+    assert np.isnan(loss[1]) and np.isnan(np.asarray(blank)[:, 1]).all()
+    assert np.isfinite(np.asarray(loss)[[0, 2]]).all()
+    assert not np.isnan(np.asarray(label)[:, [0, 2]]).any()
