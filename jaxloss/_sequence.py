@@ -43,46 +43,94 @@ _PADDINGS_HINT = (
 
 
 # --------------------------------------------------------------------------------------
-# The α and β recursions (log space, states of the blank-extended labels on the last axis)
+# The α and β recursions (log space; the blank and the label states of l' apart)
 # --------------------------------------------------------------------------------------
+
+
+def _lse2_shares(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(log(eᵃ + eᵇ), eᵃ / (eᵃ + eᵇ)), one exp and one log: the larger term is e⁰ = 1.
+
+    −inf when both are −inf (then the share is 1, and what it multiplies is 0).
+    """
+    m = jnp.maximum(a, b)
+    safe = jnp.where(m == -jnp.inf, 0.0, m)
+    e = jnp.exp(jnp.minimum(a, b) - safe)
+    total = 1.0 + e
+    return m + jnp.log(total), jnp.where(a >= b, 1.0, e) / total
+
+
+def _lse3_shares(a: jax.Array, b: jax.Array, c: jax.Array) -> tuple[jax.Array, ...]:
+    """(log(eᵃ + eᵇ + eᶜ), the shares of a and of c), two exps and one log.
+
+    The largest term is e⁰ = 1; only the other two are exponentiated. The share of b is
+    one minus the other two.
+    """
+    hi, lo = jnp.maximum(a, b), jnp.minimum(a, b)
+    m = jnp.maximum(hi, c)
+    safe = jnp.where(m == -jnp.inf, 0.0, m)
+    e_lo, e_mid = jnp.exp(lo - safe), jnp.exp(jnp.minimum(hi, c) - safe)
+    total = 1.0 + e_lo + e_mid
+    share_a = jnp.where(a >= b, jnp.where(hi >= c, 1.0, e_mid), e_lo) / total
+    share_c = jnp.where(c > hi, 1.0, e_mid) / total
+    return m + jnp.log(total), share_a, share_c
+
+
+@jax.custom_jvp
+def _lse2(a: jax.Array, b: jax.Array) -> jax.Array:
+    """log(eᵃ + eᵇ), −inf when both are −inf."""
+    return _lse2_shares(a, b)[0]
 
 
 @jax.custom_jvp
 def _lse3(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
-    """log(eᵃ + eᵇ + eᶜ), −inf when all three are −inf (one log, three exps)."""
-    m = jnp.maximum(jnp.maximum(a, b), c)
-    m = jnp.where(m == -jnp.inf, 0.0, m)
-    return m + jnp.log(jnp.exp(a - m) + jnp.exp(b - m) + jnp.exp(c - m))
+    """log(eᵃ + eᵇ + eᶜ), −inf when all three are −inf."""
+    return _lse3_shares(a, b, c)[0]
 
 
-@_lse3.defjvp
-def _lse3_jvp(primals, tangents):
+def _lse_jvp(fn, primals, tangents):
     # The weights e^(x − out) of a softmax; an unreachable state (out = −inf) gets weight
     # 0 where the automatic derivative would form 0/0 = NaN. Only autodiff of the α tables
     # (ctc_loss_with_forward_probs) comes here; the loss has its closed-form derivative.
-    out = _lse3(*primals)
+    out = fn(*primals)
     safe = jnp.where(out == -jnp.inf, 0.0, out)
     return out, sum(jnp.exp(x - safe) * dx for x, dx in zip(primals, tangents, strict=True))
 
 
-def _shift(x: jax.Array, k: int) -> jax.Array:
-    """x moved k states down (k > 0) or up (k < 0) along the first (state) axis, −inf in."""
-    n = min(abs(k), x.shape[0])
-    pad = jnp.full((n,) + x.shape[1:], -jnp.inf, x.dtype)
-    if k > 0:
-        return jnp.concatenate([pad, x[: x.shape[0] - n]], axis=0)
-    return jnp.concatenate([x[n:], pad], axis=0)
+_lse2.defjvp(functools.partial(_lse_jvp, _lse2))
+_lse3.defjvp(functools.partial(_lse_jvp, _lse3))
+
+
+def _row(x: jax.Array, fill) -> jax.Array:
+    return jnp.full((1,) + x.shape[1:], fill, x.dtype)
+
+
+def _down(x: jax.Array, fill=-jnp.inf) -> jax.Array:
+    """x moved one state down along the first (state) axis: row n holds x[n − 1]."""
+    if not x.shape[0]:
+        return x
+    return jnp.concatenate([_row(x, fill), x[:-1]], axis=0)
+
+
+def _up(x: jax.Array, fill=-jnp.inf) -> jax.Array:
+    """x moved one state up along the first (state) axis: row n holds x[n + 1]."""
+    if not x.shape[0]:
+        return x
+    return jnp.concatenate([x[1:], _row(x, fill)], axis=0)
 
 
 class _Problem:
     """The blank-extended labels l' and the emission log-probabilities of one batch.
 
-    The recursions run on state-major arrays [U, B] (U = 2S + 1 states of l'): a shift
-    along the states then moves whole rows, and XLA vectorizes each step over the batch.
+    l' = (∅, l₁, ∅, l₂, …, ∅) has S + 1 blank states (state 2n, the blank before label n)
+    and S label states (state 2n + 1, label n); the recursions keep them apart, as
+    state-major arrays [S + 1, B] and [S, B]. Then every blank state emits the same
+    log y_t(∅) and has two predecessors (one log-sum-exp of two terms), and only the
+    label states have three; a shift along the states moves whole rows, and XLA
+    vectorizes each step over the batch.
     """
 
     def __init__(self, logits, labels, logit_lengths, label_lengths, blank_id):
-        batch, frames, classes = logits.shape
+        frames = logits.shape[1]
         self.frames_valid = jnp.arange(frames) < logit_lengths[:, None]  # [B, T]
         # Frames past the length are replaced before the softmax (double where): they
         # get exactly zero gradient even when they hold NaN or inf.
@@ -90,73 +138,102 @@ class _Problem:
         self.log_probs = N.log_softmax(z, axis=-1)  # [B, T, K]
         size = labels.shape[1]
         kept = jnp.arange(size) < label_lengths[:, None]
-        ids = jnp.where(kept, jnp.clip(labels, 0, classes - 1), blank_id)
-        ext = jnp.full((batch, 2 * size + 1), blank_id, labels.dtype)
-        self.ext = ext.at[:, 1::2].set(ids)  # l' = (blank, l1, blank, l2, ..., blank)
-        # s − 2 → s skips the blank between two *different* labels only.
-        skip = jnp.zeros(self.ext.shape, bool)
-        self.skip = skip.at[:, 3::2].set(ids[:, 1:] != ids[:, :-1]).T  # [U, B]
-        # e[t, s, b] = log y_t(l'_s), time- and state-major for the scans: the blank's
-        # column for the even states, a gather of the S labels for the odd ones.
-        log_probs = jnp.transpose(self.log_probs, (1, 2, 0))  # [T, K, B]
-        labels_emit = jnp.take_along_axis(log_probs, ids.T[None], axis=1)  # [T, S, B]
-        blank_emit = jnp.broadcast_to(log_probs[:, blank_id : blank_id + 1], labels_emit.shape)
-        pairs = jnp.stack([blank_emit, labels_emit], axis=2).reshape(frames, 2 * size, batch)
-        self.emit = jnp.concatenate([pairs, log_probs[:, blank_id : blank_id + 1]], axis=1)
+        self.ids = jnp.where(kept, jnp.clip(labels, 0, logits.shape[-1] - 1), blank_id)  # [B, S]
+        # Label n − 1 → label n skips the blank between two *different* labels only.
+        differ = (self.ids[:, 1:] != self.ids[:, :-1]).T  # [S − 1, B]
+        self.skip = jnp.concatenate([jnp.zeros((min(size, 1), len(labels)), bool), differ])
+        # log y_t(∅) [T, B] and log y_t(l_n) [T, S, B], time- and state-major for the scans.
+        self.emit_blank = self.log_probs[:, :, blank_id].T
+        labels_emit = jnp.take_along_axis(self.log_probs, self.ids[:, None, :], axis=2)
+        self.emit_label = jnp.transpose(labels_emit, (1, 2, 0))
         self.logit_lengths = logit_lengths
         self.label_lengths = label_lengths
 
-    def alpha(self, keep_all: bool):
-        """(log α after the last valid frame [U, B], log α_t for every t [T, U, B] or None).
+    def alpha(self, keep: str):
+        """(log α of the blank and the label states after the last valid frame, [S + 1, B]
+        and [S, B]; per frame, what ``keep`` asks for, or None for ``"none"``).
+
+        ``keep="all"``: log α of both, [T, S + 1, B] and [T, S, B]. ``keep="shares"``: the
+        shares of the terms of each step's sums (for the backward pass): of blank n in
+        the new blank n [T, S + 1, B] (label n − 1 has the rest), of label n and of label
+        n − 1 (the skip) in the new label n [T, S, B] each (blank n has the rest).
 
         α_{−1} is the indicator of state 0, so that α_0 is the paper's initialization and
         a sequence of zero frames ends where it started. Past a sequence's last frame α
         is carried unchanged.
         """
-        states = self.emit.shape[1]
-        start = jnp.where(jnp.arange(states)[:, None] == 0, 0.0, -jnp.inf)
-        start = jnp.broadcast_to(start, self.skip.shape).astype(self.emit.dtype)
+        blank_shape = (self.emit_label.shape[1] + 1, self.emit_blank.shape[1])
+        start_blank = jnp.where(jnp.arange(blank_shape[0])[:, None] == 0, 0.0, -jnp.inf)
+        start_blank = jnp.broadcast_to(start_blank, blank_shape).astype(self.emit_blank.dtype)
+        start_label = jnp.full(self.emit_label.shape[1:], -jnp.inf, self.emit_label.dtype)
 
-        def step(a, inputs):
-            e, valid = inputs
-            skipped = jnp.where(self.skip, _shift(a, 2), -jnp.inf)
-            new = jnp.where(valid, e + _lse3(a, _shift(a, 1), skipped), a)
-            return new, (new if keep_all else None)
+        def step(carry, inputs):
+            ab, al = carry
+            eb, el, valid = inputs
+            # blank n ← blank n, label n − 1; label n ← label n, blank n, label n − 1 (skip)
+            from_label = jnp.concatenate([_row(al, -jnp.inf), al])
+            skipped = jnp.where(self.skip, _down(al), -jnp.inf)
+            if keep == "shares":
+                sum_b, own_b = _lse2_shares(ab, from_label)
+                sum_l, own_l, skip_l = _lse3_shares(al, ab[:-1], skipped)
+                out = (own_b, own_l, skip_l)
+            else:
+                sum_b, sum_l = _lse2(ab, from_label), _lse3(al, ab[:-1], skipped)
+            new = (jnp.where(valid, eb + sum_b, ab), jnp.where(valid, el + sum_l, al))
+            return new, {"none": None, "all": new, "shares": out if keep == "shares" else None}[
+                keep
+            ]
 
-        return jax.lax.scan(step, start, (self.emit, self.frames_valid.T))
+        xs = (self.emit_blank, self.emit_label, self.frames_valid.T)
+        return jax.lax.scan(step, (start_blank, start_label), xs)
 
-    def final_states(self) -> tuple[jax.Array, jax.Array]:
-        """Indices of the two accepting states 2L and 2L − 1 (the latter only for L > 0)."""
-        last = 2 * self.label_lengths
-        return last, last > 0
+    def final_states(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Where each sequence ends: blank state L, and label state L − 1 where L > 0."""
+        states = jnp.arange(self.emit_label.shape[1] + 1)[:, None]
+        last = self.label_lengths
+        return states == last, (states[:-1] == last - 1), last > 0
 
-    def log_likelihood(self, a_end: jax.Array) -> jax.Array:
-        last, has_prev = self.final_states()
-        end = jnp.take_along_axis(a_end, last[None, :], axis=0)[0]
-        prev = jnp.take_along_axis(a_end, jnp.maximum(last - 1, 0)[None, :], axis=0)[0]
-        return jnp.logaddexp(end, jnp.where(has_prev, prev, -jnp.inf))
+    def accepting(self, ab: jax.Array, al: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """log α [B] of the two accepting states: blank L and label L − 1 (−inf if L = 0)."""
+        at_blank, at_label, _ = self.final_states()
+        end = jnp.max(jnp.where(at_blank, ab, -jnp.inf), axis=0)
+        prev = jnp.max(jnp.where(at_label, al, -jnp.inf), axis=0, initial=-jnp.inf)
+        return end, prev
 
-    def beta(self):
-        """log β_t [T, U, B]: the log-probability of the remaining frames from state s at t.
+    def log_likelihood(self, a_end) -> jax.Array:
+        return _lse2(*self.accepting(*a_end))
 
-        β excludes the emission at t (so α_t β_t summed over s is p for every valid t);
-        it is the indicator of the accepting states at a sequence's last frame.
+    def posterior(self, a_end, shares) -> tuple[jax.Array, jax.Array]:
+        """γ_t(s) = α_t(s) β_t(s) / p: the blank states' total [T, B], the label states
+        [T, S, B]; 0 at frames past a sequence's length.
+
+        The β recursion in normalized form (Graves et al. 2006, eqs. 10–14): γ_t(s') is
+        shared among the predecessors r of s' in proportion to their terms α_{t−1}(r) of
+        the sum that formed α_t(s') (the forward pass's ``shares``), and γ_{t−1}(s)
+        collects the shares of s. γ stays in [0, 1], and the shares are the weights of a
+        softmax over neighbouring states: no large logarithm is added and subtracted
+        again (α and β apart reach log magnitudes whose rounding α β / p would keep).
         """
-        states = jnp.arange(self.emit.shape[1])[:, None]
-        last, has_prev = self.final_states()
-        accept = (states == last) | ((states == last - 1) & has_prev)
-        end = jnp.where(accept, 0.0, -jnp.inf).astype(self.emit.dtype)
-        skip_from = _shift(jnp.where(self.skip, 0.0, -jnp.inf), -2) == 0  # may skip to s + 2
-        at_end = jnp.arange(self.emit.shape[0])[:, None] >= self.logit_lengths - 1  # [T, B]
+        at_blank, at_label, _ = self.final_states()
+        # At the last frame: the accepting states' shares of p.
+        _, share = _lse2_shares(*self.accepting(*a_end))
+        end_b, end_l = jnp.where(at_blank, share, 0.0), jnp.where(at_label, 1.0 - share, 0.0)
+        frames = jnp.arange(self.emit_blank.shape[0])[:, None]
+        is_last = frames == self.logit_lengths - 1  # [T, B]
 
-        def step(c, inputs):  # c = log y_{t+1}(l'_s) + log β_{t+1}(s)
-            e, last_or_after = inputs
-            skipped = jnp.where(skip_from, _shift(c, -2), -jnp.inf)
-            b = jnp.where(last_or_after, end, _lse3(c, _shift(c, -1), skipped))
-            return e + b, b
+        def step(flow, inputs):  # flow: what frame t + 1 sends back to frame t
+            own_b, own_l, skip_l, last, kept = inputs  # the shares that formed α_t
+            gb = jnp.where(last, end_b, jnp.where(kept, flow[0], 0.0))
+            gl = jnp.where(last, end_l, jnp.where(kept, flow[1], 0.0))
+            # blank n → blank n, label n; label n → label n, blank n + 1, label n + 1 (skip)
+            to_b = gb * own_b + jnp.concatenate([gl * (1.0 - own_l - skip_l), _row(gb, 0.0)])
+            to_l = gl * own_l + (gb * (1.0 - own_b))[1:] + _up(gl * skip_l, 0.0)
+            return (to_b, to_l), (jnp.sum(gb, axis=0), gl)
 
-        _, b = jax.lax.scan(step, end, (self.emit, at_end), reverse=True)
-        return b
+        start = (jnp.zeros_like(end_b), jnp.zeros_like(end_l))
+        xs = (*shares, is_last, self.frames_valid.T)
+        _, gamma = jax.lax.scan(step, start, xs, reverse=True)
+        return gamma
 
 
 def _finish(log_p: jax.Array, zero_infinity: bool) -> tuple[jax.Array, jax.Array]:
@@ -173,7 +250,7 @@ def _finish(log_p: jax.Array, zero_infinity: bool) -> tuple[jax.Array, jax.Array
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5))
 def _ctc(logits, labels, logit_lengths, label_lengths, blank_id, zero_infinity):
     problem = _Problem(logits, labels, logit_lengths, label_lengths, blank_id)
-    a_end, _ = problem.alpha(keep_all=False)
+    a_end, _ = problem.alpha(keep="none")
     return _finish(problem.log_likelihood(a_end), zero_infinity)[0]
 
 
@@ -181,19 +258,14 @@ def _ctc(logits, labels, logit_lengths, label_lengths, blank_id, zero_infinity):
 def _ctc_value_and_grad(logits, labels, logit_lengths, label_lengths, blank_id, zero_infinity):
     """(loss [B], ∂loss/∂logits [B, T, K]) by the forward–backward algorithm."""
     problem = _Problem(logits, labels, logit_lengths, label_lengths, blank_id)
-    a_end, a = problem.alpha(keep_all=True)
+    a_end, shares = problem.alpha(keep="shares")
     loss, kept = _finish(problem.log_likelihood(a_end), zero_infinity)
-    log_ab = a + problem.beta()  # [T, U, B]
-    # Normalized per frame: Σ_s α_t β_t = p at every valid t, so each frame's posterior
-    # sums to one exactly (the gradient sums to zero over the classes, as it should).
-    norm = jax.scipy.special.logsumexp(log_ab, axis=1, keepdims=True)
-    norm = jnp.where(jnp.isfinite(norm), norm, 0.0)
-    posterior = jnp.exp(log_ab - norm)
-    # γ_t(k) = Σ_{s: l'_s = k} posterior: every even state is the blank (one sum), the odd
-    # states are the labels (a one-hot product of half the size of l').
-    one_hot = jax.nn.one_hot(problem.ext[:, 1::2], logits.shape[-1], dtype=logits.dtype)
-    gamma = jnp.einsum("tsb,bsk->btk", posterior[:, 1::2], one_hot)  # [B, T, K]
-    gamma = gamma.at[:, :, blank_id].add(jnp.sum(posterior[:, 0::2], axis=1).T)
+    g_blank, g_label = problem.posterior(a_end, shares)  # 0 for an impossible sequence
+    # γ_t(k) = Σ_{s: l'_s = k} γ_t(s): the blank states' total, and the label states
+    # through a one-hot product.
+    one_hot = jax.nn.one_hot(problem.ids, logits.shape[-1], dtype=logits.dtype)  # [B, S, K]
+    gamma = jnp.einsum("tsb,bsk->btk", g_label, one_hot)  # [B, T, K]
+    gamma = gamma.at[:, :, blank_id].add(g_blank.T)
     grad = jnp.exp(problem.log_probs) - gamma
     keep = problem.frames_valid[..., None] & kept[:, None, None]
     return loss, jnp.where(keep, grad, 0.0)
@@ -211,16 +283,16 @@ def _ctc_jvp(blank_id, zero_infinity, primals, tangents):
 
 
 def _forward_tables(logits, labels, logit_lengths, label_lengths, blank_id):
-    """log α_t(s) for every frame, split into the blank and the label states.
+    """log α_t of the blank states [T, B, S + 1] and of the label states [T, B, S].
 
-    ([T, B, S + 1], [T, B, S]): state 2n (the blank before label n) and state 2n + 1
-    (label n); states past a sequence's 2L_b are not part of its labels and are −inf.
+    States past a sequence's labels (blank n > L_b, label n ≥ L_b) are −inf.
     """
     problem = _Problem(logits, labels, logit_lengths, label_lengths, blank_id)
-    _, a = problem.alpha(keep_all=True)  # [T, U, B]
-    states = jnp.arange(a.shape[1])[:, None]
-    a = jnp.where(states <= 2 * label_lengths, a, -jnp.inf)
-    return jnp.swapaxes(a[:, 0::2], 1, 2), jnp.swapaxes(a[:, 1::2], 1, 2)
+    _, (a_blank, a_label) = problem.alpha(keep="all")  # [T, S + 1, B], [T, S, B]
+    states = jnp.arange(a_blank.shape[1])[:, None]
+    a_blank = jnp.where(states <= label_lengths, a_blank, -jnp.inf)
+    a_label = jnp.where(states[:-1] < label_lengths, a_label, -jnp.inf)
+    return jnp.swapaxes(a_blank, 1, 2), jnp.swapaxes(a_label, 1, 2)
 
 
 # Jitted once per shape, so that eager calls (and a loop over examples) compile the scans
