@@ -1,16 +1,19 @@
 """Sequence losses: connectionist temporal classification (CTC).
 
 The CTC loss is computed by the α (forward) recursion of Graves et al. (2006) in log
-space, one ``lax.scan`` over time vectorized over the 2S + 1 states of the
-blank-extended label sequence. Its derivative is not obtained by differentiating the
-scan: a custom JVP runs the β (backward) recursion once and forms the gradient with
-respect to the logits in closed form,
+space, one ``lax.scan`` over time vectorized over the states of the blank-extended label
+sequence, its S + 1 blank states and S label states kept apart (a blank state sums two
+terms, a label state three). Its derivative is not obtained by differentiating the scan:
+a custom JVP forms the gradient with respect to the logits in closed form,
 
     ∂ℓ/∂z_{t,k} = softmax(z_t)_k − γ_t(k),   γ_t(k) = Σ_{s: l'_s = k} α_t(s) β_t(s) / p,
 
-(Graves et al. 2006, eq. 16), which is both faster and more accurate than the adjoint of
-the scan. Forward- and reverse-mode first derivatives are supported; differentiating the
-derivative again raises an error that says so.
+(Graves et al. 2006, eq. 16), with the posteriors γ_t(s) = α_t(s) β_t(s) / p from the β
+recursion in normalized form: one backward scan that shares each state's posterior among
+its predecessors by the weights that the forward pass kept (the softmax weights of its
+log-sum-exps), so that the backward pass takes no exponential or logarithm. Forward- and
+reverse-mode first derivatives are supported; differentiating the derivative again
+raises an error that says so.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -203,7 +207,7 @@ class _Problem:
     def log_likelihood(self, a_end) -> jax.Array:
         return _lse2(*self.accepting(*a_end))
 
-    def posterior(self, a_end, shares) -> tuple[jax.Array, jax.Array]:
+    def posterior(self, a_end, shares):
         """γ_t(s) = α_t(s) β_t(s) / p: the blank states' total [T, B], the label states
         [T, S, B]; 0 at frames past a sequence's length.
 
@@ -230,7 +234,7 @@ class _Problem:
             to_l = gl * own_l + (gb * (1.0 - own_b))[1:] + _up(gl * skip_l, 0.0)
             return (to_b, to_l), (jnp.sum(gb, axis=0), gl)
 
-        start = (jnp.zeros_like(end_b), jnp.zeros_like(end_l))
+        start: Any = (jnp.zeros_like(end_b), jnp.zeros_like(end_l))
         xs = (*shares, is_last, self.frames_valid.T)
         _, gamma = jax.lax.scan(step, start, xs, reverse=True)
         return gamma
