@@ -177,6 +177,7 @@ class _Problem:
             # blank n ← blank n, label n − 1; label n ← label n, blank n, label n − 1 (skip)
             from_label = jnp.concatenate([_row(al, -jnp.inf), al])
             skipped = jnp.where(self.skip, _down(al), -jnp.inf)
+            out = None
             if keep == "shares":
                 sum_b, own_b = _lse2_shares(ab, from_label)
                 sum_l, own_l, skip_l = _lse3_shares(al, ab[:-1], skipped)
@@ -184,9 +185,7 @@ class _Problem:
             else:
                 sum_b, sum_l = _lse2(ab, from_label), _lse3(al, ab[:-1], skipped)
             new = (jnp.where(valid, eb + sum_b, ab), jnp.where(valid, el + sum_l, al))
-            return new, {"none": None, "all": new, "shares": out if keep == "shares" else None}[
-                keep
-            ]
+            return new, (new if keep == "all" else out)
 
         xs = (self.emit_blank, self.emit_label, self.frames_valid.T)
         return jax.lax.scan(step, (start_blank, start_label), xs)
