@@ -114,7 +114,7 @@ from jaxloss._segmentation import (
     multiclass_generalized_dice_loss,
     tversky_loss,
 )
-from jaxloss._sequence import ctc_loss
+from jaxloss._sequence import ctc_loss, ctc_loss_with_forward_probs
 from jaxloss._sparse import sparsemax, sparsemax_loss
 from jaxloss._version import __version__ as __version__
 
@@ -222,6 +222,7 @@ __all__ = [
     "group_relative_advantages",
     # sequence losses
     "ctc_loss",
+    "ctc_loss_with_forward_probs",
 ]
 
 

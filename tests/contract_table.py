@@ -2722,4 +2722,13 @@ CASES += [
         grad_order=1,
         id="ctc_loss[blank_id=2,zero_infinity]",
     ),
+    Case(
+        "ctc_loss_with_forward_probs",
+        # The loss (the first output); the α tables are tested against their own float64
+        # reference in tests/test_sequence.py.
+        lambda *args, **kwargs: jaxloss.ctc_loss_with_forward_probs(*args, **kwargs)[0],
+        _ctc_make,
+        np_ctc_loss,
+        grad_order=1,
+    ),
 ]

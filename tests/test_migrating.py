@@ -300,6 +300,29 @@ def _(rng):
     return ours, optax.ctc_loss(logits, logit_paddings, labels, label_paddings)
 
 
+@row("optax-ctc_loss_with_forward_probs", rtol=1e-9, atol=1e-9)
+def _(rng):
+    logits, labels, t_len, l_len = _ctc_batch(rng)
+    logit_paddings = (np.arange(6)[None] >= t_len[:, None]).astype(np.float64)
+    label_paddings = (np.arange(3)[None] >= l_len[:, None]).astype(np.float64)
+    loss, blank, label = jaxloss.ctc_loss_with_forward_probs(
+        logits, labels, logit_lengths=t_len, label_lengths=l_len
+    )
+    peer = L.ctc_loss_with_forward_probs(logits, logit_paddings, labels, label_paddings)
+    # optax's last blank row also adds the label states (the documented conversion).
+    last = jnp.concatenate([blank[-1, :, :1], jnp.logaddexp(blank[-1, :, 1:], label[-1])], -1)
+    ours = (loss, blank.at[-1].set(last), label)
+    # States that no alignment reaches, or past the labels: −inf here, near log ε in optax.
+    states = np.arange(4)[None, :]
+    kept = [np.broadcast_to(states <= l_len[:, None], blank.shape)]
+    kept.append(np.broadcast_to(states[:, :3] < l_len[:, None], label.shape))
+    kept = [k & (np.asarray(t) > -1e4) for k, t in zip(kept, peer[1:], strict=True)]
+    for table, k in zip(ours[1:], kept, strict=True):
+        assert np.all(np.asarray(table)[~k] == -np.inf)
+    flat = lambda out: jnp.concatenate([out[0], out[1][kept[0]], out[2][kept[1]]])  # noqa: E731
+    return flat(ours), flat(peer)
+
+
 # --- torch.nn.functional: float64 references of the documented formulas ---------------
 
 
@@ -545,10 +568,17 @@ def _(rng):
     log_probs = np.moveaxis(special.log_softmax(logits, axis=-1), 1, 0)  # torch: [T, N, C]
     # reduction="mean": each loss divided by its target length, then the batch mean
     ref = np.mean(np_ctc_loss(logits, labels, t_len, l_len) / l_len)
-    per_seq = jaxloss.ctc_loss(
-        jnp.moveaxis(log_probs, 0, 1), labels, logit_lengths=t_len, label_lengths=l_len
-    )
-    return jnp.mean(per_seq / l_len), ref
+    ours = [
+        jnp.mean(
+            jaxloss.ctc_loss(
+                jnp.moveaxis(log_probs, 0, 1), targets, logit_lengths=t_len, label_lengths=l_len
+            )
+            / l_len
+        )
+        # padded [N, S] targets, and torch's concatenated 1-D targets [sum(target_lengths)]
+        for targets in (labels, np.concatenate([y[:n] for y, n in zip(labels, l_len, strict=True)]))
+    ]
+    return jnp.stack(ours), np.array([ref, ref])
 
 
 # --- keras.losses: float64 references of the documented formulas ---------------------

@@ -10,6 +10,8 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax.test_util import check_grads
+from scipy import special
 
 import jaxloss
 from tests.contract_table import np_ctc_loss
@@ -184,7 +186,7 @@ def test_never_negative_and_finite_gradient(seed, scale, n_labels):
     labels = rng.integers(1, 4, size=(3,))
     z = _peaked(rng.normal(size=(8, 4)) * 0.1, labels[:n_labels], scale)
     zs = jnp.asarray(np.stack([z, z * 0.5, z + 3.0]))  # also a shifted copy (same loss)
-    out, grad = _value_and_grad(zs, labels, jnp.full(3, n_labels))
+    out, grad = _value_and_grad(zs, labels[None], jnp.full(3, n_labels))
     assert np.all(np.asarray(out) >= 0)
     assert np.isfinite(np.asarray(grad)).all()
 
@@ -265,3 +267,140 @@ def test_bad_input_raises_at_trace_time(kwargs, error, match):
     if not any(k in kwargs for k in ("blank_id", "reduction", "zero_infinity", "labels")):
         with pytest.raises(error, match=match):
             jax.jit(lambda z: jaxloss.ctc_loss(z, labels, **args))(logits)
+
+
+def test_concatenated_1d_targets_are_split_by_label_lengths(x64):
+    """Review 2, item 10: torch's 1-D concatenated targets [sum(label_lengths)] give each
+    sequence its own labels (they were broadcast, every sequence reading the first ids)."""
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(3, 8, 5))
+    l_len = np.array([2, 3, 1])
+    flat = np.array([1, 2, 3, 3, 4, 2])  # (1 2), (3 3 4), (2)
+    padded = np.array([[1, 2, -1], [3, 3, 4], [2, -1, -1]])
+    ref = np_ctc_loss(logits, padded, None, l_len)
+    out = jaxloss.ctc_loss(jnp.asarray(logits), flat, label_lengths=l_len)
+    np.testing.assert_allclose(out, ref, rtol=1e-10)
+    # Under jit with the lengths known at trace time, and with traced labels.
+    jitted = jax.jit(lambda z, y: jaxloss.ctc_loss(z, y, label_lengths=l_len))
+    np.testing.assert_allclose(jitted(jnp.asarray(logits), flat), ref, rtol=1e-10)
+    g = jax.grad(lambda z: jaxloss.ctc_loss(z, flat, label_lengths=l_len, reduction="sum"))
+    g_padded = jax.grad(lambda z: jaxloss.ctc_loss(z, padded, label_lengths=l_len).sum())
+    np.testing.assert_allclose(g(jnp.asarray(logits)), g_padded(jnp.asarray(logits)), rtol=1e-12)
+
+
+def test_concatenated_1d_targets_that_cannot_be_split_raise():
+    """Review 2, item 10: 1-D targets whose size is not sum(label_lengths), or whose
+    lengths are traced (the split needs them at trace time), raise instead of being
+    broadcast to every sequence."""
+    z = jnp.zeros((2, 6, 4))
+    with pytest.raises(ValueError, match=r"sum\(label_lengths\) = 3"):
+        jaxloss.ctc_loss(z, np.array([1, 2, 3, 1]), label_lengths=np.array([1, 2]))
+    with pytest.raises(ValueError, match=r"pad them to \[N, S\]"):
+        jax.jit(lambda n: jaxloss.ctc_loss(z, np.array([1, 2, 3]), label_lengths=n))(
+            np.array([1, 2])
+        )
+
+
+@pytest.mark.parametrize(
+    "t_len, l_len",
+    [([4, 5], [2, 2]), ([4, -1], [2, 2]), ([4, 4], [2, 3]), ([4, 4], [2, -1])],
+    ids=["logit_lengths>T", "logit_lengths<0", "label_lengths>S", "label_lengths<0"],
+)
+def test_traced_lengths_out_of_range_give_nan(t_len, l_len):
+    """Review 2, item 10: under jit, lengths outside [0, T] / [0, S] cannot be checked;
+    the sequence's loss is NaN (they were clipped to a plausible finite loss), the other
+    sequence's is unchanged."""
+    z = jnp.asarray(np.random.default_rng(9).normal(size=(2, 4, 3)), jnp.float32)
+    labels = jnp.array([[1, 2], [2, 1]])
+    out = _ctc_traced_lengths(z, labels, jnp.array(t_len), jnp.array(l_len))
+    assert np.isfinite(out[0]) and np.isnan(out[1])
+    np.testing.assert_allclose(out[0], np_ctc_loss(np.asarray(z[:1]), labels[:1]), rtol=1e-5)
+
+
+@jax.jit
+def _ctc_traced_lengths(z, labels, t_len, l_len):
+    return jaxloss.ctc_loss(z, labels, logit_lengths=t_len, label_lengths=l_len)
+
+
+def np_ctc_alpha(logits, labels, logit_lengths, label_lengths, blank_id=0):
+    """log α_t(s) of Graves et al. (2006), eqs. 5–8, float64, one sequence at a time.
+
+    ([T, B, S + 1] blank states 2n, [T, B, S] label states 2n + 1); −inf past a
+    sequence's 2L_b + 1 states; past its last frame α is carried (optax's convention).
+    """
+    logits = np.asarray(logits, np.float64)
+    batch, frames, _ = logits.shape
+    size = labels.shape[-1]
+    blank = np.full((frames, batch, size + 1), -np.inf)
+    label = np.full((frames, batch, size), -np.inf)
+    for b in range(batch):
+        y = special.log_softmax(logits[b], axis=-1)
+        ext = [blank_id]
+        for c in labels[b][: label_lengths[b]]:
+            ext += [int(c), blank_id]
+        alpha = np.full(len(ext), -np.inf)
+        alpha[0] = 0.0  # α_{−1}: the indicator of state 0
+        for t in range(frames):
+            if t < logit_lengths[b]:
+                prev, alpha = alpha, np.full(len(ext), -np.inf)
+                for s, k in enumerate(ext):
+                    terms = [prev[s]] + ([prev[s - 1]] if s >= 1 else [])
+                    if s >= 2 and k != blank_id and k != ext[s - 2]:
+                        terms.append(prev[s - 2])
+                    alpha[s] = np.logaddexp.reduce(terms) + y[t, k]
+            blank[t, b, : len(ext[0::2])] = alpha[0::2]
+            label[t, b, : len(ext[1::2])] = alpha[1::2]
+    return blank, label
+
+
+def test_forward_probs_match_the_alpha_recursion_and_the_loss(x64):
+    logits, labels, t_len, l_len = _batch(seed=10, blank_id=2)
+    kw = dict(logit_lengths=t_len, label_lengths=l_len, blank_id=2)
+    loss, blank, label = jaxloss.ctc_loss_with_forward_probs(jnp.asarray(logits), labels, **kw)
+    ref_blank, ref_label = np_ctc_alpha(logits, labels, t_len, l_len, blank_id=2)
+    assert blank.shape == (7, 5, 5) and label.shape == (7, 5, 4) and blank.dtype == jnp.float64
+    np.testing.assert_allclose(blank, ref_blank, rtol=1e-10)  # −inf at the same places
+    np.testing.assert_allclose(label, ref_label, rtol=1e-10)
+    np.testing.assert_allclose(loss, np_ctc_loss(logits, labels, t_len, l_len, 2), rtol=1e-10)
+    # float32, and the loss's gradient is ctc_loss's (the closed form).
+    z32 = jnp.asarray(logits, jnp.float32)
+    _, blank32, _ = jaxloss.ctc_loss_with_forward_probs(z32, labels, **kw)
+    assert blank32.dtype == jnp.float32
+    np.testing.assert_allclose(blank32, ref_blank, rtol=1e-5, atol=1e-5)
+    g = jax.grad(lambda z: jaxloss.ctc_loss_with_forward_probs(z, labels, **kw)[0].sum())(z32)
+    g_loss = jax.grad(lambda z: jaxloss.ctc_loss(z, labels, **kw).sum())(z32)
+    np.testing.assert_array_equal(g, g_loss)
+
+
+def test_forward_probs_gradient_of_the_tables(x64):
+    """Autodiff of the recursion: finite differences of the tables, zero (not NaN) through
+    the unreachable (−inf) states."""
+    logits, labels, t_len, l_len = _batch(seed=11, n=5, frames=5, classes=4, size=3)
+    reachable = [np.isfinite(t) for t in np_ctc_alpha(logits, labels, t_len, l_len)]
+    w = [np.random.default_rng(12).normal(size=r.shape) for r in reachable]
+
+    def f(z):
+        _, *tables = jaxloss.ctc_loss_with_forward_probs(
+            z, labels, logit_lengths=t_len, label_lengths=l_len
+        )
+        parts = zip(tables, reachable, w, strict=True)
+        return sum(jnp.sum(jnp.where(r, x * v, 0.0)) for x, r, v in parts)
+
+    check_grads(f, (jnp.asarray(logits),), order=1, modes=["rev", "fwd"])
+    assert np.isfinite(np.asarray(jax.grad(f)(jnp.asarray(logits)))).all()
+
+
+def test_forward_probs_masks_reduction_and_invalid_lengths():
+    z = jnp.asarray(np.random.default_rng(13).normal(size=(3, 4, 3)), jnp.float32)
+    labels = jnp.array([[1, 2], [2, 1], [1, 1]])
+    keep = jnp.array([True, False, True])
+    loss, blank, label = jaxloss.ctc_loss_with_forward_probs(z, labels, where=keep, reduction="sum")
+    per_seq = jaxloss.ctc_loss(z, labels)
+    np.testing.assert_allclose(loss, per_seq[0] + per_seq[2], rtol=1e-6)
+    assert np.all(np.asarray(blank)[:, 1] == -np.inf) and np.all(np.asarray(label)[:, 1] == -np.inf)
+    # Traced lengths out of range: NaN loss and NaN tables for that sequence only.
+    f = jax.jit(lambda n: jaxloss.ctc_loss_with_forward_probs(z, labels, logit_lengths=n))
+    loss, blank, label = f(jnp.array([4, 5, 4]))
+    assert np.isnan(loss[1]) and np.isnan(np.asarray(blank)[:, 1]).all()
+    assert np.isfinite(np.asarray(loss)[[0, 2]]).all()
+    assert not np.isnan(np.asarray(label)[:, [0, 2]]).any()
