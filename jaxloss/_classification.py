@@ -145,10 +145,38 @@ def _class_ids(labels: jax.Array, n_classes: int) -> jax.Array:
     return jnp.where(valid, labels.astype(jnp.int32), -1)
 
 
+_PROBABILITY_HINT = (
+    "Floating `labels` are probabilities: for log-probabilities pass `jnp.exp(log_p)`, "
+    "for class ids an integer array."
+)
+
+
+def _distribution_atol(dtype) -> float:
+    """How far from 1 the sum of a distribution stored in ``dtype`` may round: generous,
+    since what it catches (multi-hot labels, log-probabilities) is off by O(1)."""
+    return max(1e-3, 8.0 * float(jnp.finfo(dtype).eps))
+
+
 def _categorical_inputs(
-    name, x, labels, *, axis, class_weights, ignore_index, where, weights, reduction
+    name,
+    x,
+    labels,
+    *,
+    axis,
+    class_weights,
+    ignore_index,
+    where,
+    weights,
+    reduction,
+    distributions: str | None = None,
 ) -> _Categorical:
-    """Validate and convert the inputs shared by every loss with a class axis."""
+    """Validate and convert the inputs shared by every loss with a class axis.
+
+    Probability labels must be non-negative: a concrete negative entry raises (a
+    log-probability passed as a label), a traced one makes its example's loss and
+    gradient NaN. With ``distributions`` (the hint to show) each kept label must also
+    sum to 1 along the class axis, checked the same way.
+    """
     C.check_ignore_index(ignore_index)
     x = C.as_float(name, x)
     axis = _class_axis(axis, x, name)
@@ -161,6 +189,20 @@ def _categorical_inputs(
     where, weights = C.prepare(_batch_shape(x, axis), where, weights, reduction)
     if integer:
         C.check_class_ids(labels, ignore_index, where)
+    else:
+        sums = None if distributions is None else axis
+        atol = _distribution_atol(labels.dtype)
+        if sums is not None:  # a sum along the class axis needs every class present
+            labels = jnp.broadcast_to(labels, x.shape)
+        row = None if where is None else jnp.expand_dims(where, axis)
+        C.check_probabilities(
+            _PROBABILITY_HINT if distributions is None else distributions,
+            row,
+            axis=sums,
+            atol=atol,
+            labels=labels,
+        )
+        labels = C.probabilities_or_nan(labels, axis=sums, atol=atol)
     cw = _class_weights(class_weights, x.shape[axis])
     dtype = C.compute_dtype(x) if integer else C.compute_dtype(x, labels)
     x = x.astype(dtype)
@@ -328,7 +370,7 @@ def _categorical(
             target = target * _along(cw, x.ndim, axis)  # PyTorch: −Σ_c w_c·t_c·log p_c
         # optax's formula, −Σ t·log_softmax(z), with −inf at the lowest float.
         log_p = N.log_softmax(x, axis) if normalize else N.finite_floor(x)
-        loss = -jnp.sum(target * log_p, axis=axis)
+        loss = N.negate(jnp.sum(target * log_p, axis=axis))
     return C.reduce(
         loss,
         where=inputs.keep,
@@ -801,7 +843,7 @@ def softmax_focal_loss(
     log_p = N.log_softmax(x, axis)
     if integer:
         log_p_y = _pick(log_p, labels, axis)
-        loss = -log_p_y
+        loss = N.negate(log_p_y)
         if focal:
             # As for probability labels: log(1 − p_y) from the other classes where p_y ≥ ½,
             # else log1p(−p_y). The logsumexp alone puts a cotangent of γ·ℓ on log p
@@ -830,7 +872,7 @@ def softmax_focal_loss(
         # t·log p first: a class with a −inf logit has log p at the lowest float, and the
         # factor's cotangent w·log p·t would overflow to −inf for a weight w > 1 before
         # t = 0 could zero it (0·inf = NaN); t·log p is exactly 0 there.
-        loss = -jnp.sum(factor * (labels * log_p), axis=axis)
+        loss = N.negate(jnp.sum(factor * (labels * log_p), axis=axis))
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction, denominator=omega)
 
 

@@ -90,11 +90,6 @@ def _check_probabilities(probabilities, row_where, shape) -> None:
     C.check_probabilities(hint, row_where, **probabilities)
 
 
-def _negate(x: jax.Array) -> jax.Array:
-    """−x, but +0 for x = 0: a certain outcome has zero (not −0) surprisal and entropy."""
-    return 0.0 - x
-
-
 def _p_log(p: jax.Array, log_q: jax.Array) -> jax.Array:
     """p · log q for log-space inputs, 0 where p = 0 (even where log q = −inf)."""
     positive = p > 0
@@ -142,7 +137,7 @@ def surprisal(
         probs=probs,
     )
     probs = C.keep(where, probs, 1.0)
-    loss = _negate(jnp.log(probs)) * factor
+    loss = N.negate(jnp.log(probs)) * factor
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 
@@ -190,7 +185,7 @@ def entropy(
         where, weights, reduction, axis, probs=probs
     )
     probs = C.keep(row_where, probs, 1.0)
-    loss = _negate(jnp.sum(N.xlogy(probs, probs), axis=axis)) * factor
+    loss = N.negate(jnp.sum(N.xlogy(probs, probs), axis=axis)) * factor
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 
@@ -231,7 +226,7 @@ def entropy_from_logits(
     )
     logits = C.keep(row_where, logits, 0.0)
     log_p = jax.nn.log_softmax(logits, axis=axis)
-    loss = _negate(jnp.sum(_p_log(jnp.exp(log_p), log_p), axis=axis)) * factor
+    loss = N.negate(jnp.sum(_p_log(jnp.exp(log_p), log_p), axis=axis)) * factor
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 
@@ -280,7 +275,7 @@ def cross_entropy(
     )
     p = C.keep(row_where, p, 1.0)
     q = C.keep(row_where, q, 1.0)
-    loss = _negate(jnp.sum(N.xlogy(p, q), axis=axis)) * factor
+    loss = N.negate(jnp.sum(N.xlogy(p, q), axis=axis)) * factor
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 

@@ -138,6 +138,17 @@ def sparsemax(logits: ArrayLike, *, axis: int = -1) -> jax.Array:
     return jnp.moveaxis(_sparsemax_last(z), -1, axis)
 
 
+# Off the simplex Ω(y) = +inf, and the finite formula ⟨z, p − y⟩ − ½‖p‖² + ½‖y‖² is neither
+# shift-invariant nor non-negative there: such labels are rejected, not extended.
+_DISTRIBUTION_HINT = (
+    "`sparsemax_loss` is the Fenchel–Young loss of ½‖p‖² on the probability simplex, "
+    "+inf off it: each probability label must be non-negative and sum to 1 along the "
+    "class axis. For multi-hot labels pass `labels / labels.sum(axis, keepdims=True)` "
+    "(the multi-label sparsemax loss of Martins & Astudillo, 2016); for log-probabilities "
+    "`jnp.exp(log_p)`; for class ids an integer array."
+)
+
+
 def sparsemax_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -164,8 +175,12 @@ def sparsemax_loss(
     Args:
       logits: z, floating array with a class axis of size C.
       labels: integer class ids broadcastable to ``logits``' shape without ``axis``, or
-        floating target probabilities broadcastable to ``logits``' shape (the rule of
-        `softmax_cross_entropy`). A class id outside [0, C) gives NaN.
+        floating target distributions broadcastable to ``logits``' shape (the rule of
+        `softmax_cross_entropy`). A class id outside [0, C) gives NaN. A probability
+        label must lie on the simplex (non-negative, summing to 1 within rounding),
+        where the loss is finite: a concrete one that does not (multi-hot labels,
+        log-probabilities) raises a ``ValueError``, a traced one gives NaN in that
+        example's value and gradient.
       axis: the class axis (default the last).
       where, weights, reduction: as in `softmax_cross_entropy` (per example).
 
@@ -194,6 +209,7 @@ def sparsemax_loss(
         where=where,
         weights=weights,
         reduction=reduction,
+        distributions=_DISTRIBUTION_HINT,
     )
     x, labels, integer, axis, keep, weights = cat[:6]  # the record's first six fields
     z = jnp.moveaxis(x, axis, -1)

@@ -872,3 +872,69 @@ def test_class_weighted_smoothing_gradients_in_logits_and_class_weights(kind):
     )(z, TORCH_W)
     assert np.isfinite(value) and all(np.isfinite(g).all() for g in grads)
     assert np.all(np.asarray(grads[0])[:, 3] == 0)
+
+
+# --------------------------------------------------------------------------------------
+# Review 2: log-probabilities as probability labels, one class
+# --------------------------------------------------------------------------------------
+
+LOG_PROBS = np.log(PROBS)  # the mistake: log-probabilities where probabilities belong
+SOFTMAX_LOSSES = [
+    jaxloss.softmax_cross_entropy,
+    jaxloss.nll_loss,
+    jaxloss.softmax_focal_loss,
+    jaxloss.poly_cross_entropy,
+    jaxloss.sparsemax_loss,
+]
+
+
+@pytest.mark.parametrize("fn", SOFTMAX_LOSSES, ids=lambda f: f.__name__)
+def test_review2_item7_log_probabilities_as_labels_raise_when_concrete(fn):
+    """Review 2, item 7: log-probabilities passed as probability labels (negative
+    entries) raise a ValueError naming `labels` in every softmax loss, eagerly and under
+    jit with concrete labels, as `cross_entropy` and `kl_divergence` do; an example
+    dropped by `where` is not inspected."""
+    z = jnp.asarray(LOGITS, jnp.float32)
+    y = jnp.asarray(LOG_PROBS, jnp.float32)
+    message = r"`labels` holds a negative entry \(-\d.*not a probability.*jnp\.exp"
+    with pytest.raises(ValueError, match=message):
+        fn(z, y)
+    with pytest.raises(ValueError, match=message):
+        jax.jit(lambda z: fn(z, y))(z)
+    y_ok = jnp.asarray(PROBS, jnp.float32).at[1].set(-1.0)  # only in a dropped example
+    assert np.isfinite(np.asarray(fn(z, y_ok, where=jnp.asarray(KEEP), reduction="sum")))
+
+
+@pytest.mark.parametrize("fn", SOFTMAX_LOSSES, ids=lambda f: f.__name__)
+def test_review2_item7_traced_negative_labels_give_nan_value_and_gradient(fn):
+    """Review 2, item 7: under jit the labels' values are unknown at trace time; an
+    example whose label holds a negative entry gets a NaN loss and NaN logit gradient
+    (softmax_cross_entropy returned about −23 before), the others keep their values."""
+    y = PROBS.copy()
+    y[2] = LOG_PROBS[2]
+    f = jax.jit(lambda z, y: fn(z, y))
+    out = np.asarray(f(LOGITS, y))
+    assert np.isnan(out[2])
+    np.testing.assert_allclose(np.delete(out, 2), np.delete(np.asarray(fn(LOGITS, PROBS)), 2))
+    g = np.asarray(jax.jit(jax.grad(lambda z, y: jnp.sum(fn(z, y))))(LOGITS, y))
+    assert np.isnan(g[2]).all() and np.isfinite(np.delete(g, 2, axis=0)).all()
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [jaxloss.softmax_cross_entropy, jaxloss.softmax_focal_loss, jaxloss.poly_cross_entropy],
+    ids=lambda f: f.__name__,
+)
+@pytest.mark.parametrize("kind", ["ids", "probabilities"])
+def test_review2_item11_one_class_gives_plus_zero_and_zero_gradient(fn, kind):
+    """Review 2, item 11: with one class every softmax loss is exactly +0.0 (not −0.0,
+    which poly_cross_entropy returned), with zero gradient, for both label kinds, as
+    softmax_cross_entropy on class ids is."""
+    z = jnp.array([[1.5], [-0.3], [40.0]])
+    labels = jnp.zeros(3, jnp.int32) if kind == "ids" else jnp.ones((3, 1))
+    out = np.asarray(fn(z, labels))
+    assert (out == 0).all() and not np.signbit(out).any(), out
+    total = np.asarray(fn(z, labels, reduction="sum"))
+    assert total == 0 and not np.signbit(total)
+    g = np.asarray(jax.grad(lambda z: jnp.sum(fn(z, labels)))(z))
+    assert (g == 0).all()

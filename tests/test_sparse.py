@@ -180,3 +180,51 @@ def test_deliberate_difference_optax_sparsemax_loss_loses_digits_at_large_logits
     # loss is off by ~2e-4 here (measured), a thousand times ours.
     peer = np.asarray(optax.losses.multiclass_sparsemax_loss(jnp.asarray(z), jnp.asarray(labels)))
     assert np.abs(peer - expected).max() > 2e-5
+
+
+# --------------------------------------------------------------------------------------
+# Review 2
+# --------------------------------------------------------------------------------------
+
+# Martins & Astudillo's example logits; the labels are not distributions.
+NOT_DISTRIBUTIONS = np.array([[1.0, 1.0, 0.0], [-0.5, 1.5, 0.0], [0.3, 0.3, 0.0]])
+Z3 = np.array([[1.0, 0.5, -1.0]] * 3)
+
+
+def test_review2_item8_labels_that_are_not_distributions_raise_when_concrete():
+    """Review 2, item 8: sparsemax_loss is the Fenchel–Young loss of ½‖p‖² on the simplex,
+    +inf off it; multi-hot [1, 1, 0], [−0.5, 1.5, 0] and a vector summing to 0.6 raise a
+    ValueError naming `labels` (0.3125 came back before, neither the documented formula's
+    0.0625 nor its gradient), eagerly and under jit; a dropped example is not inspected."""
+    message = r"`labels` holds (a vector that sums to 2|a vector that sums to 0.6|a negative).*"
+    for y in jnp.asarray(NOT_DISTRIBUTIONS[:, None], jnp.float32):
+        with pytest.raises(ValueError, match=message + r"labels\.sum\(axis"):
+            jaxloss.sparsemax_loss(Z3[:1], y)
+        with pytest.raises(ValueError, match=message):
+            jax.jit(lambda z, y=y: jaxloss.sparsemax_loss(z, y))(Z3[:1])
+    keep = np.array([True, False, False])
+    y = np.concatenate([[[0.2, 0.8, 0.0]], NOT_DISTRIBUTIONS[:2]])
+    out = jaxloss.sparsemax_loss(Z3, y, where=keep, reduction="sum")
+    np.testing.assert_allclose(out, _sparsemax_loss_ref(Z3[:1], y[:1]).sum(), rtol=1e-6)
+
+
+def test_review2_item8_traced_non_distributions_give_nan_value_and_gradient():
+    """Review 2, item 8: under jit (values unknown at trace time) a label that is not a
+    distribution makes that example's value and logit gradient NaN, never a plausible
+    number; the distribution rows keep the documented value and its exact gradient
+    sparsemax(z) − y, which also matches central finite differences of the value."""
+    y = np.concatenate([NOT_DISTRIBUTIONS, [[0.2, 0.8, 0.0], [1.0, 0.0, 0.0]]])
+    z = np.concatenate([Z3, [[0.4, 0.1, -0.2], [2.0, 0.0, 0.5]]])
+    f = jax.jit(lambda z, y: sparsemax_loss(z, y))
+    value = np.asarray(f(z, y))
+    grad = np.asarray(jax.jit(jax.grad(lambda z, y: jnp.sum(sparsemax_loss(z, y))))(z, y))
+    assert np.isnan(value[:3]).all() and np.isnan(grad[:3]).all()
+    np.testing.assert_allclose(value[3:], _sparsemax_loss_ref(z[3:], y[3:]), rtol=1e-6)
+    np.testing.assert_allclose(grad[3:], _sparsemax_ref(z[3:]) - y[3:], atol=1e-6)
+    with jax.enable_x64(True):
+        z64, y64, h = z[3:], y[3:], 1e-6
+        for i, j in np.ndindex(z64.shape):
+            e = np.zeros_like(z64)
+            e[i, j] = h
+            fd = (f(z64 + e, y64) - f(z64 - e, y64))[i] / (2 * h)
+            np.testing.assert_allclose(fd, grad[3 + i, j], atol=1e-6)
