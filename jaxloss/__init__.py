@@ -16,6 +16,7 @@ from jaxloss._classification import (
     poly_cross_entropy,
     sigmoid_binary_cross_entropy,
     sigmoid_focal_loss,
+    smooth_labels,
     softmax_cross_entropy,
     softmax_focal_loss,
     z_loss,
@@ -128,6 +129,7 @@ __all__ = [
     "binary_cross_entropy",
     "sigmoid_focal_loss",
     "poly_cross_entropy",
+    "smooth_labels",
     # sparse outputs (sparsemax and its Fenchel-Young loss)
     "sparsemax",
     "sparsemax_loss",

@@ -7,6 +7,7 @@ probability labels, so the two agree on one-hot labels by construction; the sigm
 
 from __future__ import annotations
 
+import numbers
 import operator
 from typing import NamedTuple
 
@@ -117,6 +118,14 @@ def _uniform_over_finite(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]
     """(mask of classes with a finite logit, their count): the support label smoothing uses."""
     finite = x != -jnp.inf  # NaN counts as finite here, so NaN logits stay visible
     return finite, jnp.sum(finite, axis=axis, keepdims=True).astype(x.dtype)
+
+
+def _smooth(target: jax.Array, label_smoothing: float | jax.Array, uniform) -> jax.Array:
+    """(1 − ε)·t + ε·u: the target t mixed with the uniform distribution u, the label
+    smoothing of every loss here (u = 1/K over the classes, ½ for a binary label)."""
+    if _is_zero(label_smoothing):
+        return target
+    return (1.0 - label_smoothing) * target + label_smoothing * uniform
 
 
 class _Categorical(NamedTuple):
@@ -365,7 +374,7 @@ def _categorical(
         target = labels
         if smooth:
             finite, count = _uniform_over_finite(x, axis)
-            target = (1.0 - label_smoothing) * target + label_smoothing * (finite / count)
+            target = _smooth(target, label_smoothing, finite / count)
         if cw is not None:
             target = target * _along(cw, x.ndim, axis)  # PyTorch: −Σ_c w_c·t_c·log p_c
         # optax's formula, −Σ t·log_softmax(z), with −inf at the lowest float.
@@ -651,8 +660,7 @@ def sigmoid_binary_cross_entropy(
     )
     z = C.keep(where, logits, 0.0)
     y = C.keep(where, labels, 0.0)
-    if not _is_zero(label_smoothing):
-        y = (1.0 - label_smoothing) * y + 0.5 * label_smoothing
+    y = _smooth(y, label_smoothing, 0.5)
     if pos_weight is None:
         loss = N.binary_logit_nll(z, y)
     else:
@@ -964,12 +972,121 @@ def poly_cross_entropy(
         if smooth:
             _, count = _uniform_over_finite(x, axis)
             uniform = 1.0 - 1.0 / jnp.squeeze(count, axis)  # Σ_c (1 − p_c)/K over finite c
-            poly = (1.0 - label_smoothing) * poly + label_smoothing * uniform
+            poly = _smooth(poly, label_smoothing, uniform)
     else:
         target = labels
         if smooth:
             finite, count = _uniform_over_finite(x, axis)
-            target = (1.0 - label_smoothing) * target + label_smoothing * (finite / count)
+            target = _smooth(target, label_smoothing, finite / count)
         poly = jnp.sum(target * -jnp.expm1(log_p), axis=axis)
     loss = ce + jnp.asarray(epsilon, x.dtype) * poly
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
+
+
+# --------------------------------------------------------------------------------------
+# Label smoothing as a label transform
+# --------------------------------------------------------------------------------------
+
+
+def smooth_labels(
+    labels: ArrayLike,
+    alpha: float | ArrayLike,
+    *,
+    axis: int = -1,
+    num_classes: int | None = None,
+) -> jax.Array:
+    """Label smoothing: the labels mixed with the uniform distribution over K classes.
+
+        t = (1 − α)·y + α/K
+
+    ``optax.smooth_labels`` (for its default ``where=None``), for targets that a loss
+    takes as probabilities. The softmax losses here take ``label_smoothing=α`` instead,
+    which also works on class ids and spreads α only over classes with a finite logit;
+    use this transform for a loss without that option or to inspect the targets.
+    ``labels`` may be one-hot or probability vectors (floating, the classes along
+    ``axis``), or integer class ids with ``num_classes`` (then the result gains the
+    class axis at ``axis``, as ``jax.nn.one_hot`` places it).
+
+    Args:
+      labels: floating one-hot or probability labels with the classes along ``axis``,
+        or integer class ids in [0, ``num_classes``) of any shape. A concrete negative
+        entry (a log-probability, or a negative id) raises; under ``jit`` a negative
+        probability gives NaN, and so does an id outside [0, K) (never the uniform
+        vector of an all-zero one-hot row).
+      alpha: α ∈ [0, 1], the smoothing factor: a Python number or a scalar array.
+      axis: the class axis of floating ``labels``, or where the class axis goes in the
+        result for class ids (default the last).
+      num_classes: K, required for class ids; for floating labels optional, and then
+        it must equal ``labels.shape[axis]``.
+
+    Returns:
+      The smoothed labels: ``labels``' shape for floating labels, ``labels.shape``
+      with a class axis of size K inserted at ``axis`` for class ids. float32, or
+      float64 for float64 input (bf16/f16 are computed and returned in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.smooth_labels(jnp.array([[0.0, 1.0, 0.0, 0.0]]), 0.2)
+      Array([[0.05, 0.85, 0.05, 0.05]], dtype=float32)
+      >>> jaxloss.smooth_labels(jnp.array([1, 3]), 0.2, num_classes=4)
+      Array([[0.05, 0.85, 0.05, 0.05],
+             [0.05, 0.05, 0.05, 0.85]], dtype=float32)
+
+    References:
+      Szegedy et al., "Rethinking the Inception architecture for computer vision",
+      CVPR 2016, §7; Müller, Kornblith & Hinton, "When does label smoothing help?",
+      NeurIPS 2019.
+    """
+    C.check_in_range("alpha", alpha, 0.0, 1.0)
+    if num_classes is not None and (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, numbers.Integral)
+        or num_classes < 1
+    ):
+        raise ValueError(f"`num_classes` must be a positive int or None, got {num_classes!r}.")
+    if labels is None:
+        raise TypeError("`labels` is required, got None.")
+    y = jnp.asarray(labels)
+    a = C.as_float("alpha", alpha, allow_int=True)
+    if a.ndim != 0:
+        raise ValueError(
+            f"`alpha` must be a scalar (one smoothing factor), got an array of shape {a.shape}."
+        )
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        if num_classes is None:
+            raise TypeError(
+                f"Integer `labels` (class ids, shape {y.shape}) need `num_classes=`: the "
+                "number of classes K is not in the ids. For one-hot or probability labels "
+                "pass a floating array."
+            )
+        if not isinstance(y, jax.core.Tracer):
+            values = np.asarray(y)
+            outside = values[(values < 0) | (values >= num_classes)]
+            if outside.size:
+                raise ValueError(
+                    f"`labels` hold class ids outside [0, num_classes={num_classes}): "
+                    f"{sorted({int(v) for v in outside.ravel()[:1000]})[:3]}. Drop padding "
+                    "ids before smoothing (the losses' `ignore_index=`/`where=` do that), or "
+                    "check `num_classes`."
+                )
+        dtype = C.compute_dtype(a)
+        ids = _class_ids(y, num_classes)
+        # An id outside [0, K) one-hot encodes to a row of zeros, which smoothing would
+        # turn into the plausible uniform vector: NaN instead.
+        bad = jnp.expand_dims(ids < 0, -1)
+        target = jnp.where(bad, jnp.nan, jax.nn.one_hot(ids, num_classes, dtype=dtype))
+        out = _smooth(target, a.astype(dtype), 1.0 / num_classes)
+        return jnp.moveaxis(out, -1, _class_axis(axis, out, "labels"))
+    y = C.as_float("labels", y)
+    axis = _class_axis(axis, y, "labels")
+    n_classes = y.shape[axis]
+    if num_classes is not None and num_classes != n_classes:
+        raise ValueError(
+            f"`num_classes={num_classes}` does not match the {n_classes} classes of `labels` "
+            f"{y.shape} along axis {axis}. Leave `num_classes` out for floating labels, or "
+            "check the class axis."
+        )
+    C.check_probabilities(_PROBABILITY_HINT, labels=y)
+    dtype = C.compute_dtype(y, a)
+    y = C.probabilities_or_nan(y.astype(dtype))
+    return _smooth(y, a.astype(dtype), 1.0 / n_classes)

@@ -611,6 +611,40 @@ CASES += [
 ]
 
 
+def _smooth_labels_ref(labels, alpha, num_classes=None):
+    """Szegedy et al. (2016), optax.smooth_labels: (1 − α)·y + α/K, y one-hot for ids."""
+    if np.issubdtype(np.asarray(labels).dtype, np.integer):
+        labels = np.eye(num_classes)[labels]
+    return (1.0 - alpha) * labels + alpha / labels.shape[-1]
+
+
+CASES += [
+    Case(
+        # A label transform, not a loss: no where/weights/reduction. alpha is a scalar
+        # shared by the batch.
+        "smooth_labels",
+        jaxloss.smooth_labels,
+        lambda rng: ((_probabilities(rng), np.array(0.15)), {}),
+        _smooth_labels_ref,
+        grad_args=(0, 1),
+        conventions=False,
+        unbatched=(1,),
+        extreme=lambda: ((_EXTREME_PROBS, np.float32(1.0)), {}),
+        id="smooth_labels[probabilities]",
+    ),
+    Case(
+        "smooth_labels",
+        jaxloss.smooth_labels,
+        lambda rng: ((_class_ids(rng), np.array(0.3)), {"num_classes": K}),
+        _smooth_labels_ref,
+        grad_args=(1,),
+        conventions=False,
+        unbatched=(1,),
+        id="smooth_labels[class ids]",
+    ),
+]
+
+
 # --------------------------------------------------------------------------------------
 # Regularization penalties (issue 4)
 # --------------------------------------------------------------------------------------

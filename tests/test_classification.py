@@ -938,3 +938,63 @@ def test_review2_item11_one_class_gives_plus_zero_and_zero_gradient(fn, kind):
     assert total == 0 and not np.signbit(total)
     g = np.asarray(jax.grad(lambda z: jnp.sum(fn(z, labels)))(z))
     assert (g == 0).all()
+
+
+# --------------------------------------------------------------------------------------
+# smooth_labels
+# --------------------------------------------------------------------------------------
+
+smooth_labels = jax.jit(jaxloss.smooth_labels, static_argnames=("axis", "num_classes"))
+OPTAX_TS = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["scalar", "batched"])
+def test_smooth_labels_passes_optax_smoothing_tests(batched):
+    """optax's SmoothLabelsTest (test_scalar, test_batched), ported case by case: α = 0
+    returns the labels, α = 0.1 gives 0.9·y + 0.1/K, α = 1 the uniform vector."""
+    ts = OPTAX_TS if batched else OPTAX_TS[0]
+    expected = {0.0: ts, 0.1: 0.9 * ts + 0.1 / 3, 1.0: np.ones_like(ts) / 3}
+    for alpha, exp in expected.items():
+        np.testing.assert_allclose(smooth_labels(ts, alpha), exp, atol=1e-4)
+        np.testing.assert_allclose(smooth_labels(ts, alpha), optax.smooth_labels(ts, alpha))
+
+
+def test_smooth_labels_of_class_ids_equal_those_of_one_hot_and_feed_the_losses():
+    for axis in (-1, 0):
+        by_id = jaxloss.smooth_labels(IDS.reshape(2, 4), 0.2, num_classes=K, axis=axis)
+        one_hot = np.moveaxis(np.eye(K)[IDS.reshape(2, 4)], -1, axis)
+        np.testing.assert_allclose(by_id, jaxloss.smooth_labels(one_hot, 0.2, axis=axis))
+        np.testing.assert_allclose(by_id, 0.8 * one_hot + 0.2 / K, rtol=1e-6)
+    # Smoothing the target first is the losses' label_smoothing (no −inf logits).
+    np.testing.assert_allclose(
+        jaxloss.softmax_cross_entropy(LOGITS, jaxloss.smooth_labels(IDS, 0.3, num_classes=K)),
+        jaxloss.softmax_cross_entropy(LOGITS, IDS, label_smoothing=0.3),
+        rtol=1e-6,
+    )
+
+
+def test_smooth_labels_traced_bad_labels_give_nan_and_concrete_ones_raise():
+    out = np.asarray(smooth_labels(jnp.array([1, K, -1]), 0.2, num_classes=K))
+    assert np.isfinite(out[0]).all() and np.isnan(out[1:]).all()  # not the uniform vector
+    out = np.asarray(jax.jit(jaxloss.smooth_labels)(LOG_PROBS[:2], 0.1))
+    assert np.isnan(out).all()
+    bad = [
+        (lambda: jaxloss.smooth_labels(IDS, 0.1), TypeError, r"need `num_classes=`"),
+        (
+            lambda: jaxloss.smooth_labels(jnp.array([0, -100]), 0.1, num_classes=K),
+            ValueError,
+            r"class ids outside \[0, num_classes=5\): \[-100\]",
+        ),
+        (lambda: jaxloss.smooth_labels(jnp.asarray(LOG_PROBS), 0.1), ValueError, r"negative"),
+        (
+            lambda: jaxloss.smooth_labels(jnp.ones((2, 3)), 0.1, num_classes=4),
+            ValueError,
+            r"`num_classes=4` does not match the 3 classes",
+        ),
+        (lambda: jaxloss.smooth_labels(OPTAX_TS, 1.5), ValueError, r"`alpha` must be in"),
+        (lambda: jaxloss.smooth_labels(OPTAX_TS, jnp.ones(2)), ValueError, r"`alpha` must be a"),
+        (lambda: jaxloss.smooth_labels(IDS, 0.1, num_classes=0), ValueError, r"`num_classes`"),
+    ]
+    for call, error, message in bad:
+        with pytest.raises(error, match=message):
+            call()

@@ -120,6 +120,14 @@ def _(rng):
     return jaxloss.softmax_cross_entropy(Z, IDS, label_smoothing=0.2), peer
 
 
+@row("optax-smooth_labels[direct]")
+def _(rng):
+    peer = optax.smooth_labels(ONE_HOT, 0.2)
+    ours = jaxloss.smooth_labels(ONE_HOT, 0.2)
+    np.testing.assert_array_equal(jaxloss.smooth_labels(IDS, 0.2, num_classes=C), ours)
+    return ours, peer
+
+
 @row("optax-poly_loss_cross_entropy")
 def _(rng):
     return (
@@ -604,7 +612,8 @@ def test_migration_row(x64, name):
     np.testing.assert_allclose(np.asarray(ours), np.asarray(peer), rtol=rtol, atol=atol)
 
 
-TEST_ID = re.compile(r"^`((?:optax|torch|keras)-\w+)`$")
+# An id is ``peer-NAME``, or ``peer-NAME[variant]`` for a second row of the same peer function.
+TEST_ID = re.compile(r"^`((?:optax|torch|keras)-\w+(?:\[\w+\])?)`$")
 
 
 def _guide_ids():
@@ -616,7 +625,7 @@ def _guide_ids():
             continue
         match = TEST_ID.match(cells[-1])
         assert match, f"docs/migrating.md: a table row without a test id: {line!r}"
-        peer = match.group(1).split("-", 1)[1]
+        peer = match.group(1).split("-", 1)[1].split("[")[0]
         assert f".{peer}(" in cells[0], f"row {match.group(1)} documents {cells[0]}"
         ids.append(match.group(1))
     return ids
