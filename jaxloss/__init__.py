@@ -12,6 +12,7 @@ from jaxloss import transforms as transforms
 from jaxloss._auxiliary import combine_losses
 from jaxloss._classification import (
     binary_cross_entropy,
+    categorical_generalized_cross_entropy,
     nll_loss,
     poly_cross_entropy,
     sigmoid_binary_cross_entropy,
@@ -129,6 +130,7 @@ __all__ = [
     "binary_cross_entropy",
     "sigmoid_focal_loss",
     "poly_cross_entropy",
+    "categorical_generalized_cross_entropy",
     "smooth_labels",
     # sparse outputs (sparsemax and its Fenchel-Young loss)
     "sparsemax",

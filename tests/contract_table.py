@@ -611,6 +611,33 @@ CASES += [
 ]
 
 
+def _gce_ref(logits, labels, q=0.5):
+    """Zhang & Sabuncu (2018), eq. 6: Σ_c t_c (1 − p_c^q)/q, p = softmax(z)."""
+    p = special.softmax(logits, axis=-1)
+    return (_target(labels) * (1.0 - p**q) / q).sum(-1)
+
+
+CASES += [
+    Case(
+        "categorical_generalized_cross_entropy",
+        jaxloss.categorical_generalized_cross_entropy,
+        lambda rng: ((_logits(rng), _class_ids(rng)), {}),
+        _gce_ref,
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_IDS), {}),
+        id="categorical_generalized_cross_entropy[class ids]",
+    ),
+    Case(
+        "categorical_generalized_cross_entropy",
+        jaxloss.categorical_generalized_cross_entropy,
+        lambda rng: ((_logits(rng), _probabilities(rng)), {"q": 0.7}),
+        _gce_ref,
+        grad_args=(0, 1),
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_PROBS), {"q": 0.7}),
+        id="categorical_generalized_cross_entropy[probabilities,q=0.7]",
+    ),
+]
+
+
 def _smooth_labels_ref(labels, alpha, num_classes=None):
     """Szegedy et al. (2016), optax.smooth_labels: (1 − α)·y + α/K, y one-hot for ids."""
     if np.issubdtype(np.asarray(labels).dtype, np.integer):

@@ -998,3 +998,48 @@ def test_smooth_labels_traced_bad_labels_give_nan_and_concrete_ones_raise():
     for call, error, message in bad:
         with pytest.raises(error, match=message):
             call()
+
+
+# --------------------------------------------------------------------------------------
+# categorical_generalized_cross_entropy
+# --------------------------------------------------------------------------------------
+
+gce = jax.jit(jaxloss.categorical_generalized_cross_entropy, static_argnames=("q", "reduction"))
+
+
+def _gce_np(logits, target, q):
+    """Zhang & Sabuncu (2018), eq. 6, float64: Σ_c t_c (1 − p_c^q)/q."""
+    return (target * (1.0 - special.softmax(logits, axis=-1) ** q) / q).sum(-1)
+
+
+def test_generalized_cross_entropy_limits_are_cross_entropy_and_mae():
+    """q → 0 gives −log p_y; q = 1 gives 1 − p_y = ½‖e_y − p‖₁; class ids equal one-hot."""
+    p = special.softmax(LOGITS, axis=-1)
+    np.testing.assert_allclose(gce(LOGITS, IDS, q=1e-7), _ce_ref(LOGITS, ONE_HOT), rtol=1e-5)
+    np.testing.assert_allclose(gce(LOGITS, IDS, q=1.0), 0.5 * np.abs(ONE_HOT - p).sum(-1))
+    for q in (0.3, 0.7):
+        np.testing.assert_allclose(gce(LOGITS, IDS, q=q), gce(LOGITS, ONE_HOT, q=q), rtol=1e-6)
+        np.testing.assert_allclose(gce(LOGITS, PROBS, q=q), _gce_np(LOGITS, PROBS, q), rtol=1e-6)
+
+
+def test_generalized_cross_entropy_gradient_is_ce_gradient_weighted_by_p_y_to_the_q():
+    """Zhang & Sabuncu (2018), eq. 7: ∂ℓ/∂z = −p_y^q·(e_y − p), float64 reference."""
+    p = special.softmax(LOGITS, axis=-1)
+    p_y = p[np.arange(N), IDS]
+    g = jax.grad(lambda z: jnp.sum(gce(z, IDS, q=0.7)))(LOGITS)
+    np.testing.assert_allclose(g, -(p_y**0.7)[:, None] * (ONE_HOT - p), rtol=1e-5, atol=1e-7)
+
+
+def test_generalized_cross_entropy_is_bounded_and_finite_at_extreme_logits():
+    z = jnp.array([[0.0, -jnp.inf, 3.0], [1e9, -1e9, 0.0], [-1e4, 1e4, 0.0]], jnp.float32)
+    labels = jnp.array([1, 0, 0])  # the label on the −inf class, and two hopeless ones
+    out = gce(z, labels, q=0.5)
+    np.testing.assert_allclose(out, [2.0, 0.0, 2.0], atol=1e-6)  # 1/q at p_y = 0
+    g = jax.grad(lambda z: jnp.sum(gce(z, labels, q=0.5)))(z)
+    assert np.isfinite(np.asarray(g)).all()
+
+
+def test_generalized_cross_entropy_bad_q():
+    for q in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"`q` must be in \(0, 1\]"):
+            jaxloss.categorical_generalized_cross_entropy(Z0, jnp.zeros(3, int), q=q)

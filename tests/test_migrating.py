@@ -535,6 +535,17 @@ def _(rng):
     return 0.25 * jaxloss.softmax_focal_loss(Z, ONE_HOT, gamma=2.0, reduction="mean"), ref
 
 
+@row("keras-CategoricalGeneralizedCrossEntropy")
+def _(rng):
+    # q=0.7: (1 − p^q)/q, p = y_pred at the class id y_true; y_pred probabilities
+    y_pred = special.softmax(Z, axis=-1)
+    ref = np.mean((1.0 - y_pred[np.arange(N), IDS] ** 0.7) / 0.7)
+    out = jaxloss.categorical_generalized_cross_entropy(
+        jnp.log(y_pred), IDS, q=0.7, reduction="mean"
+    )
+    return out, ref
+
+
 @row("keras-KLDivergence")
 def _(rng):
     ref = np.mean((P * np.log(P / Q)).sum(-1))  # y_true = p, y_pred = q (clipped to [ε, 1])
