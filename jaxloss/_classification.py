@@ -267,6 +267,16 @@ def _past_the_end(ids: jax.Array, n_classes: int) -> jax.Array:
     return jnp.where(ids < 0, n_classes, ids)
 
 
+def _one_hot(ids: jax.Array, n_classes: int, axis: int, dtype) -> jax.Array:
+    """Class ids (``_class_ids``' −1 for a bad one) as one-hot vectors along ``axis``,
+    NaN for a bad id: a row of zeros would be a plausible (empty) target."""
+    ids = jnp.expand_dims(ids, axis)
+    shape = list(ids.shape)
+    shape[axis] = n_classes
+    classes = jax.lax.broadcasted_iota(jnp.int32, tuple(shape), axis)
+    return jnp.where(ids < 0, jnp.nan, (classes == ids).astype(dtype))
+
+
 def class_id_cross_entropy(
     lse: jax.Array,
     label_logit: jax.Array,
@@ -725,6 +735,7 @@ def sigmoid_focal_loss(
     *,
     alpha: float | None = None,
     gamma: float = 2.0,
+    label_smoothing: float = 0.0,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
@@ -746,6 +757,9 @@ def sigmoid_focal_loss(
       alpha: optional α ∈ [0, 1], the weight of the positive class (RetinaNet uses
         0.25). Default None: no α weighting.
       gamma: γ ≥ 0, the focusing exponent; γ = 0 gives BCE (times α_t).
+      label_smoothing: ε ∈ [0, 1], as in `sigmoid_binary_cross_entropy`: y becomes
+        (1 − ε)·y + ε/2 everywhere in the formula (in BCE, p_t and α_t), as in Keras's
+        ``BinaryFocalCrossentropy(label_smoothing=ε)``.
       where, weights, reduction: as in `sigmoid_binary_cross_entropy`.
 
     Returns:
@@ -763,6 +777,7 @@ def sigmoid_focal_loss(
     _check_gamma(gamma)
     if alpha is not None:
         C.check_in_range("alpha", alpha, 0.0, 1.0)
+    C.check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
     (logits, labels, alpha, gamma), where, weights = C.float_inputs(
         where,
         weights,
@@ -774,7 +789,7 @@ def sigmoid_focal_loss(
         gamma=gamma,
     )
     z = C.keep(where, logits, 0.0)
-    y = C.keep(where, labels, 0.0)
+    y = _smooth(C.keep(where, labels, 0.0), label_smoothing, 0.5)
     gamma = C.keep(where, gamma, 0.0)
     alpha = C.keep(where, alpha, 0.5)
     loss = N.binary_logit_nll(z, y)
@@ -792,6 +807,7 @@ def softmax_focal_loss(
     *,
     axis: int = -1,
     gamma: float = 2.0,
+    label_smoothing: float = 0.0,
     class_weights: ArrayLike | None = None,
     ignore_index: int | None = None,
     where: ArrayLike | None = None,
@@ -814,6 +830,11 @@ def softmax_focal_loss(
       labels: integer class ids or probabilities, as in `softmax_cross_entropy`.
       axis: the class axis (default the last).
       gamma: γ ≥ 0, the focusing exponent.
+      label_smoothing: ε ∈ [0, 1], as in `softmax_cross_entropy`: the target becomes
+        t = (1 − ε)·y + ε/K over the K classes with a finite logit, for both label
+        kinds (Keras's ``CategoricalFocalCrossentropy(label_smoothing=ε)``); with class
+        ids and class weights, ℓ = (1 − ε)·w_y·f_y + (ε/K)·Σ_c w_c·f_c, f_c the focal
+        term of class c.
       class_weights, ignore_index, where, weights, reduction: as in
         `softmax_cross_entropy`.
 
@@ -831,6 +852,7 @@ def softmax_focal_loss(
       ICCV 2017.
     """
     _check_gamma(gamma)
+    C.check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
     x, labels, integer, axis, keep, weights, cw, omega = _categorical_inputs(
         "logits",
         logits,
@@ -849,7 +871,15 @@ def softmax_focal_loss(
     # log p floored at the lowest float (N.finite_floor): finite everywhere, so a
     # logsumexp over any subset of classes is finite too, even one of −inf logits only.
     log_p = N.log_softmax(x, axis)
-    if integer:
+    smooth = not _is_zero(label_smoothing)
+    if smooth:
+        # Every class gets target mass: the per-class terms of the probability labels,
+        # with the smoothed one-hot target (its mean still divides by ω = w_y).
+        finite, count = _uniform_over_finite(x, axis)
+        if integer:
+            labels = _one_hot(labels, x.shape[axis], axis, x.dtype)
+        labels = _smooth(labels, label_smoothing, finite / count)
+    if integer and not smooth:
         log_p_y = _pick(log_p, labels, axis)
         loss = N.negate(log_p_y)
         if focal:

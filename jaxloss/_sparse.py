@@ -214,10 +214,7 @@ def sparsemax_loss(
     x, labels, integer, axis, keep, weights = cat[:6]  # the record's first six fields
     z = jnp.moveaxis(x, axis, -1)
     if integer:
-        n = z.shape[-1]
-        classes = jnp.arange(n)
-        y = (classes == labels[..., None]).astype(z.dtype)
-        y = jnp.where(((labels >= 0) & (labels < n))[..., None], y, jnp.nan)
+        y = K._one_hot(labels, z.shape[-1], -1, z.dtype)
         if keep is not None:  # a dropped example's bad id must not reach its gradient
             y = C.keep(keep[..., None], y, 0.0)
     else:

@@ -504,9 +504,10 @@ CASES += [
 ]
 
 
-def _softmax_focal_ref(logits, labels, gamma):
+def _softmax_focal_ref(logits, labels, gamma, label_smoothing=0.0):
     log_p = special.log_softmax(logits, axis=-1)
-    return -(_target(labels) * (1.0 - np.exp(log_p)) ** gamma * log_p).sum(-1)
+    t = _target(labels, label_smoothing)
+    return -(t * (1.0 - np.exp(log_p)) ** gamma * log_p).sum(-1)
 
 
 def _softplus(x):
@@ -518,7 +519,9 @@ def _sigmoid_bce_ref(logits, labels, pos_weight=1.0, label_smoothing=0.0):
     return pos_weight * y * _softplus(-logits) + (1.0 - y) * _softplus(logits)
 
 
-def _sigmoid_focal_ref(logits, labels, gamma, alpha=None):
+def _sigmoid_focal_ref(logits, labels, gamma, alpha=None, label_smoothing=0.0):
+    """Lin et al. (2017), with the labels smoothed first as Keras does: (1 − ε)·y + ε/2."""
+    labels = (1.0 - label_smoothing) * labels + label_smoothing / 2
     p = special.expit(logits)
     p_t = labels * p + (1.0 - labels) * (1.0 - p)
     alpha_t = 1.0 if alpha is None else alpha * labels + (1.0 - alpha) * (1.0 - labels)
@@ -555,6 +558,26 @@ CASES += [
         _softmax_focal_ref,
         extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_PROBS), {"gamma": 0.5}),
         id="softmax_focal_loss[probabilities,gamma=0.5]",
+    ),
+    Case(
+        "softmax_focal_loss",
+        jaxloss.softmax_focal_loss,
+        lambda rng: ((_logits(rng), _class_ids(rng)), {"gamma": 2.0, "label_smoothing": 0.15}),
+        _softmax_focal_ref,
+        extreme=lambda: (
+            (_EXTREME_LOGITS[:, :2] * 0.01, np.array([1, 0, 0])),
+            {"gamma": 0.5, "label_smoothing": 0.15},
+        ),
+        id="softmax_focal_loss[class ids,gamma=2,label_smoothing]",
+    ),
+    Case(
+        "softmax_focal_loss",
+        jaxloss.softmax_focal_loss,
+        lambda rng: ((_logits(rng), _probabilities(rng)), {"gamma": 0.5, "label_smoothing": 0.2}),
+        _softmax_focal_ref,
+        grad_args=(0, 1),
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_PROBS), {"gamma": 0.5, "label_smoothing": 0.2}),
+        id="softmax_focal_loss[probabilities,gamma=0.5,label_smoothing]",
     ),
     Case(
         "sigmoid_binary_cross_entropy",
@@ -607,6 +630,17 @@ CASES += [
         _sigmoid_focal_ref,
         extreme=lambda: (_BINARY_EXTREME, {"gamma": 0.5}),
         id="sigmoid_focal_loss[hard labels,gamma=0.5]",
+    ),
+    Case(
+        "sigmoid_focal_loss",
+        jaxloss.sigmoid_focal_loss,
+        lambda rng: (
+            (_normal(rng, scale=3.0), _binary_labels(rng)),
+            {"alpha": 0.25, "gamma": 2.0, "label_smoothing": 0.1},
+        ),
+        _sigmoid_focal_ref,
+        extreme=lambda: (_BINARY_EXTREME, {"alpha": 0.25, "gamma": 2.0, "label_smoothing": 0.1}),
+        id="sigmoid_focal_loss[hard labels,alpha,gamma=2,label_smoothing]",
     ),
 ]
 

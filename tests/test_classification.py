@@ -1043,3 +1043,67 @@ def test_generalized_cross_entropy_bad_q():
     for q in (0.0, -0.5, 1.5, float("nan")):
         with pytest.raises(ValueError, match=r"`q` must be in \(0, 1\]"):
             jaxloss.categorical_generalized_cross_entropy(Z0, jnp.zeros(3, int), q=q)
+
+
+# --------------------------------------------------------------------------------------
+# Label smoothing on the focal losses
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cw", [None, CLASS_W], ids=["plain", "class_weights"])
+def test_softmax_focal_label_smoothing_means_what_it_means_for_cross_entropy(cw):
+    """γ = 0 gives softmax_cross_entropy with the same smoothing (both label kinds, class
+    weights, every reduction), class ids equal one-hot, and the smoothed class-id loss is
+    (1 − ε)·w_y·f_y + (ε/K)·Σ_c w_c·f_c against a float64 reference."""
+    opts = dict(label_smoothing=0.2, class_weights=cw, where=KEEP, weights=W)
+    for reduction in ("none", "mean"):
+        for labels in (IDS, PROBS):
+            np.testing.assert_allclose(
+                jaxloss.softmax_focal_loss(LOGITS, labels, gamma=0.0, reduction=reduction, **opts),
+                jaxloss.softmax_cross_entropy(LOGITS, labels, reduction=reduction, **opts),
+                rtol=1e-6,
+            )
+        np.testing.assert_allclose(
+            jaxloss.softmax_focal_loss(LOGITS, IDS, gamma=2.0, reduction=reduction, **opts),
+            jaxloss.softmax_focal_loss(LOGITS, ONE_HOT, gamma=2.0, reduction=reduction, **opts),
+            rtol=1e-6,
+        )
+    w = np.ones(K) if cw is None else cw
+    log_p = special.log_softmax(LOGITS, axis=-1)
+    f = -((1 - np.exp(log_p)) ** 2) * log_p  # per-class focal terms
+    expected = 0.8 * w[IDS] * f[np.arange(N), IDS] + 0.2 / K * (w * f).sum(-1)
+    np.testing.assert_allclose(
+        jaxloss.softmax_focal_loss(LOGITS, IDS, gamma=2.0, label_smoothing=0.2, class_weights=cw),
+        expected,
+        rtol=1e-5,
+    )
+
+
+def test_softmax_focal_label_smoothing_spreads_only_over_finite_logits_and_keeps_bad_ids_nan():
+    z = jnp.array([[2.0, 0.0, -jnp.inf, 1.0]] * 2)
+    out = jaxloss.softmax_focal_loss(z, jnp.array([0, 1]), label_smoothing=0.3)
+    t = 0.7 * np.eye(4)[[0, 1]] + 0.1 * np.array([1, 1, 0, 1])
+    np.testing.assert_allclose(
+        out, jaxloss.softmax_focal_loss(z, jnp.asarray(t, jnp.float32)), rtol=1e-6
+    )
+    g = jax.grad(
+        lambda z: jnp.sum(jaxloss.softmax_focal_loss(z, jnp.array([0, 1]), label_smoothing=0.3))
+    )(z)
+    assert np.isfinite(np.asarray(g)).all() and (np.asarray(g)[:, 2] == 0).all()
+    bad = jax.jit(lambda y: jaxloss.softmax_focal_loss(z, y, label_smoothing=0.3))(
+        jnp.array([0, 4])
+    )
+    assert np.isfinite(bad[0]) and np.isnan(bad[1])  # an id outside [0, C) stays NaN
+
+
+def test_sigmoid_focal_label_smoothing_smooths_the_labels_first():
+    y = (Y_HARD * 0.8 + 0.1).astype(np.float64)  # ε = 0.2: (1 − ε)·y + ε/2
+    np.testing.assert_allclose(
+        jaxloss.sigmoid_focal_loss(Z, Y_HARD, alpha=0.25, label_smoothing=0.2),
+        jaxloss.sigmoid_focal_loss(Z, y, alpha=0.25),
+        rtol=1e-6,
+    )
+    with pytest.raises(ValueError, match=r"`label_smoothing` must be in \[0.0, 1.0\]"):
+        jaxloss.sigmoid_focal_loss(Z, Y_HARD, label_smoothing=-0.1)
+    with pytest.raises(ValueError, match=r"`label_smoothing` must be in \[0.0, 1.0\]"):
+        jaxloss.softmax_focal_loss(LOGITS, IDS, label_smoothing=1.1)

@@ -503,13 +503,17 @@ def _(rng):
 
 @row("keras-BinaryFocalCrossentropy")
 def _(rng):
-    # apply_class_balancing=True, alpha=0.25, gamma=2, from_logits=True
+    # apply_class_balancing=True, alpha=0.25, gamma=2, from_logits=True,
+    # label_smoothing=0.1: y ← y(1 − ε) + ε/2 first, then every term uses it
+    y = MULTI * 0.9 + 0.05
     p = special.expit(X)
-    p_t = MULTI * p + (1 - MULTI) * (1 - p)
-    alpha_t = MULTI * 0.25 + (1 - MULTI) * 0.75
-    bce = -(MULTI * np.log(p) + (1 - MULTI) * np.log1p(-p))
+    p_t = y * p + (1 - y) * (1 - p)
+    alpha_t = y * 0.25 + (1 - y) * 0.75
+    bce = -(y * np.log(p) + (1 - y) * np.log1p(-p))
     ref = np.mean(alpha_t * (1 - p_t) ** 2 * bce)
-    out = jaxloss.sigmoid_focal_loss(X, MULTI, alpha=0.25, gamma=2.0, reduction="mean")
+    out = jaxloss.sigmoid_focal_loss(
+        X, MULTI, alpha=0.25, gamma=2.0, label_smoothing=0.1, reduction="mean"
+    )
     return out, ref
 
 
@@ -529,10 +533,13 @@ def _(rng):
 
 @row("keras-CategoricalFocalCrossentropy")
 def _(rng):
-    # alpha=0.25 (a constant factor), gamma=2, from_logits=True: −Σ α y (1 − p)^γ log p
+    # alpha=0.25 (a constant factor), gamma=2, from_logits=True, label_smoothing=0.1:
+    # y ← y(1 − ε) + ε/C, then −Σ α y (1 − p)^γ log p
+    y = ONE_HOT * 0.9 + 0.1 / C
     p = special.softmax(Z, axis=-1)
-    ref = np.mean(-(0.25 * ONE_HOT * (1 - p) ** 2 * np.log(p)).sum(-1))
-    return 0.25 * jaxloss.softmax_focal_loss(Z, ONE_HOT, gamma=2.0, reduction="mean"), ref
+    ref = np.mean(-(0.25 * y * (1 - p) ** 2 * np.log(p)).sum(-1))
+    out = jaxloss.softmax_focal_loss(Z, ONE_HOT, gamma=2.0, label_smoothing=0.1, reduction="mean")
+    return 0.25 * out, ref
 
 
 @row("keras-CategoricalGeneralizedCrossEntropy")
