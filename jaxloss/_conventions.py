@@ -184,9 +184,10 @@ def check_probabilities(
         total = np.sum(values, axis=axis, keepdims=True)
         off = (np.abs(total - 1.0) > atol) & np.any(kept, axis=axis, keepdims=True)
         if off.any():
+            found = float(np.broadcast_to(total, off.shape)[off][0])
             raise ValueError(
-                f"`{name}` holds a vector that sums to {float(np.broadcast_to(total, off.shape)[off][0]):.4g} "
-                f"along axis {axis}, which is not a probability distribution. {hint}"
+                f"`{name}` holds a vector that sums to {found:.4g} along axis {axis}, which "
+                f"is not a probability distribution. {hint}"
             )
 
 
