@@ -108,7 +108,7 @@ from jaxloss._segmentation import (
     tversky_loss,
 )
 from jaxloss._sequence import ctc_loss
-from jaxloss._sparse import sparsemax, sparsemax_loss
+from jaxloss._sparse import make_fenchel_young_loss, sparsemax, sparsemax_loss
 from jaxloss._version import __version__ as __version__
 
 __all__ = [
@@ -135,6 +135,7 @@ __all__ = [
     # sparse outputs (sparsemax and its Fenchel-Young loss)
     "sparsemax",
     "sparsemax_loss",
+    "make_fenchel_young_loss",
     # information theory (entropies and divergences, math order (p, q))
     "surprisal",
     "entropy",

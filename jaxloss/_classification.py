@@ -271,6 +271,7 @@ def _one_hot(ids: jax.Array, n_classes: int, axis: int, dtype) -> jax.Array:
     """Class ids (``_class_ids``' −1 for a bad one) as one-hot vectors along ``axis``,
     NaN for a bad id: a row of zeros would be a plausible (empty) target."""
     ids = jnp.expand_dims(ids, axis)
+    axis = axis % ids.ndim
     shape = list(ids.shape)
     shape[axis] = n_classes
     classes = jax.lax.broadcasted_iota(jnp.int32, tuple(shape), axis)

@@ -1,4 +1,5 @@
-"""Sparse outputs: the sparsemax projection and its Fenchel–Young loss.
+"""Sparse outputs and Fenchel–Young losses: the sparsemax projection, its loss, and the
+Fenchel–Young loss of any regularized max function.
 
 sparsemax(z) is the Euclidean projection of z onto the probability simplex (Martins &
 Astudillo, 2016): p = max(z − τ(z), 0), where the threshold τ makes p sum to one. Unlike
@@ -9,9 +10,16 @@ written out as a custom JVP. The loss is the Fenchel–Young loss of the Gini ne
 
 Inputs use the class-axis handling of `jaxloss._classification` (the same label rule as
 `softmax_cross_entropy`: integer class ids or probability vectors).
+
+`make_fenchel_young_loss` builds the loss of the family from a max function Ω* (Blondel,
+Martins & Niculae, 2020): Ω* = logsumexp gives the softmax cross-entropy, the conjugate
+of ½‖p‖² on the simplex gives `sparsemax_loss`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -221,3 +229,90 @@ def sparsemax_loss(
         y = jnp.moveaxis(jnp.broadcast_to(labels, x.shape), axis, -1)
     loss = _fenchel_young_last(z, y)
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
+
+
+def make_fenchel_young_loss(
+    max_fun: Callable[..., Any],
+    *,
+    regularizer: Callable[[jax.Array], Any] | None = None,
+) -> Callable[..., jax.Array]:
+    """The Fenchel–Young loss of a regularized max function, as a loss function.
+
+        ℓ(θ, y) = max_fun(θ) − ⟨θ, y⟩                         (default)
+        ℓ(θ, y) = Ω*(θ) + Ω(y) − ⟨θ, y⟩ = L_Ω(θ; y)           (``regularizer=Ω``)
+
+    ``max_fun`` is Ω*, the convex conjugate of a regularizer Ω, applied to each vector
+    of scores along the last axis; its gradient ∇Ω*(θ) is the prediction map, and
+    ∇_θ ℓ = ∇Ω*(θ) − y. Like ``optax.losses.make_fenchel_young_loss``, the default value
+    leaves out Ω(y), which is constant in θ (same gradient in θ; the value may then be
+    negative). Pass ``regularizer=Ω`` for the Fenchel–Young loss itself, which is ≥ 0
+    and 0 exactly when y = ∇Ω*(θ) (the Fenchel–Young inequality). Instances:
+    ``max_fun=jax.nn.logsumexp`` gives `softmax_cross_entropy` for labels that sum to
+    1 (with Ω(y) = Σ y log y, the KL divergence); the conjugate of ½‖p‖² on the simplex,
+    ⟨θ, p⟩ − ½‖p‖² with p = `sparsemax`(θ), gives `sparsemax_loss` (with Ω = ½‖y‖²).
+
+    The returned loss is ``loss(scores, targets, *args, where=None, weights=None,
+    reduction="none", **kwargs)``: ``scores`` θ of shape [..., n], ``targets`` y
+    broadcastable to it, one loss per vector (shape [...]), ``where``/``weights``/
+    ``reduction`` as for every loss here (a dropped vector's scores are replaced before
+    ``max_fun`` sees them, so NaN there gets zero gradient); ``args``/``kwargs`` are
+    passed to ``max_fun`` unchanged. A score of −inf counts as the lowest float in
+    ⟨θ, y⟩, so a class with y = 0 there contributes 0, not 0·(−inf) = NaN. Inputs are
+    computed in at least float32; the result is float32, or float64 for float64 input.
+
+    Args:
+      max_fun: Ω*, a function of a 1-D vector of scores (and ``args``/``kwargs``)
+        returning a scalar; vectorized over the leading axes with ``jnp.vectorize``.
+      regularizer: optional Ω, a function of a 1-D target vector returning a scalar,
+        added to the loss as Ω(y).
+
+    Returns:
+      The loss function described above.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxloss
+      >>> loss = jaxloss.make_fenchel_young_loss(jax.nn.logsumexp)
+      >>> scores = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+      >>> loss(scores, jnp.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]))
+      Array([0.2395, 1.0986 ], dtype=float32)
+
+    References:
+      Blondel, Martins & Niculae, "Learning with Fenchel–Young losses", JMLR 21 (2020),
+      Definition 2 and §4.
+    """
+    if not callable(max_fun):
+        raise TypeError(
+            f"`max_fun` must be a function of a vector of scores (e.g. "
+            f"`jax.nn.logsumexp`), got {type(max_fun).__name__} {max_fun!r}."
+        )
+    if regularizer is not None and not callable(regularizer):
+        raise TypeError(
+            "`regularizer` must be a function of a target vector (Ω) or None, got "
+            f"{type(regularizer).__name__} {regularizer!r}."
+        )
+
+    def fenchel_young_loss(
+        scores: ArrayLike,
+        targets: ArrayLike,
+        *args: Any,
+        where: ArrayLike | None = None,
+        weights: ArrayLike | None = None,
+        reduction: str = "none",
+        **kwargs: Any,
+    ) -> jax.Array:
+        theta = C.as_float("scores", scores)
+        K._class_axis(-1, theta, "scores")  # a last axis with at least one entry
+        y = C.as_float("targets", targets, allow_int=True)
+        C.loss_shape("scores", scores=theta, targets=y)
+        dtype = C.compute_dtype(theta, y)
+        mask, w = C.prepare(theta.shape[:-1], where, weights, reduction)
+        row = None if mask is None else jnp.expand_dims(mask, -1)
+        theta = C.keep(row, theta.astype(dtype), 0.0)
+        y = C.keep(row, jnp.broadcast_to(y.astype(dtype), theta.shape), 0.0)
+        value = jnp.vectorize(lambda s: max_fun(s, *args, **kwargs), signature="(n)->()")
+        loss = value(theta).astype(dtype) - jnp.sum(y * N.finite_floor(theta), axis=-1)
+        if regularizer is not None:
+            loss = loss + jnp.vectorize(regularizer, signature="(n)->()")(y).astype(dtype)
+        return C.reduce(loss, where=mask, weights=w, reduction=reduction)
+
+    return fenchel_young_loss

@@ -1586,6 +1586,26 @@ CASES += [
 ]
 
 
+def _fenchel_young_logsumexp_ref(scores, targets):
+    """Blondel et al. (2020), Ω* = logsumexp, Ω(y) left out: lse(θ) − ⟨θ, y⟩."""
+    return special.logsumexp(scores, axis=-1) - (scores * targets).sum(-1)
+
+
+CASES += [
+    Case(
+        # make_fenchel_young_loss returns a loss: its contract is checked on the loss it
+        # builds from logsumexp (the factory itself: tests/test_sparse.py).
+        "make_fenchel_young_loss",
+        jaxloss.make_fenchel_young_loss(jax.nn.logsumexp),
+        lambda rng: ((_logits(rng), _probabilities(rng)), {}),
+        _fenchel_young_logsumexp_ref,
+        grad_args=(0, 1),
+        extreme=lambda: ((_EXTREME_LOGITS, _EXTREME_PROBS), {}),
+        id="make_fenchel_young_loss(logsumexp)",
+    ),
+]
+
+
 L = 5  # items per list
 
 

@@ -181,6 +181,13 @@ def _(rng):
     return jaxloss.sparsemax_loss(two_class, 1 - labels), L.sparsemax_loss(S, labels)
 
 
+@row("optax-make_fenchel_young_loss")
+def _(rng):
+    peer = L.make_fenchel_young_loss(jax.scipy.special.logsumexp)
+    ours = jaxloss.make_fenchel_young_loss(jax.scipy.special.logsumexp)
+    return ours(Z, P), peer(Z, P)
+
+
 @row("optax-kl_divergence")
 def _(rng):
     return jaxloss.kl_divergence(P, Q), L.kl_divergence(np.log(Q), P)
