@@ -451,7 +451,10 @@ def softmax_cross_entropy(
       labels: integer class ids broadcastable to ``logits``' shape without ``axis``, or
         floating target probabilities with ``logits``' number of dimensions,
         broadcastable to its shape. Concrete (not traced) negative ids other than
-        ``ignore_index`` raise (PyTorch's −100 padding needs ``ignore_index=-100``).
+        ``ignore_index`` raise (PyTorch's −100 padding needs ``ignore_index=-100``),
+        and so does a concrete negative probability (log-probabilities passed as
+        labels); under ``jit`` a negative probability makes its example's loss and
+        gradient NaN.
       axis: the class axis of ``logits`` (default the last).
       label_smoothing: ε ∈ [0, 1], the weight of the uniform distribution mixed into the
         target: t = (1 − ε)·y + ε/K, for both label kinds. K counts the classes with a
