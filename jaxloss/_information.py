@@ -66,8 +66,14 @@ def _distribution_inputs(where, weights, reduction, axis, allow_int=(), **named)
         row_where = jnp.expand_dims(jnp.broadcast_to(where, loss_shape), axis)
     if probabilities:
         _check_probabilities(probabilities, row_where, shape)
-    # Broadcast up front: ``axis`` indexes the common shape, not each input's own.
-    arrays = [jnp.broadcast_to(a.astype(dtype), shape) for a in arrays.values()]
+    # Broadcast up front: ``axis`` indexes the common shape, not each input's own. A
+    # traced negative probability, which the check above cannot see, becomes NaN.
+    arrays = [
+        jnp.broadcast_to(a.astype(dtype), shape)
+        if k not in probabilities
+        else C.probabilities_or_nan(jnp.broadcast_to(a.astype(dtype), shape))
+        for k, a in arrays.items()
+    ]
     return arrays, axis, where, row_where, weights
 
 
