@@ -67,12 +67,11 @@ def _distribution_inputs(where, weights, reduction, axis, allow_int=(), **named)
     if probabilities:
         _check_probabilities(probabilities, row_where, shape)
     # Broadcast up front: ``axis`` indexes the common shape, not each input's own. A
-    # traced negative probability, which the check above cannot see, becomes NaN.
+    # traced negative entry of the reference p, which the check above cannot see, becomes
+    # NaN: Σ p log q is finite there (p log p, log q and log(p/q) are NaN by themselves).
     arrays = [
-        jnp.broadcast_to(a.astype(dtype), shape)
-        if k not in probabilities
-        else C.probabilities_or_nan(jnp.broadcast_to(a.astype(dtype), shape))
-        for k, a in arrays.items()
+        C.probabilities_or_nan(a) if k == "p" else a
+        for k, a in ((k, jnp.broadcast_to(a.astype(dtype), shape)) for k, a in arrays.items())
     ]
     return arrays, axis, where, row_where, weights
 

@@ -269,9 +269,11 @@ CASES += [
     Case(
         "cross_entropy",
         jaxloss.cross_entropy,
+        # Finite differences in p step below an exact 0 of p, a negative probability that
+        # is NaN under jit: q only here (the p-gradient at 0, −log q: test_information).
         lambda rng: ((_simplex(rng, zeros=True), _simplex(rng)), {}),
         _ref_cross_entropy,
-        grad_args=(0, 1),
+        grad_args=(1,),
         id="cross_entropy[zeros in p]",
     ),
     Case(

@@ -653,6 +653,10 @@ def test_review2_item7_traced_log_probabilities_as_p_give_nan_not_a_number():
         np.testing.assert_allclose(out[1], fn(p, q)[1], rtol=1e-6)
         g = jax.jit(jax.grad(lambda q, p, fn=fn: jnp.sum(fn(p, q))))(q, bad)
         assert np.isnan(g[0]).all() and np.isfinite(g[1]).all(), fn.__name__
+    # An exact 0 in p stays valid: the gradient in p there is the one-sided −log q.
+    p0 = jnp.asarray([[0.0, 0.4, 0.6]])
+    g = jax.jit(jax.grad(lambda p: jnp.sum(jaxloss.cross_entropy(p, q[:1]))))(p0)
+    np.testing.assert_allclose(g, -np.log(np.asarray(q[:1])), rtol=1e-6)
 
 
 # generalized_kl_divergence (issue 11)
