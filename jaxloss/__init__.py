@@ -12,10 +12,12 @@ from jaxloss import transforms as transforms
 from jaxloss._auxiliary import combine_losses
 from jaxloss._classification import (
     binary_cross_entropy,
+    categorical_generalized_cross_entropy,
     nll_loss,
     poly_cross_entropy,
     sigmoid_binary_cross_entropy,
     sigmoid_focal_loss,
+    smooth_labels,
     softmax_cross_entropy,
     softmax_focal_loss,
     z_loss,
@@ -115,7 +117,7 @@ from jaxloss._segmentation import (
     tversky_loss,
 )
 from jaxloss._sequence import ctc_loss, ctc_loss_with_forward_probs
-from jaxloss._sparse import sparsemax, sparsemax_loss
+from jaxloss._sparse import make_fenchel_young_loss, sparsemax, sparsemax_loss
 from jaxloss._version import __version__ as __version__
 
 __all__ = [
@@ -139,9 +141,12 @@ __all__ = [
     "binary_cross_entropy",
     "sigmoid_focal_loss",
     "poly_cross_entropy",
+    "categorical_generalized_cross_entropy",
+    "smooth_labels",
     # sparse outputs (sparsemax and its Fenchel-Young loss)
     "sparsemax",
     "sparsemax_loss",
+    "make_fenchel_young_loss",
     # information theory (entropies and divergences, math order (p, q))
     "surprisal",
     "entropy",

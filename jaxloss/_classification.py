@@ -7,6 +7,7 @@ probability labels, so the two agree on one-hot labels by construction; the sigm
 
 from __future__ import annotations
 
+import numbers
 import operator
 from typing import NamedTuple
 
@@ -119,6 +120,14 @@ def _uniform_over_finite(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]
     return finite, jnp.sum(finite, axis=axis, keepdims=True).astype(x.dtype)
 
 
+def _smooth(target: jax.Array, label_smoothing: float | jax.Array, uniform) -> jax.Array:
+    """(1 − ε)·t + ε·u: the target t mixed with the uniform distribution u, the label
+    smoothing of every loss here (u = 1/K over the classes, ½ for a binary label)."""
+    if _is_zero(label_smoothing):
+        return target
+    return (1.0 - label_smoothing) * target + label_smoothing * uniform
+
+
 class _Categorical(NamedTuple):
     """Validated inputs of a loss with a class axis (see ``_categorical_inputs``)."""
 
@@ -145,10 +154,38 @@ def _class_ids(labels: jax.Array, n_classes: int) -> jax.Array:
     return jnp.where(valid, labels.astype(jnp.int32), -1)
 
 
+_PROBABILITY_HINT = (
+    "Floating `labels` are probabilities: for log-probabilities pass `jnp.exp(log_p)`, "
+    "for class ids an integer array."
+)
+
+
+def _distribution_atol(dtype) -> float:
+    """How far from 1 the sum of a distribution stored in ``dtype`` may round: generous,
+    since what it catches (multi-hot labels, log-probabilities) is off by O(1)."""
+    return max(1e-3, 8.0 * float(jnp.finfo(dtype).eps))
+
+
 def _categorical_inputs(
-    name, x, labels, *, axis, class_weights, ignore_index, where, weights, reduction
+    name,
+    x,
+    labels,
+    *,
+    axis,
+    class_weights,
+    ignore_index,
+    where,
+    weights,
+    reduction,
+    distributions: str | None = None,
 ) -> _Categorical:
-    """Validate and convert the inputs shared by every loss with a class axis."""
+    """Validate and convert the inputs shared by every loss with a class axis.
+
+    Probability labels must be non-negative: a concrete negative entry raises (a
+    log-probability passed as a label), a traced one makes its example's loss and
+    gradient NaN. With ``distributions`` (the hint to show) each kept label must also
+    sum to 1 along the class axis, checked the same way.
+    """
     C.check_ignore_index(ignore_index)
     x = C.as_float(name, x)
     axis = _class_axis(axis, x, name)
@@ -161,6 +198,20 @@ def _categorical_inputs(
     where, weights = C.prepare(_batch_shape(x, axis), where, weights, reduction)
     if integer:
         C.check_class_ids(labels, ignore_index, where)
+    else:
+        sums = None if distributions is None else axis
+        atol = _distribution_atol(labels.dtype)
+        if sums is not None:  # a sum along the class axis needs every class present
+            labels = jnp.broadcast_to(labels, x.shape)
+        row = None if where is None else jnp.expand_dims(where, axis)
+        C.check_probabilities(
+            _PROBABILITY_HINT if distributions is None else distributions,
+            row,
+            axis=sums,
+            atol=atol,
+            labels=labels,
+        )
+        labels = C.probabilities_or_nan(labels, axis=sums, atol=atol)
     cw = _class_weights(class_weights, x.shape[axis])
     dtype = C.compute_dtype(x) if integer else C.compute_dtype(x, labels)
     x = x.astype(dtype)
@@ -214,6 +265,17 @@ def _past_the_end(ids: jax.Array, n_classes: int) -> jax.Array:
     last class (and ``wrap_negative_indices=False`` is not in every supported jax).
     """
     return jnp.where(ids < 0, n_classes, ids)
+
+
+def _one_hot(ids: jax.Array, n_classes: int, axis: int, dtype) -> jax.Array:
+    """Class ids (``_class_ids``' −1 for a bad one) as one-hot vectors along ``axis``,
+    NaN for a bad id: a row of zeros would be a plausible (empty) target."""
+    ids = jnp.expand_dims(ids, axis)
+    axis = axis % ids.ndim
+    shape = list(ids.shape)
+    shape[axis] = n_classes
+    classes = jax.lax.broadcasted_iota(jnp.int32, tuple(shape), axis)
+    return jnp.where(ids < 0, jnp.nan, (classes == ids).astype(dtype))
 
 
 def class_id_cross_entropy(
@@ -323,12 +385,12 @@ def _categorical(
         target = labels
         if smooth:
             finite, count = _uniform_over_finite(x, axis)
-            target = (1.0 - label_smoothing) * target + label_smoothing * (finite / count)
+            target = _smooth(target, label_smoothing, finite / count)
         if cw is not None:
             target = target * _along(cw, x.ndim, axis)  # PyTorch: −Σ_c w_c·t_c·log p_c
         # optax's formula, −Σ t·log_softmax(z), with −inf at the lowest float.
         log_p = N.log_softmax(x, axis) if normalize else N.finite_floor(x)
-        loss = -jnp.sum(target * log_p, axis=axis)
+        loss = N.negate(jnp.sum(target * log_p, axis=axis))
     return C.reduce(
         loss,
         where=inputs.keep,
@@ -389,7 +451,10 @@ def softmax_cross_entropy(
       labels: integer class ids broadcastable to ``logits``' shape without ``axis``, or
         floating target probabilities with ``logits``' number of dimensions,
         broadcastable to its shape. Concrete (not traced) negative ids other than
-        ``ignore_index`` raise (PyTorch's −100 padding needs ``ignore_index=-100``).
+        ``ignore_index`` raise (PyTorch's −100 padding needs ``ignore_index=-100``),
+        and so does a concrete negative probability (log-probabilities passed as
+        labels); under ``jit`` a negative probability makes its example's loss and
+        gradient NaN.
       axis: the class axis of ``logits`` (default the last).
       label_smoothing: ε ∈ [0, 1], the weight of the uniform distribution mixed into the
         target: t = (1 − ε)·y + ε/K, for both label kinds. K counts the classes with a
@@ -609,8 +674,7 @@ def sigmoid_binary_cross_entropy(
     )
     z = C.keep(where, logits, 0.0)
     y = C.keep(where, labels, 0.0)
-    if not _is_zero(label_smoothing):
-        y = (1.0 - label_smoothing) * y + 0.5 * label_smoothing
+    y = _smooth(y, label_smoothing, 0.5)
     if pos_weight is None:
         loss = N.binary_logit_nll(z, y)
     else:
@@ -675,6 +739,7 @@ def sigmoid_focal_loss(
     *,
     alpha: float | None = None,
     gamma: float = 2.0,
+    label_smoothing: float = 0.0,
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "none",
@@ -696,6 +761,9 @@ def sigmoid_focal_loss(
       alpha: optional α ∈ [0, 1], the weight of the positive class (RetinaNet uses
         0.25). Default None: no α weighting.
       gamma: γ ≥ 0, the focusing exponent; γ = 0 gives BCE (times α_t).
+      label_smoothing: ε ∈ [0, 1], as in `sigmoid_binary_cross_entropy`: y becomes
+        (1 − ε)·y + ε/2 everywhere in the formula (in BCE, p_t and α_t), as in Keras's
+        ``BinaryFocalCrossentropy(label_smoothing=ε)``.
       where, weights, reduction: as in `sigmoid_binary_cross_entropy`.
 
     Returns:
@@ -713,6 +781,7 @@ def sigmoid_focal_loss(
     _check_gamma(gamma)
     if alpha is not None:
         C.check_in_range("alpha", alpha, 0.0, 1.0)
+    C.check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
     (logits, labels, alpha, gamma), where, weights = C.float_inputs(
         where,
         weights,
@@ -724,7 +793,7 @@ def sigmoid_focal_loss(
         gamma=gamma,
     )
     z = C.keep(where, logits, 0.0)
-    y = C.keep(where, labels, 0.0)
+    y = _smooth(C.keep(where, labels, 0.0), label_smoothing, 0.5)
     gamma = C.keep(where, gamma, 0.0)
     alpha = C.keep(where, alpha, 0.5)
     loss = N.binary_logit_nll(z, y)
@@ -742,6 +811,7 @@ def softmax_focal_loss(
     *,
     axis: int = -1,
     gamma: float = 2.0,
+    label_smoothing: float = 0.0,
     class_weights: ArrayLike | None = None,
     ignore_index: int | None = None,
     where: ArrayLike | None = None,
@@ -764,6 +834,11 @@ def softmax_focal_loss(
       labels: integer class ids or probabilities, as in `softmax_cross_entropy`.
       axis: the class axis (default the last).
       gamma: γ ≥ 0, the focusing exponent.
+      label_smoothing: ε ∈ [0, 1], as in `softmax_cross_entropy`: the target becomes
+        t = (1 − ε)·y + ε/K over the K classes with a finite logit, for both label
+        kinds (Keras's ``CategoricalFocalCrossentropy(label_smoothing=ε)``); with class
+        ids and class weights, ℓ = (1 − ε)·w_y·f_y + (ε/K)·Σ_c w_c·f_c, f_c the focal
+        term of class c.
       class_weights, ignore_index, where, weights, reduction: as in
         `softmax_cross_entropy`.
 
@@ -781,6 +856,7 @@ def softmax_focal_loss(
       ICCV 2017.
     """
     _check_gamma(gamma)
+    C.check_in_range("label_smoothing", label_smoothing, 0.0, 1.0)
     x, labels, integer, axis, keep, weights, cw, omega = _categorical_inputs(
         "logits",
         logits,
@@ -799,9 +875,17 @@ def softmax_focal_loss(
     # log p floored at the lowest float (N.finite_floor): finite everywhere, so a
     # logsumexp over any subset of classes is finite too, even one of −inf logits only.
     log_p = N.log_softmax(x, axis)
-    if integer:
+    smooth = not _is_zero(label_smoothing)
+    if smooth:
+        # Every class gets target mass: the per-class terms of the probability labels,
+        # with the smoothed one-hot target (its mean still divides by ω = w_y).
+        finite, count = _uniform_over_finite(x, axis)
+        if integer:
+            labels = _one_hot(labels, x.shape[axis], axis, x.dtype)
+        labels = _smooth(labels, label_smoothing, finite / count)
+    if integer and not smooth:
         log_p_y = _pick(log_p, labels, axis)
-        loss = -log_p_y
+        loss = N.negate(log_p_y)
         if focal:
             # As for probability labels: log(1 − p_y) from the other classes where p_y ≥ ½,
             # else log1p(−p_y). The logsumexp alone puts a cotangent of γ·ℓ on log p
@@ -830,7 +914,7 @@ def softmax_focal_loss(
         # t·log p first: a class with a −inf logit has log p at the lowest float, and the
         # factor's cotangent w·log p·t would overflow to −inf for a weight w > 1 before
         # t = 0 could zero it (0·inf = NaN); t·log p is exactly 0 there.
-        loss = -jnp.sum(factor * (labels * log_p), axis=axis)
+        loss = N.negate(jnp.sum(factor * (labels * log_p), axis=axis))
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction, denominator=omega)
 
 
@@ -922,12 +1006,201 @@ def poly_cross_entropy(
         if smooth:
             _, count = _uniform_over_finite(x, axis)
             uniform = 1.0 - 1.0 / jnp.squeeze(count, axis)  # Σ_c (1 − p_c)/K over finite c
-            poly = (1.0 - label_smoothing) * poly + label_smoothing * uniform
+            poly = _smooth(poly, label_smoothing, uniform)
     else:
         target = labels
         if smooth:
             finite, count = _uniform_over_finite(x, axis)
-            target = (1.0 - label_smoothing) * target + label_smoothing * (finite / count)
+            target = _smooth(target, label_smoothing, finite / count)
         poly = jnp.sum(target * -jnp.expm1(log_p), axis=axis)
     loss = ce + jnp.asarray(epsilon, x.dtype) * poly
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
+
+
+# --------------------------------------------------------------------------------------
+# Generalized cross-entropy (noise-robust)
+# --------------------------------------------------------------------------------------
+
+
+def categorical_generalized_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    q: float = 0.5,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "none",
+) -> jax.Array:
+    """Generalized cross-entropy (L_q): a noise-robust softmax loss between CE and MAE.
+
+        ℓ = (1 − p_y^q) / q                       for an integer label y, p = softmax(z)
+        ℓ = Σ_c t_c · (1 − p_c^q) / q              for probability labels t
+
+    The negative Box–Cox transform of p_y: q → 0 gives the cross-entropy −log p_y, q = 1
+    the mean absolute error of the probabilities, 1 − p_y (= ½‖e_y − p‖₁). Bounded by
+    1/q, so a mislabelled example cannot dominate the gradient, which is
+    −p_y^q·(e_y − p): the cross-entropy's gradient weighted by p_y^q. Computed as
+    −expm1(q·log p_y)/q from log_softmax (no 1 − p^q cancellation where p_y ≈ 1); a
+    −inf logit is a class of probability 0 (a label on it gets the limit 1/q, finite).
+
+    Args:
+      logits: z, floating array with a class axis of size C. For a model that outputs
+        probabilities (Keras's ``y_pred``) pass ``jnp.log(probs)``: log-probabilities
+        are valid logits.
+      labels: integer class ids broadcastable to ``logits``' shape without ``axis``, or
+        floating target probabilities broadcastable to ``logits``' shape (the rule of
+        `softmax_cross_entropy`).
+      q: q ∈ (0, 1], the exponent (Keras's default 0.5; the paper uses 0.7).
+      axis: the class axis (default the last).
+      where, weights, reduction: as in `softmax_cross_entropy` (per example).
+
+    Returns:
+      As in `softmax_cross_entropy`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> probs = jnp.array([[0.25, 0.75], [0.5, 0.5]])
+      >>> jaxloss.categorical_generalized_cross_entropy(jnp.log(probs), jnp.array([0, 1]))
+      Array([1.       , 0.5857864], dtype=float32)
+
+    References:
+      Zhang & Sabuncu, "Generalized cross entropy loss for training deep neural
+      networks with noisy labels", NeurIPS 2018, eq. 6; the formula of
+      ``keras.losses.CategoricalGeneralizedCrossEntropy``, (1 − p^q)/q.
+    """
+    if C._is_concrete_number(q) and not (0.0 < q <= 1.0):
+        raise ValueError(
+            f"`q` must be in (0, 1], got {q!r}. Its q → 0 limit is the cross-entropy: use "
+            "`softmax_cross_entropy` for it."
+        )
+    cat = _categorical_inputs(
+        "logits",
+        logits,
+        labels,
+        axis=axis,
+        class_weights=None,
+        ignore_index=None,
+        where=where,
+        weights=weights,
+        reduction=reduction,
+    )
+    x, labels, integer, axis, keep, weights = cat[:6]  # the record's first six fields
+    q = jnp.asarray(q, x.dtype)
+    log_p = N.log_softmax(x, axis)
+    if integer:
+        log_p_y = jnp.squeeze(_pick(log_p, labels, axis), axis)
+        loss = N.negate(jnp.expm1(q * log_p_y)) / q
+    else:
+        # t·(1 − p^q) with t first: where t = 0 the term is exactly 0.
+        loss = jnp.sum(labels * N.negate(jnp.expm1(q * log_p)), axis=axis) / q
+    return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
+
+
+# --------------------------------------------------------------------------------------
+# Label smoothing as a label transform
+# --------------------------------------------------------------------------------------
+
+
+def smooth_labels(
+    labels: ArrayLike,
+    alpha: float | ArrayLike,
+    *,
+    axis: int = -1,
+    num_classes: int | None = None,
+) -> jax.Array:
+    """Label smoothing: the labels mixed with the uniform distribution over K classes.
+
+        t = (1 − α)·y + α/K
+
+    ``optax.smooth_labels`` (for its default ``where=None``), for targets that a loss
+    takes as probabilities. The softmax losses here take ``label_smoothing=α`` instead,
+    which also works on class ids and spreads α only over classes with a finite logit;
+    use this transform for a loss without that option or to inspect the targets.
+    ``labels`` may be one-hot or probability vectors (floating, the classes along
+    ``axis``), or integer class ids with ``num_classes`` (then the result gains the
+    class axis at ``axis``, as ``jax.nn.one_hot`` places it).
+
+    Args:
+      labels: floating one-hot or probability labels with the classes along ``axis``,
+        or integer class ids in [0, ``num_classes``) of any shape. A concrete negative
+        entry (a log-probability, or a negative id) raises; under ``jit`` a negative
+        probability gives NaN, and so does an id outside [0, K) (never the uniform
+        vector of an all-zero one-hot row).
+      alpha: α ∈ [0, 1], the smoothing factor: a Python number or a scalar array.
+      axis: the class axis of floating ``labels``, or where the class axis goes in the
+        result for class ids (default the last).
+      num_classes: K, required for class ids; for floating labels optional, and then
+        it must equal ``labels.shape[axis]``.
+
+    Returns:
+      The smoothed labels: ``labels``' shape for floating labels, ``labels.shape``
+      with a class axis of size K inserted at ``axis`` for class ids. float32, or
+      float64 for float64 input (bf16/f16 are computed and returned in float32).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxloss
+      >>> jaxloss.smooth_labels(jnp.array([[0.0, 1.0, 0.0, 0.0]]), 0.2)
+      Array([[0.05, 0.85, 0.05, 0.05]], dtype=float32)
+      >>> jaxloss.smooth_labels(jnp.array([1, 3]), 0.2, num_classes=4)
+      Array([[0.05, 0.85, 0.05, 0.05],
+             [0.05, 0.05, 0.05, 0.85]], dtype=float32)
+
+    References:
+      Szegedy et al., "Rethinking the Inception architecture for computer vision",
+      CVPR 2016, §7; Müller, Kornblith & Hinton, "When does label smoothing help?",
+      NeurIPS 2019.
+    """
+    C.check_in_range("alpha", alpha, 0.0, 1.0)
+    if num_classes is not None and (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, numbers.Integral)
+        or num_classes < 1
+    ):
+        raise ValueError(f"`num_classes` must be a positive int or None, got {num_classes!r}.")
+    if labels is None:
+        raise TypeError("`labels` is required, got None.")
+    y = jnp.asarray(labels)
+    a = C.as_float("alpha", alpha, allow_int=True)
+    if a.ndim != 0:
+        raise ValueError(
+            f"`alpha` must be a scalar (one smoothing factor), got an array of shape {a.shape}."
+        )
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        if num_classes is None:
+            raise TypeError(
+                f"Integer `labels` (class ids, shape {y.shape}) need `num_classes=`: the "
+                "number of classes K is not in the ids. For one-hot or probability labels "
+                "pass a floating array."
+            )
+        if not isinstance(y, jax.core.Tracer):
+            values = np.asarray(y)
+            outside = values[(values < 0) | (values >= num_classes)]
+            if outside.size:
+                raise ValueError(
+                    f"`labels` hold class ids outside [0, num_classes={num_classes}): "
+                    f"{sorted({int(v) for v in outside.ravel()[:1000]})[:3]}. Drop padding "
+                    "ids before smoothing (the losses' `ignore_index=`/`where=` do that), or "
+                    "check `num_classes`."
+                )
+        dtype = C.compute_dtype(a)
+        ids = _class_ids(y, num_classes)
+        # An id outside [0, K) one-hot encodes to a row of zeros, which smoothing would
+        # turn into the plausible uniform vector: NaN instead.
+        bad = jnp.expand_dims(ids < 0, -1)
+        target = jnp.where(bad, jnp.nan, jax.nn.one_hot(ids, num_classes, dtype=dtype))
+        out = _smooth(target, a.astype(dtype), 1.0 / num_classes)
+        return jnp.moveaxis(out, -1, _class_axis(axis, out, "labels"))
+    y = C.as_float("labels", y)
+    axis = _class_axis(axis, y, "labels")
+    n_classes = y.shape[axis]
+    if num_classes is not None and num_classes != n_classes:
+        raise ValueError(
+            f"`num_classes={num_classes}` does not match the {n_classes} classes of `labels` "
+            f"{y.shape} along axis {axis}. Leave `num_classes` out for floating labels, or "
+            "check the class axis."
+        )
+    C.check_probabilities(_PROBABILITY_HINT, labels=y)
+    dtype = C.compute_dtype(y, a)
+    y = C.probabilities_or_nan(y.astype(dtype))
+    return _smooth(y, a.astype(dtype), 1.0 / n_classes)

@@ -147,14 +147,23 @@ def check_class_ids(labels: Array, ignore_index: int | None, where: Array | None
     )
 
 
-def check_probabilities(hint: str, where: Array | None = None, **named: Array) -> None:
+def check_probabilities(
+    hint: str,
+    where: Array | None = None,
+    *,
+    axis: int | None = None,
+    atol: float = 0.0,
+    **named: Array,
+) -> None:
     """Reject a concrete probability argument with a negative entry, with ``hint``.
 
     A negative "probability" is almost always a log-probability passed where a
     probability belongs (PyTorch's ``kl_div(log q, p)`` habit); the math would give NaN.
-    Only concrete arrays (not traced) can be inspected, so under ``jit`` the documented
-    NaN stays. Entries masked out by a concrete ``where`` (broadcast against the inputs
-    by the caller) are not inspected.
+    With ``axis`` the entries along it must also form distributions: a sum off 1 by more
+    than ``atol`` raises too (multi-hot labels where a distribution is required). Only
+    concrete arrays (not traced) can be inspected; under ``jit`` `probabilities_or_nan`
+    makes the result NaN instead. Entries masked out by a concrete ``where`` (broadcast
+    against the inputs by the caller) are not inspected.
     """
     if isinstance(where, jax.core.Tracer):
         return
@@ -162,14 +171,40 @@ def check_probabilities(hint: str, where: Array | None = None, **named: Array) -
         if x is None or isinstance(x, jax.core.Tracer):
             continue
         values = np.asarray(x)
-        bad = values < 0
-        if where is not None:
-            bad = bad & np.asarray(where)
+        kept = np.ones(values.shape, bool) if where is None else np.asarray(where)
+        bad = (values < 0) & kept
         if bad.any():
+            values = np.broadcast_to(values, bad.shape)
             raise ValueError(
                 f"`{name}` holds a negative entry ({float(values[bad].min()):.4g}), which is not a "
                 f"probability. {hint}"
             )
+        if axis is None:
+            continue
+        total = np.sum(values, axis=axis, keepdims=True)
+        off = (np.abs(total - 1.0) > atol) & np.any(kept, axis=axis, keepdims=True)
+        if off.any():
+            found = float(np.broadcast_to(total, off.shape)[off][0])
+            raise ValueError(
+                f"`{name}` holds a vector that sums to {found:.4g} along axis {axis}, which "
+                f"is not a probability distribution. {hint}"
+            )
+
+
+def probabilities_or_nan(x: Array, *, axis: int | None = None, atol: float = 0.0) -> Array:
+    """``x`` with NaN in place of what is not a probability, for values `check_probabilities`
+    cannot inspect (traced): a negative entry or, with ``axis``, every entry of a vector
+    along ``axis`` that has a negative entry or a sum off 1 by more than ``atol``.
+
+    The NaN reaches the value and the gradient of the loss built on ``x``, never a
+    plausible number. Apply it before masked-out rows are replaced (`keep`), so that a
+    dropped row is not inspected.
+    """
+    bad = x < 0
+    if axis is not None:
+        off = jnp.abs(jnp.sum(x, axis=axis, keepdims=True) - 1.0) > atol
+        bad = jnp.any(bad, axis=axis, keepdims=True) | off
+    return jnp.where(bad, jnp.nan, x)
 
 
 def cast(dtype: jnp.dtype, *arrays: Array) -> tuple[Array, ...]:

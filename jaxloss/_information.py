@@ -66,8 +66,13 @@ def _distribution_inputs(where, weights, reduction, axis, allow_int=(), **named)
         row_where = jnp.expand_dims(jnp.broadcast_to(where, loss_shape), axis)
     if probabilities:
         _check_probabilities(probabilities, row_where, shape)
-    # Broadcast up front: ``axis`` indexes the common shape, not each input's own.
-    arrays = [jnp.broadcast_to(a.astype(dtype), shape) for a in arrays.values()]
+    # Broadcast up front: ``axis`` indexes the common shape, not each input's own. A
+    # traced negative entry of the reference p, which the check above cannot see, becomes
+    # NaN: Σ p log q is finite there (p log p, log q and log(p/q) are NaN by themselves).
+    arrays = [
+        C.probabilities_or_nan(a) if k == "p" else a
+        for k, a in ((k, jnp.broadcast_to(a.astype(dtype), shape)) for k, a in arrays.items())
+    ]
     return arrays, axis, where, row_where, weights
 
 
@@ -88,11 +93,6 @@ def _check_probabilities(probabilities, row_where, shape) -> None:
     if row_where is not None and not isinstance(row_where, jax.core.Tracer):
         row_where = jnp.broadcast_to(row_where, shape)
     C.check_probabilities(hint, row_where, **probabilities)
-
-
-def _negate(x: jax.Array) -> jax.Array:
-    """−x, but +0 for x = 0: a certain outcome has zero (not −0) surprisal and entropy."""
-    return 0.0 - x
 
 
 def _p_log(p: jax.Array, log_q: jax.Array) -> jax.Array:
@@ -142,7 +142,7 @@ def surprisal(
         probs=probs,
     )
     probs = C.keep(where, probs, 1.0)
-    loss = _negate(jnp.log(probs)) * factor
+    loss = N.negate(jnp.log(probs)) * factor
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 
@@ -190,7 +190,7 @@ def entropy(
         where, weights, reduction, axis, probs=probs
     )
     probs = C.keep(row_where, probs, 1.0)
-    loss = _negate(jnp.sum(N.xlogy(probs, probs), axis=axis)) * factor
+    loss = N.negate(jnp.sum(N.xlogy(probs, probs), axis=axis)) * factor
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 
@@ -231,7 +231,7 @@ def entropy_from_logits(
     )
     logits = C.keep(row_where, logits, 0.0)
     log_p = jax.nn.log_softmax(logits, axis=axis)
-    loss = _negate(jnp.sum(_p_log(jnp.exp(log_p), log_p), axis=axis)) * factor
+    loss = N.negate(jnp.sum(_p_log(jnp.exp(log_p), log_p), axis=axis)) * factor
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 
@@ -280,7 +280,7 @@ def cross_entropy(
     )
     p = C.keep(row_where, p, 1.0)
     q = C.keep(row_where, q, 1.0)
-    loss = _negate(jnp.sum(N.xlogy(p, q), axis=axis)) * factor
+    loss = N.negate(jnp.sum(N.xlogy(p, q), axis=axis)) * factor
     return C.reduce(loss, where=where, weights=weights, reduction=reduction)
 
 

@@ -155,6 +155,12 @@ def log1p_minus(u: jax.Array) -> jax.Array:
     return jnp.where(small, series, ub - jnp.log1p(ub))
 
 
+def negate(x: jax.Array) -> jax.Array:
+    """−x, but +0 for x = 0: a certain outcome has zero (not −0) surprisal, entropy or
+    cross-entropy, and a one-class softmax loss is +0."""
+    return 0.0 - x
+
+
 def xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
     """x · log y with 0 · log y = 0 for every y ≤ 0, finite in value and gradient at x = 0.
 

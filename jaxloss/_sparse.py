@@ -1,4 +1,5 @@
-"""Sparse outputs: the sparsemax projection and its Fenchel–Young loss.
+"""Sparse outputs and Fenchel–Young losses: the sparsemax projection, its loss, and the
+Fenchel–Young loss of any regularized max function.
 
 sparsemax(z) is the Euclidean projection of z onto the probability simplex (Martins &
 Astudillo, 2016): p = max(z − τ(z), 0), where the threshold τ makes p sum to one. Unlike
@@ -9,9 +10,16 @@ written out as a custom JVP. The loss is the Fenchel–Young loss of the Gini ne
 
 Inputs use the class-axis handling of `jaxloss._classification` (the same label rule as
 `softmax_cross_entropy`: integer class ids or probability vectors).
+
+`make_fenchel_young_loss` builds the loss of the family from a max function Ω* (Blondel,
+Martins & Niculae, 2020): Ω* = logsumexp gives the softmax cross-entropy, the conjugate
+of ½‖p‖² on the simplex gives `sparsemax_loss`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -138,6 +146,17 @@ def sparsemax(logits: ArrayLike, *, axis: int = -1) -> jax.Array:
     return jnp.moveaxis(_sparsemax_last(z), -1, axis)
 
 
+# Off the simplex Ω(y) = +inf, and the finite formula ⟨z, p − y⟩ − ½‖p‖² + ½‖y‖² is neither
+# shift-invariant nor non-negative there: such labels are rejected, not extended.
+_DISTRIBUTION_HINT = (
+    "`sparsemax_loss` is the Fenchel–Young loss of ½‖p‖² on the probability simplex, "
+    "+inf off it: each probability label must be non-negative and sum to 1 along the "
+    "class axis. For multi-hot labels pass `labels / labels.sum(axis, keepdims=True)` "
+    "(the multi-label sparsemax loss of Martins & Astudillo, 2016); for log-probabilities "
+    "`jnp.exp(log_p)`; for class ids an integer array."
+)
+
+
 def sparsemax_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -164,8 +183,12 @@ def sparsemax_loss(
     Args:
       logits: z, floating array with a class axis of size C.
       labels: integer class ids broadcastable to ``logits``' shape without ``axis``, or
-        floating target probabilities broadcastable to ``logits``' shape (the rule of
-        `softmax_cross_entropy`). A class id outside [0, C) gives NaN.
+        floating target distributions broadcastable to ``logits``' shape (the rule of
+        `softmax_cross_entropy`). A class id outside [0, C) gives NaN. A probability
+        label must lie on the simplex (non-negative, summing to 1 within rounding),
+        where the loss is finite: a concrete one that does not (multi-hot labels,
+        log-probabilities) raises a ``ValueError``, a traced one gives NaN in that
+        example's value and gradient.
       axis: the class axis (default the last).
       where, weights, reduction: as in `softmax_cross_entropy` (per example).
 
@@ -194,17 +217,102 @@ def sparsemax_loss(
         where=where,
         weights=weights,
         reduction=reduction,
+        distributions=_DISTRIBUTION_HINT,
     )
     x, labels, integer, axis, keep, weights = cat[:6]  # the record's first six fields
     z = jnp.moveaxis(x, axis, -1)
     if integer:
-        n = z.shape[-1]
-        classes = jnp.arange(n)
-        y = (classes == labels[..., None]).astype(z.dtype)
-        y = jnp.where(((labels >= 0) & (labels < n))[..., None], y, jnp.nan)
+        y = K._one_hot(labels, z.shape[-1], -1, z.dtype)
         if keep is not None:  # a dropped example's bad id must not reach its gradient
             y = C.keep(keep[..., None], y, 0.0)
     else:
         y = jnp.moveaxis(jnp.broadcast_to(labels, x.shape), axis, -1)
     loss = _fenchel_young_last(z, y)
     return C.reduce(loss, where=keep, weights=weights, reduction=reduction)
+
+
+def make_fenchel_young_loss(
+    max_fun: Callable[..., Any],
+    *,
+    regularizer: Callable[[jax.Array], Any] | None = None,
+) -> Callable[..., jax.Array]:
+    """The Fenchel–Young loss of a regularized max function, as a loss function.
+
+        ℓ(θ, y) = max_fun(θ) − ⟨θ, y⟩                         (default)
+        ℓ(θ, y) = Ω*(θ) + Ω(y) − ⟨θ, y⟩ = L_Ω(θ; y)           (``regularizer=Ω``)
+
+    ``max_fun`` is Ω*, the convex conjugate of a regularizer Ω, applied to each vector
+    of scores along the last axis; its gradient ∇Ω*(θ) is the prediction map, and
+    ∇_θ ℓ = ∇Ω*(θ) − y. Like ``optax.losses.make_fenchel_young_loss``, the default value
+    leaves out Ω(y), which is constant in θ (same gradient in θ; the value may then be
+    negative). Pass ``regularizer=Ω`` for the Fenchel–Young loss itself, which is ≥ 0
+    and 0 exactly when y = ∇Ω*(θ) (the Fenchel–Young inequality). Instances:
+    ``max_fun=jax.nn.logsumexp`` gives `softmax_cross_entropy` for labels that sum to
+    1 (with Ω(y) = Σ y log y, the KL divergence); the conjugate of ½‖p‖² on the simplex,
+    ⟨θ, p⟩ − ½‖p‖² with p = `sparsemax`(θ), gives `sparsemax_loss` (with Ω = ½‖y‖²).
+
+    The returned loss is ``loss(scores, targets, *args, where=None, weights=None,
+    reduction="none", **kwargs)``: ``scores`` θ of shape [..., n], ``targets`` y
+    broadcastable to it, one loss per vector (shape [...]), ``where``/``weights``/
+    ``reduction`` as for every loss here (a dropped vector's scores are replaced before
+    ``max_fun`` sees them, so NaN there gets zero gradient); ``args``/``kwargs`` are
+    passed to ``max_fun`` unchanged. A score of −inf counts as the lowest float in
+    ⟨θ, y⟩, so a class with y = 0 there contributes 0, not 0·(−inf) = NaN. Inputs are
+    computed in at least float32; the result is float32, or float64 for float64 input.
+
+    Args:
+      max_fun: Ω*, a function of a 1-D vector of scores (and ``args``/``kwargs``)
+        returning a scalar; vectorized over the leading axes with ``jnp.vectorize``.
+      regularizer: optional Ω, a function of a 1-D target vector returning a scalar,
+        added to the loss as Ω(y).
+
+    Returns:
+      The loss function described above.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxloss
+      >>> loss = jaxloss.make_fenchel_young_loss(jax.nn.logsumexp)
+      >>> scores = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+      >>> loss(scores, jnp.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]))
+      Array([0.2395, 1.0986 ], dtype=float32)
+
+    References:
+      Blondel, Martins & Niculae, "Learning with Fenchel–Young losses", JMLR 21 (2020),
+      Definition 2 and §4.
+    """
+    if not callable(max_fun):
+        raise TypeError(
+            f"`max_fun` must be a function of a vector of scores (e.g. "
+            f"`jax.nn.logsumexp`), got {type(max_fun).__name__} {max_fun!r}."
+        )
+    if regularizer is not None and not callable(regularizer):
+        raise TypeError(
+            "`regularizer` must be a function of a target vector (Ω) or None, got "
+            f"{type(regularizer).__name__} {regularizer!r}."
+        )
+
+    def fenchel_young_loss(
+        scores: ArrayLike,
+        targets: ArrayLike,
+        *args: Any,
+        where: ArrayLike | None = None,
+        weights: ArrayLike | None = None,
+        reduction: str = "none",
+        **kwargs: Any,
+    ) -> jax.Array:
+        theta = C.as_float("scores", scores)
+        K._class_axis(-1, theta, "scores")  # a last axis with at least one entry
+        y = C.as_float("targets", targets, allow_int=True)
+        C.loss_shape("scores", scores=theta, targets=y)
+        dtype = C.compute_dtype(theta, y)
+        mask, w = C.prepare(theta.shape[:-1], where, weights, reduction)
+        row = None if mask is None else jnp.expand_dims(mask, -1)
+        theta = C.keep(row, theta.astype(dtype), 0.0)
+        y = C.keep(row, jnp.broadcast_to(y.astype(dtype), theta.shape), 0.0)
+        value = jnp.vectorize(lambda s: max_fun(s, *args, **kwargs), signature="(n)->()")
+        loss = value(theta).astype(dtype) - jnp.sum(y * N.finite_floor(theta), axis=-1)
+        if regularizer is not None:
+            loss = loss + jnp.vectorize(regularizer, signature="(n)->()")(y).astype(dtype)
+        return C.reduce(loss, where=mask, weights=w, reduction=reduction)
+
+    return fenchel_young_loss

@@ -872,3 +872,238 @@ def test_class_weighted_smoothing_gradients_in_logits_and_class_weights(kind):
     )(z, TORCH_W)
     assert np.isfinite(value) and all(np.isfinite(g).all() for g in grads)
     assert np.all(np.asarray(grads[0])[:, 3] == 0)
+
+
+# --------------------------------------------------------------------------------------
+# Review 2: log-probabilities as probability labels, one class
+# --------------------------------------------------------------------------------------
+
+LOG_PROBS = np.log(PROBS)  # the mistake: log-probabilities where probabilities belong
+SOFTMAX_LOSSES = [
+    jaxloss.softmax_cross_entropy,
+    jaxloss.nll_loss,
+    jaxloss.softmax_focal_loss,
+    jaxloss.poly_cross_entropy,
+    jaxloss.sparsemax_loss,
+]
+
+
+@pytest.mark.parametrize("fn", SOFTMAX_LOSSES, ids=lambda f: f.__name__)
+def test_review2_item7_log_probabilities_as_labels_raise_when_concrete(fn):
+    """Review 2, item 7: log-probabilities passed as probability labels (negative
+    entries) raise a ValueError naming `labels` in every softmax loss, eagerly and under
+    jit with concrete labels, as `cross_entropy` and `kl_divergence` do; an example
+    dropped by `where` is not inspected."""
+    z = jnp.asarray(LOGITS, jnp.float32)
+    y = jnp.asarray(LOG_PROBS, jnp.float32)
+    message = r"`labels` holds a negative entry \(-\d.*not a probability.*jnp\.exp"
+    with pytest.raises(ValueError, match=message):
+        fn(z, y)
+    with pytest.raises(ValueError, match=message):
+        jax.jit(lambda z: fn(z, y))(z)
+    y_ok = jnp.asarray(PROBS, jnp.float32).at[1].set(-1.0)  # only in a dropped example
+    assert np.isfinite(np.asarray(fn(z, y_ok, where=jnp.asarray(KEEP), reduction="sum")))
+
+
+@pytest.mark.parametrize("fn", SOFTMAX_LOSSES, ids=lambda f: f.__name__)
+def test_review2_item7_traced_negative_labels_give_nan_value_and_gradient(fn):
+    """Review 2, item 7: under jit the labels' values are unknown at trace time; an
+    example whose label holds a negative entry gets a NaN loss and NaN logit gradient
+    (softmax_cross_entropy returned about −23 before), the others keep their values."""
+    y = PROBS.copy()
+    y[2] = LOG_PROBS[2]
+    f = jax.jit(lambda z, y: fn(z, y))
+    out = np.asarray(f(LOGITS, y))
+    assert np.isnan(out[2])
+    np.testing.assert_allclose(np.delete(out, 2), np.delete(np.asarray(fn(LOGITS, PROBS)), 2))
+    g = np.asarray(jax.jit(jax.grad(lambda z, y: jnp.sum(fn(z, y))))(LOGITS, y))
+    assert np.isnan(g[2]).all() and np.isfinite(np.delete(g, 2, axis=0)).all()
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [jaxloss.softmax_cross_entropy, jaxloss.softmax_focal_loss, jaxloss.poly_cross_entropy],
+    ids=lambda f: f.__name__,
+)
+@pytest.mark.parametrize("kind", ["ids", "probabilities"])
+def test_review2_item11_one_class_gives_plus_zero_and_zero_gradient(fn, kind):
+    """Review 2, item 11: with one class every softmax loss is exactly +0.0 (not −0.0,
+    which poly_cross_entropy returned), with zero gradient, for both label kinds, as
+    softmax_cross_entropy on class ids is."""
+    z = jnp.array([[1.5], [-0.3], [40.0]])
+    labels = jnp.zeros(3, jnp.int32) if kind == "ids" else jnp.ones((3, 1))
+    out = np.asarray(fn(z, labels))
+    assert (out == 0).all() and not np.signbit(out).any(), out
+    total = np.asarray(fn(z, labels, reduction="sum"))
+    assert total == 0 and not np.signbit(total)
+    g = np.asarray(jax.grad(lambda z: jnp.sum(fn(z, labels)))(z))
+    assert (g == 0).all()
+
+
+# --------------------------------------------------------------------------------------
+# smooth_labels
+# --------------------------------------------------------------------------------------
+
+smooth_labels = jax.jit(jaxloss.smooth_labels, static_argnames=("axis", "num_classes"))
+OPTAX_TS = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["scalar", "batched"])
+def test_smooth_labels_passes_optax_smoothing_tests(batched):
+    """optax's SmoothLabelsTest (test_scalar, test_batched), ported case by case: α = 0
+    returns the labels, α = 0.1 gives 0.9·y + 0.1/K, α = 1 the uniform vector."""
+    ts = OPTAX_TS if batched else OPTAX_TS[0]
+    expected = {0.0: ts, 0.1: 0.9 * ts + 0.1 / 3, 1.0: np.ones_like(ts) / 3}
+    for alpha, exp in expected.items():
+        np.testing.assert_allclose(smooth_labels(ts, alpha), exp, atol=1e-4)
+        np.testing.assert_allclose(smooth_labels(ts, alpha), optax.smooth_labels(ts, alpha))
+
+
+def test_smooth_labels_of_class_ids_equal_those_of_one_hot_and_feed_the_losses():
+    for axis in (-1, 0):
+        by_id = jaxloss.smooth_labels(IDS.reshape(2, 4), 0.2, num_classes=K, axis=axis)
+        one_hot = np.moveaxis(np.eye(K)[IDS.reshape(2, 4)], -1, axis)
+        np.testing.assert_allclose(by_id, jaxloss.smooth_labels(one_hot, 0.2, axis=axis))
+        np.testing.assert_allclose(by_id, 0.8 * one_hot + 0.2 / K, rtol=1e-6)
+    # Smoothing the target first is the losses' label_smoothing (no −inf logits).
+    np.testing.assert_allclose(
+        jaxloss.softmax_cross_entropy(LOGITS, jaxloss.smooth_labels(IDS, 0.3, num_classes=K)),
+        jaxloss.softmax_cross_entropy(LOGITS, IDS, label_smoothing=0.3),
+        rtol=1e-6,
+    )
+
+
+def test_smooth_labels_traced_bad_labels_give_nan_and_concrete_ones_raise():
+    out = np.asarray(smooth_labels(jnp.array([1, K, -1]), 0.2, num_classes=K))
+    assert np.isfinite(out[0]).all() and np.isnan(out[1:]).all()  # not the uniform vector
+    out = np.asarray(jax.jit(jaxloss.smooth_labels)(LOG_PROBS[:2], 0.1))
+    assert np.isnan(out).all()
+    bad = [
+        (lambda: jaxloss.smooth_labels(IDS, 0.1), TypeError, r"need `num_classes=`"),
+        (
+            lambda: jaxloss.smooth_labels(jnp.array([0, -100]), 0.1, num_classes=K),
+            ValueError,
+            r"class ids outside \[0, num_classes=5\): \[-100\]",
+        ),
+        (lambda: jaxloss.smooth_labels(jnp.asarray(LOG_PROBS), 0.1), ValueError, r"negative"),
+        (
+            lambda: jaxloss.smooth_labels(jnp.ones((2, 3)), 0.1, num_classes=4),
+            ValueError,
+            r"`num_classes=4` does not match the 3 classes",
+        ),
+        (lambda: jaxloss.smooth_labels(OPTAX_TS, 1.5), ValueError, r"`alpha` must be in"),
+        (lambda: jaxloss.smooth_labels(OPTAX_TS, jnp.ones(2)), ValueError, r"`alpha` must be a"),
+        (lambda: jaxloss.smooth_labels(IDS, 0.1, num_classes=0), ValueError, r"`num_classes`"),
+    ]
+    for call, error, message in bad:
+        with pytest.raises(error, match=message):
+            call()
+
+
+# --------------------------------------------------------------------------------------
+# categorical_generalized_cross_entropy
+# --------------------------------------------------------------------------------------
+
+gce = jax.jit(jaxloss.categorical_generalized_cross_entropy, static_argnames=("q", "reduction"))
+
+
+def _gce_np(logits, target, q):
+    """Zhang & Sabuncu (2018), eq. 6, float64: Σ_c t_c (1 − p_c^q)/q."""
+    return (target * (1.0 - special.softmax(logits, axis=-1) ** q) / q).sum(-1)
+
+
+def test_generalized_cross_entropy_limits_are_cross_entropy_and_mae():
+    """q → 0 gives −log p_y; q = 1 gives 1 − p_y = ½‖e_y − p‖₁; class ids equal one-hot."""
+    p = special.softmax(LOGITS, axis=-1)
+    np.testing.assert_allclose(gce(LOGITS, IDS, q=1e-7), _ce_ref(LOGITS, ONE_HOT), rtol=1e-5)
+    np.testing.assert_allclose(gce(LOGITS, IDS, q=1.0), 0.5 * np.abs(ONE_HOT - p).sum(-1))
+    for q in (0.3, 0.7):
+        np.testing.assert_allclose(gce(LOGITS, IDS, q=q), gce(LOGITS, ONE_HOT, q=q), rtol=1e-6)
+        np.testing.assert_allclose(gce(LOGITS, PROBS, q=q), _gce_np(LOGITS, PROBS, q), rtol=1e-6)
+
+
+def test_generalized_cross_entropy_gradient_is_ce_gradient_weighted_by_p_y_to_the_q():
+    """Zhang & Sabuncu (2018), eq. 7: ∂ℓ/∂z = −p_y^q·(e_y − p), float64 reference."""
+    p = special.softmax(LOGITS, axis=-1)
+    p_y = p[np.arange(N), IDS]
+    g = jax.grad(lambda z: jnp.sum(gce(z, IDS, q=0.7)))(LOGITS)
+    np.testing.assert_allclose(g, -(p_y**0.7)[:, None] * (ONE_HOT - p), rtol=1e-5, atol=1e-7)
+
+
+def test_generalized_cross_entropy_is_bounded_and_finite_at_extreme_logits():
+    z = jnp.array([[0.0, -jnp.inf, 3.0], [1e9, -1e9, 0.0], [-1e4, 1e4, 0.0]], jnp.float32)
+    labels = jnp.array([1, 0, 0])  # the label on the −inf class, and two hopeless ones
+    out = gce(z, labels, q=0.5)
+    np.testing.assert_allclose(out, [2.0, 0.0, 2.0], atol=1e-6)  # 1/q at p_y = 0
+    g = jax.grad(lambda z: jnp.sum(gce(z, labels, q=0.5)))(z)
+    assert np.isfinite(np.asarray(g)).all()
+
+
+def test_generalized_cross_entropy_bad_q():
+    for q in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"`q` must be in \(0, 1\]"):
+            jaxloss.categorical_generalized_cross_entropy(Z0, jnp.zeros(3, int), q=q)
+
+
+# --------------------------------------------------------------------------------------
+# Label smoothing on the focal losses
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cw", [None, CLASS_W], ids=["plain", "class_weights"])
+def test_softmax_focal_label_smoothing_means_what_it_means_for_cross_entropy(cw):
+    """γ = 0 gives softmax_cross_entropy with the same smoothing (both label kinds, class
+    weights, every reduction), class ids equal one-hot, and the smoothed class-id loss is
+    (1 − ε)·w_y·f_y + (ε/K)·Σ_c w_c·f_c against a float64 reference."""
+    opts = dict(label_smoothing=0.2, class_weights=cw, where=KEEP, weights=W)
+    for reduction in ("none", "mean"):
+        for labels in (IDS, PROBS):
+            np.testing.assert_allclose(
+                jaxloss.softmax_focal_loss(LOGITS, labels, gamma=0.0, reduction=reduction, **opts),
+                jaxloss.softmax_cross_entropy(LOGITS, labels, reduction=reduction, **opts),
+                rtol=1e-6,
+            )
+        np.testing.assert_allclose(
+            jaxloss.softmax_focal_loss(LOGITS, IDS, gamma=2.0, reduction=reduction, **opts),
+            jaxloss.softmax_focal_loss(LOGITS, ONE_HOT, gamma=2.0, reduction=reduction, **opts),
+            rtol=1e-6,
+        )
+    w = np.ones(K) if cw is None else cw
+    log_p = special.log_softmax(LOGITS, axis=-1)
+    f = -((1 - np.exp(log_p)) ** 2) * log_p  # per-class focal terms
+    expected = 0.8 * w[IDS] * f[np.arange(N), IDS] + 0.2 / K * (w * f).sum(-1)
+    np.testing.assert_allclose(
+        jaxloss.softmax_focal_loss(LOGITS, IDS, gamma=2.0, label_smoothing=0.2, class_weights=cw),
+        expected,
+        rtol=1e-5,
+    )
+
+
+def test_softmax_focal_label_smoothing_spreads_only_over_finite_logits_and_keeps_bad_ids_nan():
+    z = jnp.array([[2.0, 0.0, -jnp.inf, 1.0]] * 2)
+    out = jaxloss.softmax_focal_loss(z, jnp.array([0, 1]), label_smoothing=0.3)
+    t = 0.7 * np.eye(4)[[0, 1]] + 0.1 * np.array([1, 1, 0, 1])
+    np.testing.assert_allclose(
+        out, jaxloss.softmax_focal_loss(z, jnp.asarray(t, jnp.float32)), rtol=1e-6
+    )
+    g = jax.grad(
+        lambda z: jnp.sum(jaxloss.softmax_focal_loss(z, jnp.array([0, 1]), label_smoothing=0.3))
+    )(z)
+    assert np.isfinite(np.asarray(g)).all() and (np.asarray(g)[:, 2] == 0).all()
+    bad = jax.jit(lambda y: jaxloss.softmax_focal_loss(z, y, label_smoothing=0.3))(
+        jnp.array([0, 4])
+    )
+    assert np.isfinite(bad[0]) and np.isnan(bad[1])  # an id outside [0, C) stays NaN
+
+
+def test_sigmoid_focal_label_smoothing_smooths_the_labels_first():
+    y = (Y_HARD * 0.8 + 0.1).astype(np.float64)  # ε = 0.2: (1 − ε)·y + ε/2
+    np.testing.assert_allclose(
+        jaxloss.sigmoid_focal_loss(Z, Y_HARD, alpha=0.25, label_smoothing=0.2),
+        jaxloss.sigmoid_focal_loss(Z, y, alpha=0.25),
+        rtol=1e-6,
+    )
+    with pytest.raises(ValueError, match=r"`label_smoothing` must be in \[0.0, 1.0\]"):
+        jaxloss.sigmoid_focal_loss(Z, Y_HARD, label_smoothing=-0.1)
+    with pytest.raises(ValueError, match=r"`label_smoothing` must be in \[0.0, 1.0\]"):
+        jaxloss.softmax_focal_loss(LOGITS, IDS, label_smoothing=1.1)

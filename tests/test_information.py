@@ -634,6 +634,31 @@ def test_log_probabilities_in_a_probability_argument_raise_naming_the_math_order
     )
 
 
+def test_review2_item7_traced_log_probabilities_as_p_give_nan_not_a_number():
+    """Review 2, item 7: under jit a negative entry of `p` (log-probabilities where the
+    reference distribution belongs) made `cross_entropy` return a plausible −4.52; every
+    probability argument now gives NaN in the value and the gradient of that
+    distribution, as the concrete case raises. Other distributions are untouched."""
+    p = jnp.asarray([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    q = jnp.asarray([[0.1, 0.6, 0.3], [0.2, 0.2, 0.6]])
+    bad = p.at[0].set(jnp.log(p[0]))
+    for fn in (
+        jaxloss.cross_entropy,
+        jaxloss.kl_divergence,
+        jaxloss.js_divergence,
+        jaxloss.generalized_kl_divergence,
+    ):
+        out = jax.jit(fn)(bad, q)
+        assert np.isnan(out[0]) and np.isfinite(out[1]), fn.__name__
+        np.testing.assert_allclose(out[1], fn(p, q)[1], rtol=1e-6)
+        g = jax.jit(jax.grad(lambda q, p, fn=fn: jnp.sum(fn(p, q))))(q, bad)
+        assert np.isnan(g[0]).all() and np.isfinite(g[1]).all(), fn.__name__
+    # An exact 0 in p stays valid: the gradient in p there is the one-sided −log q.
+    p0 = jnp.asarray([[0.0, 0.4, 0.6]])
+    g = jax.jit(jax.grad(lambda p: jnp.sum(jaxloss.cross_entropy(p, q[:1]))))(p0)
+    np.testing.assert_allclose(g, -np.log(np.asarray(q[:1])), rtol=1e-6)
+
+
 # generalized_kl_divergence (issue 11)
 # --------------------------------------------------------------------------------------
 

@@ -126,6 +126,14 @@ def _(rng):
     return jaxloss.softmax_cross_entropy(Z, IDS, label_smoothing=0.2), peer
 
 
+@row("optax-smooth_labels[direct]")
+def _(rng):
+    peer = optax.smooth_labels(ONE_HOT, 0.2)
+    ours = jaxloss.smooth_labels(ONE_HOT, 0.2)
+    np.testing.assert_array_equal(jaxloss.smooth_labels(IDS, 0.2, num_classes=C), ours)
+    return ours, peer
+
+
 @row("optax-poly_loss_cross_entropy")
 def _(rng):
     return (
@@ -177,6 +185,13 @@ def _(rng):
     labels = B01.astype(np.int64)
     two_class = np.stack([S, np.zeros_like(S)], axis=-1)  # class 0 is "label 1"
     return jaxloss.sparsemax_loss(two_class, 1 - labels), L.sparsemax_loss(S, labels)
+
+
+@row("optax-make_fenchel_young_loss")
+def _(rng):
+    peer = L.make_fenchel_young_loss(jax.scipy.special.logsumexp)
+    ours = jaxloss.make_fenchel_young_loss(jax.scipy.special.logsumexp)
+    return ours(Z, P), peer(Z, P)
 
 
 @row("optax-kl_divergence")
@@ -639,13 +654,17 @@ def _(rng):
 
 @row("keras-BinaryFocalCrossentropy")
 def _(rng):
-    # apply_class_balancing=True, alpha=0.25, gamma=2, from_logits=True
+    # apply_class_balancing=True, alpha=0.25, gamma=2, from_logits=True,
+    # label_smoothing=0.1: y ← y(1 − ε) + ε/2 first, then every term uses it
+    y = MULTI * 0.9 + 0.05
     p = special.expit(X)
-    p_t = MULTI * p + (1 - MULTI) * (1 - p)
-    alpha_t = MULTI * 0.25 + (1 - MULTI) * 0.75
-    bce = -(MULTI * np.log(p) + (1 - MULTI) * np.log1p(-p))
+    p_t = y * p + (1 - y) * (1 - p)
+    alpha_t = y * 0.25 + (1 - y) * 0.75
+    bce = -(y * np.log(p) + (1 - y) * np.log1p(-p))
     ref = np.mean(alpha_t * (1 - p_t) ** 2 * bce)
-    out = jaxloss.sigmoid_focal_loss(X, MULTI, alpha=0.25, gamma=2.0, reduction="mean")
+    out = jaxloss.sigmoid_focal_loss(
+        X, MULTI, alpha=0.25, gamma=2.0, label_smoothing=0.1, reduction="mean"
+    )
     return out, ref
 
 
@@ -665,10 +684,24 @@ def _(rng):
 
 @row("keras-CategoricalFocalCrossentropy")
 def _(rng):
-    # alpha=0.25 (a constant factor), gamma=2, from_logits=True: −Σ α y (1 − p)^γ log p
+    # alpha=0.25 (a constant factor), gamma=2, from_logits=True, label_smoothing=0.1:
+    # y ← y(1 − ε) + ε/C, then −Σ α y (1 − p)^γ log p
+    y = ONE_HOT * 0.9 + 0.1 / C
     p = special.softmax(Z, axis=-1)
-    ref = np.mean(-(0.25 * ONE_HOT * (1 - p) ** 2 * np.log(p)).sum(-1))
-    return 0.25 * jaxloss.softmax_focal_loss(Z, ONE_HOT, gamma=2.0, reduction="mean"), ref
+    ref = np.mean(-(0.25 * y * (1 - p) ** 2 * np.log(p)).sum(-1))
+    out = jaxloss.softmax_focal_loss(Z, ONE_HOT, gamma=2.0, label_smoothing=0.1, reduction="mean")
+    return 0.25 * out, ref
+
+
+@row("keras-CategoricalGeneralizedCrossEntropy")
+def _(rng):
+    # q=0.7: (1 − p^q)/q, p = y_pred at the class id y_true; y_pred probabilities
+    y_pred = special.softmax(Z, axis=-1)
+    ref = np.mean((1.0 - y_pred[np.arange(N), IDS] ** 0.7) / 0.7)
+    out = jaxloss.categorical_generalized_cross_entropy(
+        jnp.log(y_pred), IDS, q=0.7, reduction="mean"
+    )
+    return out, ref
 
 
 @row("keras-KLDivergence")
@@ -757,7 +790,8 @@ def test_migration_row(x64, name):
     np.testing.assert_allclose(np.asarray(ours), np.asarray(peer), rtol=rtol, atol=atol)
 
 
-TEST_ID = re.compile(r"^`((?:optax|torch|keras)-\w+)`$")
+# An id is ``peer-NAME``, or ``peer-NAME[variant]`` for a second row of the same peer function.
+TEST_ID = re.compile(r"^`((?:optax|torch|keras)-\w+(?:\[\w+\])?)`$")
 
 
 def _guide_ids():
@@ -769,7 +803,7 @@ def _guide_ids():
             continue
         match = TEST_ID.match(cells[-1])
         assert match, f"docs/migrating.md: a table row without a test id: {line!r}"
-        peer = match.group(1).split("-", 1)[1]
+        peer = match.group(1).split("-", 1)[1].split("[")[0]
         assert f".{peer}(" in cells[0], f"row {match.group(1)} documents {cells[0]}"
         ids.append(match.group(1))
     return ids
