@@ -153,6 +153,15 @@ def shard_offset(cfg: Config, v_local: int):
     return 0 if cfg.axis_name is None else lax.axis_index(cfg.axis_name) * v_local
 
 
+def log_probs(z: jax.Array, lse: jax.Array) -> jax.Array:
+    """log softmax(z) = z − lse from a chunk's logits [n, V] and their saved logsumexp [n],
+    at most 0. The logits recomputed in the backward pass can exceed the logsumexp saved
+    by the forward pass by a rounding of their own (the matrix product's summation order
+    differs between the two passes; at a logit of 5e9 one float32 ulp is 512), and exp of
+    that would overflow: log p ≤ 0 holds exactly, so the difference is clamped there."""
+    return jnp.minimum(z - lse[:, None], 0.0)
+
+
 def targets(cfg: Config, labels: jax.Array, v_local: int, n_classes: int):
     """(index into this shard, whether the label lives on it, whether it is in [0, V))."""
     local = labels - shard_offset(cfg, v_local)

@@ -68,7 +68,7 @@ class TokenLogProbs:
     @staticmethod
     def _p_log_p(z, lse):
         """p·log p, 0 where p = 0 (a −inf logit, or one whose probability underflows)."""
-        log_p = z - lse[:, None]
+        log_p = E.log_probs(z, lse)
         p = jnp.exp(log_p)
         return jnp.where(p > 0, p * log_p, 0.0)
 
@@ -84,10 +84,10 @@ class TokenLogProbs:
             # −p written over z (one [chunk, V] array, not two). It is set to 0 on the
             # rows where ``on`` is False (their row factor is 0 anyway): reading ``on``,
             # which comes from z's entry at the label, orders this after every read of z.
-            minus_p = lambda zb: jnp.where(on[:, None], -jnp.exp(zb - lse[:, None]), 0.0)  # noqa: E731
+            minus_p = lambda zb: jnp.where(on[:, None], -jnp.exp(E.log_probs(zb, lse)), 0.0)  # noqa: E731
             g = E.in_place(cfg, z, minus_p)
             return g.at[rows, local].add(one), row
-        p = jnp.exp(z - lse[:, None])
+        p = jnp.exp(E.log_probs(z, lse))
         g = (-p).at[rows, local].add(one)
         entropy = saved[2]
         g_h = -(self._p_log_p(z, lse) + p * entropy[:, None])

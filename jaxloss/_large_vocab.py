@@ -116,10 +116,10 @@ class CrossEntropy:
             # entry at the label, orders this after every read of z (`E.in_place`).
             coef = 1.0 + 2.0 * self.z_loss * lse if self.z_loss else jnp.ones_like(lse)
             coef = jnp.where(on, coef, 0.0)
-            g = E.in_place(cfg, z, lambda zb: jnp.exp(zb - lse[:, None]) * coef[:, None])
+            g = E.in_place(cfg, z, lambda zb: jnp.exp(E.log_probs(zb, lse)) * coef[:, None])
             row = jnp.where(on, row, 0.0)
             return g.at[rows, local].add(jnp.where(here, -1.0, 0.0)), row
-        p = jnp.exp(z - lse[:, None])
+        p = jnp.exp(E.log_probs(z, lse))
         a = jnp.where(on, 1.0 - eps, 0.0).astype(cfg.dtype)  # the weight of −log p_y
         coef = a + eps
         if self.z_loss:

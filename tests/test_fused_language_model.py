@@ -267,3 +267,30 @@ def test_bad_input_raises_naming_the_argument(options, error, match):
         jaxloss.fused_linear_token_log_probs(
             kwargs.pop("hidden"), kwargs.pop("weight"), kwargs.pop("labels"), **kwargs
         )
+
+
+def test_backward_probabilities_at_most_one_when_logits_round_above_the_saved_lse():
+    """The backward pass recomputes a chunk's logits; at a logit of 5e9 (one float32 ulp
+    is 512) they can round above the logsumexp saved by the forward pass, and exp of
+    that overflowed to inf, then NaN gradients (seen on the CPU with two chunks). Every
+    backward probability is exp(min(z − lse, 0)) ≤ 1."""
+    z = jnp.array([[5.347e9, -1.6e9, 1.59e9]], jnp.float32)
+    lse = z[:, 0] - 512.0  # the saved value, one ulp below the recomputed logit
+    assert float(jnp.max(jnp.exp(E.log_probs(z, lse)))) == 1.0
+    # End to end: tokens at that scale beside ordinary ones, in chunks of two.
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(4, 4)).astype(np.float32)
+    hidden[0] *= 1e4
+    hidden[3] *= 1e9
+    weight = rng.normal(size=(7, 4)).astype(np.float32)
+    bias = rng.normal(size=7).astype(np.float32)
+    labels = rng.integers(0, 7, size=4)
+    for fn in (jaxloss.fused_linear_token_log_probs, jaxloss.fused_linear_cross_entropy):
+        grads = jax.grad(
+            lambda h, w, b, fn=fn: jnp.sum(
+                fn(h, w, labels, bias=b, weight_layout="embedding", chunk_size=2)
+            ),
+            argnums=(0, 1, 2),
+        )(hidden, weight, bias)
+        for g in grads:
+            assert np.isfinite(np.asarray(g)).all(), fn.__name__
