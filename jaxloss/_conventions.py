@@ -389,6 +389,15 @@ def keep(where: Array | None, x: Array | None, fill: float) -> Array | None:
     return jnp.where(where, jnp.broadcast_to(x, shape), jnp.asarray(fill, x.dtype))
 
 
+def drop_unweighted(values: Array, weights: Array) -> Array:
+    """``values`` with 0 where ``weights`` is 0: a weight of 0 removes its term, as `where`
+    does. 0·ℓ would be NaN for an infinite ℓ (an impossible CTC alignment), and the
+    product's gradient in the weight would be ℓ; zeroed before the product (double
+    where), while a NaN weight stays NaN. The one rule for `reduce` and the fused
+    engine's weighted sums."""
+    return jnp.where(weights == 0, 0, values)
+
+
 def reduce(
     loss: Array,
     *,
@@ -420,10 +429,7 @@ def reduce(
         loss = jnp.where(mask, loss, 0)
         w = jnp.where(mask, 1 if w is None else w, 0).astype(loss.dtype)
     if w is not None:
-        # A weight of 0 removes the term, as `where` does: 0·ℓ would be NaN for an
-        # infinite ℓ (an impossible CTC alignment), and the product's gradient in w
-        # would be ℓ. Zeroed before the product (double where); a NaN weight stays NaN.
-        loss = jnp.where(w == 0, 0, loss) * w
+        loss = drop_unweighted(loss, w) * w
     if reduction == "none":
         return loss
     total = jnp.sum(loss)

@@ -431,18 +431,12 @@ def _vdot(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.sum(a * b.astype(a.dtype))
 
 
-def _kept_values(scale: jax.Array, value: jax.Array) -> jax.Array:
-    """``value`` with 0 where ``scale`` is 0: a token of weight 0 adds nothing to the sum,
-    as in `C.reduce`, even where its value is infinite (0·∞ would be NaN)."""
-    return jnp.where(scale == 0, 0.0, value)
-
-
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def weighted_sum(cfg: Config, h, w, b, xs, scale, consts=()):
     """Σ_i scale_i·value_i over the tokens (``scale`` [N] holds e.g. w_i or w_i/Σw)."""
     if _n_values(cfg) != 1:
         raise ValueError("weighted_sum needs a loss with one per-token value.")
-    return jnp.sum(scale * _kept_values(scale, _forward(cfg, h, w, b, xs, consts)[0]))
+    return jnp.sum(scale * C.drop_unweighted(_forward(cfg, h, w, b, xs, consts)[0], scale))
 
 
 def _one_pass_jvp(values_and_grads, cfg: Config, primals, tangents):
@@ -458,7 +452,7 @@ def _one_pass_jvp(values_and_grads, cfg: Config, primals, tangents):
     dh, dw, db, _, dscale, _ = tangents
     need = (not _zero(dh), not _zero(dw), b is not None and not _zero(db))
     value, gh, gw, gb = values_and_grads(cfg, h, w, b, xs, consts, scale, need)
-    value = _kept_values(scale, value)
+    value = C.drop_unweighted(value, scale)
     out = jnp.sum(scale * value)
     parts = [_vdot(g, d) for g, d in zip((gh, gw, gb), (dh, dw, db), strict=True) if g is not None]
     # A sum of arrays is an array (`sum` starts at the int 0, which typeshed keeps).
@@ -690,7 +684,7 @@ def _grouped(cfg: Config, h, w, b, xs, consts, scale, need: tuple[bool, bool, bo
 def grouped_sum(cfg: Config, h, w, b, xs, scale, consts=()):
     """Σ_g scale_g·value_g over the groups of a `GroupLoss` (``scale`` [G])."""
     value = _grouped(cfg, h, w, b, xs, consts, scale, (False, False, False))[0]
-    return jnp.sum(scale * _kept_values(scale, value))
+    return jnp.sum(scale * C.drop_unweighted(value, scale))
 
 
 grouped_sum.defjvp(functools.partial(_one_pass_jvp, _grouped), symbolic_zeros=True)
