@@ -1,8 +1,10 @@
-"""The documentation's API reference is generated from what the package declares public.
+"""The documentation reads completely in the repository, and its generated parts are current.
 
-docs/hooks.py reads each public module's ``__all__`` from the source (the docs build
-imports nothing) and fails the build when a declared name has no entry. These tests check
-that what it reads is what Python sees, so that no public name can escape the reference.
+docs/generate.py writes the generated parts of the pages (the API reference from each
+public module's ``__all__``, the benchmark tables, the examples' results) into the
+committed Markdown. These tests check that the committed copy is what the generator gives
+now, that what it reads as public is what Python sees, that every public name has an
+entry in the committed docs/api.md, and that links resolve on the repository host.
 """
 
 from __future__ import annotations
@@ -18,25 +20,121 @@ import jaxloss
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _hooks():
-    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+def _generator():
+    spec = importlib.util.spec_from_file_location("docs_generate", ROOT / "docs" / "generate.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _public_names():
+    """(module, name) for every name in the ``__all__`` of ``jaxloss`` and of its public
+    submodules, as Python sees them, except the submodules themselves."""
+    modules = ["jaxloss"] + sorted(
+        f"jaxloss.{m.name}" for m in pkgutil.iter_modules(jaxloss.__path__) if m.name[0] != "_"
+    )
+    return [
+        (module, name)
+        for module in modules
+        for name in importlib.import_module(module).__all__
+        if f"{module}.{name}" not in modules
+    ]
 
 
 def test_api_reference_covers_every_public_module():
     public = {"jaxloss"} | {
         f"jaxloss.{m.name}" for m in pkgutil.iter_modules(jaxloss.__path__) if m.name[0] != "_"
     }
-    assert set(_hooks().public_modules()) == public
+    assert set(_generator().public_modules()) == public
 
 
 def test_api_reference_reads_the_same_all_that_python_sees():
-    hooks = _hooks()
-    for module in hooks.public_modules():
+    generator = _generator()
+    for module in generator.public_modules():
         names = importlib.import_module(module).__all__
-        assert hooks.declared_all(module) == list(names), module
+        assert generator.declared_all(module) == list(names), module
+
+
+def test_committed_generated_docs_are_current():
+    """The generated parts committed in docs/*.md are what docs/generate.py gives now (CI
+    fails on a stale API reference, benchmark table or example result)."""
+    stale = _generator().stale()
+    assert not stale, (
+        "docs/ is stale: run `python docs/generate.py` and commit the result.\n" + "".join(stale)
+    )
+
+
+def test_every_public_name_has_an_entry_in_the_committed_api_reference():
+    """Each public name has its own heading in docs/api.md, followed by its declaration
+    under its full name (so the entry is the right module's)."""
+    page = (ROOT / "docs" / "api.md").read_text()
+    missing = []
+    for module, name in _public_names():
+        entry = rf"^### `{name}`\n\n```python\n(?:class )?{re.escape(f'{module}.{name}')}\b"
+        if not re.search(entry, page, re.MULTILINE):
+            missing.append(f"{module}.{name}")
+    assert not missing, f"docs/api.md has no entry for {missing}"
+    assert " at 0x" not in page  # no memory address in a rendered default
+
+
+def test_generated_parts_keep_the_hand_written_text_around_them():
+    generator = _generator()
+    page = (
+        "# Title\n\nProse before.\n\n<!-- benchmark-tables -->\n\nProse between.\n\n"
+        "<!-- begin generated: gallery:x -->\nold\n<!-- end generated: gallery:x -->\nAfter.\n"
+    )
+    once = generator.render_page(page, lambda name: f"made {name}\n")
+    assert once == (
+        "# Title\n\nProse before.\n\n"
+        f"{generator.BEGIN.format(name='benchmark-tables')}\n\nmade benchmark-tables\n\n"
+        f"{generator.END.format(name='benchmark-tables')}\n\nProse between.\n\n"
+        f"{generator.BEGIN.format(name='gallery:x')}\n\nmade gallery:x\n\n"
+        f"{generator.END.format(name='gallery:x')}\nAfter.\n"
+    )
+    assert generator.render_page(once, lambda name: f"made {name}\n") == once
+
+
+def test_docstring_sections_render_as_markdown():
+    generator = _generator()
+    doc = (
+        "Summary with ``code`` and a link to `known`.\n\n"
+        "    f(x) = x*\n\n"
+        "Args:\n"
+        "  x: first line\n"
+        "    second line.\n"
+        "  a, b: shared.\n\n"
+        "Returns:\n"
+        "  A value.\n\n"
+        "Example:\n"
+        "  >>> f(1)\n"
+        "  1\n"
+    )
+    lines = generator.docstring_markdown(doc, generator._Inline({"known": "known"}))
+    assert lines == [
+        "Summary with `code` and a link to [`known`](#known).",
+        "",
+        "```text",
+        "f(x) = x*",
+        "```",
+        "",
+        "**Arguments**",
+        "",
+        "- `x`: first line",
+        "    second line.",
+        "- `a`, `b`: shared.",
+        "",
+        "**Returns**",
+        "",
+        "A value.",
+        "",
+        "**Example**",
+        "",
+        "```python",
+        ">>> f(1)",
+        "1",
+        "```",
+        "",
+    ]
 
 
 def test_links_in_docs_resolve_on_the_repository_host():
@@ -50,4 +148,37 @@ def test_links_in_docs_resolve_on_the_repository_host():
                 continue
             if not (page.parent / target).exists():
                 broken.append(f"{page.name}: {target}")
+    assert not broken, broken
+
+
+def _github_anchors(page: Path) -> set[str]:
+    """The anchors the repository host gives the page's headings (lowercased; characters
+    other than letters, digits, spaces, hyphens and underscores dropped; spaces to
+    hyphens; a repeated anchor numbered), plus explicit ``id``/``name`` attributes."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.MULTILINE | re.DOTALL)
+    anchors: set[str] = set(re.findall(r"""(?:id|name)=["']([^"']+)["']""", text))
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", text, re.MULTILINE):
+        plain = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "")
+        plain = re.sub(r"\*{1,2}(\S(?:.*?\S)?)\*{1,2}", r"\1", plain)  # emphasis
+        plain = re.sub(r"(?<!\w)_{1,2}(\S(?:.*?\S)?)_{1,2}(?!\w)", r"\1", plain)
+        slug = re.sub(r"[^\w\- ]", "", plain.lower()).replace(" ", "-")
+        anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_anchors_in_docs_resolve_on_the_repository_host():
+    """A link to ``#anchor`` or ``page.md#anchor`` between docs pages names a heading of
+    that page (the API reference's table of contents and cross-references among them)."""
+    link = re.compile(r"\]\(([\w./-]*\.md)?#([^)\s]+)\)")
+    broken, anchors = [], {}
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.MULTILINE | re.DOTALL)
+        for target, anchor in link.findall(text):
+            linked = (page.parent / target).resolve() if target else page
+            if linked.exists() and linked not in anchors:
+                anchors[linked] = _github_anchors(linked)
+            if linked.exists() and anchor not in anchors[linked]:
+                broken.append(f"{page.name}: {target}#{anchor}")
     assert not broken, broken
