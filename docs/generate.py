@@ -33,6 +33,7 @@ import ast
 import difflib
 import importlib
 import inspect
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -470,28 +471,30 @@ def benchmark_tables() -> str:
     return _tidy("\n".join(parts).splitlines())
 
 
-def gallery(name: str) -> str:
+def gallery(name: str, page_folder: Path = DOCS) -> str:
+    """Example ``name``'s plots (linked relative to ``page_folder``) and results table."""
     folder = DOCS / "assets" / "examples" / name
+    relative = Path(os.path.relpath(folder, page_folder)).as_posix()
     if not (folder / "results.md").exists():
         return (
             f"Not run yet: run `python examples/{name}.py`; its plots and table land in "
             f"`examples/results/{name}/`; copy them to `docs/assets/examples/{name}/`.\n"
         )
     plots = [
-        f"![{png.stem.replace('_', ' ')}](assets/examples/{name}/{png.name})"
+        f"![{png.stem.replace('_', ' ')}]({relative}/{png.name})"
         for png in sorted(folder.glob("*.png"))
     ]
     return _tidy("\n\n".join([*plots, (folder / "results.md").read_text().strip()]).splitlines())
 
 
-def content(name: str) -> str:
-    """The generated part called ``name``."""
+def content(name: str, page_folder: Path = DOCS) -> str:
+    """The generated part called ``name``, for a page in ``page_folder``."""
     if name == "api-reference":
         return api_reference()
     if name == "benchmark-tables":
         return benchmark_tables()
     if name.startswith("gallery:"):
-        return gallery(name.removeprefix("gallery:"))
+        return gallery(name.removeprefix("gallery:"), page_folder)
     raise SystemExit(f"unknown generated part {name!r}")
 
 
@@ -511,19 +514,25 @@ def render_page(text: str, make: Callable[[str], str] = content) -> str:
 
 def pages() -> dict[Path, tuple[str, str]]:
     """Each docs page with generated parts: (committed text, text it should have)."""
-    cache: dict[str, str] = {}
-
-    def make(name: str) -> str:
-        if name not in cache:
-            cache[name] = content(name)
-        return cache[name]
-
+    cache: dict[tuple[str, Path], str] = {}
     result = {}
     for page in sorted(DOCS.rglob("*.md")):
         if "assets" in page.relative_to(DOCS).parts:
             continue
         text = page.read_text()
-        if GENERATED.search(text) or BARE_MARKER.search(text):
+        begun = text.count("<!-- begin generated:")
+        if begun != len(GENERATED.findall(text)):
+            raise SystemExit(
+                f"{page.relative_to(ROOT).as_posix()}: a `<!-- begin generated: NAME -->` "
+                "without its `<!-- end generated: NAME -->`"
+            )
+
+        def make(name: str, folder: Path = page.parent) -> str:
+            if (name, folder) not in cache:
+                cache[name, folder] = content(name, folder)
+            return cache[name, folder]
+
+        if begun or BARE_MARKER.search(text):
             result[page] = (text, render_page(text, make))
     return result
 
