@@ -890,7 +890,8 @@ def softmax_focal_loss(
             # As for probability labels: log(1 − p_y) from the other classes where p_y ≥ ½,
             # else log1p(−p_y). The logsumexp alone puts a cotangent of γ·ℓ on log p
             # (1e7 at a logit gap of 1e7), which cancels against the normalizer's in the
-            # backward pass and lost the gradient of the top class (issue 10, item 13).
+            # backward pass: the top class's gradient came out 0, and the row's gradient no
+            # longer summed to 0.
             top = log_p_y >= -N.LOG_2
             others = jnp.where(classes == jnp.expand_dims(labels, axis), -jnp.inf, log_p)
             log_not_top = jax.nn.logsumexp(others, axis=axis, keepdims=True)
@@ -919,7 +920,7 @@ def softmax_focal_loss(
 
 
 # --------------------------------------------------------------------------------------
-# Poly-1 (issue 11)
+# Poly-1
 # --------------------------------------------------------------------------------------
 
 

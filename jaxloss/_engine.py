@@ -58,11 +58,9 @@ _MIN_CHUNK = 64
 # quarter of a default [chunk, V] block of logits, the other temporary of a chunk.
 _BLOCK_BYTES = 4 * 2**20
 # On a GPU or TPU the CPU's cache-sized chunks leave the matrix units idle: every chunk
-# re-reads the [D, V] weight and launches its own kernels. Measured on an H100
-# (benchmarks/results/large_vocab_gpu.md): 64-token chunks made N = 16384, D = 2048,
-# V = 131072 8.6x slower than the naive computation; 1024-token chunks with the weight
-# gradient updated whole ran at 1.05-1.10x (float32) and 0.69-0.70x (bf16) of its time
-# (two runs), with 1/16 and 1/12 of its temp memory.
+# re-reads the [D, V] weight and launches its own kernels, so there the chunks are large
+# and the weight gradient is updated whole (the timings and memory of both choices are in
+# benchmarks/results/large_vocab_gpu.md, quoted in docs/benchmarks.md).
 _ACCELERATOR_CHUNK_BYTES = 512 * 2**20
 _ACCELERATOR_MIN_CHUNK = 1024
 

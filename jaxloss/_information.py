@@ -77,7 +77,8 @@ def _distribution_inputs(where, weights, reduction, axis, allow_int=(), **named)
 
 
 def _check_probabilities(probabilities, row_where, shape) -> None:
-    """Issue 10: a log-probability passed as a probability (PyTorch's argument habit)."""
+    """Reject a log-probability passed as a probability (PyTorch's argument habit):
+    a concrete negative entry raises, naming the math order (p, q)."""
     if "probs" in probabilities:
         hint = (
             "Pass probabilities in [0, 1]: for log-probabilities use `jnp.exp(log_p)`, "

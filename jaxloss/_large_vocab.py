@@ -250,16 +250,14 @@ def fused_linear_cross_entropy(
 
     Memory: one [chunk, V] float32 block (the gradient is written over the logits; two
     with label smoothing), two [D, block] blocks of about 4 MiB on the CPU for the
-    in-place update of the weight gradient, and [N]-sized per-token vectors (measured at
-    N = 4096, D = 512, V = 32768: 25 MiB, 1/40 of the naive computation), instead of the two
-    [N, V] arrays of the naive computation; constant in N. The default chunk depends on
-    the backend. On the CPU a [chunk, V] float32 block is about 16 MiB (at least 64
-    tokens): 128 tokens for V = 32768. On a GPU or TPU it is about 512 MiB (at least 1024
-    tokens: 4096 for V = 32768, 1024 for V = 131072) and the weight gradient is updated
-    whole, since small chunks there re-read the weight for too little work: on an H100,
-    N = 16384, D = 2048, V = 131072 ran 8.6x slower than the naive computation with
-    64-token chunks, and at 1.05-1.10x (float32) and 0.69-0.70x (bf16) of its time
-    with these defaults (two runs), in 1/16 and 1/12 of its temp memory. Pass
+    in-place update of the weight gradient, and [N]-sized per-token vectors, instead of
+    the two [N, V] arrays of the naive computation; apart from the per-token vectors,
+    constant in N. The default chunk depends on the backend. On the CPU a [chunk, V]
+    float32 block is about 16 MiB (at least 64 tokens): 128 tokens for V = 32768. On a
+    GPU or TPU it is about 512 MiB (at least 1024 tokens: 4096 for V = 32768, 1024 for
+    V = 131072) and the weight gradient is updated whole, since small chunks there
+    re-read the weight for too little work. Measured speed and memory against the naive
+    computation, on the CPU and on a GPU, are in ``docs/benchmarks.md``. Pass
     ``chunk_size`` to trade memory for speed. ``reduction="none"`` also needs a [D, V]
     temporary in its backward pass.
 

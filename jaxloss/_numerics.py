@@ -353,7 +353,8 @@ def _log_ratio(p: jax.Array, q: jax.Array) -> jax.Array:
 
     The derivatives are those of log p − log q, 1/p and −1/q, written out: the automatic
     ones of sign(d)·log1p(|d|/m) are 0 at p = q (sign′ = 0 and sign(0) = 0), which made
-    every second derivative of KL vanish where p = q (issue 10, item 1).
+    every second derivative of KL vanish where p = q (a wrong Hessian at the minimum of
+    every divergence).
     """
     d = p - q
     return jnp.sign(d) * jnp.log1p(jnp.abs(d) / jnp.minimum(p, q))

@@ -807,11 +807,10 @@ def fused_linear_preference_loss(
     gradient is written over them; the reference's logits are never held beside the
     policy's), the engine's [D, block] temporaries, and per-token vectors.
     The default chunk is `fused_linear_cross_entropy`'s (on the CPU, a block of about
-    16 MiB: 128 tokens at V = 32768), at most a sequence. Measured on the CPU for 4 pairs
-    of T = 512 tokens, D = 512, V = 32768, float32, the reference as hidden states
-    (``benchmarks/post_training.py``, 2 cores, load ~2): 91 MiB of XLA temp memory
-    against 1536 MiB for the materialized computation (1/17; 1/68 at 16 pairs), at 0.92×
-    its time.
+    16 MiB: 128 tokens at V = 32768), at most a sequence. Apart from the per-token
+    vectors, none of these grows with the number of pairs, where the materialized
+    computation holds [2B, T, V] logits; the measured memory and time of both
+    (``benchmarks/post_training.py``) are in ``docs/benchmarks.md``.
 
     Sharding: inside ``shard_map``, each device passes its own pairs (its chosen, then its
     rejected sequences) and ``batch_axis_name`` names the mesh axes the pairs are split

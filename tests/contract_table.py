@@ -30,7 +30,7 @@ def _normal(rng, shape=SHAPE, scale=1.0):
 
 
 # --------------------------------------------------------------------------------------
-# Regression: negative log-likelihoods (issue 2)
+# Regression: negative log-likelihoods
 # --------------------------------------------------------------------------------------
 
 
@@ -196,7 +196,7 @@ CASES += [
 ]
 
 # --------------------------------------------------------------------------------------
-# Information theory (issue 3)
+# Information theory
 # --------------------------------------------------------------------------------------
 
 
@@ -371,7 +371,7 @@ CASES += [
     ),
     # Second-order checks where p = q, the minimum of every divergence: the place a
     # Hessian (a Fisher matrix) is taken, where sign-based accurate forms had zero
-    # second derivatives (issue 10, item 1).
+    # second derivatives.
     *[
         Case(
             name,
@@ -445,7 +445,7 @@ CASES += [
 
 
 # --------------------------------------------------------------------------------------
-# Classification (issue 3)
+# Classification
 # --------------------------------------------------------------------------------------
 
 K = 5  # classes
@@ -757,7 +757,7 @@ CASES += [
 
 
 # --------------------------------------------------------------------------------------
-# Regularization penalties (issue 4)
+# Regularization penalties
 # --------------------------------------------------------------------------------------
 
 # Penalties take a parameter pytree and return a scalar (`conventions=False`). Every leaf
@@ -876,7 +876,7 @@ NOT_IN_TABLE.update(
 
 
 # --------------------------------------------------------------------------------------
-# Large-vocabulary and vocab-parallel cross-entropy (issue 6)
+# Large-vocabulary and vocab-parallel cross-entropy
 # --------------------------------------------------------------------------------------
 
 # The fused losses take hidden [N, D] and a weight shared by every token ("unbatched"
@@ -1018,7 +1018,7 @@ CASES += [
 ]
 
 
-# fused_linear_token_log_probs (issue 13): log softmax(z/T)[y] of z = h·W (+ b), the fused
+# fused_linear_token_log_probs: log softmax(z/T)[y] of z = h·W (+ b), the fused
 # counterpart of token_log_probs; tests/test_fused_language_model.py checks the entropy
 # output and every gradient against float64 references at several chunk sizes.
 def _fused_log_probs_ref(
@@ -1085,7 +1085,7 @@ CASES += [
 ]
 
 
-# fused_linear_policy_gradient_loss (issue 13): policy_gradient_loss (+ kl_coef × the KL
+# fused_linear_policy_gradient_loss: policy_gradient_loss (+ kl_coef × the KL
 # estimator, aggregated the same way) of log softmax(z/T)[y], z = h·W (+ b);
 # tests/test_fused_policy_gradient.py checks it against the materialized loss in value and
 # every gradient (aggregations, KL estimators, ties of min and clip, chunk sizes).
@@ -1206,7 +1206,7 @@ CASES += [
 
 
 # --------------------------------------------------------------------------------------
-# Margin losses (issue 12)
+# Margin losses
 # --------------------------------------------------------------------------------------
 
 
@@ -1375,7 +1375,7 @@ CASES += [
 
 
 # --------------------------------------------------------------------------------------
-# Embedding (metric-learning) losses (issue 12)
+# Embedding (metric-learning) losses
 # --------------------------------------------------------------------------------------
 
 D = 4  # embedding dimension
@@ -1499,7 +1499,7 @@ def _ref_triplet_sq(a, p, n, margin):
 
 
 # --------------------------------------------------------------------------------------
-# Segmentation losses (issue 12): probabilities [N, C, S], channels first, so that the
+# Segmentation losses: probabilities [N, C, S], channels first, so that the
 # loss [N, C] is the leading part of the input's shape; `axis=-1` is the spatial axis.
 # --------------------------------------------------------------------------------------
 
@@ -1619,7 +1619,7 @@ CASES += [
 
 
 # --------------------------------------------------------------------------------------
-# Sparse outputs, Poly-1, generalized KL and ranking (issue 11)
+# Sparse outputs, Poly-1, generalized KL and ranking
 # --------------------------------------------------------------------------------------
 
 
@@ -2003,7 +2003,7 @@ CASES += [
 
 
 # --------------------------------------------------------------------------------------
-# Preference optimization on per-sequence log-probabilities (issue 14)
+# Preference optimization on per-sequence log-probabilities
 # --------------------------------------------------------------------------------------
 
 
@@ -2126,7 +2126,7 @@ CASES += [
 NOT_IN_TABLE["dpo_implicit_rewards"] = "tests/test_preference.py"
 
 
-# fused_linear_preference_loss (issue 14): the table's inputs are N pairs [N, 2, T, ...]
+# fused_linear_preference_loss: the table's inputs are N pairs [N, 2, T, ...]
 # (chosen, rejected), which the wrapper lays out as the function's [2N, T, ...] (the N
 # chosen sequences, then the N rejected ones); reduction="none" gives the per-pair losses.
 # Its `where` masks tokens, not pairs, so the harness's pair-level mask and weight checks
@@ -2248,7 +2248,7 @@ CASES += [
 
 
 # --------------------------------------------------------------------------------------
-# Contrastive losses (issue 12)
+# Contrastive losses
 # --------------------------------------------------------------------------------------
 
 # Inputs [N, B, D]: N independent batches (the vmap axis) of B = 5 pairs of size D = 3.
@@ -2445,7 +2445,7 @@ CASES += [
 
 
 # --------------------------------------------------------------------------------------
-# Language models: token log-probabilities, distillation, policy-gradient losses (issue 13)
+# Language models: token log-probabilities, distillation, policy-gradient losses
 # --------------------------------------------------------------------------------------
 # References from the formulas in float64 numpy (the GKD/TRL generalized JSD, PPO's
 # clipped surrogate with TRL's aggregations, Schulman's k1/k2/k3). One case per function
@@ -2652,7 +2652,7 @@ CASES += [
 ]
 
 
-# fused_linear_distillation_loss (issue 13): the soft divergence of `distillation_loss` of
+# fused_linear_distillation_loss: the soft divergence of `distillation_loss` of
 # the two models' logits plus the student's cross-entropy, without either model's [N, V]
 # logits; the teacher (hidden size LV_DT, its own weight and bias) is a constant input.
 # tests/test_fused_distillation.py checks every divergence against the materialized
@@ -2752,7 +2752,7 @@ def _transposed_teacher(inputs):
 
 
 # --------------------------------------------------------------------------------------
-# Sequence losses: CTC (issue 11)
+# Sequence losses: CTC
 # --------------------------------------------------------------------------------------
 
 

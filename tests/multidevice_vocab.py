@@ -101,7 +101,7 @@ def check_vocab_parallel_cross_entropy(mesh, x):
 
 
 def check_torch_convention(mesh, x):
-    """Issue 10: logits sharded (data, model), every reduction, class weights, label smoothing
+    """Logits sharded (data, model), every reduction, class weights, label smoothing
     and ignore_index together, against PyTorch's documented formula (float64 numpy)."""
     logits = np.where(np.isfinite(x["logits"]), x["logits"], -3.0)
     results = {}

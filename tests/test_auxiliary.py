@@ -194,7 +194,7 @@ class LinenNet(nn.Module):
 def test_linen_aux_losses_are_summed_over_layers_and_calls():
     model = LinenNet()
     variables = model.init(jax.random.key(0), X)
-    # Nothing is sown during init (issue 10 item 6), so init's variables hold no terms.
+    # Nothing is sown during init, so init's variables hold no terms.
     assert set(variables) == {"params"}
     p = variables["params"]
     params = [
@@ -225,8 +225,8 @@ class LinenAttention(nn.Module):
 
 
 def test_linen_init_variables_passed_whole_to_apply_give_the_apply_time_value():
-    """Issue 10 item 6: `apply` with the whole `variables` from `init` used to add the
-    terms sown during init (6.28 instead of 2.40 in the issue's attention model); now
+    """`apply` with the whole `variables` from `init` used to add the
+    terms sown during init (6.28 instead of 2.40 in the reported attention model); now
     nothing is sown while initializing, and the value is the apply-time one."""
     model = LinenAttention()
     x_init = jnp.asarray(RNG.normal(size=(BATCH, SEQ, DIM)))

@@ -130,7 +130,7 @@ def test_ignore_index_equals_dropping_the_examples():
 def test_a_label_outside_the_classes_gives_nan_not_a_finite_loss(bad):
     labels = IDS.copy()
     labels[2] = bad
-    # Concrete negative ids raise (issue 10 item 3); under jit every bad id gives NaN.
+    # Concrete negative ids raise; under jit every bad id gives NaN.
     sce = jax.jit(jaxloss.softmax_cross_entropy, static_argnames=("reduction",))
     nll = jax.jit(jaxloss.nll_loss, static_argnames=("reduction",))
     out = np.asarray(sce(LOGITS, labels))
@@ -567,7 +567,7 @@ def test_negative_concrete_class_weights_are_rejected():
 
 
 # --------------------------------------------------------------------------------------
-# Issue 10, parity: PyTorch's documented cross-entropy convention in every combination
+# PyTorch's documented cross-entropy convention in every combination
 # of label kind × label smoothing × class weights × ignore_index × reduction.
 # --------------------------------------------------------------------------------------
 
@@ -612,7 +612,7 @@ def _torch_case(kind, ignore):
 def test_softmax_cross_entropy_matches_pytorch_in_every_combination(
     kind, eps, weighted, ignore, reduction
 ):
-    """Issue 10, parity item: `softmax_cross_entropy` is torch's `cross_entropy(weight=,
+    """`softmax_cross_entropy` is torch's `cross_entropy(weight=,
     label_smoothing=, ignore_index=)` per example for both label kinds, and for
     "mean"/"sum" with class ids; probability labels' "mean" follows the documented
     denominator Σ_n Σ_c w_c·t_nc (torch's N without class weights). Before the fix the
@@ -643,7 +643,7 @@ def test_softmax_cross_entropy_matches_pytorch_in_every_combination(
 
 
 def test_probability_label_mean_one_hot_equals_class_ids_and_differs_from_torch_as_documented():
-    """Issue 10, parity item: with class weights, one-hot labels' "mean" equals the class
+    """With class weights, one-hot labels' "mean" equals the class
     ids' (torch's Σ w[y_n] denominator), where torch itself divides by N."""
     ids = np.where(TORCH_IDS < 0, 2, TORCH_IDS)
     one_hot = np.eye(TORCH_C)[ids]
@@ -660,7 +660,7 @@ def test_probability_label_mean_one_hot_equals_class_ids_and_differs_from_torch_
 
 @pytest.mark.parametrize("kind", ["ids", "probabilities"])
 def test_softmax_focal_loss_class_weights_weight_each_class_term(kind):
-    """Issue 10, parity item: class weights in `softmax_focal_loss` weight class c's term
+    """Class weights in `softmax_focal_loss` weight class c's term
     by w[c] (ℓ = −Σ_c w_c t_c (1 − p_c)^γ log p_c), so γ → 0 is torch's cross-entropy;
     "mean" divides by Σ_n Σ_c w_c t_nc as `softmax_cross_entropy` does."""
     gamma = 1.5
@@ -679,7 +679,7 @@ def test_softmax_focal_loss_class_weights_weight_each_class_term(kind):
 
 
 # --------------------------------------------------------------------------------------
-# Issue 10: labels that cannot be misread, NaN that is never turned into 0
+# Labels that cannot be misread, NaN that is never turned into 0
 # --------------------------------------------------------------------------------------
 
 CATEGORICAL = [jaxloss.softmax_cross_entropy, jaxloss.nll_loss, jaxloss.softmax_focal_loss]
@@ -687,7 +687,7 @@ CATEGORICAL = [jaxloss.softmax_cross_entropy, jaxloss.nll_loss, jaxloss.softmax_
 
 @pytest.mark.parametrize("fn", CATEGORICAL)
 def test_float_class_ids_are_not_read_as_one_probability_vector(fn):
-    """Issue 10 item 2: float class ids with N == C were read as one probability vector."""
+    """Float class ids with N == C were read as one probability vector."""
     logits = jnp.asarray(LOGITS[:3, :3])
     message = r"Floating `labels` of shape \(3,\) are read as probabilities.*integer dtype"
     with pytest.raises(TypeError, match=message):
@@ -700,7 +700,7 @@ def test_float_class_ids_are_not_read_as_one_probability_vector(fn):
 
 @pytest.mark.parametrize("fn", CATEGORICAL)
 def test_negative_class_ids_without_ignore_index_raise_when_concrete(fn):
-    """Issue 10 item 3: PyTorch's −100 padding without `ignore_index` returned NaN with no
+    """PyTorch's −100 padding without `ignore_index` returned NaN with no
     hint. Concrete labels raise naming `ignore_index=-100`; under jit the NaN stays."""
     labels = np.where(np.arange(N) % 3 == 0, -100, IDS)
     with pytest.raises(ValueError, match=r"negative class ids \[-100\].*`ignore_index=-100`"):
@@ -727,7 +727,7 @@ def test_negative_class_ids_without_ignore_index_raise_when_concrete(fn):
 
 @pytest.mark.parametrize("fn", CATEGORICAL)
 def test_mean_is_nan_when_an_out_of_range_label_makes_a_class_weight_nan(fn):
-    """Issue 10, float64-review defect 2: the NaN class weight of an out-of-range label
+    """The NaN class weight of an out-of-range label
     made the count NaN and the empty-mask guard returned 0; it must poison the mean."""
     labels = IDS.copy()
     labels[2] = K + 4
@@ -745,7 +745,7 @@ def test_mean_is_nan_when_an_out_of_range_label_makes_a_class_weight_nan(fn):
 
 @pytest.mark.parametrize("bad", [True, 1.5, np.float64(-100.0)])
 def test_ignore_index_must_be_an_int(bad):
-    """Issue 10, float64-review defect 14: `ignore_index=True` or `1.5` was accepted."""
+    """`ignore_index=True` or `1.5` was accepted."""
     for fn in CATEGORICAL:
         with pytest.raises(TypeError, match=r"`ignore_index` must be an int class id"):
             fn(LOGITS, IDS, ignore_index=bad)
@@ -755,7 +755,7 @@ def test_ignore_index_must_be_an_int(bad):
 
 
 def test_zero_classes_raise():
-    """Issue 10, float64-review defect 14: C = 0 classes gave −inf instead of an error."""
+    """C = 0 classes gave −inf instead of an error."""
     empty = jnp.zeros((3, 0))
     for fn in CATEGORICAL:
         with pytest.raises(ValueError, match=r"`\w+` of shape \(3, 0\) has 0 classes along axis 1"):
@@ -766,7 +766,7 @@ def test_zero_classes_raise():
 
 @pytest.mark.parametrize("fn", CATEGORICAL)
 def test_large_int64_labels_do_not_wrap_into_another_class(fn):
-    """Issue 10, float64-review defect 3 (last sentence): an int64 label ≥ 2³² wrapped in
+    """An int64 label ≥ 2³² wrapped in
     the gather (2³² + 1 read class 1); every id outside [0, C) must give NaN."""
     assert jax.config.jax_enable_x64
     logits = jnp.asarray(LOGITS[:4])
@@ -785,7 +785,7 @@ def test_large_int64_labels_do_not_wrap_into_another_class(fn):
     )
 
 
-# poly_cross_entropy (issue 11)
+# poly_cross_entropy
 # --------------------------------------------------------------------------------------
 
 
@@ -847,7 +847,7 @@ def test_poly_cross_entropy_bad_input():
 
 @pytest.mark.parametrize("kind", ["ids", "probabilities"])
 def test_class_weighted_smoothing_gradients_in_logits_and_class_weights(kind):
-    """Issue 10, parity item: the new class-weighted smoothing path is smooth in the
+    """The new class-weighted smoothing path is smooth in the
     logits and the class weights (float64 check_grads, order 2, both modes), equals its
     jit, and a −inf logit keeps value and gradient finite."""
     from jax.test_util import check_grads

@@ -84,7 +84,7 @@ def test_zero_total_weight_mean_is_zero():
 
 
 # --------------------------------------------------------------------------------------
-# Issue 10, silent wrong answers item 1: the shape rule. The per-element loss has the
+# The shape rule. The per-element loss has the
 # shape of the predictions; targets, scales, masks and weights broadcast *to* it, and an
 # input that would enlarge it raises a ValueError naming both shapes.
 # --------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ ELEMENTWISE = [
 
 
 def test_shape_rule_issue_example_raises_instead_of_a_wrong_mean():
-    """Issue 10 item 1: `squared_error(pred[:, None], target)` gave 2.5 for a perfect fit."""
+    """`squared_error(pred[:, None], target)` gave 2.5 for a perfect fit."""
     pred = jnp.arange(4.0)
     message = (
         r"`targets` of shape \(4,\) would enlarge the loss beyond the shape of "
@@ -129,7 +129,7 @@ def test_shape_rule_issue_example_raises_instead_of_a_wrong_mean():
 
 
 def test_shape_rule_optax_squared_error_shape_mismatch():
-    """Issue 10 item 1: optax's own `SquaredErrorTest.test_shape_mismatch`, on jaxloss."""
+    """optax's own `SquaredErrorTest.test_shape_mismatch`, on jaxloss."""
     ys = jnp.asarray([-2.0, -1.0, 0.5, 1.0])
     ts = jnp.asarray([-1.5, 0.0, -1, 1.0])
     with pytest.raises(ValueError, match=r"`targets` of shape \(4, 1\).*`predictions` \(4,\)"):
@@ -138,7 +138,7 @@ def test_shape_rule_optax_squared_error_shape_mismatch():
 
 @pytest.mark.parametrize("name, call, pred_name, target_name", ELEMENTWISE)
 def test_shape_rule_every_elementwise_loss(name, call, pred_name, target_name):
-    """Issue 10 item 1: either input with a stray size-1 axis raises; broadcasting *to*
+    """Either input with a stray size-1 axis raises; broadcasting *to*
     the predictions (a scalar target, a target missing leading axes) still works."""
     with pytest.raises(ValueError, match=rf"`{target_name}` of shape \(4,\).*`{pred_name}`"):
         call(_PRED[:, None], _LABELS)
@@ -168,13 +168,13 @@ def test_shape_rule_every_elementwise_loss(name, call, pred_name, target_name):
     ],
 )
 def test_shape_rule_covers_scales_and_hyperparameter_arrays(call, culprit):
-    """Issue 10 item 1: scales and hyperparameter arrays may not enlarge the loss either."""
+    """Scales and hyperparameter arrays may not enlarge the loss either."""
     with pytest.raises(ValueError, match=rf"`{culprit}` of shape .* would enlarge the loss"):
         call()
 
 
 def test_shape_rule_masks_and_weights_cannot_enlarge_the_loss():
-    """Issue 10 item 1: `where`/`weights` broadcast to the loss shape, never enlarge it."""
+    """`where`/`weights` broadcast to the loss shape, never enlarge it."""
     with pytest.raises(ValueError, match=r"`where` of shape \(4, 1\) does not broadcast"):
         jaxloss.squared_error(_PRED, _LABELS, where=jnp.ones((N_RULE, 1), bool))
     with pytest.raises(ValueError, match=r"`weights` of shape \(4, 1\) does not broadcast"):
@@ -182,7 +182,7 @@ def test_shape_rule_masks_and_weights_cannot_enlarge_the_loss():
 
 
 def test_shape_rule_for_inputs_without_a_prediction():
-    """Issue 10 item 1: divergences have no prediction side; their inputs may broadcast
+    """Divergences have no prediction side; their inputs may broadcast
     (a [C] reference against [N, C]), but never to a shape neither of them has."""
     p = jnp.full((3, 1, 4), 0.25)
     q = jnp.full((5, 4), 0.25)
@@ -196,7 +196,7 @@ def test_shape_rule_for_inputs_without_a_prediction():
 
 
 def test_mean_is_nan_not_zero_when_a_weight_is_nan():
-    """Issue 10, float64-review defect 2: `reduction="mean"` returned 0 for a NaN weight
+    """`reduction="mean"` returned 0 for a NaN weight
     (the guard for an empty mask saw `count > 0` False and selected 0)."""
     w = jnp.array([1.0, jnp.nan, 1.0])
     assert np.isnan(jaxloss.squared_error(jnp.ones(3), 0.0, weights=w, reduction="mean"))
@@ -213,7 +213,7 @@ def test_mean_is_nan_not_zero_when_a_weight_is_nan():
 
 
 def test_reduce_denominator_counts_in_the_mean_only():
-    """Issue 10 (PyTorch parity): "mean" = Σ w·ℓ / Σ w·d over kept elements, the class
+    """PyTorch parity: "mean" = Σ w·ℓ / Σ w·d over kept elements, the class
     weight d already inside ℓ; "none" and "sum" ignore d."""
     loss = jnp.asarray([1.0, 2.0, 3.0, 4.0])
     w = jnp.asarray([1.0, 0.5, 2.0, 1.0])

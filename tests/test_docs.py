@@ -4,7 +4,8 @@ docs/generate.py writes the generated parts of the pages (the API reference from
 public module's ``__all__``, the benchmark tables, the examples' results) into the
 committed Markdown. These tests check that the committed copy is what the generator gives
 now, that what it reads as public is what Python sees, that every public name has an
-entry in the committed docs/api.md, and that links resolve on the repository host.
+entry in the committed docs/api.md, and that links resolve on the repository host, and that each family
+page mentions every public function of its family (FAMILY_PAGES).
 """
 
 from __future__ import annotations
@@ -187,3 +188,43 @@ def test_anchors_in_docs_resolve_on_the_repository_host():
             if linked.exists() and anchor not in anchors[linked]:
                 broken.append(f"{page.relative_to(ROOT)}: {target}#{anchor}")
     assert not broken, broken
+
+
+# Each family page (docs/<family>.md) documents every public function of its family: the
+# family of a function is the module that defines it.
+FAMILY_PAGES = {
+    "jaxloss._classification": "classification.md",
+    "jaxloss._regression": "regression.md",
+    "jaxloss._information": "information.md",
+    "jaxloss._regularization": "regularization.md",
+    "jaxloss.transforms": "regularization.md",
+    "jaxloss._auxiliary": "regularization.md",
+    "jaxloss.flax": "regularization.md",
+}
+
+
+def _public_names_defined_in(module_name: str) -> list[str]:
+    """The public names that ``module_name`` defines: its ``__all__`` for a public module,
+    else the names of ``jaxloss.__all__`` whose object was defined there."""
+    module = importlib.import_module(module_name)
+    if not module_name.rpartition(".")[2].startswith("_"):
+        return list(module.__all__)
+    return [
+        name
+        for name in jaxloss.__all__
+        if getattr(getattr(jaxloss, name), "__module__", None) == module_name
+    ]
+
+
+def test_every_public_function_is_on_its_family_page():
+    """A name counts as mentioned when it appears in code markup, bare or qualified
+    (`` `softmax_cross_entropy(` ``, `` `jaxloss.flax.sow_aux_loss` ``), not in prose."""
+    missing = []
+    for module_name, page in FAMILY_PAGES.items():
+        names = _public_names_defined_in(module_name)
+        assert names, f"{module_name} defines no public name: is FAMILY_PAGES stale?"
+        text = (ROOT / "docs" / page).read_text()
+        for name in names:
+            if not re.search(rf"`(?:[\w.]+\.)?{re.escape(name)}\b", text):
+                missing.append(f"{page}: {module_name}.{name}")
+    assert not missing, missing

@@ -104,7 +104,7 @@ def test_embedding_layout_no_bias_no_cap_log_probs_only():
 
 @pytest.mark.parametrize("layout", ["dense", "embedding"])
 def test_weight_tangent_in_vocabulary_blocks_forward_and_reverse(layout, monkeypatch):
-    """Issue 13: the tangent map forms h·dW (and reverse mode ∂W) a vocabulary block at a
+    """The tangent map forms h·dW (and reverse mode ∂W) a vocabulary block at a
     time; blocks of 8 of the 13 entries (the last one shifted back to overlap the first)
     and chunks of 3 of the 10 tokens, equal to the float64 reference in both modes."""
     monkeypatch.setattr(E, "_BLOCK_BYTES", 0)  # the smallest block, 8 entries
@@ -132,7 +132,7 @@ def test_weight_tangent_in_vocabulary_blocks_forward_and_reverse(layout, monkeyp
 
 @pytest.mark.parametrize("layout", ["dense", "embedding"])
 def test_backward_pass_holds_no_second_weight_sized_array(layout, monkeypatch):
-    """Issue 13: forward + backward of a loss on the log-probabilities (XLA's accounting
+    """Forward + backward of a loss on the log-probabilities (XLA's accounting
     of the compiled program, nothing is run) holds a few [chunk, V] blocks and a
     [D, block] one, not a second [D, V] array (the weight gradient is an output), and
     does not grow with N. D = 256, V = 4096: [D, V] is 4 MiB, [chunk, V] 0.5 MiB."""

@@ -600,12 +600,12 @@ def test_inputs_of_different_rank_broadcast_along_the_common_axis():
 
 
 # --------------------------------------------------------------------------------------
-# Issue 10 item 3: PyTorch's `kl_div(log q, p)` habit raises where the inputs are concrete
+# PyTorch's `kl_div(log q, p)` habit raises where the inputs are concrete
 # --------------------------------------------------------------------------------------
 
 
 def test_log_probabilities_in_a_probability_argument_raise_naming_the_math_order():
-    """Issue 10 item 3: `kl_divergence(log_q, p)` (torch's `kl_div(input, target)` order)
+    """`kl_divergence(log_q, p)` (torch's `kl_div(input, target)` order)
     returned NaN with no hint. A concrete negative probability raises naming (p, q) and
     torch's order; under jit the documented NaN stays."""
     p = jnp.asarray([[0.2, 0.8], [0.5, 0.5]])
@@ -659,7 +659,7 @@ def test_review2_item7_traced_log_probabilities_as_p_give_nan_not_a_number():
     np.testing.assert_allclose(g, -np.log(np.asarray(q[:1])), rtol=1e-6)
 
 
-# generalized_kl_divergence (issue 11)
+# generalized_kl_divergence
 # --------------------------------------------------------------------------------------
 
 

@@ -381,7 +381,7 @@ def test_group_relative_advantages_bad_inputs():
 
 # -- Review 2: gradients at float32's extremes ----------------------------------------------
 
-# Rows of [student, teacher] logits: gaps from the issue's [0, −45] / [0, −50] up to the
+# Rows of [student, teacher] logits: gaps from the reported [0, −45] / [0, −50] up to the
 # float32 range, both orders and opposite modes (V = 2), and 2k-vocabulary N(0, 8²) rows.
 _GAPS = [45.0, 50.0, 100.0, 1e3, 1e4, 1e10, 1e30, 3e38]
 _GAP_S = [[0.0, -45.0], [0.0, -50.0]]

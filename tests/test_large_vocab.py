@@ -364,7 +364,7 @@ BAD_CALLS = [
      r"`reduction` must be one of"),
     (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, where=jnp.ones(3)), TypeError,
      r"`where` must be a boolean mask"),
-    # Issue 10: a non-int ignore_index.
+    # A non-int ignore_index.
     (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, ignore_index=True), TypeError,
      r"`ignore_index` must be an int class id"),
 ]  # fmt: skip
@@ -379,7 +379,7 @@ def test_bad_input_errors_eagerly_and_under_jit(call, error, message):
 
 
 # --------------------------------------------------------------------------------------
-# Issue 10: PyTorch's convention, −inf bias entries, narrow label dtypes, NaN weights
+# PyTorch's convention, −inf bias entries, narrow label dtypes, NaN weights
 # --------------------------------------------------------------------------------------
 
 _R = np.random.default_rng(10)
@@ -393,7 +393,7 @@ Y7_IGNORED = np.where(np.arange(7) % 3 == 1, -100, Y7)
 @pytest.mark.parametrize("ignore_index", [None, -100])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 def test_torch_convention_every_combination(label_smoothing, ignore_index):
-    """Issue 10, parity: per token ("none"), "sum" and "mean" equal PyTorch's documented
+    """Per token ("none"), "sum" and "mean" equal PyTorch's documented
     cross_entropy (float64 reference from its formula). No class weights here: the fused
     losses do not take them (softmax_cross_entropy does, on materialized logits)."""
     labels = Y7 if ignore_index is None else Y7_IGNORED
@@ -442,7 +442,7 @@ def _values_and_grads(f, args, n):
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 def test_minus_inf_bias_agrees_with_softmax_cross_entropy(label_smoothing, reduction):
-    """Issue 10, float64 review defect 5: a −inf bias entry with label smoothing gave inf per
+    """A −inf bias entry with label smoothing gave inf per
     token and smoothed over K = V classes. Now, as softmax_cross_entropy on the same logits:
     the smoothing mass goes to the K finite classes, and a label on the −inf class gives the
     largest float with zero gradient from −log p_y. Value and gradients, float64."""
@@ -486,7 +486,7 @@ def test_forward_mode_is_finite_at_minus_inf_bias(reduction):
 
 
 def test_large_bias_with_ragged_chunks_has_finite_gradients():
-    """Issue 10, float64 review defect 10: reduction="none", a chunk that does not divide N
+    """reduction="none", a chunk that does not divide N
     and a bias entry above log(float32 max) ≈ 88.7 gave NaN ∂b and ∂W (the padding rows of
     the last chunk overflowed exp). Float32, against the materialized logits."""
     bias = B7.astype(np.float32).copy()
@@ -506,7 +506,7 @@ def test_large_bias_with_ragged_chunks_has_finite_gradients():
     [(jnp.uint8, 260, [3, 200]), (jnp.int16, 50257, [7, 30000]), (jnp.uint16, 50257, [9, 50000])],
 )
 def test_narrow_label_dtypes(dtype, v, ids):
-    """Issue 10, float64 review defect 3: with V beyond the labels' dtype (uint8 and V = 260,
+    """With V beyond the labels' dtype (uint8 and V = 260,
     int16 and V = 50257) the bound wrapped and valid labels gave NaN. Uniform logits: log V."""
     labels = jnp.asarray(ids, dtype)
     for reduction in ("none", "mean"):
@@ -528,7 +528,7 @@ def test_narrow_label_dtypes(dtype, v, ids):
 
 
 def test_64_bit_labels_beyond_the_vocabulary_give_nan():
-    """Issue 10, float64 review defect 3: an int64 (or uint64) id ≥ 2³² must be out of
+    """An int64 (or uint64) id ≥ 2³² must be out of
     range (NaN), never wrap into another class."""
     for dtype in (jnp.int64, jnp.uint64, jnp.uint32):
         big = 2**32 + 3 if dtype != jnp.uint32 else 2**31 + 3
@@ -540,7 +540,7 @@ def test_64_bit_labels_beyond_the_vocabulary_give_nan():
 
 
 def test_mean_with_a_nan_weight_is_nan():
-    """Issue 10, float64 review defect 2: "mean" returned 0 when a weight was NaN (the
+    """A "mean" returned 0 when a weight was NaN (the
     count turned NaN and the guard for an empty mask mapped it to 0)."""
     weights = jnp.asarray([1.0, np.nan, 1.0, 1.0, 1.0, 1.0, 1.0])
     out = jaxloss.fused_linear_cross_entropy(
@@ -554,7 +554,7 @@ def test_mean_with_a_nan_weight_is_nan():
 
 
 def test_negative_ids_without_ignore_index_raise_when_concrete():
-    """Issue 10, silent-wrong-answer item 3 for the fused loss: PyTorch's −100 padding without
+    """For the fused loss too: PyTorch's −100 padding without
     ``ignore_index`` raises where the labels are concrete; under jit the documented NaN stays."""
     labels = jnp.array([0, -100, 2])
     with pytest.raises(ValueError, match=r"negative class ids \[-100\].*`ignore_index=-100`"):

@@ -1,4 +1,4 @@
-"""optax's open loss bugs, as regression tests on the jaxloss counterparts (issue 10).
+"""optax's open loss bugs, as regression tests on the jaxloss counterparts.
 
 Each test names the optax issue (github.com/google-deepmind/optax/issues/N) and checks
 the value, the reverse-mode and the forward-mode derivative (``jax.jvp``/``jax.jacfwd``),

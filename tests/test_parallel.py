@@ -173,7 +173,7 @@ def test_bad_input_errors_inside_shard_map(call, error, message):
 
 
 # --------------------------------------------------------------------------------------
-# Issue 10: PyTorch's convention, −inf classes, narrow label dtypes, NaN, outside shard_map
+# PyTorch's convention, −inf classes, narrow label dtypes, NaN, outside shard_map
 # --------------------------------------------------------------------------------------
 
 _R = np.random.default_rng(10)
@@ -199,7 +199,7 @@ def _vp(options, with_class_weights):
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("class_weights", [None, "given"])
 def test_torch_convention_every_combination(class_weights, label_smoothing, ignore_index):
-    """Issue 10, parity: per token ("none"), "sum" and "mean" equal PyTorch's documented
+    """Per token ("none"), "sum" and "mean" equal PyTorch's documented
     cross_entropy (float64 reference from its formula), with the smoothing term of class c
     weighted by w[c] and "mean" divided by Σ w[y] over the kept tokens."""
     labels = Y if ignore_index is None else Y_IGNORED
@@ -240,7 +240,7 @@ B6 = _R.normal(size=5) * 0.3
 
 @pytest.mark.parametrize("ignore_index", [None, -100])
 def test_fused_torch_convention(ignore_index):
-    """Issue 10, parity for vocab_parallel_fused_linear_cross_entropy (no class weights: it
+    """PyTorch parity for vocab_parallel_fused_linear_cross_entropy (no class weights: it
     does not take them), label smoothing on, every reduction, against PyTorch's formula."""
     labels = Y if ignore_index is None else Y_IGNORED
     for reduction in ("none", "sum", "mean"):
@@ -273,7 +273,7 @@ def test_fused_torch_convention(ignore_index):
     ids=["vocab_parallel_cross_entropy", "vocab_parallel_fused_linear_cross_entropy"],
 )
 def test_outside_shard_map_says_what_to_do(call):
-    """Issue 10, silent-wrong-answer item 4: outside shard_map the functions raised JAX's
+    """Outside shard_map the functions raised JAX's
     NameError "unbound axis name"; now an error that says how to call them instead."""
     message = r"inside `jax.shard_map` over a mesh with that axis.*For unsharded inputs use"
     with pytest.raises(ValueError, match=message):
@@ -283,7 +283,7 @@ def test_outside_shard_map_says_what_to_do(call):
 
 
 def test_mean_is_nan_for_a_nan_weight_or_an_out_of_range_label():
-    """Issue 10, float64 review defect 2: "mean" returned 0 instead of NaN when a weight was
+    """A "mean" returned 0 instead of NaN when a weight was
     NaN, or when an out-of-range label (with class weights) poisoned the count."""
 
     def local(z, y, w, cw):
@@ -309,7 +309,7 @@ def test_mean_is_nan_for_a_nan_weight_or_an_out_of_range_label():
     "dtype, v, ids", [(jnp.uint8, 260, [3, 200]), (jnp.int16, 50257, [7, 30000])]
 )
 def test_narrow_label_dtypes(dtype, v, ids):
-    """Issue 10, float64 review defect 3: uint8 labels with V = 260 and int16 labels with
+    """uint8 labels with V = 260 and int16 labels with
     V = 50257 gave NaN for valid ids (the bound wrapped). Uniform logits: log V."""
     f = _vp((("reduction", "none"),), False)
     out = f(jnp.zeros((2, v), jnp.float32), jnp.asarray(ids, dtype))
@@ -320,7 +320,7 @@ def test_narrow_label_dtypes(dtype, v, ids):
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 def test_label_on_a_minus_inf_class_agrees_with_softmax_cross_entropy(label_smoothing):
-    """Issue 10, float64 review defect 5: the label on a −inf class gave inf with gradient −1;
+    """The label on a −inf class gave inf with gradient −1;
     now the largest float (times 1 − ε) and zero gradient from −log p_y, as
     softmax_cross_entropy; smoothing spreads over the finite classes only."""
     z = Z.copy()

@@ -447,7 +447,7 @@ def test_import_jaxloss_works_without_flax():
 
 
 def test_a_callable_mask_that_selects_no_parameter_raises_listing_paths(linen_variables):
-    """Issue 10 item 5: `path_mask(r"^encodr/")` (a typo) made every penalty silently 0."""
+    """`path_mask(r"^encodr/")` (a typo) made every penalty silently 0."""
     params = {"encoder": {"kernel": jnp.ones((2, 2))}, "head": {"kernel": jnp.ones((2, 1))}}
     typo = jaxloss.path_mask(r"^encodr/")
     message = r"path_mask\('\^encodr/'\) selects none of the 2 parameters.*'encoder/kernel'"
