@@ -407,8 +407,8 @@ def test_forward_probs_masks_reduction_and_invalid_lengths():
 
 
 def test_deliberate_difference_optax_gives_an_impossible_alignment_a_finite_loss():
-    """"1 1 2" needs 4 frames (1 ∅ 1 2) and has 3: p = 0, so −log p = +inf here; optax
-    returns a large finite number instead (its log ε), which a mean would silently absorb."""
+    """Labels "1 1 2" need 4 frames (1 ∅ 1 2) and have 3: p = 0, so −log p = +inf here;
+    optax returns a large finite number instead (its log ε), which a mean would absorb."""
     z = jnp.asarray(np.random.default_rng(5).normal(size=(1, 3, 3)), jnp.float32)
     labels = jnp.array([[1, 1, 2]])
     assert float(jaxloss.ctc_loss(z, labels)[0]) == np.inf
