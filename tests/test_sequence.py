@@ -404,3 +404,13 @@ def test_forward_probs_masks_reduction_and_invalid_lengths():
     assert np.isnan(loss[1]) and np.isnan(np.asarray(blank)[:, 1]).all()
     assert np.isfinite(np.asarray(loss)[[0, 2]]).all()
     assert not np.isnan(np.asarray(label)[:, [0, 2]]).any()
+
+
+def test_deliberate_difference_optax_gives_an_impossible_alignment_a_finite_loss():
+    """Labels "1 1 2" need 4 frames (1 ∅ 1 2) and have 3: p = 0, so −log p = +inf here;
+    optax returns a large finite number instead (its log ε), which a mean would absorb."""
+    z = jnp.asarray(np.random.default_rng(5).normal(size=(1, 3, 3)), jnp.float32)
+    labels = jnp.array([[1, 1, 2]])
+    assert float(jaxloss.ctc_loss(z, labels)[0]) == np.inf
+    peer = float(optax.ctc_loss(z, jnp.zeros((1, 3)), labels, jnp.zeros((1, 3)))[0])
+    assert np.isfinite(peer) and peer > 1e4
