@@ -4,8 +4,8 @@ docs/generate.py writes the generated parts of the pages (the API reference from
 public module's ``__all__``, the benchmark tables, the examples' results) into the
 committed Markdown. These tests check that the committed copy is what the generator gives
 now, that what it reads as public is what Python sees, that every public name has an
-entry in the committed docs/api.md, and that links resolve on the repository host, and that each family
-page mentions every public function of its family (FAMILY_PAGES).
+entry in the committed docs/api.md, that links resolve on the repository host, and that
+each family page mentions every public function of its family (FAMILY_PAGES).
 """
 
 from __future__ import annotations
@@ -200,6 +200,18 @@ FAMILY_PAGES = {
     "jaxloss.transforms": "regularization.md",
     "jaxloss._auxiliary": "regularization.md",
     "jaxloss.flax": "regularization.md",
+    "jaxloss._sequence": "sequence-sparse-ranking.md",
+    "jaxloss._sparse": "sequence-sparse-ranking.md",
+    "jaxloss._ranking": "sequence-sparse-ranking.md",
+    "jaxloss._margin": "margin-embedding-contrastive-segmentation.md",
+    "jaxloss._embedding": "margin-embedding-contrastive-segmentation.md",
+    "jaxloss._contrastive": "margin-embedding-contrastive-segmentation.md",
+    "jaxloss._segmentation": "margin-embedding-contrastive-segmentation.md",
+    "jaxloss._language_model": "large-vocabulary-and-post-training.md",
+    "jaxloss._large_vocab": "large-vocabulary-and-post-training.md",
+    "jaxloss._fused_language_model": "large-vocabulary-and-post-training.md",
+    "jaxloss._parallel": "large-vocabulary-and-post-training.md",
+    "jaxloss._preference": "large-vocabulary-and-post-training.md",
 }
 
 
@@ -228,3 +240,15 @@ def test_every_public_function_is_on_its_family_page():
             if not re.search(rf"`(?:[\w.]+\.)?{re.escape(name)}\b", text):
                 missing.append(f"{page}: {module_name}.{name}")
     assert not missing, missing
+
+
+def test_every_module_that_defines_a_public_function_has_a_family_page():
+    """A new family module cannot go undocumented: each module that defines a name of
+    ``jaxloss.__all__`` (or is a public submodule) is in FAMILY_PAGES."""
+    defining = {getattr(getattr(jaxloss, n), "__module__", None) for n in jaxloss.__all__}
+    defining = {m for m in defining if m and m.startswith("jaxloss.")}
+    public = {
+        f"jaxloss.{m.name}" for m in pkgutil.iter_modules(jaxloss.__path__) if m.name[0] != "_"
+    }
+    unmapped = sorted((defining | public) - set(FAMILY_PAGES))
+    assert not unmapped, f"add these modules to FAMILY_PAGES with their docs page: {unmapped}"
