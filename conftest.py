@@ -20,3 +20,33 @@ def _docstring_examples_run_with_jax_defaults(request):
         yield
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+# Module fixtures that start JAX in subprocesses (several host devices or several
+# processes) and that the module's tests share.
+PROCESS_FIXTURES = {"eight_device_report", "reports"}
+
+
+def _spawns_processes(item) -> bool:
+    uses = PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))
+    return bool(uses) or item.get_closest_marker("spawns_processes") is not None
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "spawns_processes: the test starts JAX in subprocesses (it runs first)"
+    )
+
+
+def pytest_collection_modifyitems(items):
+    """The order in which pytest-xdist (``--dist loadfile``: a file's tests in one worker,
+    so that what one test compiles serves the file's other tests instead of being compiled
+    again in the other worker) hands out the files: the files whose tests start
+    subprocesses first, then the contract tests (the longest file), then the rest, so
+    that no long file is left for the end with one worker idle."""
+    items.sort(
+        key=lambda item: (
+            not _spawns_processes(item),
+            item.nodeid.split("::")[0] != "tests/test_contract.py",
+        )
+    )

@@ -850,7 +850,7 @@ def test_class_weighted_smoothing_gradients_in_logits_and_class_weights(kind):
     """The new class-weighted smoothing path is smooth in the
     logits and the class weights (float64 check_grads, order 2, both modes), equals its
     jit, and a −inf logit keeps value and gradient finite."""
-    from jax.test_util import check_grads
+    from tests.gradcheck import check_grads
 
     labels = np.where(TORCH_IDS < 0, 2, TORCH_IDS) if kind == "ids" else TORCH_PROBS
 

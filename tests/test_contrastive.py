@@ -10,10 +10,10 @@ import numpy as np
 import optax
 import pytest
 from jax.sharding import PartitionSpec as P
-from jax.test_util import check_grads
 
 import jaxloss
 from tests.contract_table import clip_reference, ntxent_reference, siglip_reference
+from tests.gradcheck import check_grads
 from tests.host_devices import run_script
 
 RNG = np.random.default_rng(0)

@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 from scipy import special
 
 import jaxloss
 from jaxloss import _engine as E
+from tests.gradcheck import check_grads
 
 N, D, V = 10, 5, 13  # 10 tokens
 T, CAP = 1.7, 2.5

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 from scipy import special
 
 import jaxloss
+from tests.gradcheck import check_grads
 
 B, T, D, V = 3, 5, 4, 11  # 15 tokens
 RNG = np.random.default_rng(0)

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 from scipy import special
 
 import jaxloss
+from tests.gradcheck import check_grads
 
 B, T, D, D_REF, V = 3, 5, 4, 6, 9  # 3 pairs of 5-token sequences
 RNG = np.random.default_rng(0)

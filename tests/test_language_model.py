@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jax.test_util import check_grads
 from scipy import special
 
 import jaxloss
@@ -23,6 +22,7 @@ from tests.contract_table import (
     _ref_sequence_log_probs,
     _ref_token_log_probs,
 )
+from tests.gradcheck import check_grads
 
 RNG = np.random.default_rng(0)
 LOGITS = RNG.normal(size=(4, 3, 7)) * 2.0

@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 
 import jaxloss
 from jaxloss import _engine as E
 from jaxloss import _large_vocab as LV
+from tests.gradcheck import check_grads
 from tests.torch_ce_reference import torch_cross_entropy
 
 N, D, V, CHUNK = 37, 16, 50, 8  # 37 tokens: four chunks of 8 and a tail of 5

@@ -128,6 +128,7 @@ print(json.dumps({k: os.environ.get(k) for k in (
 """
 
 
+@pytest.mark.spawns_processes
 def test_harness_tells_each_process_its_devices_and_place(tmp_path):
     script = tmp_path / "echo.py"
     script.write_text(ECHO_WORKER)
@@ -169,6 +170,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.spawns_processes
 @pytest.mark.parametrize("mode", ["fail", "hang"])
 def test_harness_kills_every_process_group_on_failure_or_timeout(tmp_path, mode):
     script = tmp_path / "worker.py"

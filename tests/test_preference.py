@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jax.test_util import check_grads
 from scipy import special
 
 import jaxloss
+from tests.gradcheck import check_grads
 
 RNG = np.random.default_rng(14)
 B = 7

@@ -159,6 +159,7 @@ def test_readme_grpo_step_is_trls_grpo_loss(post_training):
     np.testing.assert_allclose(float(got), expected, rtol=1e-10)
 
 
+@pytest.mark.spawns_processes
 def test_quickstart_contrastive_across_four_devices(tmp_path):
     """The block on 4 host CPU devices (a subprocess: the device count is fixed when JAX
     is imported); it asserts that the sharded loss equals the one-device loss."""

@@ -10,11 +10,11 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jax.test_util import check_grads
 from scipy import special
 
 import jaxloss
 from tests.contract_table import np_ctc_loss
+from tests.gradcheck import check_grads
 
 
 def _batch(seed=0, n=5, frames=7, classes=5, size=4, blank_id=0):
