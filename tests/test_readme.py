@@ -19,20 +19,13 @@ import pytest
 
 import jaxloss
 from tests.multiprocess import run_workers
+from tests.test_docs import FAMILY_PAGES as DOCS_FAMILY_PAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
-# The family pages the table may link to (written by the documentation of issue 26).
-FAMILY_PAGES = {
-    "docs/classification.md",
-    "docs/regression.md",
-    "docs/information.md",
-    "docs/regularization.md",
-    "docs/sequence-sparse-ranking.md",
-    "docs/margin-embedding-contrastive-segmentation.md",
-    "docs/large-vocabulary-and-post-training.md",
-}
+# The family pages the table may link to: those of docs/, one per family.
+FAMILY_PAGES = {f"docs/{page}" for page in DOCS_FAMILY_PAGES.values()}
 
 
 def _quickstart(name: str) -> str:
@@ -133,8 +126,8 @@ def _trl_grpo_loss(hidden, weight, ids, old_lp, ref_lp, advantages, mask, beta, 
 
 
 def test_readme_grpo_step_is_trls_grpo_loss(post_training):
-    """Issue 21, item 1: the README's GRPO step once added the KL penalty as a token mean on
-    top of a sequence-mean surrogate (0.0399 where TRL's "grpo" loss gives 0.0665). The
+    """Guards the README's GRPO step against adding the KL penalty as a token mean on top
+    of a sequence-mean surrogate (not TRL's "grpo" loss, and a different number). The
     README's `grpo_loss`, on fixed float64 inputs with completions of different lengths,
     must equal TRL's loss written out independently (β = 0.04, ε = 0.2, k3 KL per token,
     everything averaged per sequence, then over sequences)."""
