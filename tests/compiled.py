@@ -1,0 +1,71 @@
+"""Compiled functions shared across test cases.
+
+On the CPU backend compiling dominates the test suite's time, and an eager call compiles
+every primitive it meets at a new shape on its own (tens of milliseconds each), so one
+eager loss call at a new shape costs more than compiling the whole loss once. Tests that
+check values, gradients or options (not eager execution itself, which
+``tests/test_contract.py::test_jit_equals_eager`` checks for every public function) call
+through ``jit_call``: one ``jax.jit`` per function and per set of Python-valued options,
+kept for the whole session, so that cases differing only in array values (or in shapes:
+one compilation per shape, as eagerly) share it.
+
+A check that needs concrete values inside the function (an error raised on a concrete
+negative label, say) must stay eager: under ``jit`` the values are traced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+
+def _is_static(x: Any) -> bool:
+    """Python-valued arguments (options, Python-number hyperparameters, functions) are
+    closed over, as an eager call sees them; arrays and pytrees of arrays are traced."""
+    if x is None or isinstance(x, (bool, int, float, complex, str)):
+        return True
+    if isinstance(x, tuple) and all(_is_static(v) for v in x):
+        return True
+    return callable(x) and isinstance(x, Hashable)
+
+
+def _key(x: Any) -> Hashable:
+    """A cache key that tells apart what ``==`` does not: ``1``, ``1.0`` and ``True``;
+    ``0.0`` and ``-0.0``."""
+    if isinstance(x, tuple):
+        return (tuple, tuple(_key(v) for v in x))
+    if isinstance(x, (float, complex)):
+        return (type(x), repr(x))
+    return (type(x), x)
+
+
+_CACHE: dict[Hashable, Callable] = {}
+
+
+def _jitted(fn: Callable, positions: tuple, static: tuple) -> Callable:
+    key = (fn, tuple((i, _key(a)) for i, a in positions), tuple((k, _key(v)) for k, v in static))
+    if key not in _CACHE:
+        _CACHE[key] = _compile(fn, dict(positions), dict(static))
+    return _CACHE[key]
+
+
+def _compile(fn: Callable, fixed_args: dict, fixed_kwargs: dict) -> Callable:
+    import jax
+
+    def call(traced_args, traced_kwargs):
+        it = iter(traced_args)
+        n = len(fixed_args) + len(traced_args)
+        args = [fixed_args[i] if i in fixed_args else next(it) for i in range(n)]
+        return fn(*args, **traced_kwargs, **fixed_kwargs)
+
+    return jax.jit(call)
+
+
+def jit_call(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` under a ``jax.jit`` shared by every call of ``fn`` with the
+    same Python-valued arguments (see ``_is_static``); the other arguments are traced."""
+    positions = tuple((i, a) for i, a in enumerate(args) if _is_static(a))
+    traced_args = tuple(a for a in args if not _is_static(a))
+    static = tuple((k, v) for k, v in sorted(kwargs.items()) if _is_static(v))
+    traced_kwargs = {k: v for k, v in kwargs.items() if not _is_static(v)}
+    return _jitted(fn, positions, static)(traced_args, traced_kwargs)
