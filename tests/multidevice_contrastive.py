@@ -72,9 +72,19 @@ def _sharded(mesh, name, axes, reduction):
     )
 
 
-def _value_and_grad(f, args, cotangent):
-    scalar = lambda *a: jnp.sum(f(*a) * cotangent)  # noqa: E731
-    return jax.jit(f)(*args), jax.jit(jax.grad(scalar, argnums=(0, 1, 2, 3)))(*args)
+def _value_and_grad(f, cotangent):
+    """``(f(*a), grad of Σ f(*a)·cotangent in x, y, scale, bias)``, traced in the caller's
+    jit (the value and the gradient in one program, not one compilation each)."""
+
+    def value_and_grad(*args):
+        scalar = lambda *a: jnp.sum(f(*a) * cotangent)  # noqa: E731
+        return f(*args), jax.grad(scalar, argnums=(0, 1, 2, 3))(*args)
+
+    return value_and_grad
+
+
+def _cotangent(reduction):
+    return np.linspace(0.5, 1.5, B) if reduction == "none" else 1.0
 
 
 # (batch axes, reduction) per dtype: every combination in float64, the main one in float32.
@@ -83,25 +93,53 @@ COMBINATIONS = {
     "float64": [(BOTH, "none"), (BOTH, "mean"), (DATA, "none"), (DATA, "mean")],
     "float32": [(BOTH, "mean")],
 }
+NAMES = ("clip_loss", "siglip_loss")
 
 
 def check_shard_map(mesh):
+    """Per dtype, two compilations: every single-device result (each loss, each
+    reduction) in one jit on the whole unsharded batch, and every sharded one (each
+    loss, batch axes and reduction) in another, the inputs placed per batch axes."""
     results = {}
     for dtype in (jnp.float64, jnp.float32):
         inputs = _inputs(dtype)
         args = [inputs[k] for k in ("x", "y", "scale", "bias", "where", "weights")]
-        for name in ("clip_loss", "siglip_loss"):
-            expected = {}  # the single-device result per reduction, computed once
-            for axes, reduction in COMBINATIONS[jnp.dtype(dtype).name]:
-                cotangent = np.linspace(0.5, 1.5, B) if reduction == "none" else 1.0
-                if reduction not in expected:
-                    single = functools.partial(_loss, name, reduction=reduction)
-                    expected[reduction] = _value_and_grad(single, args, cotangent)
-                sharded = _sharded(mesh, name, axes, reduction)
+        combinations = COMBINATIONS[jnp.dtype(dtype).name]
+        reductions = sorted({reduction for _, reduction in combinations})
+        axes_list = list(dict.fromkeys(axes for axes, _ in combinations))
+
+        @jax.jit
+        def single_device(args, reductions=reductions):
+            return [
+                [
+                    _value_and_grad(
+                        functools.partial(_loss, name, reduction=reduction),
+                        _cotangent(reduction),
+                    )(*args)
+                    for reduction in reductions
+                ]
+                for name in NAMES
+            ]
+
+        @jax.jit
+        def sharded(args_per_axes, combinations=combinations, axes_list=axes_list):
+            return [
+                [
+                    _value_and_grad(_sharded(mesh, name, axes, reduction), _cotangent(reduction))(
+                        *args_per_axes[axes_list.index(axes)]
+                    )
+                    for axes, reduction in combinations
+                ]
+                for name in NAMES
+            ]
+
+        expected = single_device(args)
+        got = sharded([_put(mesh, axes, args) for axes in axes_list])
+        for i, name in enumerate(NAMES):
+            for j, (axes, reduction) in enumerate(combinations):
                 key = f"{name}[{jnp.dtype(dtype).name},{'+'.join(np.atleast_1d(axes))},"
                 results[f"{key}{reduction}]"] = difference(
-                    _value_and_grad(sharded, _put(mesh, axes, args), cotangent),
-                    expected[reduction],
+                    got[i][j], expected[i][reductions.index(reduction)]
                 )
     return results
 
@@ -128,12 +166,29 @@ def check_ring_memory(mesh):
 def check_plain_jit():
     """The batch sharded over 8 devices by NamedSharding, plain jit: the global mean, on
     a mesh of explicit axes (``jax.make_mesh``'s default) and of automatic ones; also
-    ntxent_loss, which gathers the batch."""
+    ntxent_loss, which gathers the batch. The three losses' values and gradients in one
+    jitted function, compiled once for the single-device inputs and once per mesh."""
     inputs = _inputs(jnp.float64)
     keys = ("x", "y", "scale", "bias", "where", "weights")
     specs = (P("batch"), P("batch"), P(), P(), P("batch"), P("batch"))
     single = [jax.device_put(inputs[k], jax.devices()[0]) for k in keys]
     labels = jnp.arange(B) // 2  # pairs of views, for ntxent_loss
+    names = ("clip_loss", "siglip_loss", "ntxent_loss")
+
+    def ntxent(e, m, w):
+        return jaxloss.ntxent_loss(e, labels, where=m, weights=w, temperature=0.3, reduction="mean")
+
+    @jax.jit
+    def all_losses(x, y, scale, bias, where, weights):
+        out = [
+            jax.value_and_grad(functools.partial(_loss, name, reduction="mean"), (0, 1, 2, 3))(
+                x, y, scale, bias, where, weights
+            )
+            for name in names[:2]
+        ]
+        return [*out, jax.value_and_grad(ntxent)(x, where, weights)]
+
+    expected = all_losses(*single)
     results = {}
     for kind in (AxisType.Explicit, AxisType.Auto):
         mesh = jax.make_mesh((8,), ("batch",), (kind,))
@@ -141,21 +196,9 @@ def check_plain_jit():
             jax.device_put(inputs[k], NamedSharding(mesh, s))
             for k, s in zip(keys, specs, strict=True)
         ]
-        for name in ("clip_loss", "siglip_loss"):
-            loss = functools.partial(_loss, name, reduction="mean")
-            f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
-            results[f"plain_jit[{kind.name},{name}]"] = difference(f(*sharded), f(*single))
-        ntxent = jax.jit(
-            jax.value_and_grad(
-                lambda e, m, w: jaxloss.ntxent_loss(
-                    e, labels, where=m, weights=w, temperature=0.3, reduction="mean"
-                )
-            )
-        )
-        rows = [sharded[0], sharded[4], sharded[5]]
-        results[f"plain_jit[{kind.name},ntxent_loss]"] = difference(
-            ntxent(*rows), ntxent(single[0], single[4], single[5])
-        )
+        got = all_losses(*sharded)
+        for name, g, e in zip(names, got, expected, strict=True):
+            results[f"plain_jit[{kind.name},{name}]"] = difference(g, e)
     return results
 
 
