@@ -50,93 +50,126 @@ def _inputs(rng):
     }
 
 
+def _value_and_grad(f, cotangent, argnums=0):
+    """``(f(*a), grad of Σ f(*a)·cotangent)``, traced in the caller's jit: the value and
+    the gradient in one program, not one compilation each."""
+
+    def value_and_grad(*args):
+        scalar = lambda *a: jnp.sum(f(*a) * cotangent)  # noqa: E731
+        return f(*args), jax.grad(scalar, argnums=argnums)(*args)
+
+    return value_and_grad
+
+
+def _cotangent(reduction):
+    return np.linspace(0.5, 1.5, N) if reduction == "none" else 1.0
+
+
 def check_vocab_parallel_cross_entropy(mesh, x):
-    """Logits sharded (data, model); the unsharded reference is softmax_cross_entropy."""
+    """Logits sharded (data, model); the unsharded reference is softmax_cross_entropy.
+    Both reductions in one jit for the sharded inputs and one for the unsharded ones."""
     options = {"label_smoothing": 0.1, "ignore_index": -100}
-    results = {}
-    for reduction in ("none", "mean"):
+    reductions = ("none", "mean")
+    specs = (P("data", "model"), P("data"), P("data"), P("data"), P("model"))
 
-        def sharded(logits, labels, where, weights, class_weights, reduction=reduction):
-            local = functools.partial(
-                jaxloss.vocab_parallel_cross_entropy,
-                axis_name="model",
-                batch_axis_name="data",
-                reduction=reduction,
-                **options,
-            )
-            out = P("data") if reduction == "none" else P()
-            specs = (P("data", "model"), P("data"), P("data"), P("data"), P("model"))
-            return jax.shard_map(
-                lambda z, y, m, w, cw: local(z, y, where=m, weights=w, class_weights=cw),
-                mesh=mesh,
-                in_specs=specs,
-                out_specs=out,
-            )(logits, labels, where, weights, class_weights)
-
-        def unsharded(logits, labels, where, weights, class_weights, reduction=reduction):
-            return jaxloss.softmax_cross_entropy(
-                logits,
-                labels,
-                where=where,
-                weights=weights,
-                class_weights=class_weights,
-                reduction=reduction,
-                **options,
-            )
-
-        specs = (P("data", "model"), P("data"), P("data"), P("data"), P("model"))
-        names = ("logits", "labels", "where", "weights", "class_weights")
-        args_sharded = [_put(mesh, s, x[k]) for s, k in zip(specs, names, strict=True)]
-        args = [jnp.asarray(x[k]) for k in names]
-        cotangent = np.linspace(0.5, 1.5, N) if reduction == "none" else 1.0
-
-        def value_and_grad(f, args, cotangent=cotangent):
-            scalar = lambda z, *rest: jnp.sum(f(z, *rest) * cotangent)  # noqa: E731
-            return jax.jit(f)(*args), jax.jit(jax.grad(scalar))(*args)
-
-        results[f"vocab_parallel_cross_entropy[{reduction}]"] = difference(
-            value_and_grad(sharded, args_sharded), value_and_grad(unsharded, args)
+    def sharded(logits, labels, where, weights, class_weights, reduction):
+        local = functools.partial(
+            jaxloss.vocab_parallel_cross_entropy,
+            axis_name="model",
+            batch_axis_name="data",
+            reduction=reduction,
+            **options,
         )
-    return results
+        out = P("data") if reduction == "none" else P()
+        return jax.shard_map(
+            lambda z, y, m, w, cw: local(z, y, where=m, weights=w, class_weights=cw),
+            mesh=mesh,
+            in_specs=specs,
+            out_specs=out,
+        )(logits, labels, where, weights, class_weights)
+
+    def unsharded(logits, labels, where, weights, class_weights, reduction):
+        return jaxloss.softmax_cross_entropy(
+            logits,
+            labels,
+            where=where,
+            weights=weights,
+            class_weights=class_weights,
+            reduction=reduction,
+            **options,
+        )
+
+    def every_reduction(f):
+        return jax.jit(
+            lambda *args: [
+                _value_and_grad(functools.partial(f, reduction=r), _cotangent(r))(*args)
+                for r in reductions
+            ]
+        )
+
+    names = ("logits", "labels", "where", "weights", "class_weights")
+    args_sharded = [_put(mesh, s, x[k]) for s, k in zip(specs, names, strict=True)]
+    args = [jnp.asarray(x[k]) for k in names]
+    got = every_reduction(sharded)(*args_sharded)
+    want = every_reduction(unsharded)(*args)
+    return {
+        f"vocab_parallel_cross_entropy[{r}]": difference(g, w)
+        for r, g, w in zip(reductions, got, want, strict=True)
+    }
 
 
 def check_torch_convention(mesh, x):
     """Logits sharded (data, model), every reduction, class weights, label smoothing
-    and ignore_index together, against PyTorch's documented formula (float64 numpy)."""
+    and ignore_index together, against PyTorch's documented formula (float64 numpy).
+    Every combination in one jit."""
     logits = np.where(np.isfinite(x["logits"]), x["logits"], -3.0)
-    results = {}
-    for reduction in ("none", "sum", "mean"):
-        for class_weights in (None, x["class_weights"]):
-            options = {"label_smoothing": 0.2, "ignore_index": -100, "reduction": reduction}
-            cw = {}
-            if class_weights is not None:
-                cw = {"class_weights": _put(mesh, P("model"), class_weights)}
-            specs = {k: P("model") for k in cw}
+    combinations = [
+        (reduction, class_weights)
+        for reduction in ("none", "sum", "mean")
+        for class_weights in (None, x["class_weights"])
+    ]
 
-            def local(z, y, cw, options=options):
-                return jaxloss.vocab_parallel_cross_entropy(
-                    z, y, axis_name="model", batch_axis_name="data", **cw, **options
-                )
+    def one(z, y, cw, reduction):
+        options = {"label_smoothing": 0.2, "ignore_index": -100, "reduction": reduction}
 
-            f = jax.jit(
-                jax.shard_map(
-                    local,
-                    mesh=mesh,
-                    in_specs=(P("data", "model"), P("data"), specs),
-                    out_specs=P("data") if reduction == "none" else P(),
-                )
+        def local(z, y, cw):
+            return jaxloss.vocab_parallel_cross_entropy(
+                z, y, axis_name="model", batch_axis_name="data", **cw, **options
             )
-            got = f(_put(mesh, P("data", "model"), logits), _put(mesh, P("data"), x["labels"]), cw)
-            want = torch_cross_entropy(logits, x["labels"], weight=class_weights, **options)
-            name = "class_weights" if class_weights is not None else "no_class_weights"
-            key = f"vocab_parallel_cross_entropy[torch,{name},{reduction}]"
-            results[key] = difference(got, want)
+
+        return jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(P("data", "model"), P("data"), {k: P("model") for k in cw}),
+            out_specs=P("data") if reduction == "none" else P(),
+        )(z, y, cw)
+
+    @jax.jit
+    def every_combination(z, y, class_weights):
+        return [
+            one(z, y, {} if cw is None else {"class_weights": class_weights}, reduction)
+            for reduction, cw in combinations
+        ]
+
+    outputs = every_combination(
+        _put(mesh, P("data", "model"), logits),
+        _put(mesh, P("data"), x["labels"]),
+        _put(mesh, P("model"), x["class_weights"]),
+    )
+    results = {}
+    for (reduction, class_weights), got in zip(combinations, outputs, strict=True):
+        options = {"label_smoothing": 0.2, "ignore_index": -100, "reduction": reduction}
+        want = torch_cross_entropy(logits, x["labels"], weight=class_weights, **options)
+        name = "class_weights" if class_weights is not None else "no_class_weights"
+        key = f"vocab_parallel_cross_entropy[torch,{name},{reduction}]"
+        results[key] = difference(got, want)
     return results
 
 
 def check_vocab_parallel_fused(mesh, x):
     """Weight sharded along V over "model", tokens over "data"; against the unsharded
-    fused_linear_cross_entropy (itself checked against materialized logits)."""
+    fused_linear_cross_entropy (itself checked against materialized logits). Both
+    layouts in one jit for the sharded inputs and one for the unsharded ones."""
     labels = np.where(x["labels"] >= 0, x["labels"], 7)
     labels[[2, 9]] = -100
     options = {
@@ -146,54 +179,65 @@ def check_vocab_parallel_fused(mesh, x):
         "z_loss": 0.01,
         "logit_soft_cap": 4.0,
     }
-    results = {}
-    for layout, reduction in (("dense", "mean"), ("embedding", "none")):
-        weight = x["weight"] if layout == "dense" else x["weight"].T
-        w_spec = P(None, "model") if layout == "dense" else P("model", None)
+    cases = (("dense", "mean"), ("embedding", "none"))
 
-        def sharded(h, w, b, y, m, wt, reduction=reduction, layout=layout, w_spec=w_spec):
-            local = functools.partial(
-                jaxloss.vocab_parallel_fused_linear_cross_entropy,
-                axis_name="model",
-                batch_axis_name="data",
-                weight_layout=layout,
-                reduction=reduction,
-                **options,
-            )
-            return jax.shard_map(
-                lambda h, w, b, y, m, wt: local(h, w, y, bias=b, where=m, weights=wt),
-                mesh=mesh,
-                in_specs=(P("data", None), w_spec, P("model"), P("data"), P("data"), P("data")),
-                out_specs=P("data") if reduction == "none" else P(),
-            )(h, w, b, y, m, wt)
+    def w_spec(layout):
+        return P(None, "model") if layout == "dense" else P("model", None)
 
-        def unsharded(h, w, b, y, m, wt, reduction=reduction, layout=layout):
-            return jaxloss.fused_linear_cross_entropy(
-                h,
-                w,
-                y,
-                bias=b,
-                where=m,
-                weights=wt,
-                weight_layout=layout,
-                reduction=reduction,
-                **options,
-            )
-
-        values = (x["hidden"], weight, x["bias"], labels, x["where"], x["weights"])
-        specs = (P("data", None), w_spec, P("model"), P("data"), P("data"), P("data"))
-        args_sharded = [_put(mesh, s, v) for s, v in zip(specs, values, strict=True)]
-        args = [jnp.asarray(v) for v in values]
-        cotangent = np.linspace(0.5, 1.5, N) if reduction == "none" else 1.0
-
-        def value_and_grad(f, args, cotangent=cotangent):
-            scalar = lambda *a: jnp.sum(f(*a) * cotangent)  # noqa: E731
-            return jax.jit(f)(*args), jax.jit(jax.grad(scalar, argnums=(0, 1, 2)))(*args)
-
-        results[f"vocab_parallel_fused_linear_cross_entropy[{layout},{reduction}]"] = difference(
-            value_and_grad(sharded, args_sharded), value_and_grad(unsharded, args)
+    def sharded(h, w, b, y, m, wt, reduction, layout):
+        local = functools.partial(
+            jaxloss.vocab_parallel_fused_linear_cross_entropy,
+            axis_name="model",
+            batch_axis_name="data",
+            weight_layout=layout,
+            reduction=reduction,
+            **options,
         )
-    return results
+        return jax.shard_map(
+            lambda h, w, b, y, m, wt: local(h, w, y, bias=b, where=m, weights=wt),
+            mesh=mesh,
+            in_specs=(P("data", None), w_spec(layout), P("model"), P("data"), P("data"), P("data")),
+            out_specs=P("data") if reduction == "none" else P(),
+        )(h, w, b, y, m, wt)
+
+    def unsharded(h, w, b, y, m, wt, reduction, layout):
+        return jaxloss.fused_linear_cross_entropy(
+            h,
+            w,
+            y,
+            bias=b,
+            where=m,
+            weights=wt,
+            weight_layout=layout,
+            reduction=reduction,
+            **options,
+        )
+
+    def every_case(f):
+        return jax.jit(
+            lambda args_per_case: [
+                _value_and_grad(
+                    functools.partial(f, reduction=reduction, layout=layout),
+                    _cotangent(reduction),
+                    argnums=(0, 1, 2),
+                )(*args)
+                for (layout, reduction), args in zip(cases, args_per_case, strict=True)
+            ]
+        )
+
+    args_sharded, args = [], []
+    for layout, _ in cases:
+        weight = x["weight"] if layout == "dense" else x["weight"].T
+        values = (x["hidden"], weight, x["bias"], labels, x["where"], x["weights"])
+        specs = (P("data", None), w_spec(layout), P("model"), P("data"), P("data"), P("data"))
+        args_sharded.append([_put(mesh, s, v) for s, v in zip(specs, values, strict=True)])
+        args.append([jnp.asarray(v) for v in values])
+    got = every_case(sharded)(args_sharded)
+    want = every_case(unsharded)(args)
+    return {
+        f"vocab_parallel_fused_linear_cross_entropy[{layout},{reduction}]": difference(g, w)
+        for (layout, reduction), g, w in zip(cases, got, want, strict=True)
+    }
 
 
 def _fused_mean(hidden, labels, where, weights, *, weight, batch_axis_name=None):
@@ -245,11 +289,21 @@ def _policy_gradient_inputs():
     )
 
 
+def _every_value_and_grad(losses):
+    """One jit: ``{name: value_and_grad(loss)(*values[name])}`` for every loss."""
+    return jax.jit(
+        lambda values: {
+            name: jax.value_and_grad(loss)(*values[name]) for name, loss in losses.items()
+        }
+    )
+
+
 def check_data_parallel(x):
     """The batch sharded over all 8 devices by NamedSharding, then jit: the mean is global.
 
     On a mesh of explicit axes (``jax.make_mesh``'s default) and of automatic ones
-    (GSPMD); the fused loss also inside shard_map with ``batch_axis_name``.
+    (GSPMD); the fused loss also inside shard_map with ``batch_axis_name``. Every loss
+    in one jit per mesh; the unsharded results in one jit, shared by both meshes.
     """
     rng = np.random.default_rng(1)
     predictions, targets = rng.normal(size=(N, 3)), rng.normal(size=(N, 3))
@@ -260,6 +314,7 @@ def check_data_parallel(x):
     weight = jnp.asarray(x["weight"])
     fused_args = (x["hidden"], labels, x["where"], x["weights"])
     results = {}
+    expected = None
     for kind in (AxisType.Explicit, AxisType.Auto):
         mesh = jax.make_mesh((8,), ("batch",), (kind,))
         cases = {
@@ -290,12 +345,16 @@ def check_data_parallel(x):
         }
         if kind == AxisType.Auto:  # GSPMD runs the fused loss correctly but unsplit
             cases = {k: v for k, v in cases.items() if not k.startswith("fused")}
-        for name, (loss, values) in cases.items():
-            sharded = [_put(mesh, P("batch"), v) for v in values]
-            single = [jnp.asarray(v) for v in values]
-            f = jax.jit(jax.value_and_grad(loss))
-            out_sharded = f(*sharded)
-            out_single = jax.jit(jax.value_and_grad(cases[name.split("[")[0]][0]))(*single)
+        if expected is None:  # the unsharded results, the same for both meshes
+            base = {k: v for k, v in cases.items() if "[" not in k}
+            expected = _every_value_and_grad({k: loss for k, (loss, _) in base.items()})(
+                {k: [jnp.asarray(v) for v in values] for k, (_, values) in base.items()}
+            )
+        outputs = _every_value_and_grad({k: loss for k, (loss, _) in cases.items()})(
+            {k: [_put(mesh, P("batch"), v) for v in values] for k, (_, values) in cases.items()}
+        )
+        for name in cases:
+            out_sharded, out_single = outputs[name], expected[name.split("[")[0]]
             key = f"data_parallel[{kind.name},{name}]"
             results[key] = difference(out_sharded, out_single)
             # Whether the gradient stayed sharded over the 8 devices (the work was split).
@@ -342,27 +401,48 @@ def check_preference_data_parallel():
     results = {}
     # Device k holds pair k: its chosen sequence, then its rejected one.
     order = np.stack([np.arange(b), b + np.arange(b)], axis=1).reshape(-1)
-    for reduction in ("mean", "none"):
+    reductions = ("mean", "none")
+
+    def losses(reduction):
         loss = functools.partial(_preference, **weights, reduction=reduction)
-        out_spec = P("batch") if reduction == "none" else P()
         local = jax.shard_map(
             functools.partial(loss, batch_axis_name="batch"),
             mesh=mesh,
             in_specs=P("batch"),
-            out_specs=out_spec,
+            out_specs=P("batch") if reduction == "none" else P(),
         )
+        return loss, local
 
-        def value_and_grad(f, args, reduction=reduction):
-            cot = jnp.arange(1.0, 1.0 + b) if reduction == "none" else 1.0
-            return jax.jit(jax.value_and_grad(lambda *a: jnp.sum(cot * f(*a))))(*args)
+    def value_and_grad(f, args, reduction):
+        cot = jnp.arange(1.0, 1.0 + b) if reduction == "none" else 1.0
+        return jax.value_and_grad(lambda *a: jnp.sum(cot * f(*a)))(*args)
 
-        single = value_and_grad(loss, [jnp.asarray(x) for x in inputs])
-        sharded = value_and_grad(loss, [_put(mesh, P("batch"), x) for x in inputs])
+    # Two compilations: the unsharded loss for both reductions; on the mesh, the loss on
+    # the NamedSharding inputs and the shard_map form on the per-device layout.
+    @jax.jit
+    def single_device(args):
+        return [value_and_grad(losses(r)[0], args, r) for r in reductions]
+
+    @jax.jit
+    def on_mesh(args, per_device_args):
+        return [
+            (
+                value_and_grad(losses(r)[0], args, r),
+                value_and_grad(losses(r)[1], per_device_args, r),
+            )
+            for r in reductions
+        ]
+
+    per_device = [x[order] if x.shape[0] == 2 * b else x for x in inputs]
+    expected = single_device([jnp.asarray(x) for x in inputs])
+    got = on_mesh(
+        [_put(mesh, P("batch"), x) for x in inputs],
+        [_put(mesh, P("batch"), x) for x in per_device],
+    )
+    for reduction, single, (sharded, (value, grad)) in zip(reductions, expected, got, strict=True):
         key = f"data_parallel[Explicit,fused_linear_preference_loss[{reduction}]]"
         results[key] = difference(sharded, single)
         results[f"sharded_gradient:{key}"] = not sharded[1].sharding.is_fully_replicated
-        per_device = [x[order] if x.shape[0] == 2 * b else x for x in inputs]
-        value, grad = value_and_grad(local, [_put(mesh, P("batch"), x) for x in per_device])
         key = f"data_parallel[Explicit,fused_linear_preference_loss[shard_map,{reduction}]]"
         results[key] = difference((value, np.asarray(grad)[np.argsort(order)]), single)
         results[f"sharded_gradient:{key}"] = not grad.sharding.is_fully_replicated
