@@ -12,6 +12,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import jaxloss
+from tests.compiled import jit_call
 from tests.contract_table import clip_reference, ntxent_reference, siglip_reference
 from tests.gradcheck import check_grads
 from tests.host_devices import run_script
@@ -35,13 +36,21 @@ def _siglip(x, y, **kw):
 def _ntxent(x, y, **kw):  # two views per label: rows of x and y
     labels = np.concatenate([np.arange(len(x))] * 2)
     kept = kw.pop("where", None)
-    where = None if kept is None else np.concatenate([kept, kept])
+    where = None if kept is None else jnp.concatenate([kept, kept])
     return jaxloss.ntxent_loss(jnp.concatenate([x, y]), labels, temperature=0.3, where=where, **kw)
 
 
 # --------------------------------------------------------------------------------------
 # NT-Xent against optax
 # --------------------------------------------------------------------------------------
+
+
+def _ntxent_and_optax(e, labels):
+    """Ours and optax's, in one compiled function (shared by the cases of one shape)."""
+    return (
+        jaxloss.ntxent_loss(e, labels, temperature=0.2, reduction="mean"),
+        optax.losses.ntxent(e, labels, temperature=0.2),
+    )
 
 
 @pytest.mark.parametrize(
@@ -56,8 +65,7 @@ def _ntxent(x, y, **kw):  # two views per label: rows of x and y
 )
 def test_ntxent_mean_equals_optax_for_equal_groups(labels, dtype):
     e = jnp.asarray(RNG.normal(size=(len(labels), 5)), dtype)
-    ours = jaxloss.ntxent_loss(e, labels, temperature=0.2, reduction="mean")
-    theirs = optax.losses.ntxent(e, jnp.asarray(labels), temperature=0.2)
+    ours, theirs = jit_call(_ntxent_and_optax, e, jnp.asarray(labels))
     tol = 1e-12 if dtype == jnp.float64 else 2e-6
     np.testing.assert_allclose(ours, theirs, rtol=tol, atol=tol)
 
@@ -66,11 +74,18 @@ def test_ntxent_pair_weights_equal_optax_for_unequal_groups():
     labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 3])  # label 3 has no positive
     e = jnp.asarray(RNG.normal(size=(len(labels), 3)))
     positives = np.array([np.sum(labels == c) - 1 for c in labels])
-    ours = jaxloss.ntxent_loss(e, labels, weights=positives, reduction="mean", temperature=0.5)
-    np.testing.assert_allclose(ours, optax.losses.ntxent(e, labels, 0.5), rtol=1e-12)
+
+    def losses(e, labels, positives):
+        return (
+            jaxloss.ntxent_loss(e, labels, weights=positives, reduction="mean", temperature=0.5),
+            optax.losses.ntxent(e, labels, 0.5),
+            jaxloss.ntxent_loss(e, labels, temperature=0.5),
+            jaxloss.ntxent_loss(e, labels, temperature=0.5, reduction="mean"),
+        )
+
+    ours, theirs, per_anchor, mean = jax.jit(losses)(e, labels, positives)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
     # The anchor without a positive is left out of the mean, not averaged in as 0.
-    per_anchor = jaxloss.ntxent_loss(e, labels, temperature=0.5)
-    mean = jaxloss.ntxent_loss(e, labels, temperature=0.5, reduction="mean")
     assert per_anchor[-1] == 0.0
     np.testing.assert_allclose(mean, np.mean(per_anchor[:-1]), rtol=1e-12)
 
@@ -80,17 +95,20 @@ def test_ntxent_pair_weights_equal_optax_for_unequal_groups():
 # --------------------------------------------------------------------------------------
 
 
+def _masked_and_subset(loss, x, y, keep, x_kept, y_kept):
+    return loss(x, y, where=keep), loss(x_kept, y_kept)
+
+
 @pytest.mark.parametrize("loss", [_clip, _siglip, _ntxent], ids=["clip", "siglip", "ntxent"])
 def test_where_equals_removing_the_examples(loss):
     """where=False removes an example entirely: same as indexing the batch."""
-    masked = loss(X, Y, where=KEEP)
-    subset = loss(X[KEEP], Y[KEEP])
+    full, subset = jit_call(_masked_and_subset, loss, X, Y, KEEP, X[KEEP], Y[KEEP])
     if loss is _ntxent:  # anchors of x then of y
-        masked = np.concatenate([masked[:B][KEEP], masked[B:][KEEP]])
+        masked = np.concatenate([full[:B][KEEP], full[B:][KEEP]])
     else:
-        masked = masked[KEEP]
+        masked = full[KEEP]
     np.testing.assert_allclose(masked, subset, rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(np.asarray(loss(X, Y, where=KEEP))[:B][~KEEP], 0.0)
+    np.testing.assert_array_equal(np.asarray(full)[:B][~KEEP], 0.0)
 
 
 def test_clip_temperature_equals_logit_scale():
@@ -138,10 +156,14 @@ def test_ntxent_reference_sanity():
     labels = np.repeat(np.arange(3), 2)
     e = RNG.normal(size=(6, 3))
     np.testing.assert_allclose(
-        jaxloss.ntxent_loss(e, labels, temperature=0.4),
+        jit_call(jaxloss.ntxent_loss, e, labels, temperature=0.4),
         ntxent_reference(e, labels, temperature=0.4),
         rtol=1e-12,
     )
+
+
+def _mean_value_and_grad(loss, x, y):
+    return jax.value_and_grad(lambda x, y: loss(x, y, reduction="mean"), argnums=(0, 1))(x, y)
 
 
 @pytest.mark.parametrize("loss", [_clip, _siglip, _ntxent], ids=["clip", "siglip", "ntxent"])
@@ -149,9 +171,7 @@ def test_zero_vectors_give_finite_values_and_gradients(loss):
     x, y = X.copy(), Y.copy()
     x[0] = 0.0
     y[3] = 0.0
-    value, grads = jax.value_and_grad(lambda x, y: loss(x, y, reduction="mean"), argnums=(0, 1))(
-        x, y
-    )
+    value, grads = jit_call(_mean_value_and_grad, loss, x, y)
     assert np.isfinite(value)
     assert all(np.isfinite(np.asarray(g)).all() for g in grads)
 
@@ -175,18 +195,22 @@ def _on_mesh(name, reduction):
     )
 
 
+def _on_mesh_and_plain(name, reduction, x, y, keep):
+    """The shard_map form and the plain loss, values and gradients, in one compilation."""
+    loss = _clip if name == "clip" else _siglip
+    f = _on_mesh(name, reduction)
+    grad = jax.grad(lambda x, y: jnp.sum(f(x, y, keep)), argnums=(0, 1))(x, y)
+    expected = jax.grad(
+        lambda x, y: jnp.sum(loss(x, y, where=keep, reduction=reduction)), argnums=(0, 1)
+    )(x, y)
+    return f(x, y, keep), loss(x, y, where=keep, reduction=reduction), grad, expected
+
+
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("name", ["clip", "siglip"])
 def test_shard_map_form_equals_plain_on_one_device(name, reduction):
-    loss = _clip if name == "clip" else _siglip
-    f = _on_mesh(name, reduction)
-    np.testing.assert_allclose(
-        f(X, Y, KEEP), loss(X, Y, where=KEEP, reduction=reduction), rtol=1e-12, atol=1e-12
-    )
-    grad = jax.grad(lambda x, y: jnp.sum(f(x, y, KEEP)), argnums=(0, 1))(X, Y)
-    expected = jax.grad(
-        lambda x, y: jnp.sum(loss(x, y, where=KEEP, reduction=reduction)), argnums=(0, 1)
-    )(X, Y)
+    value, plain, grad, expected = jit_call(_on_mesh_and_plain, name, reduction, X, Y, KEEP)
+    np.testing.assert_allclose(value, plain, rtol=1e-12, atol=1e-12)
     for g, e in zip(grad, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
 
@@ -372,18 +396,23 @@ def test_circle_loss_equals_keras_per_anchor_and_mean():
 def test_circle_loss_drops_removed_examples_and_is_finite_at_gamma_80():
     e = X / np.linalg.norm(X, axis=-1, keepdims=True)
     keep = np.array([True, True, True, True, True, False, True])
-    out = jaxloss.circle_loss(e, CIRCLE_LABELS, where=keep)
-    per, _ = keras_circle(CIRCLE_LABELS[keep], e[keep])
-    np.testing.assert_allclose(np.asarray(out)[keep], per, rtol=1e-12)
     # float32, γ = 80, near-duplicate and opposite embeddings: finite value and gradient
     x32 = jnp.asarray(np.concatenate([e, -e[:2], e[:2] * (1 + 1e-6)]), jnp.float32)
     labels = np.concatenate([CIRCLE_LABELS, [1, 0, 0, 1]])
-    f = lambda v: jaxloss.circle_loss(v, labels, reduction="mean")  # noqa: E731
-    assert np.isfinite(f(x32)) and np.isfinite(jax.grad(f)(x32)).all()
     # an example removed with NaN embeddings: zero gradient
     xn = x32.at[1].set(jnp.nan)
-    keep = np.arange(len(labels)) != 1
-    g = jax.grad(lambda v: jaxloss.circle_loss(v, labels, where=keep, reduction="sum"))(xn)
+    keep_n = np.arange(len(labels)) != 1
+
+    @jax.jit  # every evaluation below, in one compilation
+    def evaluate(e, keep, x32, labels, xn, keep_n):
+        f = lambda v: jaxloss.circle_loss(v, labels, reduction="mean")  # noqa: E731
+        g = jax.grad(lambda v: jaxloss.circle_loss(v, labels, where=keep_n, reduction="sum"))(xn)
+        return jaxloss.circle_loss(e, CIRCLE_LABELS, where=keep), f(x32), jax.grad(f)(x32), g
+
+    out, value32, grad32, g = evaluate(e, keep, x32, labels, xn, keep_n)
+    per, _ = keras_circle(CIRCLE_LABELS[keep], e[keep])
+    np.testing.assert_allclose(np.asarray(out)[keep], per, rtol=1e-12)
+    assert np.isfinite(value32) and np.isfinite(grad32).all()
     assert np.isfinite(g).all() and (np.asarray(g)[1] == 0).all()
 
 
@@ -409,5 +438,6 @@ def test_circle_loss_derivative_at_the_kink_of_alpha_is_the_flat_side():
     def f(v):
         return jaxloss.circle_loss(v, labels, margin=0.4, normalize=False, reduction="sum")
 
-    assert jax.grad(f)(e)[2, 0] == 0.0
-    assert jax.grad(f)(e.at[2, 0].set(-0.3))[2, 0] < 0  # past the kink: 2γs, s < 0
+    grad = jax.jit(jax.grad(f))  # both points share one compilation
+    assert grad(e)[2, 0] == 0.0
+    assert grad(e.at[2, 0].set(-0.3))[2, 0] < 0  # past the kink: 2γs, s < 0
