@@ -11,6 +11,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import jaxloss
+from tests.compiled import jit_call
 from tests.host_devices import run_script
 from tests.torch_ce_reference import torch_cross_entropy
 
@@ -106,20 +107,27 @@ def _sharded(axis, options, ndim=3):
     )
 
 
+def _sharded_and_unsharded(axis, options, logits, labels, arrays):
+    """The sharded loss and softmax_cross_entropy, values and gradients, in one jit."""
+    f = _sharded(axis, options)
+
+    def unsharded(z):
+        return jaxloss.softmax_cross_entropy(z, labels, axis=axis, **arrays, **dict(options))
+
+    grad = jax.grad(lambda z: jnp.sum(f(z, labels, arrays)))(logits)
+    expected_grad = jax.grad(lambda z: jnp.sum(unsharded(z)))(logits)
+    return f(logits, labels, arrays), unsharded(logits), grad, expected_grad
+
+
 @pytest.mark.parametrize("axis, reduction", [(1, "none"), (-1, "mean")])
 def test_all_options_equal_softmax_cross_entropy(axis, reduction):
     logits = np.moveaxis(LOGITS, -1, axis)
     options = (("ignore_index", -100), ("label_smoothing", 0.2), ("reduction", reduction))
     arrays = {"class_weights": CLASS_WEIGHTS, "where": KEEP, "weights": WEIGHTS}
-    f = _sharded(axis, options)
-    expected = jaxloss.softmax_cross_entropy(logits, LABELS, axis=axis, **arrays, **dict(options))
-    np.testing.assert_allclose(f(logits, LABELS, arrays), expected, rtol=1e-12, atol=1e-12)
-    grad = jax.grad(lambda z: jnp.sum(f(z, LABELS, arrays)))(logits)
-    expected_grad = jax.grad(
-        lambda z: jnp.sum(
-            jaxloss.softmax_cross_entropy(z, LABELS, axis=axis, **arrays, **dict(options))
-        )
-    )(logits)
+    value, expected, grad, expected_grad = jit_call(
+        _sharded_and_unsharded, axis, options, logits, LABELS, arrays
+    )
+    np.testing.assert_allclose(value, expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-12)
 
 
@@ -195,6 +203,24 @@ def _vp(options, with_class_weights):
     return jax.jit(jax.shard_map(local, mesh=MESH, in_specs=specs, out_specs=P()))
 
 
+REDUCTIONS = ("none", "sum", "mean")
+
+
+def _vp_every_reduction(ignore_index, label_smoothing, z, labels, *extra):
+    """_vp's result for every reduction, in one compilation."""
+    return [
+        _vp(
+            (
+                ("ignore_index", ignore_index),
+                ("label_smoothing", label_smoothing),
+                ("reduction", reduction),
+            ),
+            bool(extra),
+        )(z, labels, *extra)
+        for reduction in REDUCTIONS
+    ]
+
+
 @pytest.mark.parametrize("ignore_index", [None, -100])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("class_weights", [None, "given"])
@@ -204,13 +230,8 @@ def test_torch_convention_every_combination(class_weights, label_smoothing, igno
     weighted by w[c] and "mean" divided by Σ w[y] over the kept tokens."""
     labels = Y if ignore_index is None else Y_IGNORED
     extra = () if class_weights is None else (CW,)
-    for reduction in ("none", "sum", "mean"):
-        options = (
-            ("ignore_index", ignore_index),
-            ("label_smoothing", label_smoothing),
-            ("reduction", reduction),
-        )
-        got = _vp(options, bool(extra))(Z, labels, *extra)
+    outputs = jit_call(_vp_every_reduction, ignore_index, label_smoothing, Z, labels, *extra)
+    for reduction, got in zip(REDUCTIONS, outputs, strict=True):
         want = torch_cross_entropy(
             Z,
             labels,
@@ -238,18 +259,23 @@ W6 = _R.normal(size=(3, 5))
 B6 = _R.normal(size=5) * 0.3
 
 
+def _vp_fused_every_reduction(ignore_index, h, w, b, labels):
+    """_vp_fused's result for every reduction, in one compilation."""
+    return [
+        _vp_fused(
+            (("ignore_index", ignore_index), ("label_smoothing", 0.2), ("reduction", reduction))
+        )(h, w, b, labels)
+        for reduction in REDUCTIONS
+    ]
+
+
 @pytest.mark.parametrize("ignore_index", [None, -100])
 def test_fused_torch_convention(ignore_index):
     """PyTorch parity for vocab_parallel_fused_linear_cross_entropy (no class weights: it
     does not take them), label smoothing on, every reduction, against PyTorch's formula."""
     labels = Y if ignore_index is None else Y_IGNORED
-    for reduction in ("none", "sum", "mean"):
-        options = (
-            ("ignore_index", ignore_index),
-            ("label_smoothing", 0.2),
-            ("reduction", reduction),
-        )
-        got = _vp_fused(options)(H6, W6, B6, labels)
+    outputs = jit_call(_vp_fused_every_reduction, ignore_index, H6, W6, B6, labels)
+    for reduction, got in zip(REDUCTIONS, outputs, strict=True):
         want = torch_cross_entropy(
             H6 @ W6 + B6,
             labels,
@@ -318,6 +344,21 @@ def test_narrow_label_dtypes(dtype, v, ids):
     assert np.isfinite(big[0]) and np.isnan(big[1])
 
 
+def _minus_inf_case(label_smoothing, z, labels):
+    """Values and gradients of _vp and softmax_cross_entropy, in one compilation."""
+    options = (("label_smoothing", label_smoothing), ("reduction", "none"))
+    f = _vp(options, False)
+    cotangent = jnp.linspace(0.5, 1.5, 6)
+    grad = jax.grad(lambda z: jnp.sum(f(z, labels) * cotangent))(z)
+    want_grad = jax.grad(
+        lambda z: jnp.sum(
+            jaxloss.softmax_cross_entropy(z, labels, label_smoothing=label_smoothing) * cotangent
+        )
+    )(z)
+    want = jaxloss.softmax_cross_entropy(z, labels, label_smoothing=label_smoothing)
+    return f(z, labels), want, grad, want_grad
+
+
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
 def test_label_on_a_minus_inf_class_agrees_with_softmax_cross_entropy(label_smoothing):
     """The label on a −inf class gave inf with gradient −1;
@@ -328,19 +369,9 @@ def test_label_on_a_minus_inf_class_agrees_with_softmax_cross_entropy(label_smoo
     labels = Y.copy()
     labels[0] = 3
     labels[4] = 1
-    options = (("label_smoothing", label_smoothing), ("reduction", "none"))
-    f = _vp(options, False)
-    got = f(z, labels)
-    want = jaxloss.softmax_cross_entropy(z, labels, label_smoothing=label_smoothing)
+    got, want, grad, want_grad = jit_call(_minus_inf_case, label_smoothing, z, labels)
     np.testing.assert_allclose(got, want, rtol=1e-12)
     np.testing.assert_allclose(got[0], (1 - label_smoothing) * np.finfo(np.float64).max)
-    cotangent = jnp.linspace(0.5, 1.5, 6)
-    grad = jax.grad(lambda z: jnp.sum(f(z, labels) * cotangent))(z)
-    want_grad = jax.grad(
-        lambda z: jnp.sum(
-            jaxloss.softmax_cross_entropy(z, labels, label_smoothing=label_smoothing) * cotangent
-        )
-    )(z)
     assert np.isfinite(np.asarray(grad)).all()
     np.testing.assert_allclose(grad, want_grad, rtol=1e-12, atol=1e-14)
     if label_smoothing == 0:

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxloss
+from tests.compiled import jit_call
 from tests.contract_table import (
     _approx_ndcg_ref,
     _lambda_pairwise_ref,
@@ -63,19 +64,24 @@ def _ragged_reference(name, scores, relevance):
     return out
 
 
+def _value_grad_mean(name, scores, relevance, where):
+    """FNS[name]'s value, gradient of the sum and mean, in one compilation."""
+    grad = jax.grad(lambda s: jnp.sum(FNS[name](s, relevance, where=where)))(scores)
+    mean = FNS[name](scores, relevance, where=where, reduction="mean")
+    return FNS[name](scores, relevance, where=where), grad, mean
+
+
 @pytest.mark.parametrize("name", list(REFERENCES))
 def test_padded_items_take_no_part_and_get_zero_gradient_even_when_nan(name):
     scores = np.where(VALID, SCORES, np.nan)
     relevance = np.where(VALID, RELEVANCE, np.inf)
     where = jnp.asarray(VALID)
-    out = FNS[name](scores, relevance, where=where)
+    out, grad, mean = jit_call(_value_grad_mean, name, scores, relevance, where)
     np.testing.assert_allclose(out, _ragged_reference(name, SCORES, RELEVANCE), rtol=1e-12)
-    grad = jax.grad(lambda s: jnp.sum(FNS[name](s, relevance, where=where)))(scores)
     assert np.isfinite(np.asarray(grad)).all()
     assert np.all(np.asarray(grad)[~VALID] == 0)
     # The empty list is dropped from the mean, like a masked example.
     kept = LENGTHS > 0
-    mean = FNS[name](scores, relevance, where=where, reduction="mean")
     np.testing.assert_allclose(mean, np.asarray(out)[kept].mean(), rtol=1e-12)
 
 
@@ -317,6 +323,12 @@ def test_lists_of_length_zero_have_loss_zero_with_zero_gradient(name):
     assert grad.shape == (3, 0)
 
 
+def _lambda_value_and_grad(name, kind, scores, relevance, where):
+    """LAMBDA[name]'s value and the gradient of its sum, in one compilation."""
+    grad = jax.grad(lambda s: jnp.sum(LAMBDA[name](s, relevance, lambda_weights=kind, where=where)))
+    return LAMBDA[name](scores, relevance, lambda_weights=kind, where=where), grad(scores)
+
+
 @pytest.mark.parametrize("kind", ["ndcg", "dcg", "label_diff"])
 @pytest.mark.parametrize("name", list(PAIR_LOSSES))
 def test_lambda_weights_match_the_lambdaloss_formula_on_ragged_lists(name, kind):
@@ -324,14 +336,13 @@ def test_lambda_weights_match_the_lambdaloss_formula_on_ragged_lists(name, kind)
     reference = _lambda_pairwise_ref(PAIR_LOSSES[name], kind)
     scores = np.where(VALID, SCORES, np.nan)
     where = jnp.asarray(VALID)
-    out = LAMBDA[name](scores, RELEVANCE, lambda_weights=kind, where=where)
+    out, g = jit_call(_lambda_value_and_grad, name, kind, scores, RELEVANCE, where)
     expected = np.zeros(B)
     for b, n in enumerate(LENGTHS):
         if n:
             expected[b] = reference(SCORES[b, :n][None], RELEVANCE[b, :n][None])[0]
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)
-    grad = jax.grad(lambda s: jnp.sum(LAMBDA[name](s, RELEVANCE, lambda_weights=kind, where=where)))
-    g = np.asarray(grad(scores))
+    g = np.asarray(g)
     assert np.isfinite(g).all() and np.all(g[~VALID] == 0)
 
 
@@ -394,21 +405,33 @@ def test_ndcg_lambda_weights_are_the_dcg_weights_over_the_ideal_dcg_and_take_no_
     np.testing.assert_allclose(grad(s), expected, rtol=1e-12, atol=1e-15)
 
 
+def _metric_cases(name, scores, relevance, where):
+    """Per cutoff (None, 2) the metric per list and its mean; the gradient of the sum."""
+    fn = METRIC_FNS[name]
+    outputs = [
+        (
+            fn(scores, relevance, topn=topn, where=where),
+            fn(scores, relevance, topn=topn, where=where, reduction="mean"),
+        )
+        for topn in (None, 2)
+    ]
+    grad = jax.grad(lambda s: fn(s, relevance, where=where, reduction="sum"))(scores)
+    return outputs, grad
+
+
 @pytest.mark.parametrize("name", list(METRICS))
 def test_metrics_on_ragged_lists_with_a_cutoff(name):
     scores = np.where(VALID, SCORES, np.nan)
     where = jnp.asarray(VALID)
-    for topn in (None, 2):
-        out = METRIC_FNS[name](scores, RELEVANCE, topn=topn, where=where)
+    outputs, grad = jit_call(_metric_cases, name, scores, RELEVANCE, where)
+    for topn, (out, mean) in zip((None, 2), outputs, strict=True):
         expected = np.zeros(B)
         for b, n in enumerate(LENGTHS):
             if n:
                 expected[b] = METRICS[name](SCORES[b, :n][None], RELEVANCE[b, :n][None], topn)[0]
         np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)
-        mean = METRIC_FNS[name](scores, RELEVANCE, topn=topn, where=where, reduction="mean")
         np.testing.assert_allclose(mean, expected[LENGTHS > 0].mean(), rtol=1e-12)
-    grad = jax.grad(lambda s: METRIC_FNS[name](s, RELEVANCE, where=where, reduction="sum"))
-    assert np.all(np.asarray(grad(scores)) == 0)
+    assert np.all(np.asarray(grad) == 0)
 
 
 def test_metrics_match_rax_documented_values():
