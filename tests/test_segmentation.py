@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from scipy import special
 
 import jaxloss
+from tests.compiled import jit_call
 
 RNG = np.random.default_rng(12)
 B, H, W, NC = 2, 4, 5, 3
@@ -155,31 +156,43 @@ def test_an_empty_class_has_zero_loss_and_finite_gradient(fn, smooth):
     t[..., 0] += t[..., 2]
     t[..., 2] = 0.0  # ... and no target
 
+    out, g = jit_call(_value_and_grad_of_sum, fn, smooth, jnp.asarray(p), t)
+    out = np.asarray(out)
+    np.testing.assert_array_equal(out[:, 2], 0.0)
+    assert (out[:, :2] > 0).all()
+    assert np.isfinite(g).all()
+
+
+def _value_and_grad_of_sum(fn, smooth, p, t):
+    """fn's value and the gradient of its sum in p, in one compilation."""
+
     def loss(p):
         return fn(p, t, axis=SPATIAL, smooth=smooth)
 
-    out = np.asarray(loss(jnp.asarray(p)))
-    np.testing.assert_array_equal(out[:, 2], 0.0)
-    assert (out[:, :2] > 0).all()
-    g = jax.grad(lambda p: jnp.sum(loss(p)))(jnp.asarray(p))
-    assert np.isfinite(g).all()
+    return loss(p), jax.grad(lambda p: jnp.sum(loss(p)))(p)
 
 
 @pytest.mark.parametrize("smooth", [0.0, 1e-5])
 def test_generalized_dice_empty_classes(smooth):
     empty = np.zeros((1, H, W, NC))
-    out = jaxloss.generalized_dice_loss(empty, empty, axis=SPATIAL, smooth=smooth)
-    np.testing.assert_array_equal(out, 0.0)
-    g = jax.grad(lambda p: jnp.sum(jaxloss.generalized_dice_loss(p, empty, axis=SPATIAL)))(
-        jnp.asarray(empty)
-    )
-    assert np.isfinite(g).all()
     # A class absent from the targets still penalizes predictions in it.
     t = np.zeros((1, H, W, NC))
     t[..., 0] = 1.0
     p = t.copy()
     p[0, 0, 0] = [0.0, 0.0, 1.0]
-    assert jaxloss.generalized_dice_loss(p, t, axis=SPATIAL, smooth=smooth)[0] > 0.01
+
+    @jax.jit  # every evaluation below, in one compilation
+    def evaluate(empty, p, t):
+        out = jaxloss.generalized_dice_loss(empty, empty, axis=SPATIAL, smooth=smooth)
+        g = jax.grad(lambda p: jnp.sum(jaxloss.generalized_dice_loss(p, empty, axis=SPATIAL)))(
+            empty
+        )
+        return out, g, jaxloss.generalized_dice_loss(p, t, axis=SPATIAL, smooth=smooth)
+
+    out, g, absent = evaluate(jnp.asarray(empty), p, t)
+    np.testing.assert_array_equal(out, 0.0)
+    assert np.isfinite(g).all()
+    assert absent[0] > 0.01
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -309,20 +322,27 @@ def test_pixel_where_drops_void_pixels_from_every_sum(fn, kwargs, ref):
     np.testing.assert_allclose(out, expected, rtol=1e-12)
     # jit, and NaN in the excluded pixels: same value, zero gradient there
     poisoned = np.where(keep, PROBS, np.nan)
-    f = jax.jit(lambda p: fn(p, targets, axis=SPATIAL, pixel_where=keep, **kwargs))
-    np.testing.assert_allclose(f(poisoned), expected, rtol=1e-12)
-    g = jax.grad(lambda p: jnp.sum(f(p)))(poisoned)
+
+    @jax.jit  # the value, its gradient and the channels-first value, in one compilation
+    def evaluate(p, probs_first, targets_first):
+        f = lambda p: fn(p, targets, axis=SPATIAL, pixel_where=keep, **kwargs)  # noqa: E731
+        first = fn(
+            probs_first,
+            targets_first,
+            axis=(2, 3),
+            pixel_where=VALID[:, None],
+            **({"class_axis": 1} if fn is jaxloss.generalized_dice_loss else {}),
+            **kwargs,
+        )
+        return f(p), jax.grad(lambda p: jnp.sum(f(p)))(p), first
+
+    value, g, first = evaluate(
+        poisoned, np.moveaxis(PROBS, -1, 1), np.moveaxis(np.asarray(targets), -1, 1)
+    )
+    np.testing.assert_allclose(value, expected, rtol=1e-12)
     assert np.isfinite(g).all()
     np.testing.assert_array_equal(np.asarray(g)[~VALID], 0.0)
     # channels first: the mask broadcasts along the class axis there too
-    first = fn(
-        np.moveaxis(PROBS, -1, 1),
-        np.moveaxis(np.asarray(targets), -1, 1),
-        axis=(2, 3),
-        pixel_where=VALID[:, None],
-        **({"class_axis": 1} if fn is jaxloss.generalized_dice_loss else {}),
-        **kwargs,
-    )
     np.testing.assert_allclose(first, expected, rtol=1e-12)
 
 
@@ -361,11 +381,9 @@ def test_multiclass_generalized_dice_equals_optax():
     np.testing.assert_allclose(first, per, rtol=1e-14)
 
 
-def test_optax_multiclass_generalized_dice_tests_ported():
-    """optax's own tests of multiclass_generalized_dice_loss (losses/_segmentation_test.py),
-    with jaxloss substituted: a finite scalar unlike the plain Dice mean on imbalanced
-    classes, and ignore_background changing the value."""
-    key = jax.random.PRNGKey(0)
+@jax.jit
+def _ported_optax_cases(key):
+    """Every evaluation of the ported optax tests, in one compilation."""
     predictions = jax.random.normal(key, (4, 32, 32, 3))
     class_labels = jax.random.choice(key, 3, (4, 32, 32), p=jnp.array([0.8, 0.15, 0.05]))
     targets = jax.nn.one_hot(class_labels, 3)
@@ -374,14 +392,21 @@ def test_optax_multiclass_generalized_dice_tests_ported():
         probs, targets, axis=(1, 2), smooth=2.0, reduction="mean"
     )
     regular = jnp.mean(jaxloss.dice_loss(probs, targets, axis=(1, 2), smooth=2.0))
-    assert gdl.shape == () and np.isfinite(gdl)
-    assert not np.allclose(gdl, regular)
     predictions = jax.random.normal(key, (2, 16, 16, 4))
     targets = jax.nn.one_hot(jax.random.randint(key, (2, 16, 16), 0, 4), 4)
     per = jaxloss.multiclass_generalized_dice_loss(
         jax.nn.softmax(predictions, axis=-1), targets, axis=(1, 2), smooth=2.0
     )
-    with_bg, no_bg = jnp.mean(per), jnp.mean(per[..., 1:])
+    return gdl, regular, jnp.mean(per), jnp.mean(per[..., 1:])
+
+
+def test_optax_multiclass_generalized_dice_tests_ported():
+    """optax's own tests of multiclass_generalized_dice_loss (losses/_segmentation_test.py),
+    with jaxloss substituted: a finite scalar unlike the plain Dice mean on imbalanced
+    classes, and ignore_background changing the value."""
+    gdl, regular, with_bg, no_bg = _ported_optax_cases(jax.random.PRNGKey(0))
+    assert gdl.shape == () and np.isfinite(gdl)
+    assert not np.allclose(gdl, regular)
     assert not np.allclose(with_bg, no_bg)
     assert np.isfinite(with_bg) and np.isfinite(no_bg)
 
