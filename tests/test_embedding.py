@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import jaxloss
 from jaxloss._embedding import normalize
+from tests.compiled import jit_call
 
 RNG = np.random.default_rng(12)
 X = RNG.normal(size=(7, 5))
@@ -95,29 +96,42 @@ def test_cosine_embedding_loss_equals_torch_formula():
 
 def test_zero_vectors_give_cosine_zero_and_finite_gradients():
     zero = jnp.zeros((2, 5))
-    for fn in (jaxloss.cosine_similarity, jaxloss.cosine_distance):
-        f = lambda x, y, fn=fn: jnp.sum(fn(x, y))  # noqa: E731
-        gx, gy = jax.grad(f, argnums=(0, 1))(zero, jnp.asarray(Y[:2]))
+
+    @jax.jit  # every evaluation below, in one compilation
+    def evaluate(zero, y):
+        grads = []
+        for fn in (jaxloss.cosine_similarity, jaxloss.cosine_distance):
+            f = lambda x, y, fn=fn: jnp.sum(fn(x, y))  # noqa: E731
+            grads.append(jax.grad(f, argnums=(0, 1))(zero, y))
+        g = jax.grad(lambda x: jnp.sum(jaxloss.cosine_similarity(x, x)))(zero)
+        loss = lambda x: jnp.sum(jaxloss.cosine_embedding_loss(x, zero, jnp.array([1, -1])))  # noqa: E731
+        return grads, jaxloss.cosine_similarity(zero, zero), g, jax.grad(loss)(zero)
+
+    grads, cos_zero, g, g_loss = evaluate(zero, jnp.asarray(Y[:2]))
+    for gx, gy in grads:
         assert np.isfinite(gx).all() and np.isfinite(gy).all()
         np.testing.assert_array_equal(gy, 0.0)  # cos is 0 for every y when x = 0
-    np.testing.assert_array_equal(jaxloss.cosine_similarity(zero, zero), 0.0)
-    g = jax.grad(lambda x: jnp.sum(jaxloss.cosine_similarity(x, x)))(zero)
+    np.testing.assert_array_equal(cos_zero, 0.0)
     assert np.isfinite(g).all()
-    loss = lambda x: jnp.sum(jaxloss.cosine_embedding_loss(x, zero, jnp.array([1, -1])))  # noqa: E731
-    assert np.isfinite(jax.grad(loss)(zero)).all()
+    assert np.isfinite(g_loss).all()
 
 
 @pytest.mark.parametrize("eps,p", [(0.0, 1.0), (0.0, 2.0), (1e-6, 3.0)])
 def test_coinciding_points_give_finite_gradients(eps, p):
     a = jnp.asarray(X[:3])
+    value, grads = jit_call(_triplet_value_and_grads, eps, p, a)
+    for g in grads:
+        assert np.isfinite(g).all()
+    np.testing.assert_allclose(value, 3.0, atol=1e-5)  # margin only
+
+
+def _triplet_value_and_grads(eps, p, a):
+    """The summed swap triplet loss at (a, a, a) and its gradients, in one compilation."""
 
     def loss(a, pos, neg):
         return jnp.sum(jaxloss.triplet_margin_loss(a, pos, neg, eps=eps, p=p, swap=True))
 
-    grads = jax.grad(loss, argnums=(0, 1, 2))(a, a, a)
-    for g in grads:
-        assert np.isfinite(g).all()
-    np.testing.assert_allclose(loss(a, a, a), 3.0, atol=1e-5)  # margin only
+    return loss(a, a, a), jax.grad(loss, argnums=(0, 1, 2))(a, a, a)
 
 
 def test_huge_vectors_do_not_overflow():
@@ -130,11 +144,13 @@ def test_huge_vectors_do_not_overflow():
 
 
 def test_normalize_gives_unit_vectors_and_keeps_zero():
-    x = jnp.concatenate([jnp.asarray(X), jnp.zeros((1, 5))])
-    n = normalize(x, -1, 1e-8)
+    x = np.concatenate([X, np.zeros((1, 5))])
+    n, jac = jax.jit(
+        lambda x, v: (normalize(x, -1, 1e-8), jax.jacobian(lambda v: normalize(v, -1, 1e-8))(v))
+    )(x, np.zeros(3))
     np.testing.assert_allclose(np.linalg.norm(n[:-1], axis=-1), 1.0, rtol=1e-14)
     np.testing.assert_array_equal(n[-1], 0.0)
-    assert np.isfinite(jax.jacobian(lambda v: normalize(v, -1, 1e-8))(jnp.zeros(3))).all()
+    assert np.isfinite(jac).all()
 
 
 # --- shapes and errors -----------------------------------------------------------------
@@ -216,27 +232,41 @@ def test_eps_zero_keeps_zero_vectors_finite():
     exact = (X[:2] * Y[:2]).sum(-1) / (
         np.linalg.norm(X[:2], axis=-1) * np.linalg.norm(Y[:2], axis=-1)
     )
-    out = jaxloss.cosine_similarity(x, yy, eps=0.0)
-    np.testing.assert_allclose(out, np.concatenate([[0.0, 0.0], exact]), rtol=1e-14, atol=0)
-    np.testing.assert_array_equal(jaxloss.cosine_distance(zero, y, eps=0.0), 1.0)
-    gx, gy = jax.grad(lambda a, b: jnp.sum(jaxloss.cosine_similarity(a, b, eps=0.0)), (0, 1))(
-        zero, y
-    )
-    np.testing.assert_array_equal(gx, 0.0)
-    np.testing.assert_array_equal(gy, 0.0)
-    g = jax.grad(lambda a: jnp.sum(jaxloss.cosine_similarity(a, a, eps=0.0)))(zero)
-    np.testing.assert_array_equal(g, 0.0)
-
     labels = jnp.array([1, -1])
-    loss = lambda a: jaxloss.cosine_embedding_loss(a, y, labels, margin=-0.5, eps=0.0)  # noqa: E731
-    np.testing.assert_array_equal(loss(zero), [1.0, 0.5])  # cos = 0: 1 − 0 and max(0, 0 + 0.5)
-    np.testing.assert_array_equal(jax.grad(lambda a: jnp.sum(loss(a)))(zero), 0.0)
-    # float32, as a user computes it
-    z32 = jnp.zeros((1, 3), jnp.float32)
+    z32 = jnp.zeros((1, 3), jnp.float32)  # float32, as a user computes it
     y32 = jnp.ones((1, 3), jnp.float32)
-    assert jaxloss.cosine_similarity(z32, y32, eps=0.0).dtype == jnp.float32
-    np.testing.assert_array_equal(jaxloss.cosine_similarity(z32, y32, eps=0.0), 0.0)
-    g32 = jax.grad(lambda a: jnp.sum(jaxloss.cosine_similarity(a, y32, eps=0.0)))(z32)
+
+    @jax.jit  # every evaluation below, in one compilation
+    def evaluate(x, yy, zero, y, labels, z32, y32):
+        gx, gy = jax.grad(lambda a, b: jnp.sum(jaxloss.cosine_similarity(a, b, eps=0.0)), (0, 1))(
+            zero, y
+        )
+        g = jax.grad(lambda a: jnp.sum(jaxloss.cosine_similarity(a, a, eps=0.0)))(zero)
+        loss = lambda a: jaxloss.cosine_embedding_loss(a, y, labels, margin=-0.5, eps=0.0)  # noqa: E731
+        g32 = jax.grad(lambda a: jnp.sum(jaxloss.cosine_similarity(a, y32, eps=0.0)))(z32)
+        return {
+            "out": jaxloss.cosine_similarity(x, yy, eps=0.0),
+            "distance": jaxloss.cosine_distance(zero, y, eps=0.0),
+            "gx": gx,
+            "gy": gy,
+            "g": g,
+            "loss": loss(zero),
+            "loss_grad": jax.grad(lambda a: jnp.sum(loss(a)))(zero),
+            "cos32": jaxloss.cosine_similarity(z32, y32, eps=0.0),
+            "g32": g32,
+        }
+
+    r = evaluate(x, yy, zero, y, labels, z32, y32)
+    np.testing.assert_allclose(r["out"], np.concatenate([[0.0, 0.0], exact]), rtol=1e-14, atol=0)
+    np.testing.assert_array_equal(r["distance"], 1.0)
+    np.testing.assert_array_equal(r["gx"], 0.0)
+    np.testing.assert_array_equal(r["gy"], 0.0)
+    np.testing.assert_array_equal(r["g"], 0.0)
+    np.testing.assert_array_equal(r["loss"], [1.0, 0.5])  # cos = 0: 1 − 0 and max(0, 0 + 0.5)
+    np.testing.assert_array_equal(r["loss_grad"], 0.0)
+    assert r["cos32"].dtype == jnp.float32
+    np.testing.assert_array_equal(r["cos32"], 0.0)
+    g32 = r["g32"]
     np.testing.assert_array_equal(g32, 0.0)
 
 
