@@ -275,14 +275,20 @@ ML_LABELS = np.array(
 
 
 def test_multilabel_margin_loss_equals_torch_formula():
-    out = jaxloss.multilabel_margin_loss(MC_SCORES, ML_LABELS)
+    x = jnp.array([[0.1, 0.2, 0.4, 0.8]])
+
+    @jax.jit  # every evaluation below, in one compilation
+    def evaluate(scores, labels, x, x_labels):
+        return (
+            jaxloss.multilabel_margin_loss(scores, labels),
+            jaxloss.multilabel_margin_loss(x, x_labels),
+            jaxloss.multilabel_margin_loss(scores.T, labels.T, axis=0),
+        )
+
+    out, example, moved = evaluate(MC_SCORES, ML_LABELS, x, jnp.array([[3, 0, -1, 1]]))
     np.testing.assert_allclose(out, torch_multilabel_margin(MC_SCORES, ML_LABELS), rtol=1e-14)
     # torch's documented example
-    x = jnp.array([[0.1, 0.2, 0.4, 0.8]])
-    np.testing.assert_allclose(
-        jaxloss.multilabel_margin_loss(x, jnp.array([[3, 0, -1, 1]])), [0.85]
-    )
-    moved = jaxloss.multilabel_margin_loss(MC_SCORES.T, ML_LABELS.T, axis=0)
+    np.testing.assert_allclose(example, [0.85])
     np.testing.assert_array_equal(moved, out)
 
 
@@ -306,8 +312,10 @@ def test_multilabel_margin_loss_labels():
 
 def test_multilabel_margin_gradient_at_the_kink_is_zero():
     s = jnp.array([[1.0, 0.0, 0.5]])  # target 0 vs 1: margin exactly met (kink)
-    g = jax.grad(
-        lambda v: jaxloss.multilabel_margin_loss(v, jnp.array([[0, -1, -1]]), reduction="sum")
+    g = jax.jit(
+        jax.grad(
+            lambda v: jaxloss.multilabel_margin_loss(v, jnp.array([[0, -1, -1]]), reduction="sum")
+        )
     )(s)
     # only the pair (0, 2) is active: d/ds_0 = −1/3, d/ds_2 = +1/3
     np.testing.assert_allclose(g, [[-1 / 3, 0.0, 1 / 3]], rtol=1e-15)
