@@ -112,17 +112,26 @@ def test_where_equals_removing_the_examples(loss):
 
 
 def test_clip_temperature_equals_logit_scale():
-    a = jaxloss.clip_loss(X, Y, temperature=0.25)
-    b = jaxloss.clip_loss(X, Y, logit_scale=jnp.log(4.0))
+    a, b = jax.jit(  # both in one compilation
+        lambda x, y: (
+            jaxloss.clip_loss(x, y, temperature=0.25),
+            jaxloss.clip_loss(x, y, logit_scale=jnp.log(4.0)),
+        )
+    )(X, Y)
     np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def _scaled_plain_unit(loss, x_scaled, x, y, x_unit, y_unit):
+    return loss(x_scaled, y), loss(x, y), loss(x_unit, y_unit, normalize=False)
 
 
 @pytest.mark.parametrize("loss", [_clip, _siglip], ids=["clip", "siglip"])
 def test_normalize_makes_the_loss_scale_invariant(loss):
     scales = RNG.uniform(0.1, 10.0, size=(B, 1))
-    np.testing.assert_allclose(loss(X * scales, Y), loss(X, Y), rtol=1e-12)
     unit = X / np.linalg.norm(X, axis=-1, keepdims=True), Y / np.linalg.norm(Y, axis=-1)[:, None]
-    np.testing.assert_allclose(loss(*unit, normalize=False), loss(X, Y), rtol=1e-12)
+    scaled, plain, unnormalized = jit_call(_scaled_plain_unit, loss, X * scales, X, Y, *unit)
+    np.testing.assert_allclose(scaled, plain, rtol=1e-12)
+    np.testing.assert_allclose(unnormalized, plain, rtol=1e-12)
 
 
 def test_siglip_mean_is_the_papers_double_sum():
@@ -378,18 +387,25 @@ CIRCLE_LABELS = np.array([0, 1, 0, 2, 1, 1, 3])  # 2 and 3: no positive
 def test_circle_loss_equals_keras_per_anchor_and_mean():
     e = X / np.linalg.norm(X, axis=-1, keepdims=True)
     per, mean = keras_circle(CIRCLE_LABELS, e)
-    out = jaxloss.circle_loss(e, CIRCLE_LABELS)
+
+    @jax.jit  # every evaluation below, in one compilation
+    def evaluate(e, x, labels):
+        return (
+            jaxloss.circle_loss(e, labels),
+            jaxloss.circle_loss(e, labels, reduction="mean"),
+            jaxloss.circle_loss(3.0 * x, labels),
+            jaxloss.circle_loss(
+                0.5 * x, labels, gamma=5.0, margin=0.25, remove_diagonal=False, normalize=False
+            ),
+        )
+
+    out, out_mean, out_3x, out_d = evaluate(e, X, CIRCLE_LABELS)
     np.testing.assert_allclose(out, per, rtol=1e-12)
     assert out[3] == 0 and out[6] == 0  # no positive: no loss
-    np.testing.assert_allclose(
-        jaxloss.circle_loss(e, CIRCLE_LABELS, reduction="mean"), mean, rtol=1e-6
-    )
+    np.testing.assert_allclose(out_mean, mean, rtol=1e-6)
     # normalize=True normalizes; Keras expects it done
-    np.testing.assert_allclose(jaxloss.circle_loss(3.0 * X, CIRCLE_LABELS), per, rtol=1e-12)
+    np.testing.assert_allclose(out_3x, per, rtol=1e-12)
     per_d, _ = keras_circle(CIRCLE_LABELS, 0.5 * X, 5.0, 0.25, remove_diagonal=False)
-    out_d = jaxloss.circle_loss(
-        0.5 * X, CIRCLE_LABELS, gamma=5.0, margin=0.25, remove_diagonal=False, normalize=False
-    )
     np.testing.assert_allclose(out_d, per_d, rtol=1e-12)
 
 
