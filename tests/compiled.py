@@ -18,11 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
+import numpy as np
+
 
 def _is_static(x: Any) -> bool:
-    """Python-valued arguments (options, Python-number hyperparameters, functions) are
+    """Python-valued arguments (options, Python-number hyperparameters, dtypes, functions) are
     closed over, as an eager call sees them; arrays and pytrees of arrays are traced."""
-    if x is None or isinstance(x, (bool, int, float, complex, str)):
+    if x is None or isinstance(x, (bool, int, float, complex, str, np.dtype)):
         return True
     if isinstance(x, tuple) and all(_is_static(v) for v in x):
         return True
@@ -40,19 +42,24 @@ def _key(x: Any) -> Hashable:
 
 
 _CACHE: dict[Hashable, Callable] = {}
+_TRACES: dict[Hashable, int] = {}
 
 
-def _jitted(fn: Callable, positions: tuple, static: tuple) -> Callable:
+def _split(fn: Callable, args: tuple, kwargs: dict) -> tuple:
+    """``(key, fixed positional args, fixed kwargs, traced args, traced kwargs)``."""
+    positions = tuple((i, a) for i, a in enumerate(args) if _is_static(a))
+    static = tuple((k, v) for k, v in sorted(kwargs.items()) if _is_static(v))
     key = (fn, tuple((i, _key(a)) for i, a in positions), tuple((k, _key(v)) for k, v in static))
-    if key not in _CACHE:
-        _CACHE[key] = _compile(fn, dict(positions), dict(static))
-    return _CACHE[key]
+    traced_args = tuple(a for a in args if not _is_static(a))
+    traced_kwargs = {k: v for k, v in kwargs.items() if not _is_static(v)}
+    return key, dict(positions), dict(static), traced_args, traced_kwargs
 
 
-def _compile(fn: Callable, fixed_args: dict, fixed_kwargs: dict) -> Callable:
+def _compile(fn: Callable, key: Hashable, fixed_args: dict, fixed_kwargs: dict) -> Callable:
     import jax
 
     def call(traced_args, traced_kwargs):
+        _TRACES[key] = _TRACES.get(key, 0) + 1
         it = iter(traced_args)
         n = len(fixed_args) + len(traced_args)
         args = [fixed_args[i] if i in fixed_args else next(it) for i in range(n)]
@@ -64,8 +71,13 @@ def _compile(fn: Callable, fixed_args: dict, fixed_kwargs: dict) -> Callable:
 def jit_call(fn: Callable, *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` under a ``jax.jit`` shared by every call of ``fn`` with the
     same Python-valued arguments (see ``_is_static``); the other arguments are traced."""
-    positions = tuple((i, a) for i, a in enumerate(args) if _is_static(a))
-    traced_args = tuple(a for a in args if not _is_static(a))
-    static = tuple((k, v) for k, v in sorted(kwargs.items()) if _is_static(v))
-    traced_kwargs = {k: v for k, v in kwargs.items() if not _is_static(v)}
-    return _jitted(fn, positions, static)(traced_args, traced_kwargs)
+    key, fixed_args, fixed_kwargs, traced_args, traced_kwargs = _split(fn, args, kwargs)
+    if key not in _CACHE:
+        _CACHE[key] = _compile(fn, key, fixed_args, fixed_kwargs)
+    return _CACHE[key](traced_args, traced_kwargs)
+
+
+def traces(fn: Callable, *args: Any, **kwargs: Any) -> int:
+    """How many times ``jit_call(fn, *args, **kwargs)``'s shared function has been traced
+    (a call that needs no new trace leaves it unchanged)."""
+    return _TRACES.get(_split(fn, args, kwargs)[0], 0)

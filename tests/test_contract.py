@@ -9,6 +9,7 @@ import pytest
 
 import jaxloss
 from tests import contract as K
+from tests.compiled import jit_call, traces
 from tests.contract_table import CASES, NOT_IN_TABLE
 from tests.gradcheck import check_grads
 
@@ -36,6 +37,13 @@ def _masked_ref(case, inputs, keep):
     return ref, kept
 
 
+def _compiled(case, inputs, **extra):
+    """The case's function on ``inputs`` under the jit that every check with the same
+    options shares (``tests/compiled.py``); ``test_jit_equals_eager`` ties it to eager."""
+    args, kwargs = inputs
+    return jit_call(case.fn, *args, **kwargs, **extra)
+
+
 def test_every_public_name_is_in_the_table():
     covered = {c.name for c in CASES} | set(NOT_IN_TABLE)
     missing = sorted(set(jaxloss.__all__) - covered)
@@ -48,7 +56,7 @@ def test_every_public_name_is_in_the_table():
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_value_matches_float64_reference(case, dtype):
     inputs = _inputs(case)
-    out = K.call(case, K.cast(inputs, dtype))
+    out = _compiled(case, K.cast(inputs, dtype))
     assert out.dtype == dtype
     rtol, atol = (case.rtol, case.atol) if dtype == jnp.float32 else (1e-10, 1e-10)
     np.testing.assert_allclose(np.asarray(out, np.float64), _ref(case, inputs), rtol, atol)
@@ -57,19 +65,20 @@ def test_value_matches_float64_reference(case, dtype):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_jit_equals_eager(case):
     inputs = K.cast(_inputs(case), jnp.float32)
-    args, kwargs = K.split_static(inputs)
-    jitted = jax.jit(lambda a, kw: case.fn(*a, **kw, **kwargs.static))
-    out = jitted(args, kwargs.traced)
+    out = _compiled(case, inputs)
     np.testing.assert_allclose(out, K.call(case, inputs), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_vmap_equals_per_example_loop(case):
     inputs = K.cast(_inputs(case), jnp.float64)
-    arg_axes, kw_axes = K.batch_axes(inputs, case.unbatched)
-    batched = jax.vmap(lambda a, kw: case.fn(*a, **kw), in_axes=(arg_axes, kw_axes))(*inputs)
+    args, kwargs = K.split_static(inputs)
+    arg_axes, kw_axes = K.batch_axes((args, kwargs.traced), case.unbatched)
+    batched = jax.jit(
+        jax.vmap(lambda a, kw: case.fn(*a, **kw, **kwargs.static), in_axes=(arg_axes, kw_axes))
+    )(args, kwargs.traced)
     n = len(jax.tree.leaves(inputs[0])[0])
-    looped = jnp.stack([K.call(case, K.example(inputs, i, case.unbatched)) for i in range(n)])
+    looped = jnp.stack([_compiled(case, K.example(inputs, i, case.unbatched)) for i in range(n)])
     np.testing.assert_allclose(batched, looped, rtol=1e-12, atol=1e-12)
 
 
@@ -179,15 +188,12 @@ def test_extreme_inputs_stay_finite(case):
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_no_retrace_on_second_call(case):
-    args, kwargs = K.split_static(K.cast(_inputs(case), jnp.float32))
-    traces = []
-
-    @jax.jit
-    def f(a, kw):
-        traces.append(1)
-        return case.fn(*a, **kw, **kwargs.static)
-
-    f(args, kwargs.traced)
+    inputs = K.cast(_inputs(case), jnp.float32)
+    _compiled(case, inputs)  # traced here unless another check traced it already
+    before = traces(case.fn, *inputs[0], **inputs[1])
+    assert before >= 1
+    args, kwargs = K.split_static(inputs)
     args2, kwargs2 = K.split_static(K.cast(_inputs(case, seed=3), jnp.float32))
-    f(args2, kwargs2.traced)
-    assert len(traces) == 1
+    other_values = (args2, {**kwargs2.traced, **kwargs.static})
+    _compiled(case, other_values)
+    assert traces(case.fn, *other_values[0], **other_values[1]) == before
