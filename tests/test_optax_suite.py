@@ -13,6 +13,7 @@ drops out).
 from __future__ import annotations
 
 import importlib.util
+import math
 import types
 import unittest
 
@@ -22,6 +23,7 @@ import numpy as np
 import optax
 
 import jaxloss
+from tests.compiled import jit_call
 
 
 def _lengths(paddings):
@@ -204,6 +206,101 @@ def _multiclass_generalized_dice_loss(
     return jnp.mean(loss[..., 1:] if ignore_background else loss)
 
 
+# optax's tests draw their inputs with jax.random at many shapes; eagerly each shape
+# compiles its own threefry generator (seconds each on the CPU backend), more than the
+# losses under test. With partitionable threefry (JAX's default) element i of a draw
+# depends only on the key and on i, so a draw of shape ``s`` is the first prod(s) elements
+# of a longer flat draw, reshaped: the flat draws below are compiled once per length
+# bucket and shared, and the tests get bit-identical inputs
+# (``test_shared_draws_equal_jax_random`` checks it). Anything else goes to jax.random.
+_BUCKETS = (1 << 12, 1 << 18)
+
+
+def _shared_draw(flat, key, shape, params, dtype):
+    """``flat(key, shape, *params, dtype=dtype)`` as the first elements of a shared flat
+    draw, or None where the draw is not shared."""
+    shape = tuple(shape)
+    n = math.prod(shape)
+    if not jax.config.jax_threefry_partitionable or not 0 < n <= _BUCKETS[-1]:
+        return None
+    if any(np.ndim(p) for p in params):
+        return None
+    bucket = next(b for b in _BUCKETS if b >= n)
+    params = tuple(jnp.asarray(p) for p in params)
+    out = jit_call(flat, key, (bucket,), *params, dtype=np.dtype(dtype).name)
+    return jnp.asarray(np.asarray(out)[:n].reshape(shape))
+
+
+def _flat_normal(key, shape, *, dtype):
+    return jax.random.normal(key, shape, dtype)
+
+
+def _flat_uniform(key, shape, minval, maxval, *, dtype):
+    return jax.random.uniform(key, shape, dtype, minval, maxval)
+
+
+def _flat_bernoulli(key, shape, p, *, dtype):
+    del dtype  # p's
+    return jax.random.bernoulli(key, p, shape)
+
+
+def _flat_randint(key, shape, minval, maxval, *, dtype):
+    return jax.random.randint(key, shape, minval, maxval, dtype)
+
+
+class _Random(types.ModuleType):
+    """``jax.random`` for optax's test modules, its draws shared (see ``_BUCKETS``)."""
+
+    def __getattr__(self, name):
+        return getattr(jax.random, name)
+
+    @staticmethod
+    def normal(key, shape=(), dtype=float):
+        out = _shared_draw(_flat_normal, key, shape, (), dtype)
+        return jax.random.normal(key, shape, dtype) if out is None else out
+
+    @staticmethod
+    def uniform(key, shape=(), dtype=float, minval=0.0, maxval=1.0):
+        out = _shared_draw(_flat_uniform, key, shape, (minval, maxval), dtype)
+        return jax.random.uniform(key, shape, dtype, minval, maxval) if out is None else out
+
+    @staticmethod
+    def bernoulli(key, p=0.5, shape=None):
+        out = None
+        if shape is not None and isinstance(p, float):
+            out = _shared_draw(_flat_bernoulli, key, shape, (p,), float)
+        return jax.random.bernoulli(key, p, shape) if out is None else out
+
+    @staticmethod
+    def randint(key, shape, minval, maxval, dtype=int):
+        out = _shared_draw(_flat_randint, key, shape, (minval, maxval), dtype)
+        return jax.random.randint(key, shape, minval, maxval, dtype) if out is None else out
+
+
+class _Jax(types.ModuleType):
+    """``jax`` for optax's test modules: jax itself, with ``_Random`` as ``jax.random``."""
+
+    random = _Random("jax.random")
+
+    def __getattr__(self, name):
+        return getattr(jax, name)
+
+
+def test_shared_draws_equal_jax_random():
+    """The shared draws give optax's tests the inputs jax.random gives them, bit for bit."""
+    key = jax.random.split(jax.random.PRNGKey(3))[1]
+    shape = (2, 3, 5)
+    pairs = [
+        (_Random.normal(key, shape), jax.random.normal(key, shape)),
+        (_Random.uniform(key, shape), jax.random.uniform(key, shape)),
+        (_Random.bernoulli(key, 0.3, shape), jax.random.bernoulli(key, 0.3, shape)),
+        (_Random.randint(key, shape, 0, 7), jax.random.randint(key, shape, 0, 7)),
+    ]
+    for shared, direct in pairs:
+        assert shared.dtype == direct.dtype and shared.shape == direct.shape
+        np.testing.assert_array_equal(shared, direct)
+
+
 ADAPTERS = {
     "_regression": types.SimpleNamespace(
         squared_error=lambda p, t=None: jaxloss.squared_error(p, _or_zeros(p, t)),
@@ -327,6 +424,8 @@ def _load(name: str) -> types.ModuleType:
     for handle, adapter in ADAPTERS.items():
         if hasattr(module, handle):
             setattr(module, handle, adapter)
+    if getattr(module, "jax", None) is jax:
+        module.jax = _Jax("jax")
     return module
 
 
