@@ -14,6 +14,7 @@ import pytest
 from scipy import special
 
 import jaxloss
+from tests.compiled import jit_call
 
 LOWP = [jnp.float32, jnp.bfloat16]
 LOWP_IDS = ["f32", "bf16"]
@@ -171,8 +172,14 @@ def test_optax_1762_finite_jvp_at_neg_inf_logits(name, dtype):
     f = SOFTMAX_LOSSES[name]
     x = jnp.asarray(LOGITS_NEG_INF, dtype)
     tangent = jnp.asarray(np.linspace(-1.0, 1.5, x.size).reshape(x.shape), dtype)
-    value, out_tangent = jax.jit(lambda a, t: jax.jvp(f, (a,), (t,)))(x, tangent)
-    _, rev, _, jac = _derivatives(f, x)
+
+    @jax.jit  # one program for every derivative the test checks
+    def all_of(a, t):
+        value, out_tangent = jax.jvp(f, (a,), (t,))
+        rev = jax.grad(lambda b: jnp.sum(f(b)))(a)
+        return value, out_tangent, jax.jacfwd(f)(a), rev
+
+    value, out_tangent, jac, rev = all_of(x, tangent)
     assert _finite(value, out_tangent, jac, rev)
 
 
@@ -184,11 +191,16 @@ def test_optax_1762_neg_inf_logits_equal_clipped_logits_float64(name):
     x = jnp.asarray(LOGITS_NEG_INF)
     clipped = jnp.maximum(x, -1e4)
     tangent = jnp.asarray(np.linspace(-1.0, 1.5, x.size).reshape(x.shape))
-    v_inf, t_inf = jax.jvp(f, (x,), (tangent,))
-    v_clip, t_clip = jax.jvp(f, (clipped,), (tangent,))
+
+    @jax.jit  # compiled once, called at both logits
+    def jvp_and_jacfwd(a, t):
+        return (*jax.jvp(f, (a,), (t,)), jax.jacfwd(f)(a))
+
+    v_inf, t_inf, jac_inf = jvp_and_jacfwd(x, tangent)
+    v_clip, t_clip, jac_clip = jvp_and_jacfwd(clipped, tangent)
     np.testing.assert_allclose(v_inf, v_clip, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(t_inf, t_clip, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(jax.jacfwd(f)(x), jax.jacfwd(f)(clipped), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(jac_inf, jac_clip, rtol=1e-10, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------
@@ -226,7 +238,7 @@ def test_optax_1335_integer_and_one_hot_agree_under_where(name, dtype):
         np.testing.assert_array_equal(np.asarray(r_id[2:4], np.float64), 0.0)
     # And the float64 reference: softmax(z) − e_y on kept rows, for the sum.
     if name == "softmax_cross_entropy":
-        r = jax.grad(lambda z: fn(z, jnp.asarray(labels), where=keep, reduction="sum"))(x)
+        r = jax.jit(jax.grad(lambda z: fn(z, jnp.asarray(labels), where=keep, reduction="sum")))(x)
         p = special.softmax(np.asarray(x, np.float64), axis=-1)
         expected = np.where(np.asarray(keep)[:, None], p - np.eye(4)[labels], 0.0)
         np.testing.assert_allclose(np.asarray(r, np.float64), expected, **_gtol(dtype))
@@ -260,13 +272,12 @@ def test_optax_1020_bf16_logits_do_not_quantize_the_loss():
         ),
     }
     for name, (f, expected) in cases.items():
-        out = f(x)
+        out, rev, tangent, jac = _derivatives(f, x)  # out = f(x), compiled with the rest
         assert out.dtype == jnp.float32, name
         np.testing.assert_allclose(out, expected, rtol=2e-6, atol=2e-6, err_msg=name)
-        mean = jnp.mean(out)
+        mean = jit_call(jnp.mean, out)
         # bf16 would round the mean to 8 bits (relative 4e-3); float32 keeps 1e-6.
         np.testing.assert_allclose(mean, expected.mean(), rtol=2e-6, err_msg=name)
-        value, rev, tangent, jac = _derivatives(f, x)
         assert _finite(rev, tangent, jac), name
 
 
@@ -298,16 +309,19 @@ def test_optax_1267_1346_sigmoid_focal_extreme_logits(gamma, dtype):
         z = np.where(np.abs(z) > 1e38, np.sign(z) * 3e38, z)  # bf16 max is 3.39e38
     zj, yj = jnp.asarray(z, dtype), jnp.asarray(y, dtype)
     z64, y64 = np.asarray(zj, np.float64), np.asarray(yj, np.float64)
-    out = jaxloss.sigmoid_focal_loss(zj, yj, gamma=gamma, alpha=0.25)
-    expected = _sigmoid_focal_reference(z64, y64, gamma, 0.25)
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-30)
 
     def f(a, b):
         return jaxloss.sigmoid_focal_loss(a, b, gamma=gamma, alpha=0.25)
 
-    grads = jax.grad(lambda a, b: jnp.sum(f(a, b)), (0, 1))(zj, yj)
-    tangents = jax.jvp(f, (zj, yj), (jnp.ones_like(zj), jnp.ones_like(yj)))[1]
-    jac = jax.jacfwd(f, (0, 1))(zj, yj)
+    @jax.jit  # one program for the value and every derivative the test checks
+    def all_of(a, b):
+        grads = jax.grad(lambda a, b: jnp.sum(f(a, b)), (0, 1))(a, b)
+        tangents = jax.jvp(f, (a, b), (jnp.ones_like(a), jnp.ones_like(b)))[1]
+        return f(a, b), grads, tangents, jax.jacfwd(f, (0, 1))(a, b)
+
+    out, grads, tangents, jac = all_of(zj, yj)
+    expected = _sigmoid_focal_reference(z64, y64, gamma, 0.25)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-30)
     assert _finite(*grads, tangents, *jac)
 
 

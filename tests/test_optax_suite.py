@@ -13,6 +13,7 @@ drops out).
 from __future__ import annotations
 
 import importlib.util
+import math
 import types
 import unittest
 
@@ -22,6 +23,7 @@ import numpy as np
 import optax
 
 import jaxloss
+from tests.compiled import jit_call
 
 
 def _lengths(paddings):
@@ -204,6 +206,120 @@ def _multiclass_generalized_dice_loss(
     return jnp.mean(loss[..., 1:] if ignore_background else loss)
 
 
+# optax's tests draw their inputs with jax.random at many shapes; eagerly each shape
+# compiles its own threefry generator (seconds each on the CPU backend), more than the
+# losses under test. With partitionable threefry (JAX's default) element i of a draw
+# depends only on the key and on i, so a draw of shape ``s`` is the first prod(s) elements
+# of a longer flat draw, reshaped: the flat draws below are compiled once per length
+# bucket and shared, and the tests get bit-identical inputs
+# (``test_shared_draws_equal_jax_random`` checks it). Anything else goes to jax.random.
+_BUCKETS = (1 << 12, 1 << 18)
+
+
+def _shared_draw(flat, key, shape, params, dtype):
+    """``flat(key, shape, *params, dtype=dtype)`` as the first elements of a shared flat
+    draw, or None where the draw is not shared."""
+    shape = tuple(shape)
+    n = math.prod(shape)
+    if not jax.config.jax_threefry_partitionable or not 0 < n <= _BUCKETS[-1]:
+        return None
+    if any(np.ndim(p) for p in params):
+        return None
+    bucket = next(b for b in _BUCKETS if b >= n)
+    params = tuple(jnp.asarray(p) for p in params)
+    out = jit_call(flat, key, (bucket,), *params, dtype=np.dtype(dtype).name)
+    return jnp.asarray(np.asarray(out)[:n].reshape(shape))
+
+
+def _flat_normal(key, shape, *, dtype):
+    return jax.random.normal(key, shape, dtype)
+
+
+def _flat_uniform(key, shape, minval, maxval, *, dtype):
+    return jax.random.uniform(key, shape, dtype, minval, maxval)
+
+
+def _flat_bernoulli(key, shape, p, *, dtype):
+    del dtype  # p's
+    return jax.random.bernoulli(key, p, shape)
+
+
+def _flat_randint(key, shape, minval, maxval, *, dtype):
+    return jax.random.randint(key, shape, minval, maxval, dtype)
+
+
+class _Random(types.ModuleType):
+    """``jax.random`` for optax's test modules, its draws shared (see ``_BUCKETS``)."""
+
+    def __getattr__(self, name):
+        return getattr(jax.random, name)
+
+    @staticmethod
+    def normal(key, shape=(), dtype=float):
+        out = _shared_draw(_flat_normal, key, shape, (), dtype)
+        return jax.random.normal(key, shape, dtype) if out is None else out
+
+    @staticmethod
+    def uniform(key, shape=(), dtype=float, minval=0.0, maxval=1.0):
+        out = _shared_draw(_flat_uniform, key, shape, (minval, maxval), dtype)
+        return jax.random.uniform(key, shape, dtype, minval, maxval) if out is None else out
+
+    @staticmethod
+    def bernoulli(key, p=0.5, shape=None):
+        out = None
+        if shape is not None and isinstance(p, float):
+            out = _shared_draw(_flat_bernoulli, key, shape, (p,), float)
+        return jax.random.bernoulli(key, p, shape) if out is None else out
+
+    @staticmethod
+    def randint(key, shape, minval, maxval, dtype=int):
+        out = _shared_draw(_flat_randint, key, shape, (minval, maxval), dtype)
+        return jax.random.randint(key, shape, minval, maxval, dtype) if out is None else out
+
+
+class _Jax(types.ModuleType):
+    """``jax`` for optax's test modules: jax itself, with ``_Random`` as ``jax.random``."""
+
+    random = _Random("jax.random")
+
+    def __getattr__(self, name):
+        return getattr(jax, name)
+
+
+def test_shared_draws_equal_jax_random():
+    """The shared draws give optax's tests the inputs jax.random gives them, bit for bit."""
+    key = jax.random.split(jax.random.PRNGKey(3))[1]
+    shape = (2, 3, 5)
+    pairs = [
+        (_Random.normal(key, shape), jax.random.normal(key, shape)),
+        (_Random.uniform(key, shape), jax.random.uniform(key, shape)),
+        (_Random.bernoulli(key, 0.3, shape), jax.random.bernoulli(key, 0.3, shape)),
+        (_Random.randint(key, shape, 0, 7), jax.random.randint(key, shape, 0, 7)),
+    ]
+    for shared, direct in pairs:
+        assert shared.dtype == direct.dtype and shared.shape == direct.shape
+        np.testing.assert_array_equal(shared, direct)
+
+
+# The tests that check eager execution itself (an eager call against a jitted one): the
+# adapters run eagerly for them. Every other test calls the adapters through one jit per
+# adapter (and per Python-valued option) shared across tests: an eager call compiles every
+# primitive it meets at a new shape on its own, a shared jit compiles once per shape. optax's
+# tests check errors only on shapes (raised while tracing, as eagerly).
+EAGER = {("_segmentation_test", "DiceLossTest", "test_jit_compilation")}
+_eager = False
+
+
+def _compiled(fn):
+    """``fn``, called through a shared jit (``tests/compiled.py``) unless the running test
+    is in ``EAGER``."""
+
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs) if _eager else jit_call(fn, *args, **kwargs)
+
+    return call
+
+
 ADAPTERS = {
     "_regression": types.SimpleNamespace(
         squared_error=lambda p, t=None: jaxloss.squared_error(p, _or_zeros(p, t)),
@@ -254,7 +370,7 @@ ADAPTERS = {
         convex_kl_divergence=_over_elements(jaxloss.generalized_kl_divergence),
     ),
     "_fenchel_young": types.SimpleNamespace(
-        make_fenchel_young_loss=lambda max_fun: jaxloss.make_fenchel_young_loss(max_fun),
+        make_fenchel_young_loss=lambda max_fun: _compiled(jaxloss.make_fenchel_young_loss(max_fun)),
     ),
     "_smoothing": types.SimpleNamespace(
         smooth_labels=lambda labels, alpha: jaxloss.smooth_labels(labels, alpha),
@@ -265,6 +381,11 @@ ADAPTERS = {
         binary_dice_loss=_binary_dice_loss,
     ),
 }
+
+for _handle, _namespace in ADAPTERS.items():
+    for _name, _fn in vars(_namespace).items():
+        if _handle != "_fenchel_young":  # a factory: the losses it returns are compiled
+            setattr(_namespace, _name, _compiled(_fn))
 
 # (optax test module, test class): the test methods collected here, or None for all of
 # them. EXCLUDED names the methods left out, each with the reason (a documented
@@ -327,6 +448,8 @@ def _load(name: str) -> types.ModuleType:
     for handle, adapter in ADAPTERS.items():
         if hasattr(module, handle):
             setattr(module, handle, adapter)
+    if getattr(module, "jax", None) is jax:
+        module.jax = _Jax("jax")
     return module
 
 
@@ -342,6 +465,8 @@ def _collected(module: str, cls: type, methods: tuple[str, ...] | None) -> type:
         # optax's tests draw from numpy's global generator, most without a seed: seeded
         # here, their inputs do not depend on which tests ran before in the process.
         np.random.seed(0)  # noqa: NPY002 (the generator optax's tests read)
+        global _eager
+        _eager = (module, cls.__name__, self._testMethodName) in EAGER
         cls.setUp(self)
 
     return type(f"OptaxOnJaxloss{cls.__name__}", (cls,), {**hidden, "setUp": setUp})
@@ -355,11 +480,11 @@ for (_module, _cls), _methods in SELECTED.items():
 
 
 def test_selection_is_current():
-    """Every selected or excluded optax test still exists (an upstream rename fails here
+    """Every selected, excluded or eager optax test still exists (an upstream rename fails here
     instead of dropping a test silently)."""
     for (module, cls), methods in SELECTED.items():
         for method in methods or ():
             assert callable(getattr(getattr(_MODULES[module], cls), method)), (module, cls, method)
-    for module, cls, method in EXCLUDED:
+    for module, cls, method in {*EXCLUDED, *EAGER}:
         names = unittest.TestLoader().getTestCaseNames(getattr(_MODULES[module], cls))
         assert method in names, (module, cls, method)
