@@ -46,12 +46,18 @@ def test_kl_hessian_at_p_equal_q():
 def test_kl_hessian_is_fisher_matrix():
     """Item 1: the Hessian of KL(softmax(θ)‖p₀) (and of KL(p₀‖softmax(θ))) at θ₀ is the
     Fisher information of the softmax, diag(p₀) − p₀p₀ᵀ (it came out all zeros)."""
-    theta0 = jnp.log(jnp.asarray(P)) + 0.7
     fisher = np.diag(P) - np.outer(P, P)
-    p0 = jnp.asarray(P)
-    forward = jax.hessian(lambda t: jaxloss.kl_divergence(jax.nn.softmax(t), p0))(theta0)
-    reverse = jax.hessian(lambda t: jaxloss.kl_divergence(p0, jax.nn.softmax(t)))(theta0)
-    logits = jax.hessian(lambda t: jaxloss.kl_divergence_from_logits(t, theta0))(theta0)
+
+    @jax.jit  # the three Hessians in one compiled program
+    def hessians(p0):
+        theta0 = jnp.log(p0) + 0.7
+        return (
+            jax.hessian(lambda t: jaxloss.kl_divergence(jax.nn.softmax(t), p0))(theta0),
+            jax.hessian(lambda t: jaxloss.kl_divergence(p0, jax.nn.softmax(t)))(theta0),
+            jax.hessian(lambda t: jaxloss.kl_divergence_from_logits(t, theta0))(theta0),
+        )
+
+    forward, reverse, logits = hessians(jnp.asarray(P))
     np.testing.assert_allclose(forward, fisher, atol=1e-12)
     np.testing.assert_allclose(reverse, fisher, atol=1e-12)
     np.testing.assert_allclose(logits, fisher, atol=1e-12)
@@ -196,7 +202,10 @@ def test_location_scale_nll_finite_at_zero_residual_tiny_scale(name):
     def f(m, s):
         return fn(m, targets, log_scale=s, **kw)
 
-    out = np.asarray(f(mean, log_scale), np.float64)
+    out, (g_mean, g_scale) = jax.jit(
+        lambda m, s: (f(m, s), jax.grad(lambda m, s: jnp.sum(f(m, s)), (0, 1))(m, s))
+    )(mean, log_scale)
+    out = np.asarray(out, np.float64)
     np.testing.assert_allclose(out[:2], np.array([-100.0, -1e4]) + const, rtol=1e-6)
     z = np.float64(np.float32(2e-38)) * np.exp(100.0)
     expected_last = {
@@ -205,7 +214,6 @@ def test_location_scale_nll_finite_at_zero_residual_tiny_scale(name):
         "student_t_nll": -stats.t.logpdf(z, 3.0) - 100,
     }[name]
     np.testing.assert_allclose(out[2], expected_last, rtol=1e-5)
-    g_mean, g_scale = jax.grad(lambda m, s: jnp.sum(f(m, s)), (0, 1))(mean, log_scale)
     # (The last element's ∂/∂mean, z/σ ≈ 1e49, overflows float32, as it should.)
     np.testing.assert_allclose(g_mean[:2], 0.0)
     np.testing.assert_allclose(g_scale[:2], 1.0)
@@ -224,11 +232,17 @@ def test_log_cosh_relative_accuracy_small_residuals():
     expected = np.log1p(2 * np.sinh(np.minimum(r, 100) / 2) ** 2)
     expected[-1] = 1e4 - np.log(2.0)  # log cosh r = r − log 2 + log1p(e^{−2r})
     rf = jnp.asarray(r, jnp.float32)
-    out = jaxloss.log_cosh(rf, jnp.zeros_like(rf))
+
+    @jax.jit  # value, gradient and second derivative in one compiled program
+    def derivatives(rf, r64):
+        out = jaxloss.log_cosh(rf, jnp.zeros_like(rf))
+        g = jax.grad(lambda x: jnp.sum(jaxloss.log_cosh(x, jnp.zeros_like(x))))(rf)
+        h = jax.vmap(jax.grad(jax.grad(lambda x: jaxloss.log_cosh(x, 0.0))))(r64)
+        return out, g, h
+
+    out, g, h = derivatives(rf, jnp.asarray(r[:6]))
     np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=3e-7)
-    g = jax.grad(lambda x: jnp.sum(jaxloss.log_cosh(x, jnp.zeros_like(x))))(rf)
     np.testing.assert_allclose(np.asarray(g, np.float64), np.tanh(r), rtol=3e-7)
-    h = jax.vmap(jax.grad(jax.grad(lambda x: jaxloss.log_cosh(x, 0.0))))(jnp.asarray(r[:6]))
     np.testing.assert_allclose(h, 1 / np.cosh(r[:6]) ** 2, rtol=1e-12)
 
 
@@ -285,15 +299,22 @@ def test_sigmoid_focal_gradient_in_hard_labels(gamma):
     def f(lab):
         return jaxloss.sigmoid_focal_loss(jnp.asarray(z), lab, gamma=gamma)
 
-    np.testing.assert_allclose(f(jnp.asarray(y)), value, rtol=1e-12)
-    rev = jax.grad(lambda lab: jnp.sum(f(lab)))(jnp.asarray(y))
-    fwd = jax.jvp(f, (jnp.asarray(y),), (jnp.ones(8),))[1]
+    out, rev, fwd = jax.jit(
+        lambda lab: (
+            f(lab),
+            jax.grad(lambda lab: jnp.sum(f(lab)))(lab),
+            jax.jvp(f, (lab,), (jnp.ones(8),))[1],
+        )
+    )(jnp.asarray(y))
+    np.testing.assert_allclose(out, value, rtol=1e-12)
     np.testing.assert_allclose(rev, d_y, rtol=1e-10)
     np.testing.assert_allclose(fwd, d_y, rtol=1e-10)
     # float32 and extreme logits: finite.
     z32 = jnp.array([-1e4, 1e4, -100.0, 100.0], jnp.float32)
     y32 = jnp.array([0.0, 1.0, 1.0, 0.0], jnp.float32)
-    g = jax.grad(lambda lab: jnp.sum(jaxloss.sigmoid_focal_loss(z32, lab, gamma=gamma)))(y32)
+    g = jax.jit(jax.grad(lambda lab: jnp.sum(jaxloss.sigmoid_focal_loss(z32, lab, gamma=gamma))))(
+        y32
+    )
     assert np.all(np.isfinite(g))
 
 
