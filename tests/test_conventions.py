@@ -274,17 +274,23 @@ def test_zero_weight_removes_an_infinite_term(loss):
                 hidden, weight, t_hidden, t_weight, student_bias=bias, **kw
             )
 
-    assert np.isinf(jax.jit(lambda x: f(x, {"reduction": "none"}))(x)[0])
-    for reduction, weighted, dropped in _as_dropped(f, w):
-        # Values and gradients of both, in one compiled program per reduction.
-        value, want, g, g_dropped = jax.jit(
-            lambda x: (
-                weighted(x),  # noqa: B023
-                dropped(x),  # noqa: B023
+    cases = list(_as_dropped(f, w))
+
+    @jax.jit  # every value and gradient the test checks, in one compiled program
+    def everything(x):
+        return f(x, {"reduction": "none"}), [
+            (
+                weighted(x),
+                dropped(x),
                 jax.grad(lambda x: jnp.sum(weighted(x)))(x),  # noqa: B023
                 jax.grad(lambda x: jnp.sum(dropped(x)))(x),  # noqa: B023
             )
-        )(x)
+            for _, weighted, dropped in cases
+        ]
+
+    plain, results = everything(x)
+    assert np.isinf(plain[0])
+    for (reduction, _, _), (value, want, g, g_dropped) in zip(cases, results, strict=True):
         assert np.isfinite(value).all(), reduction
         np.testing.assert_allclose(value, want, rtol=1e-6)
         assert np.isfinite(g).all(), reduction
