@@ -54,11 +54,10 @@ def test_values_match_the_alpha_recursion_float64_and_float32(x64, blank_id):
     kw = dict(logit_lengths=t_len, label_lengths=l_len, blank_id=blank_id)
     ref = np_ctc_loss(logits, labels, t_len, l_len, blank_id=blank_id)
     assert ref[3] == 0.0  # zero frames, zero labels: p = 1
-    ctc = jax.jit(lambda z: jaxloss.ctc_loss(z, labels, **kw))  # labels, lengths concrete
-    out64 = ctc(jnp.asarray(logits))
+    out64 = jaxloss.ctc_loss(jnp.asarray(logits), labels, **kw)
     assert out64.dtype == jnp.float64
     np.testing.assert_allclose(out64, ref, rtol=1e-10, atol=1e-12)
-    out32 = ctc(jnp.asarray(logits, jnp.float32))
+    out32 = jaxloss.ctc_loss(jnp.asarray(logits, jnp.float32), labels, **kw)
     assert out32.dtype == jnp.float32
     np.testing.assert_allclose(out32, ref, rtol=1e-5, atol=1e-6)
 
@@ -84,10 +83,9 @@ def test_gradient_matches_finite_differences_of_the_reference(x64):
     loss = lambda z: jnp.sum(  # noqa: E731
         jnp.asarray(w) * jaxloss.ctc_loss(z, labels, logit_lengths=t_len, label_lengths=l_len)
     )
-    grad = jax.jit(jax.grad(loss))  # one compiled program per dtype
-    g64 = grad(jnp.asarray(logits))
+    g64 = jax.grad(loss)(jnp.asarray(logits))
     np.testing.assert_allclose(g64, expected, rtol=1e-6, atol=1e-8)
-    g32 = grad(jnp.asarray(logits, jnp.float32))
+    g32 = jax.grad(loss)(jnp.asarray(logits, jnp.float32))
     np.testing.assert_allclose(g32, expected, rtol=1e-4, atol=1e-5)
     # Frames past a sequence's length get exactly zero gradient; each frame's gradient
     # sums to zero over the classes (softmax − posterior, both distributions).
@@ -102,9 +100,8 @@ def test_forward_mode_equals_reverse_mode_and_jit_vmap(x64):
     kw = dict(logit_lengths=t_len, label_lengths=l_len)
     f = lambda z: jaxloss.ctc_loss(z, labels, **kw, reduction="sum")  # noqa: E731
     tangent = jnp.asarray(np.random.default_rng(3).normal(size=logits.shape))
-    # Both modes in one compiled program.
-    jvp, grad = jax.jit(lambda z, t: (jax.jvp(f, (z,), (t,))[1], jax.grad(f)(z)))(z, tangent)
-    np.testing.assert_allclose(jvp, np.sum(np.asarray(grad) * np.asarray(tangent)), rtol=1e-12)
+    _, jvp = jax.jvp(f, (z,), (tangent,))
+    np.testing.assert_allclose(jvp, jnp.sum(jax.grad(f)(z) * tangent), rtol=1e-12)
     np.testing.assert_allclose(jax.jit(f)(z), f(z), rtol=1e-12)
     per_example = jax.vmap(lambda a, b, c, d: jaxloss.ctc_loss(a, b, logit_lengths=c,
                                                                label_lengths=d))  # fmt: skip
@@ -128,22 +125,16 @@ def test_impossible_alignment_is_inf_or_zero_with_zero_gradient(zero_infinity):
     z = jnp.asarray(rng.normal(size=(2, 3, 3)), jnp.float32)
     labels = jnp.array([[1, 1, 2], [1, 2, 0]])
     kw = dict(label_lengths=jnp.array([3, 2]), zero_infinity=zero_infinity)
+    out = jaxloss.ctc_loss(z, labels, **kw)
+    assert out[0] == (0.0 if zero_infinity else np.inf)
+    assert np.isfinite(out[1]) and out[1] > 0
+    grad = jax.grad(lambda z: jnp.sum(jaxloss.ctc_loss(z, labels, **kw)[1:]))(z)
 
     def finite_sum(z):
         out = jaxloss.ctc_loss(z, labels, **kw)
         return jnp.sum(jnp.where(jnp.isfinite(out), out, 0.0))
 
-    @jax.jit  # the value and both gradients in one compiled program
-    def everything(z):
-        return (
-            jaxloss.ctc_loss(z, labels, **kw),
-            jax.grad(lambda z: jnp.sum(jaxloss.ctc_loss(z, labels, **kw)[1:]))(z),
-            jax.grad(finite_sum)(z),
-        )
-
-    out, grad, grad_all = everything(z)
-    assert out[0] == (0.0 if zero_infinity else np.inf)
-    assert np.isfinite(out[1]) and out[1] > 0
+    grad_all = jax.grad(finite_sum)(z)
     assert np.all(np.asarray(grad_all)[0] == 0)
     np.testing.assert_allclose(grad_all[1], grad[1], rtol=1e-6)
     ref = np_ctc_loss(np.asarray(z), labels, None, [3, 2], zero_infinity=zero_infinity)
@@ -159,7 +150,7 @@ def test_masked_frames_and_sequences_with_nan_get_zero_gradient():
     keep = jnp.array([True, True, False, True, True])
     f = lambda z: jaxloss.ctc_loss(z, labels, logit_lengths=t_len, label_lengths=l_len,  # noqa: E731
                                    where=keep, reduction="mean")  # fmt: skip
-    value, grad = jax.jit(jax.value_and_grad(f))(jnp.asarray(z))
+    value, grad = jax.value_and_grad(f)(jnp.asarray(z))
     assert np.isfinite(value) and np.isfinite(np.asarray(grad)).all()
     assert np.all(np.asarray(grad)[past] == 0) and np.all(np.asarray(grad)[2] == 0)
 
@@ -234,8 +225,8 @@ def test_optax_peer_values_and_gradients_with_converted_paddings():
         return optax.ctc_loss(z, logit_paddings, labels, label_paddings)
 
     np.testing.assert_allclose(ours(z), peer(z), rtol=1e-5, atol=1e-5)
-    g_ours = jax.jit(jax.grad(lambda z: ours(z).sum()))(z)
-    g_peer = jax.jit(jax.grad(lambda z: peer(z).sum()))(z)
+    g_ours = jax.grad(lambda z: ours(z).sum())(z)
+    g_peer = jax.grad(lambda z: peer(z).sum())(z)
     np.testing.assert_allclose(g_ours, g_peer, rtol=1e-4, atol=1e-5)
 
 
@@ -294,9 +285,7 @@ def test_concatenated_1d_targets_are_split_by_label_lengths(x64):
     np.testing.assert_allclose(jitted(jnp.asarray(logits), flat), ref, rtol=1e-10)
     g = jax.grad(lambda z: jaxloss.ctc_loss(z, flat, label_lengths=l_len, reduction="sum"))
     g_padded = jax.grad(lambda z: jaxloss.ctc_loss(z, padded, label_lengths=l_len).sum())
-    np.testing.assert_allclose(
-        jax.jit(g)(jnp.asarray(logits)), jax.jit(g_padded)(jnp.asarray(logits)), rtol=1e-12
-    )
+    np.testing.assert_allclose(g(jnp.asarray(logits)), g_padded(jnp.asarray(logits)), rtol=1e-12)
 
 
 def test_concatenated_1d_targets_that_cannot_be_split_raise():
@@ -367,8 +356,7 @@ def np_ctc_alpha(logits, labels, logit_lengths, label_lengths, blank_id=0):
 def test_forward_probs_match_the_alpha_recursion_and_the_loss(x64):
     logits, labels, t_len, l_len = _batch(seed=10, blank_id=2)
     kw = dict(logit_lengths=t_len, label_lengths=l_len, blank_id=2)
-    with_probs = jax.jit(lambda z: jaxloss.ctc_loss_with_forward_probs(z, labels, **kw))
-    loss, blank, label = with_probs(jnp.asarray(logits))
+    loss, blank, label = jaxloss.ctc_loss_with_forward_probs(jnp.asarray(logits), labels, **kw)
     ref_blank, ref_label = np_ctc_alpha(logits, labels, t_len, l_len, blank_id=2)
     assert blank.shape == (7, 5, 5) and label.shape == (7, 5, 4) and blank.dtype == jnp.float64
     np.testing.assert_allclose(blank, ref_blank, rtol=1e-10)  # −inf at the same places
@@ -376,15 +364,11 @@ def test_forward_probs_match_the_alpha_recursion_and_the_loss(x64):
     np.testing.assert_allclose(loss, np_ctc_loss(logits, labels, t_len, l_len, 2), rtol=1e-10)
     # float32, and the loss's gradient is ctc_loss's (the closed form).
     z32 = jnp.asarray(logits, jnp.float32)
-    _, blank32, _ = with_probs(z32)
+    _, blank32, _ = jaxloss.ctc_loss_with_forward_probs(z32, labels, **kw)
     assert blank32.dtype == jnp.float32
     np.testing.assert_allclose(blank32, ref_blank, rtol=1e-5, atol=1e-5)
-    g, g_loss = jax.jit(
-        lambda z: (
-            jax.grad(lambda z: jaxloss.ctc_loss_with_forward_probs(z, labels, **kw)[0].sum())(z),
-            jax.grad(lambda z: jaxloss.ctc_loss(z, labels, **kw).sum())(z),
-        )
-    )(z32)
+    g = jax.grad(lambda z: jaxloss.ctc_loss_with_forward_probs(z, labels, **kw)[0].sum())(z32)
+    g_loss = jax.grad(lambda z: jaxloss.ctc_loss(z, labels, **kw).sum())(z32)
     np.testing.assert_array_equal(g, g_loss)
 
 
@@ -403,7 +387,7 @@ def test_forward_probs_gradient_of_the_tables(x64):
         return sum(jnp.sum(jnp.where(r, x * v, 0.0)) for x, r, v in parts)
 
     check_grads(f, (jnp.asarray(logits),), order=1, modes=["rev", "fwd"])
-    assert np.isfinite(np.asarray(jax.jit(jax.grad(f))(jnp.asarray(logits)))).all()
+    assert np.isfinite(np.asarray(jax.grad(f)(jnp.asarray(logits)))).all()
 
 
 def test_forward_probs_masks_reduction_and_invalid_lengths():
