@@ -14,6 +14,7 @@ from jax.extend.core import Var
 from scipy import special
 
 import jaxloss
+from tests.compiled import jit_call
 from tests.torch_ce_reference import torch_cross_entropy
 
 RNG = np.random.default_rng(0)
@@ -25,6 +26,16 @@ PROBS = RNG.dirichlet(np.ones(K), size=N)
 KEEP = np.array([True, False, True, True, False, True, True, True])
 W = RNG.random(N) * 2.0
 CLASS_W = np.array([0.5, 2.0, 1.0, 0.0, 3.0])
+
+
+def _grad_of_sum(fn, z, *args, **kwargs):
+    return jax.grad(lambda z: jnp.sum(fn(z, *args, **kwargs)))(z)
+
+
+def jgrad(fn, z, *args, **kwargs):
+    """``jax.grad(lambda z: jnp.sum(fn(z, *args, **kwargs)))(z)``, compiled once per ``fn``
+    and Python-valued options (``tests/compiled.py``) instead of eagerly."""
+    return jit_call(_grad_of_sum, fn, z, *args, **kwargs)
 
 
 def _ce_ref(logits, target):
@@ -47,15 +58,11 @@ OPTIONS = [
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
 @pytest.mark.parametrize("options", OPTIONS, ids=["plain", "smoothing", "class_weights", "all"])
 def test_class_ids_equal_one_hot_labels(options, reduction):
-    by_id = jaxloss.softmax_cross_entropy(LOGITS, IDS, reduction=reduction, **options)
-    by_vector = jaxloss.softmax_cross_entropy(LOGITS, ONE_HOT, reduction=reduction, **options)
+    sce = jaxloss.softmax_cross_entropy
+    by_id = jit_call(sce, LOGITS, IDS, reduction=reduction, **options)
+    by_vector = jit_call(sce, LOGITS, ONE_HOT, reduction=reduction, **options)
     np.testing.assert_allclose(by_id, by_vector, rtol=1e-12, atol=1e-12)
-    g_id, g_vec = (
-        jax.grad(lambda z, y=y: jaxloss.softmax_cross_entropy(z, y, reduction="sum", **options))(
-            LOGITS
-        )
-        for y in (IDS, ONE_HOT)
-    )
+    g_id, g_vec = (jgrad(sce, LOGITS, y, reduction="sum", **options) for y in (IDS, ONE_HOT))
     np.testing.assert_allclose(g_id, g_vec, rtol=1e-12, atol=1e-12)
 
 
@@ -63,12 +70,11 @@ def test_class_ids_equal_one_hot_labels(options, reduction):
 def test_label_smoothing_mixes_in_the_uniform_distribution(labels):
     eps = 0.25
     target = (1 - eps) * (np.eye(K)[labels] if labels.ndim == 1 else labels) + eps / K
-    out = jaxloss.softmax_cross_entropy(LOGITS, labels, label_smoothing=eps)
+    out = jit_call(jaxloss.softmax_cross_entropy, LOGITS, labels, label_smoothing=eps)
     np.testing.assert_allclose(out, _ce_ref(LOGITS, target), rtol=1e-12)
     # ... which is what optax gets from smoothing the labels first.
-    peer = optax.losses.softmax_cross_entropy(
-        LOGITS, optax.smooth_labels(np.eye(K)[labels] if labels.ndim == 1 else labels, eps)
-    )
+    smoothed = jit_call(optax.smooth_labels, np.eye(K)[labels] if labels.ndim == 1 else labels, eps)
+    peer = jit_call(optax.losses.softmax_cross_entropy, LOGITS, smoothed)
     np.testing.assert_allclose(out, peer, rtol=1e-12)
 
 
@@ -153,19 +159,23 @@ def test_minus_inf_logits_equal_clipping_value_and_gradient(kind, dtype):
     labels = ids if kind == "ids" else np.where(np.isfinite(logits), PROBS, 0.0)
     clipped = np.maximum(logits, -1e30)
 
-    def total(z):
-        return jaxloss.softmax_cross_entropy(z, jnp.asarray(labels), reduction="sum")
-
+    sce = jaxloss.softmax_cross_entropy
+    y = jnp.asarray(labels)
     masked, finite = jnp.asarray(logits, dtype), jnp.asarray(clipped, dtype)
-    np.testing.assert_array_equal(jax.jit(total)(masked), jax.jit(total)(finite))
-    g_masked, g_finite = jax.grad(total)(masked), jax.grad(total)(finite)
+    np.testing.assert_array_equal(
+        jit_call(sce, masked, y, reduction="sum"), jit_call(sce, finite, y, reduction="sum")
+    )
+    g_masked = jgrad(sce, masked, y, reduction="sum")
+    g_finite = jgrad(sce, finite, y, reduction="sum")
     assert np.isfinite(np.asarray(g_masked)).all()
     np.testing.assert_allclose(g_masked, g_finite, rtol=1e-6, atol=0)
     if kind == "probabilities":  # gradient in the labels too: −log p, 0 where p = 0
-        g_y = jax.grad(lambda y: jaxloss.softmax_cross_entropy(masked, y, reduction="sum"))(
-            jnp.asarray(labels, dtype)
-        )
+        g_y = jit_call(_grad_in_labels, sce, masked, jnp.asarray(labels, dtype))
         assert np.isfinite(np.asarray(g_y)).all()
+
+
+def _grad_in_labels(fn, z, y):
+    return jax.grad(lambda y: fn(z, y, reduction="sum"))(y)
 
 
 def test_mass_on_a_minus_inf_class_gets_the_value_of_the_lowest_float():
@@ -190,10 +200,13 @@ def test_class_axis_equals_moving_it_last(axis, labels):
         labels_moved = np.moveaxis(labels, -1, axis)
     else:
         labels_moved = labels
-    expected = jaxloss.softmax_cross_entropy(logits, labels, label_smoothing=0.1)
-    out = jaxloss.softmax_cross_entropy(moved, labels_moved, axis=axis, label_smoothing=0.1)
+    sce = jaxloss.softmax_cross_entropy
+    expected = jit_call(sce, logits, labels, label_smoothing=0.1)
+    out = jit_call(sce, moved, labels_moved, axis=axis, label_smoothing=0.1)
     np.testing.assert_allclose(out, expected, rtol=1e-12)
-    np.testing.assert_allclose(jaxloss.z_loss(moved, axis=axis), jaxloss.z_loss(logits), rtol=1e-12)
+    np.testing.assert_allclose(
+        jit_call(jaxloss.z_loss, moved, axis=axis), jit_call(jaxloss.z_loss, logits), rtol=1e-12
+    )
 
 
 def test_where_broadcasts_to_the_per_example_loss():
@@ -271,17 +284,11 @@ def test_softmax_focal_loss_with_gamma_zero_is_softmax_cross_entropy():
 
 @pytest.mark.parametrize("gamma", [0.5, 2.0])
 def test_softmax_focal_loss_class_ids_equal_one_hot(gamma):
-    by_id = jaxloss.softmax_focal_loss(LOGITS, IDS, gamma=gamma, where=KEEP, reduction="mean")
-    by_vector = jaxloss.softmax_focal_loss(
-        LOGITS, ONE_HOT, gamma=gamma, where=KEEP, reduction="mean"
-    )
+    focal = jaxloss.softmax_focal_loss
+    by_id = jit_call(focal, LOGITS, IDS, gamma=gamma, where=KEEP, reduction="mean")
+    by_vector = jit_call(focal, LOGITS, ONE_HOT, gamma=gamma, where=KEEP, reduction="mean")
     np.testing.assert_allclose(by_id, by_vector, rtol=1e-12)
-    g_id, g_vec = (
-        jax.grad(lambda z, y=y: jaxloss.softmax_focal_loss(z, y, gamma=gamma, reduction="sum"))(
-            LOGITS
-        )
-        for y in (IDS, ONE_HOT)
-    )
+    g_id, g_vec = (jgrad(focal, LOGITS, y, gamma=gamma, reduction="sum") for y in (IDS, ONE_HOT))
     np.testing.assert_allclose(g_id, g_vec, rtol=1e-10, atol=1e-14)
 
 
@@ -292,8 +299,8 @@ def test_two_class_softmax_focal_loss_is_sigmoid_focal_loss(gamma):
     y = IDS % 2
     two_class = np.stack([np.zeros_like(z), z], axis=-1)
     np.testing.assert_allclose(
-        jaxloss.softmax_focal_loss(two_class, y, gamma=gamma),
-        jaxloss.sigmoid_focal_loss(z, y.astype(float), gamma=gamma),
+        jit_call(jaxloss.softmax_focal_loss, two_class, y, gamma=gamma),
+        jit_call(jaxloss.sigmoid_focal_loss, z, y.astype(float), gamma=gamma),
         rtol=1e-12,
     )
 
@@ -301,20 +308,22 @@ def test_two_class_softmax_focal_loss_is_sigmoid_focal_loss(gamma):
 @pytest.mark.parametrize("kind", ["ids", "probabilities"])
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
 def test_focal_losses_have_finite_gradients_at_logits_of_100(gamma, kind):
-    z = jnp.asarray([[100.0, -100.0, 0.0], [-100.0, 100.0, -100.0], [100.0, 100.0, -100.0]])
-    ids = jnp.asarray([0, 0, 2])
-    labels = ids if kind == "ids" else jax.nn.one_hot(ids, 3)
-    g = jax.grad(lambda z: jaxloss.softmax_focal_loss(z, labels, gamma=gamma, reduction="sum"))(
-        z.astype(jnp.float32)
+    z = np.array([[100.0, -100.0, 0.0], [-100.0, 100.0, -100.0], [100.0, 100.0, -100.0]])
+    ids = np.array([0, 0, 2])
+    labels = jnp.asarray(ids if kind == "ids" else np.eye(3)[ids])  # jax.nn.one_hot's values
+    g = jgrad(
+        jaxloss.softmax_focal_loss,
+        jnp.asarray(z, jnp.float32),
+        labels,
+        gamma=gamma,
+        reduction="sum",
     )
     assert np.isfinite(np.asarray(g)).all(), g
     binary = jnp.asarray([100.0, -100.0, 100.0, -100.0, 0.0], jnp.float32)
     y = jnp.asarray([1.0, 1.0, 0.0, 0.0, 1.0], jnp.float32)
     for alpha in (None, 0.25):
-        loss = jaxloss.sigmoid_focal_loss(binary, y, gamma=gamma, alpha=alpha)
-        g = jax.grad(
-            lambda z, a=alpha: jaxloss.sigmoid_focal_loss(z, y, gamma=gamma, alpha=a).sum()
-        )(binary)
+        loss = jit_call(jaxloss.sigmoid_focal_loss, binary, y, gamma=gamma, alpha=alpha)
+        g = jgrad(jaxloss.sigmoid_focal_loss, binary, y, gamma=gamma, alpha=alpha)
         assert np.isfinite(np.asarray(loss)).all() and np.isfinite(np.asarray(g)).all(), g
 
 
@@ -401,13 +410,13 @@ def test_softmax_cross_entropy_matches_optax_on_random_inputs():
     ids = rng.integers(0, 11, size=64)
     probs = rng.dirichlet(np.ones(11), size=64)
     np.testing.assert_allclose(
-        jaxloss.softmax_cross_entropy(logits, ids),
-        optax.losses.softmax_cross_entropy_with_integer_labels(logits, ids),
+        jit_call(jaxloss.softmax_cross_entropy, logits, ids),
+        jit_call(optax.losses.softmax_cross_entropy_with_integer_labels, logits, ids),
         rtol=1e-12,
     )
     np.testing.assert_allclose(
-        jaxloss.softmax_cross_entropy(logits, probs),
-        optax.losses.softmax_cross_entropy(logits, probs),
+        jit_call(jaxloss.softmax_cross_entropy, logits, probs),
+        jit_call(optax.losses.softmax_cross_entropy, logits, probs),
         rtol=1e-12,
     )
 
@@ -694,8 +703,9 @@ def test_float_class_ids_are_not_read_as_one_probability_vector(fn):
         fn(logits, jnp.array([0.0, 2.0, 1.0]))
     with pytest.raises(TypeError, match=message):
         jax.jit(fn)(logits, jnp.array([0.0, 2.0, 1.0]))
-    by_id = fn(logits, jnp.array([0, 2, 1]))
-    np.testing.assert_allclose(by_id, fn(logits, jnp.eye(3)[jnp.array([0, 2, 1])]), rtol=1e-12)
+    by_id = jit_call(fn, logits, jnp.array([0, 2, 1]))
+    one_hot = jnp.asarray(np.eye(3)[[0, 2, 1]])
+    np.testing.assert_allclose(by_id, jit_call(fn, logits, one_hot), rtol=1e-12)
 
 
 @pytest.mark.parametrize("fn", CATEGORICAL)
@@ -772,17 +782,18 @@ def test_large_int64_labels_do_not_wrap_into_another_class(fn):
     logits = jnp.asarray(LOGITS[:4])
     for big in (2**32, 2**32 + 1, 2**31, 2**63 - 1):
         labels = jnp.asarray([0, big, 1, 2], jnp.int64)
-        out = np.asarray(jax.jit(fn)(logits, labels))
+        out = np.asarray(jit_call(fn, logits, labels))
         assert np.isnan(out[1]) and np.isfinite(np.delete(out, 1)).all(), big
-        weighted = jax.jit(lambda z, y: fn(z, y, class_weights=CLASS_W, reduction="mean"))
-        assert np.isnan(weighted(logits, labels))
+        weighted = jit_call(fn, logits, labels, class_weights=CLASS_W, reduction="mean")
+        assert np.isnan(weighted)
     # Narrow dtypes hold their valid ids: uint8 / int16 labels give the int32 result.
     ids = jnp.asarray(IDS[:4], jnp.int32)
+    by_int32 = jit_call(fn, logits, ids)
     for dtype in (jnp.uint8, jnp.int8, jnp.int16, jnp.uint32):
-        np.testing.assert_array_equal(fn(logits, ids.astype(dtype)), fn(logits, ids))
-    np.testing.assert_array_equal(
-        fn(logits, ids.astype(jnp.uint8), ignore_index=-100), fn(logits, ids)
-    )
+        narrow = jnp.asarray(IDS[:4].astype(dtype))
+        np.testing.assert_array_equal(jit_call(fn, logits, narrow), by_int32)
+    uint8 = jnp.asarray(IDS[:4].astype(np.uint8))
+    np.testing.assert_array_equal(jit_call(fn, logits, uint8, ignore_index=-100), by_int32)
 
 
 # poly_cross_entropy
@@ -830,9 +841,9 @@ def test_poly_cross_entropy_is_ce_plus_epsilon_one_minus_pt_and_ids_equal_one_ho
 
 def test_poly_cross_entropy_is_finite_with_minus_inf_logits_and_accurate_for_tiny_pt():
     logits = jnp.array([[0.0, 0.0, -jnp.inf], [0.0, -60.0, -jnp.inf]], jnp.float32)
-    out = jaxloss.poly_cross_entropy(logits, jnp.array([1, 1]), epsilon=1.0)
+    out = jit_call(jaxloss.poly_cross_entropy, logits, jnp.array([1, 1]), epsilon=1.0)
     np.testing.assert_allclose(out, [np.log(2.0) + 0.5, 60.0 + 1.0], rtol=1e-6)
-    g = jax.grad(lambda z: jnp.sum(jaxloss.poly_cross_entropy(z, jnp.array([1, 1]))))(logits)
+    g = jgrad(jaxloss.poly_cross_entropy, logits, jnp.array([1, 1]))
     assert np.isfinite(np.asarray(g)).all()
 
 
@@ -843,6 +854,15 @@ def test_poly_cross_entropy_bad_input():
         jaxloss.poly_cross_entropy(Z0, jnp.zeros((3, 4), bool))
     with pytest.raises(ValueError, match=r"Integer `labels` of shape \(4,\)"):
         jax.jit(jaxloss.poly_cross_entropy)(Z0, jnp.zeros(4, int))
+
+
+def _smoothed_weighted_value_and_grads(z, w, labels):
+    return jax.value_and_grad(
+        lambda z, w: jaxloss.softmax_cross_entropy(
+            z, labels, label_smoothing=0.2, class_weights=w, reduction="sum"
+        ),
+        argnums=(0, 1),
+    )(z, w)
 
 
 @pytest.mark.parametrize("kind", ["ids", "probabilities"])
@@ -864,12 +884,7 @@ def test_class_weighted_smoothing_gradients_in_logits_and_class_weights(kind):
     z = TORCH_LOGITS.copy()
     z[:, 3] = -np.inf
     lab = np.where(labels == 3, 0, labels) if kind == "ids" else labels * (np.arange(5) != 3)
-    value, grads = jax.value_and_grad(
-        lambda z, w: jaxloss.softmax_cross_entropy(
-            z, lab, label_smoothing=0.2, class_weights=w, reduction="sum"
-        ),
-        argnums=(0, 1),
-    )(z, TORCH_W)
+    value, grads = jit_call(_smoothed_weighted_value_and_grads, z, TORCH_W, lab)
     assert np.isfinite(value) and all(np.isfinite(g).all() for g in grads)
     assert np.all(np.asarray(grads[0])[:, 3] == 0)
 
@@ -912,11 +927,12 @@ def test_review2_item7_traced_negative_labels_give_nan_value_and_gradient(fn):
     (softmax_cross_entropy returned about −23 before), the others keep their values."""
     y = PROBS.copy()
     y[2] = LOG_PROBS[2]
-    f = jax.jit(lambda z, y: fn(z, y))
-    out = np.asarray(f(LOGITS, y))
+    out = np.asarray(jit_call(fn, LOGITS, y))
     assert np.isnan(out[2])
-    np.testing.assert_allclose(np.delete(out, 2), np.delete(np.asarray(fn(LOGITS, PROBS)), 2))
-    g = np.asarray(jax.jit(jax.grad(lambda z, y: jnp.sum(fn(z, y))))(LOGITS, y))
+    np.testing.assert_allclose(
+        np.delete(out, 2), np.delete(np.asarray(jit_call(fn, LOGITS, PROBS)), 2)
+    )
+    g = np.asarray(jgrad(fn, LOGITS, y))
     assert np.isnan(g[2]).all() and np.isfinite(np.delete(g, 2, axis=0)).all()
 
 
@@ -1081,18 +1097,13 @@ def test_softmax_focal_label_smoothing_means_what_it_means_for_cross_entropy(cw)
 
 def test_softmax_focal_label_smoothing_spreads_only_over_finite_logits_and_keeps_bad_ids_nan():
     z = jnp.array([[2.0, 0.0, -jnp.inf, 1.0]] * 2)
-    out = jaxloss.softmax_focal_loss(z, jnp.array([0, 1]), label_smoothing=0.3)
+    focal = jaxloss.softmax_focal_loss
+    out = jit_call(focal, z, jnp.array([0, 1]), label_smoothing=0.3)
     t = 0.7 * np.eye(4)[[0, 1]] + 0.1 * np.array([1, 1, 0, 1])
-    np.testing.assert_allclose(
-        out, jaxloss.softmax_focal_loss(z, jnp.asarray(t, jnp.float32)), rtol=1e-6
-    )
-    g = jax.grad(
-        lambda z: jnp.sum(jaxloss.softmax_focal_loss(z, jnp.array([0, 1]), label_smoothing=0.3))
-    )(z)
+    np.testing.assert_allclose(out, jit_call(focal, z, jnp.asarray(t, jnp.float32)), rtol=1e-6)
+    g = jgrad(focal, z, jnp.array([0, 1]), label_smoothing=0.3)
     assert np.isfinite(np.asarray(g)).all() and (np.asarray(g)[:, 2] == 0).all()
-    bad = jax.jit(lambda y: jaxloss.softmax_focal_loss(z, y, label_smoothing=0.3))(
-        jnp.array([0, 4])
-    )
+    bad = jit_call(focal, z, jnp.array([0, 4]), label_smoothing=0.3)
     assert np.isfinite(bad[0]) and np.isnan(bad[1])  # an id outside [0, C) stays NaN
 
 

@@ -12,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 import jaxloss
 from jaxloss import _conventions as C
+from tests.compiled import jit_call
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=64)
 
@@ -136,6 +137,11 @@ def test_shape_rule_optax_squared_error_shape_mismatch():
         jax.jit(jaxloss.squared_error)(ys, jnp.expand_dims(ts, axis=-1))
 
 
+def _shape_rule_outputs(call, pred, labels, two_rows):
+    """The values the shape-rule test checks, in one compiled program per loss."""
+    return call(pred, labels), call(pred, 1.0), call(two_rows, labels)
+
+
 @pytest.mark.parametrize("name, call, pred_name, target_name", ELEMENTWISE)
 def test_shape_rule_every_elementwise_loss(name, call, pred_name, target_name):
     """Either input with a stray size-1 axis raises; broadcasting *to*
@@ -144,11 +150,12 @@ def test_shape_rule_every_elementwise_loss(name, call, pred_name, target_name):
         call(_PRED[:, None], _LABELS)
     with pytest.raises(ValueError, match=rf"`{target_name}` of shape \(4, 1\).*`{pred_name}`"):
         call(_PRED, _LABELS[:, None])
-    assert call(_PRED, _LABELS).shape == (N_RULE,)
-    assert call(_PRED, 1.0).shape == (N_RULE,)
     two_rows = jnp.stack([_PRED, _PRED])
-    assert call(two_rows, _LABELS).shape == (2, N_RULE)
-    np.testing.assert_allclose(call(two_rows, _LABELS)[1], call(_PRED, _LABELS), rtol=1e-6)
+    one, scalar_target, two = jit_call(_shape_rule_outputs, call, _PRED, _LABELS, two_rows)
+    assert one.shape == (N_RULE,)
+    assert scalar_target.shape == (N_RULE,)
+    assert two.shape == (2, N_RULE)
+    np.testing.assert_allclose(two[1], one, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -267,11 +274,24 @@ def test_zero_weight_removes_an_infinite_term(loss):
                 hidden, weight, t_hidden, t_weight, student_bias=bias, **kw
             )
 
-    assert np.isinf(f(x, {"reduction": "none"})[0])
-    for reduction, weighted, dropped in _as_dropped(f, w):
-        value, want = weighted(x), dropped(x)
+    cases = list(_as_dropped(f, w))
+
+    @jax.jit  # every value and gradient the test checks, in one compiled program
+    def everything(x):
+        return f(x, {"reduction": "none"}), [
+            (
+                weighted(x),
+                dropped(x),
+                jax.grad(lambda x: jnp.sum(weighted(x)))(x),  # noqa: B023
+                jax.grad(lambda x: jnp.sum(dropped(x)))(x),  # noqa: B023
+            )
+            for _, weighted, dropped in cases
+        ]
+
+    plain, results = everything(x)
+    assert np.isinf(plain[0])
+    for (reduction, _, _), (value, want, g, g_dropped) in zip(cases, results, strict=True):
         assert np.isfinite(value).all(), reduction
         np.testing.assert_allclose(value, want, rtol=1e-6)
-        g = jax.grad(lambda x: jnp.sum(weighted(x)))(x)  # noqa: B023
         assert np.isfinite(g).all(), reduction
-        np.testing.assert_allclose(g, jax.grad(lambda x: jnp.sum(dropped(x)))(x), rtol=1e-6)  # noqa: B023
+        np.testing.assert_allclose(g, g_dropped, rtol=1e-6)

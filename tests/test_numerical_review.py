@@ -6,6 +6,8 @@ references are float64 numpy/scipy (or closed forms), never jaxloss itself.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,13 +23,20 @@ import jaxloss
 P = np.array([0.2, 0.3, 0.5])
 
 
+@jax.jit
+def _kl_second_derivatives(p):
+    """The four second derivatives the test checks, in one compiled program."""
+    return (
+        jax.hessian(lambda a: jaxloss.kl_divergence(a, p))(p),
+        jax.hessian(lambda b: jaxloss.kl_divergence(p, b))(p),
+        jax.jacrev(jax.grad(jaxloss.kl_divergence, 0), 1)(p, p),
+        jax.jacfwd(jax.grad(jaxloss.kl_divergence, 1), 0)(p, p),
+    )
+
+
 def test_kl_hessian_at_p_equal_q():
     """Item 1: ∂²KL/∂p² = diag(1/p) and ∂²KL/∂p∂q = −diag(1/q) at p = q (it was 0)."""
-    p = jnp.asarray(P)
-    h_pp = jax.hessian(lambda a: jaxloss.kl_divergence(a, p))(p)
-    h_qq = jax.hessian(lambda b: jaxloss.kl_divergence(p, b))(p)
-    h_pq = jax.jacrev(jax.grad(jaxloss.kl_divergence, 0), 1)(p, p)
-    h_qp = jax.jacfwd(jax.grad(jaxloss.kl_divergence, 1), 0)(p, p)
+    h_pp, h_qq, h_pq, h_qp = _kl_second_derivatives(jnp.asarray(P))
     np.testing.assert_allclose(h_pp, np.diag(1 / P), rtol=1e-12)
     np.testing.assert_allclose(h_qq, np.diag(1 / P), rtol=1e-12)
     np.testing.assert_allclose(h_pq, -np.diag(1 / P), rtol=1e-12)
@@ -37,12 +46,18 @@ def test_kl_hessian_at_p_equal_q():
 def test_kl_hessian_is_fisher_matrix():
     """Item 1: the Hessian of KL(softmax(θ)‖p₀) (and of KL(p₀‖softmax(θ))) at θ₀ is the
     Fisher information of the softmax, diag(p₀) − p₀p₀ᵀ (it came out all zeros)."""
-    theta0 = jnp.log(jnp.asarray(P)) + 0.7
     fisher = np.diag(P) - np.outer(P, P)
-    p0 = jnp.asarray(P)
-    forward = jax.hessian(lambda t: jaxloss.kl_divergence(jax.nn.softmax(t), p0))(theta0)
-    reverse = jax.hessian(lambda t: jaxloss.kl_divergence(p0, jax.nn.softmax(t)))(theta0)
-    logits = jax.hessian(lambda t: jaxloss.kl_divergence_from_logits(t, theta0))(theta0)
+
+    @jax.jit  # the three Hessians in one compiled program
+    def hessians(p0):
+        theta0 = jnp.log(p0) + 0.7
+        return (
+            jax.hessian(lambda t: jaxloss.kl_divergence(jax.nn.softmax(t), p0))(theta0),
+            jax.hessian(lambda t: jaxloss.kl_divergence(p0, jax.nn.softmax(t)))(theta0),
+            jax.hessian(lambda t: jaxloss.kl_divergence_from_logits(t, theta0))(theta0),
+        )
+
+    forward, reverse, logits = hessians(jnp.asarray(P))
     np.testing.assert_allclose(forward, fisher, atol=1e-12)
     np.testing.assert_allclose(reverse, fisher, atol=1e-12)
     np.testing.assert_allclose(logits, fisher, atol=1e-12)
@@ -120,6 +135,23 @@ def test_student_t_ddf_reference_agrees_with_digamma_form():
     np.testing.assert_allclose(_student_t_ddf_reference(Z_T, nu), closed, rtol=1e-7)
 
 
+def _student_t_nll_at_zero(d, z):
+    return jaxloss.student_t_nll(jnp.zeros((), z.dtype), z, df=d)
+
+
+@jax.jit
+def _student_t_value_and_derivatives(d, z):
+    """Value, ∂/∂df (reverse and forward mode) and ∂/∂z per element of ``z``, one compiled
+    program per dtype (``df`` is traced)."""
+    nll = _student_t_nll_at_zero
+    return (
+        jax.vmap(nll, (None, 0))(d, z),
+        jax.vmap(jax.grad(nll), (None, 0))(d, z),
+        jax.vmap(jax.jacfwd(nll), (None, 0))(d, z),
+        jax.vmap(jax.grad(nll, 1), (None, 0))(d, z),
+    )
+
+
 @pytest.mark.parametrize("df", [1e3, 1e5, 1e7])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64], ids=["f32", "f64"])
 def test_student_t_large_df_matches_scipy(df, dtype):
@@ -128,19 +160,15 @@ def test_student_t_large_df_matches_scipy(df, dtype):
     and 1e4× too large at 1e5 in float32)."""
     rtol = 2e-6 if dtype == jnp.float32 else 1e-12
 
-    def nll(d, z):
-        return jaxloss.student_t_nll(jnp.zeros((), dtype), z, df=d)
-
     z = jnp.asarray(Z_T, dtype)
     d = jnp.asarray(df, dtype)
-    value = np.asarray(jax.vmap(nll, (None, 0))(d, z), np.float64)
+    value, d_rev, d_fwd, dz = _student_t_value_and_derivatives(d, z)
+    value = np.asarray(value, np.float64)
     np.testing.assert_allclose(value, -stats.t.logpdf(Z_T, df), rtol=rtol)
     expected = _student_t_ddf_reference(Z_T, df)
-    for grad in (jax.vmap(jax.grad(nll), (None, 0)), jax.vmap(jax.jacfwd(nll), (None, 0))):
-        grad = jax.jit(grad)  # one compiled program: eager dispatch dominates the run time
-        np.testing.assert_allclose(np.asarray(grad(d, z), np.float64), expected, rtol=1e-5)
+    for grad in (d_rev, d_fwd):
+        np.testing.assert_allclose(np.asarray(grad, np.float64), expected, rtol=1e-5)
     # ∂/∂z too (it is z(ν + 1)/(ν + z²)).
-    dz = jax.vmap(jax.grad(nll, 1), (None, 0))(d, z)
     np.testing.assert_allclose(dz, Z_T * (df + 1) / (df + Z_T**2), rtol=rtol)
 
 
@@ -174,7 +202,10 @@ def test_location_scale_nll_finite_at_zero_residual_tiny_scale(name):
     def f(m, s):
         return fn(m, targets, log_scale=s, **kw)
 
-    out = np.asarray(f(mean, log_scale), np.float64)
+    out, (g_mean, g_scale) = jax.jit(
+        lambda m, s: (f(m, s), jax.grad(lambda m, s: jnp.sum(f(m, s)), (0, 1))(m, s))
+    )(mean, log_scale)
+    out = np.asarray(out, np.float64)
     np.testing.assert_allclose(out[:2], np.array([-100.0, -1e4]) + const, rtol=1e-6)
     z = np.float64(np.float32(2e-38)) * np.exp(100.0)
     expected_last = {
@@ -183,7 +214,6 @@ def test_location_scale_nll_finite_at_zero_residual_tiny_scale(name):
         "student_t_nll": -stats.t.logpdf(z, 3.0) - 100,
     }[name]
     np.testing.assert_allclose(out[2], expected_last, rtol=1e-5)
-    g_mean, g_scale = jax.grad(lambda m, s: jnp.sum(f(m, s)), (0, 1))(mean, log_scale)
     # (The last element's ∂/∂mean, z/σ ≈ 1e49, overflows float32, as it should.)
     np.testing.assert_allclose(g_mean[:2], 0.0)
     np.testing.assert_allclose(g_scale[:2], 1.0)
@@ -202,11 +232,17 @@ def test_log_cosh_relative_accuracy_small_residuals():
     expected = np.log1p(2 * np.sinh(np.minimum(r, 100) / 2) ** 2)
     expected[-1] = 1e4 - np.log(2.0)  # log cosh r = r − log 2 + log1p(e^{−2r})
     rf = jnp.asarray(r, jnp.float32)
-    out = jaxloss.log_cosh(rf, jnp.zeros_like(rf))
+
+    @jax.jit  # value, gradient and second derivative in one compiled program
+    def derivatives(rf, r64):
+        out = jaxloss.log_cosh(rf, jnp.zeros_like(rf))
+        g = jax.grad(lambda x: jnp.sum(jaxloss.log_cosh(x, jnp.zeros_like(x))))(rf)
+        h = jax.vmap(jax.grad(jax.grad(lambda x: jaxloss.log_cosh(x, 0.0))))(r64)
+        return out, g, h
+
+    out, g, h = derivatives(rf, jnp.asarray(r[:6]))
     np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=3e-7)
-    g = jax.grad(lambda x: jnp.sum(jaxloss.log_cosh(x, jnp.zeros_like(x))))(rf)
     np.testing.assert_allclose(np.asarray(g, np.float64), np.tanh(r), rtol=3e-7)
-    h = jax.vmap(jax.grad(jax.grad(lambda x: jaxloss.log_cosh(x, 0.0))))(jnp.asarray(r[:6]))
     np.testing.assert_allclose(h, 1 / np.cosh(r[:6]) ** 2, rtol=1e-12)
 
 
@@ -233,8 +269,9 @@ def test_masked_nan_hyperparameters_get_zero_gradient():
             pred, tgt, df=h, where=keep, reduction="sum"
         ),
     }.items():
-        assert np.isfinite(f(bad)), name
-        for grad in (jax.grad(f)(bad), jax.jacfwd(f)(bad)):
+        value, rev, fwd = jax.jit(lambda h, f=f: (f(h), jax.grad(f)(h), jax.jacfwd(f)(h)))(bad)
+        assert np.isfinite(value), name
+        for grad in (rev, fwd):
             assert np.isfinite(grad[0]), name
             np.testing.assert_array_equal(grad[1:], 0.0, err_msg=name)
 
@@ -262,15 +299,22 @@ def test_sigmoid_focal_gradient_in_hard_labels(gamma):
     def f(lab):
         return jaxloss.sigmoid_focal_loss(jnp.asarray(z), lab, gamma=gamma)
 
-    np.testing.assert_allclose(f(jnp.asarray(y)), value, rtol=1e-12)
-    rev = jax.grad(lambda lab: jnp.sum(f(lab)))(jnp.asarray(y))
-    fwd = jax.jvp(f, (jnp.asarray(y),), (jnp.ones(8),))[1]
+    out, rev, fwd = jax.jit(
+        lambda lab: (
+            f(lab),
+            jax.grad(lambda lab: jnp.sum(f(lab)))(lab),
+            jax.jvp(f, (lab,), (jnp.ones(8),))[1],
+        )
+    )(jnp.asarray(y))
+    np.testing.assert_allclose(out, value, rtol=1e-12)
     np.testing.assert_allclose(rev, d_y, rtol=1e-10)
     np.testing.assert_allclose(fwd, d_y, rtol=1e-10)
     # float32 and extreme logits: finite.
     z32 = jnp.array([-1e4, 1e4, -100.0, 100.0], jnp.float32)
     y32 = jnp.array([0.0, 1.0, 1.0, 0.0], jnp.float32)
-    g = jax.grad(lambda lab: jnp.sum(jaxloss.sigmoid_focal_loss(z32, lab, gamma=gamma)))(y32)
+    g = jax.jit(jax.grad(lambda lab: jnp.sum(jaxloss.sigmoid_focal_loss(z32, lab, gamma=gamma))))(
+        y32
+    )
     assert np.all(np.isfinite(g))
 
 
@@ -318,18 +362,30 @@ def _softmax_focal_grad_reference(x, y, gamma):
     return (p - e) * not_p**gamma * (1 + gamma * ell / s)
 
 
+def _focal_gamma2_sum(z, labels):
+    return jnp.sum(jaxloss.softmax_focal_loss(z, labels, gamma=2.0))
+
+
+@jax.jit
+def _focal_gamma2_rev_and_fwd(x, labels):
+    """Reverse- and forward-mode gradients in one compiled program per label kind (the
+    gap is traced)."""
+    return jax.grad(_focal_gamma2_sum)(x, labels), jax.jacfwd(_focal_gamma2_sum)(x, labels)
+
+
 @pytest.mark.parametrize("gap", [1e7, 1e8, 1e30])
 def test_softmax_focal_integer_labels_large_gap(gap):
     """Item 13: at a logit gap ≥ 1e7 the integer-label gradient is [1, −1] (it was [0, −1],
     not summing to zero), as with probability labels, in reverse and forward mode."""
     x = jnp.array([[gap, 0.0]], jnp.float32)
     for labels in (jnp.array([1]), jnp.array([[0.0, 1.0]])):
-
-        def f(z, labels=labels):
-            return jnp.sum(jaxloss.softmax_focal_loss(z, labels, gamma=2.0))
-
-        for g in (jax.jit(jax.grad(f))(x), jax.jit(jax.jacfwd(f))(x)):
+        for g in _focal_gamma2_rev_and_fwd(x, labels):
             np.testing.assert_array_equal(np.asarray(g), [[1.0, -1.0]])
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _focal_grad_one_example(x, label, gamma):
+    return jax.grad(lambda z: jaxloss.softmax_focal_loss(z[None], label, gamma=gamma)[0])(x)
 
 
 def test_softmax_focal_integer_labels_gradient_float64():
@@ -337,11 +393,7 @@ def test_softmax_focal_integer_labels_gradient_float64():
     switch and at large gaps."""
     for x, y in [([0.0, 0.1, -0.3], 1), ([0.7, 0.0, 0.0], 0), ([30.0, 0.0], 1), ([12.0, 0.0], 0)]:
         for gamma in (0.5, 2.0):
-            g = jax.grad(
-                lambda z, y=y, gamma=gamma: jaxloss.softmax_focal_loss(
-                    z[None], jnp.array([y]), gamma=gamma
-                )[0]
-            )(jnp.asarray(x))
+            g = _focal_grad_one_example(jnp.asarray(x), jnp.array([y]), gamma)
             expected = _softmax_focal_grad_reference(np.asarray(x), y, gamma)
             np.testing.assert_allclose(g, expected, rtol=1e-8, atol=1e-300)
 
