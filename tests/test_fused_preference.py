@@ -11,6 +11,8 @@ reference written from the DPO formula (Rafailov et al., 2023).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,7 @@ import pytest
 from scipy import special
 
 import jaxloss
+from tests.compiled import jit_call
 from tests.gradcheck import check_grads
 
 B, T, D, D_REF, V = 3, 5, 4, 6, 9  # 3 pairs of 5-token sequences
@@ -125,63 +128,77 @@ def _close(actual, expected):
     np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_fused_equals_materialized_in_value_and_gradients(name):
+@functools.partial(jax.jit, static_argnames="name")
+def _fused_and_materialized(h, w, b, *, name):
+    """Everything ``test_fused_equals_materialized_in_value_and_gradients`` compares, for
+    one case, in one compiled function (eagerly, every primitive of the chunked engine's
+    loops and of their gradients would compile on its own)."""
     options = dict(CASES[name])
     chunk = options.pop("chunk_size", None)
-    layout = options.get("weight_layout", "dense")
-    weight = _layout(WEIGHT, layout)
-    args = (HIDDEN, weight, BIAS)
-    per_pair = materialized(*args, LABELS, KEEP, **options)
+    args = (h, w, b)
+    out = {"per_pair": materialized(*args, LABELS, KEEP, **options)}
     for reduction, reduce in (("mean", jnp.mean), ("sum", jnp.sum)):
-        value, grads = _grads(
+        out[reduction] = _grads(
             lambda h, w, b, r=reduction: fused(
                 h, w, b, LABELS, KEEP, chunk_size=chunk, reduction=r, **options
             ),
             *args,
         )
-        expected, expected_grads = _grads(
+        out[reduction + " expected"] = _grads(
             lambda h, w, b, f=reduce: f(materialized(h, w, b, LABELS, KEEP, **options)), *args
         )
-        assert value.dtype == jnp.float64
-        _close(value, expected)
-        for g, e in zip(grads, expected_grads, strict=True):
-            _close(g, e)
     # "none": per-pair losses, differentiable through the per-token (recompute) path.
-    none = fused(*args, LABELS, KEEP, chunk_size=chunk, reduction="none", **options)
-    assert none.shape == (B,)
-    _close(none, per_pair)
+    out["none"] = fused(*args, LABELS, KEEP, chunk_size=chunk, reduction="none", **options)
     weights = jnp.asarray([0.5, 2.0, 1.0])
-    grads = jax.grad(
+    out["none grads"] = jax.grad(
         lambda h, w, b: jnp.sum(
             weights * fused(h, w, b, LABELS, KEEP, chunk_size=chunk, reduction="none", **options)
         ),
         argnums=(0, 1, 2),
     )(*args)
-    expected_grads = jax.grad(
+    out["none expected grads"] = jax.grad(
         lambda h, w, b: jnp.sum(weights * materialized(h, w, b, LABELS, KEEP, **options)),
         argnums=(0, 1, 2),
     )(*args)
-    for g, e in zip(grads, expected_grads, strict=True):
+    return out
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fused_equals_materialized_in_value_and_gradients(name):
+    layout = CASES[name].get("weight_layout", "dense")
+    out = _fused_and_materialized(HIDDEN, _layout(WEIGHT, layout), BIAS, name=name)
+    per_pair = out["per_pair"]
+    for reduction in ("mean", "sum"):
+        value, grads = out[reduction]
+        expected, expected_grads = out[reduction + " expected"]
+        assert value.dtype == jnp.float64
+        _close(value, expected)
+        for g, e in zip(grads, expected_grads, strict=True):
+            _close(g, e)
+    none = out["none"]
+    assert none.shape == (B,)
+    _close(none, per_pair)
+    for g, e in zip(out["none grads"], out["none expected grads"], strict=True):
         _close(g, e)
 
 
 PAIR_WEIGHTS = jnp.asarray([0.5, 0.0, 2.0])  # one pair weighted out
 
 
-@pytest.mark.parametrize("name", ["dpo-sigmoid-ref-hidden", "orpo-nll"])
-def test_pair_weights_in_every_reduction(name):
-    """``weights`` [B]: w·ℓ per pair, Σ w·ℓ, and Σ w·ℓ / Σ w (the conventions' weighted
-    mean), in value and gradients."""
+PAIR_REDUCTIONS = {
+    "none": lambda loss: PAIR_WEIGHTS * loss,
+    "sum": lambda loss: jnp.sum(PAIR_WEIGHTS * loss),
+    "mean": lambda loss: jnp.sum(PAIR_WEIGHTS * loss) / jnp.sum(PAIR_WEIGHTS),
+}
+
+
+@functools.partial(jax.jit, static_argnames="name")
+def _pair_weighted(h, w, b, *, name):
+    """(fused, expected) values and gradients for every reduction, in one compilation."""
     options = dict(CASES[name])
     chunk = options.pop("chunk_size", None)
-    args = (HIDDEN, WEIGHT, BIAS)
-    expected_of = {
-        "none": lambda loss: PAIR_WEIGHTS * loss,
-        "sum": lambda loss: jnp.sum(PAIR_WEIGHTS * loss),
-        "mean": lambda loss: jnp.sum(PAIR_WEIGHTS * loss) / jnp.sum(PAIR_WEIGHTS),
-    }
-    for reduction, expected_fn in expected_of.items():
+    out = {}
+    for reduction, expected_fn in PAIR_REDUCTIONS.items():
 
         def got(h, w, b, r=reduction):
             out = fused(
@@ -194,8 +211,17 @@ def test_pair_weights_in_every_reduction(name):
             out = f(materialized(h, w, b, LABELS, KEEP, **options))
             return jnp.sum(out * jnp.arange(1.0, 1.0 + out.size).reshape(out.shape))
 
-        value, grads = _grads(got, *args)
-        expected, expected_grads = _grads(want, *args)
+        out[reduction] = (_grads(got, h, w, b), _grads(want, h, w, b))
+    return out
+
+
+@pytest.mark.parametrize("name", ["dpo-sigmoid-ref-hidden", "orpo-nll"])
+def test_pair_weights_in_every_reduction(name):
+    """``weights`` [B]: w·ℓ per pair, Σ w·ℓ, and Σ w·ℓ / Σ w (the conventions' weighted
+    mean), in value and gradients."""
+    out = _pair_weighted(HIDDEN, WEIGHT, BIAS, name=name)
+    for reduction in PAIR_REDUCTIONS:
+        (value, grads), (expected, expected_grads) = out[reduction]
         _close(value, expected)
         for g, e in zip(grads, expected_grads, strict=True):
             _close(g, e)
@@ -225,7 +251,7 @@ def test_explicitly_sharded_pairs_and_shard_map(reduction):
         return lambda *a: jnp.sum(f(*a) * jnp.arange(1.0, 1.0 + B)[: f(*a).size])
 
     inputs = (HIDDEN, LABELS, KEEP, REF_HIDDEN, PAIR_WEIGHTS)
-    expected, expected_grad = jax.value_and_grad(total(loss))(*inputs)
+    expected, expected_grad = jax.jit(jax.value_and_grad(total(loss)))(*inputs)
     with jax.set_mesh(mesh):
         value, grad = jax.jit(jax.value_and_grad(total(loss)))(*map(put, inputs))
     _close(value, expected)
@@ -254,22 +280,25 @@ def test_dpo_equals_a_numpy_reference_from_the_formula():
     s, r = seq(h, w, b), seq(np.asarray(REF_HIDDEN), np.asarray(REF_WEIGHT), np.asarray(REF_BIAS))
     u = (s[:B] - r[:B]) - (s[B:] - r[B:])
     expected = np.logaddexp(0.0, -0.5 * u)
-    out = fused(HIDDEN, WEIGHT, BIAS, LABELS, KEEP, reference="hidden", beta=0.5, chunk_size=2)
+    args = (HIDDEN, WEIGHT, BIAS, LABELS, KEEP)
+    out = jit_call(fused, *args, reference="hidden", beta=0.5, chunk_size=2)
     np.testing.assert_allclose(float(out), expected.mean(), rtol=1e-12)
-    none = fused(HIDDEN, WEIGHT, BIAS, LABELS, KEEP, reference="hidden", beta=0.5, reduction="none")
+    none = jit_call(fused, *args, reference="hidden", beta=0.5, reduction="none")
     np.testing.assert_allclose(np.asarray(none), expected, rtol=1e-12)
 
 
 def test_ignore_index_equals_where():
     labels = np.where(KEEP, LABELS, -100)
     for reduction in ("mean", "none"):
-        with_index = jaxloss.fused_linear_preference_loss(
+        with_index = jit_call(
+            jaxloss.fused_linear_preference_loss,
             HIDDEN, WEIGHT, labels, loss="simpo", ignore_index=-100, chunk_size=2,
             reduction=reduction,
         )  # fmt: skip
-        with_where = jaxloss.fused_linear_preference_loss(
-            HIDDEN, WEIGHT, LABELS, loss="simpo", where=KEEP, chunk_size=2, reduction=reduction
-        )
+        with_where = jit_call(
+            jaxloss.fused_linear_preference_loss,
+            HIDDEN, WEIGHT, LABELS, loss="simpo", where=KEEP, chunk_size=2, reduction=reduction,
+        )  # fmt: skip
         _close(with_index, with_where)
 
 
@@ -292,7 +321,7 @@ def test_no_gradient_to_the_reference_and_none_to_masked_nan_tokens():
         )
 
     for reduction in ("mean", "none"):
-        value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(
+        value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), static_argnums=4)(
             hidden, WEIGHT, ref_hidden, REF_WEIGHT, reduction
         )
         assert np.isfinite(value)
@@ -300,11 +329,13 @@ def test_no_gradient_to_the_reference_and_none_to_masked_nan_tokens():
         assert np.all(g_rh == 0) and np.all(g_rw == 0)
         assert np.all(g_h[~KEEP] == 0) and np.isfinite(g_h).all() and np.isfinite(g_w).all()
         assert np.any(g_h[KEEP] != 0)
-    grads = jax.grad(
-        lambda lc, lr: jaxloss.fused_linear_preference_loss(
-            HIDDEN, WEIGHT, LABELS, reference_logps=(lc, lr)
-        ),
-        argnums=(0, 1),
+    grads = jax.jit(
+        jax.grad(
+            lambda lc, lr: jaxloss.fused_linear_preference_loss(
+                HIDDEN, WEIGHT, LABELS, reference_logps=(lc, lr)
+            ),
+            argnums=(0, 1),
+        )
     )(*REF_LOGPS)
     assert all(np.all(np.asarray(g) == 0) for g in grads)
 
@@ -318,10 +349,12 @@ def test_jit_and_float32():
     # Whole-sequence chunks: jaxlib 0.9.0's CPU compiler (the lowest supported) fails on
     # bf16 dots this small inside a ragged chunk loop ("unsupported operand type BF16 in
     # op dot"); ragged chunks are checked in float64 above, bf16 here.
-    out = jaxloss.fused_linear_preference_loss(*low, LABELS, loss="orpo", chunk_size=5)
+    out = jit_call(jaxloss.fused_linear_preference_loss, *low, LABELS, loss="orpo", chunk_size=5)
     assert out.dtype == jnp.float32
     rounded = [jnp.asarray(x, jnp.float32) for x in low]
-    expected = jnp.mean(materialized(*rounded, None, LABELS, np.ones_like(KEEP), loss="orpo"))
+    expected = jax.jit(
+        lambda h, w: jnp.mean(materialized(h, w, None, LABELS, np.ones_like(KEEP), loss="orpo"))
+    )(*rounded)
     np.testing.assert_allclose(float(out), float(expected), rtol=1e-5)
 
 
@@ -393,8 +426,9 @@ def test_vmap_and_gradient_check_of_the_one_pass_path():
     def loss(h, w, y):
         return jaxloss.fused_linear_preference_loss(h, w, y, loss="orpo", where=KEEP, chunk_size=2)
 
-    batched = jax.vmap(loss, in_axes=(0, None, 0))(hidden, WEIGHT, labels)
-    _close(batched, jnp.stack([loss(hidden[i], WEIGHT, labels[i]) for i in range(2)]))
+    batched = jax.jit(jax.vmap(loss, in_axes=(0, None, 0)))(hidden, WEIGHT, labels)
+    one_by_one = jax.jit(lambda h, w, y: jnp.stack([loss(h[i], w, y[i]) for i in range(2)]))
+    _close(batched, one_by_one(hidden, WEIGHT, labels))
     check_grads(lambda h, w: loss(h, w, LABELS), (HIDDEN, WEIGHT), order=1, modes=("fwd", "rev"))
 
 
