@@ -11,8 +11,6 @@ reference written from the DPO formula (Rafailov et al., 2023).
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,77 +126,63 @@ def _close(actual, expected):
     np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=1e-10, atol=1e-12)
 
 
-@functools.partial(jax.jit, static_argnames="name")
-def _fused_and_materialized(h, w, b, *, name):
-    """Everything ``test_fused_equals_materialized_in_value_and_gradients`` compares, for
-    one case, in one compiled function (eagerly, every primitive of the chunked engine's
-    loops and of their gradients would compile on its own)."""
+@pytest.mark.parametrize("name", CASES)
+def test_fused_equals_materialized_in_value_and_gradients(name):
     options = dict(CASES[name])
     chunk = options.pop("chunk_size", None)
-    args = (h, w, b)
-    out = {"per_pair": materialized(*args, LABELS, KEEP, **options)}
+    layout = options.get("weight_layout", "dense")
+    weight = _layout(WEIGHT, layout)
+    args = (HIDDEN, weight, BIAS)
+    per_pair = materialized(*args, LABELS, KEEP, **options)
     for reduction, reduce in (("mean", jnp.mean), ("sum", jnp.sum)):
-        out[reduction] = _grads(
+        value, grads = _grads(
             lambda h, w, b, r=reduction: fused(
                 h, w, b, LABELS, KEEP, chunk_size=chunk, reduction=r, **options
             ),
             *args,
         )
-        out[reduction + " expected"] = _grads(
+        expected, expected_grads = _grads(
             lambda h, w, b, f=reduce: f(materialized(h, w, b, LABELS, KEEP, **options)), *args
         )
+        assert value.dtype == jnp.float64
+        _close(value, expected)
+        for g, e in zip(grads, expected_grads, strict=True):
+            _close(g, e)
     # "none": per-pair losses, differentiable through the per-token (recompute) path.
-    out["none"] = fused(*args, LABELS, KEEP, chunk_size=chunk, reduction="none", **options)
+    none = fused(*args, LABELS, KEEP, chunk_size=chunk, reduction="none", **options)
+    assert none.shape == (B,)
+    _close(none, per_pair)
     weights = jnp.asarray([0.5, 2.0, 1.0])
-    out["none grads"] = jax.grad(
+    grads = jax.grad(
         lambda h, w, b: jnp.sum(
             weights * fused(h, w, b, LABELS, KEEP, chunk_size=chunk, reduction="none", **options)
         ),
         argnums=(0, 1, 2),
     )(*args)
-    out["none expected grads"] = jax.grad(
+    expected_grads = jax.grad(
         lambda h, w, b: jnp.sum(weights * materialized(h, w, b, LABELS, KEEP, **options)),
         argnums=(0, 1, 2),
     )(*args)
-    return out
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_fused_equals_materialized_in_value_and_gradients(name):
-    layout = CASES[name].get("weight_layout", "dense")
-    out = _fused_and_materialized(HIDDEN, _layout(WEIGHT, layout), BIAS, name=name)
-    per_pair = out["per_pair"]
-    for reduction in ("mean", "sum"):
-        value, grads = out[reduction]
-        expected, expected_grads = out[reduction + " expected"]
-        assert value.dtype == jnp.float64
-        _close(value, expected)
-        for g, e in zip(grads, expected_grads, strict=True):
-            _close(g, e)
-    none = out["none"]
-    assert none.shape == (B,)
-    _close(none, per_pair)
-    for g, e in zip(out["none grads"], out["none expected grads"], strict=True):
+    for g, e in zip(grads, expected_grads, strict=True):
         _close(g, e)
 
 
 PAIR_WEIGHTS = jnp.asarray([0.5, 0.0, 2.0])  # one pair weighted out
 
 
-PAIR_REDUCTIONS = {
-    "none": lambda loss: PAIR_WEIGHTS * loss,
-    "sum": lambda loss: jnp.sum(PAIR_WEIGHTS * loss),
-    "mean": lambda loss: jnp.sum(PAIR_WEIGHTS * loss) / jnp.sum(PAIR_WEIGHTS),
-}
-
-
-@functools.partial(jax.jit, static_argnames="name")
-def _pair_weighted(h, w, b, *, name):
-    """(fused, expected) values and gradients for every reduction, in one compilation."""
+@pytest.mark.parametrize("name", ["dpo-sigmoid-ref-hidden", "orpo-nll"])
+def test_pair_weights_in_every_reduction(name):
+    """``weights`` [B]: w·ℓ per pair, Σ w·ℓ, and Σ w·ℓ / Σ w (the conventions' weighted
+    mean), in value and gradients."""
     options = dict(CASES[name])
     chunk = options.pop("chunk_size", None)
-    out = {}
-    for reduction, expected_fn in PAIR_REDUCTIONS.items():
+    args = (HIDDEN, WEIGHT, BIAS)
+    expected_of = {
+        "none": lambda loss: PAIR_WEIGHTS * loss,
+        "sum": lambda loss: jnp.sum(PAIR_WEIGHTS * loss),
+        "mean": lambda loss: jnp.sum(PAIR_WEIGHTS * loss) / jnp.sum(PAIR_WEIGHTS),
+    }
+    for reduction, expected_fn in expected_of.items():
 
         def got(h, w, b, r=reduction):
             out = fused(
@@ -211,17 +195,8 @@ def _pair_weighted(h, w, b, *, name):
             out = f(materialized(h, w, b, LABELS, KEEP, **options))
             return jnp.sum(out * jnp.arange(1.0, 1.0 + out.size).reshape(out.shape))
 
-        out[reduction] = (_grads(got, h, w, b), _grads(want, h, w, b))
-    return out
-
-
-@pytest.mark.parametrize("name", ["dpo-sigmoid-ref-hidden", "orpo-nll"])
-def test_pair_weights_in_every_reduction(name):
-    """``weights`` [B]: w·ℓ per pair, Σ w·ℓ, and Σ w·ℓ / Σ w (the conventions' weighted
-    mean), in value and gradients."""
-    out = _pair_weighted(HIDDEN, WEIGHT, BIAS, name=name)
-    for reduction in PAIR_REDUCTIONS:
-        (value, grads), (expected, expected_grads) = out[reduction]
+        value, grads = _grads(got, *args)
+        expected, expected_grads = _grads(want, *args)
         _close(value, expected)
         for g, e in zip(grads, expected_grads, strict=True):
             _close(g, e)
@@ -251,7 +226,7 @@ def test_explicitly_sharded_pairs_and_shard_map(reduction):
         return lambda *a: jnp.sum(f(*a) * jnp.arange(1.0, 1.0 + B)[: f(*a).size])
 
     inputs = (HIDDEN, LABELS, KEEP, REF_HIDDEN, PAIR_WEIGHTS)
-    expected, expected_grad = jax.jit(jax.value_and_grad(total(loss)))(*inputs)
+    expected, expected_grad = jax.value_and_grad(total(loss))(*inputs)
     with jax.set_mesh(mesh):
         value, grad = jax.jit(jax.value_and_grad(total(loss)))(*map(put, inputs))
     _close(value, expected)
@@ -280,25 +255,22 @@ def test_dpo_equals_a_numpy_reference_from_the_formula():
     s, r = seq(h, w, b), seq(np.asarray(REF_HIDDEN), np.asarray(REF_WEIGHT), np.asarray(REF_BIAS))
     u = (s[:B] - r[:B]) - (s[B:] - r[B:])
     expected = np.logaddexp(0.0, -0.5 * u)
-    args = (HIDDEN, WEIGHT, BIAS, LABELS, KEEP)
-    out = jit_call(fused, *args, reference="hidden", beta=0.5, chunk_size=2)
+    out = fused(HIDDEN, WEIGHT, BIAS, LABELS, KEEP, reference="hidden", beta=0.5, chunk_size=2)
     np.testing.assert_allclose(float(out), expected.mean(), rtol=1e-12)
-    none = jit_call(fused, *args, reference="hidden", beta=0.5, reduction="none")
+    none = fused(HIDDEN, WEIGHT, BIAS, LABELS, KEEP, reference="hidden", beta=0.5, reduction="none")
     np.testing.assert_allclose(np.asarray(none), expected, rtol=1e-12)
 
 
 def test_ignore_index_equals_where():
     labels = np.where(KEEP, LABELS, -100)
     for reduction in ("mean", "none"):
-        with_index = jit_call(
-            jaxloss.fused_linear_preference_loss,
+        with_index = jaxloss.fused_linear_preference_loss(
             HIDDEN, WEIGHT, labels, loss="simpo", ignore_index=-100, chunk_size=2,
             reduction=reduction,
         )  # fmt: skip
-        with_where = jit_call(
-            jaxloss.fused_linear_preference_loss,
-            HIDDEN, WEIGHT, LABELS, loss="simpo", where=KEEP, chunk_size=2, reduction=reduction,
-        )  # fmt: skip
+        with_where = jaxloss.fused_linear_preference_loss(
+            HIDDEN, WEIGHT, LABELS, loss="simpo", where=KEEP, chunk_size=2, reduction=reduction
+        )
         _close(with_index, with_where)
 
 
