@@ -16,6 +16,7 @@ import pytest
 from scipy import special
 
 import jaxloss
+from tests.compiled import jit_call
 
 N, D, DT, V = 10, 5, 7, 13  # 10 tokens; the teacher's hidden size differs
 T = 1.7
@@ -107,7 +108,12 @@ def summed(fn, reduction, **options):
 
 
 def value_and_grads(fn, reduction, **options):
-    """(value, ∂/∂h, ∂/∂W, ∂/∂b) of ``summed(fn, reduction, **options)`` at STUDENT."""
+    """(value, ∂/∂h, ∂/∂W, ∂/∂b) of ``summed(fn, reduction, **options)`` at STUDENT, under
+    a jit shared by the calls with the same function and Python-valued options."""
+    return jit_call(_value_and_grads, fn, reduction, **options)
+
+
+def _value_and_grads(fn, reduction, **options):
     value, vjp = jax.vjp(lambda *a: fn(*a, reduction=reduction, **options), *STUDENT)
     return (value, *vjp(jnp.asarray(COT) if reduction == "none" else jnp.ones_like(value)))
 
@@ -141,7 +147,7 @@ def test_values_and_gradients_equal_the_materialized_logits(divergence, beta, ch
     zs, zt = HIDDEN @ WEIGHT + BIAS, T_HIDDEN @ T_WEIGHT + T_BIAS
     d = np_divergence(zs, zt, divergence=divergence, beta=beta, temperature=T)
     ref = 0.8 * d + 0.4 * np_ce(zs, LABELS)
-    got = fused(*STUDENT, reduction="none", chunk_size=chunk_size, **options)
+    got = jit_call(fused, *STUDENT, reduction="none", chunk_size=chunk_size, **options)
     assert_close(got, np.where(KEEP, ref * W_TOK, 0.0))
 
 
@@ -156,7 +162,7 @@ def test_forward_kl_gradient_by_hand_embedding_layout_different_teacher_size():
             h, w, None, teacher=teacher, weight_layout="embedding", chunk_size=4, **options
         )
 
-    value, (gh, gw) = jax.value_and_grad(mean, argnums=(0, 1))(*args[:2])
+    value, (gh, gw) = jax.jit(jax.value_and_grad(mean, argnums=(0, 1)))(*args[:2])
     zs, zt = HIDDEN @ WEIGHT, T_HIDDEN @ T_WEIGHT
     s, t = special.softmax(zs / T, axis=-1), special.softmax(zt / T, axis=-1)
     per_token = T**2 * np_kl(t, s) + 0.5 * np_ce(zs, LABELS)
@@ -176,8 +182,8 @@ def test_jsd_at_beta_0_and_1_is_forward_and_reverse_kl(beta):
         assert_close(g, w, 1e-12)
     # and near the ends, it is β·KL(t‖s) (β → 0) and (1 − β)·KL(s‖t) (β → 1) to first order.
     eps = 1e-9
-    near = fused(*STUDENT, divergence="jsd", beta=eps if beta == 0 else 1 - eps)
-    assert_close(near / eps, fused(*STUDENT, divergence=kl), 1e-5)
+    near = jit_call(fused, *STUDENT, divergence="jsd", beta=eps if beta == 0 else 1 - eps)
+    assert_close(near / eps, jit_call(fused, *STUDENT, divergence=kl), 1e-5)
 
 
 def test_hard_part_alone_is_the_fused_cross_entropy():
@@ -201,11 +207,14 @@ def test_no_gradient_flows_to_the_teacher():
         return lambda *teacher: summed(fused, reduction, teacher=teacher, chunk_size=3)(*STUDENT)
 
     for reduction in ("mean", "none"):
-        grads = jax.grad(loss(reduction), argnums=(0, 1, 2))(*TEACHER)
+        f = loss(reduction)
+        ones = tuple(jnp.ones_like(x) for x in TEACHER)
+        grads, tangent = jax.jit(
+            lambda t, ones, f=f: (jax.grad(f, argnums=(0, 1, 2))(*t), jax.jvp(f, t, ones)[1])
+        )(TEACHER, ones)
         for g in grads:
             assert np.all(np.asarray(g) == 0.0)
-        ones = tuple(jnp.ones_like(x) for x in TEACHER)
-        assert float(jax.jvp(loss(reduction), TEACHER, ones)[1]) == 0.0  # forward mode too
+        assert float(tangent) == 0.0  # forward mode too
 
 
 def test_dropped_tokens_give_zero_and_zero_gradient_even_if_nan():
@@ -221,13 +230,15 @@ def test_dropped_tokens_give_zero_and_zero_gradient_even_if_nan():
     clean = dict(options, teacher=TEACHER, where=keep, ignore_index=None, labels=LABELS)
     args = (jnp.asarray(hidden), *STUDENT[1:])
     for reduction in ("mean", "none"):  # "sum" takes the one-pass path of "mean"
-        gh, gw, gb = jax.grad(summed(fused, reduction, **options), argnums=(0, 1, 2))(*args)
+        gh, gw, gb = jax.jit(jax.grad(summed(fused, reduction, **options), argnums=(0, 1, 2)))(
+            *args
+        )
         assert np.all(np.asarray(gh)[~keep] == 0.0)
         assert np.isfinite(gh).all() and np.isfinite(gw).all() and np.isfinite(gb).all()
-        want = jax.grad(summed(fused, reduction, **clean), argnums=(0, 1, 2))(*STUDENT)
+        want = jax.jit(jax.grad(summed(fused, reduction, **clean), argnums=(0, 1, 2)))(*STUDENT)
         for g, w in zip((gh, gw, gb), want, strict=True):
             assert_close(g, w, 1e-12)
-    per_token = fused(*args, reduction="none", **options)
+    per_token = jax.jit(lambda *a: fused(*a, reduction="none", **options))(*args)
     assert np.all(np.asarray(per_token)[~keep] == 0.0) and np.isfinite(per_token).all()
 
 
@@ -242,10 +253,14 @@ def test_minus_inf_bias_entries_at_the_same_classes(divergence, beta):
     options = dict(divergence=divergence, beta=beta, temperature=T, where=KEEP)
     labels = np.where(np.isin(LABELS, [2, 7]), 0, LABELS)
     options.update(teacher=teacher, labels=labels, hard_loss_weight=0.2)
-    got = jax.value_and_grad(lambda *a: fused(*a, chunk_size=4, **options), argnums=(0, 1, 2))(
-        *student
-    )
-    want = jax.value_and_grad(lambda *a: materialized(*a, **options), argnums=(0, 1, 2))(*student)
+    got, want = jax.jit(
+        lambda *s: (
+            jax.value_and_grad(lambda *a: fused(*a, chunk_size=4, **options), argnums=(0, 1, 2))(
+                *s
+            ),
+            jax.value_and_grad(lambda *a: materialized(*a, **options), argnums=(0, 1, 2))(*s),
+        )
+    )(*student)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         assert np.isfinite(g).all()
         assert_close(g, w)
@@ -254,7 +269,8 @@ def test_minus_inf_bias_entries_at_the_same_classes(divergence, beta):
 def test_bf16_inputs_are_computed_in_float32():
     args = tuple(jnp.asarray(x, jnp.bfloat16) for x in (*STUDENT, *TEACHER))
     options = dict(temperature=T, hard_loss_weight=0.5, reduction="none", chunk_size=4)
-    got = jaxloss.fused_linear_distillation_loss(
+    got = jit_call(
+        jaxloss.fused_linear_distillation_loss,
         args[0], args[1], args[3], args[4], LABELS, student_bias=args[2], teacher_bias=args[5],
         **options,
     )  # fmt: skip
@@ -281,7 +297,7 @@ def test_batched_tokens_jit_vmap_and_explicit_mesh():
     assert got.shape == (2, 5)
     assert_close(got, want.reshape(2, 5))
     assert_close(jax.jit(f)(hidden, t_hidden), got, 1e-12)
-    assert_close(jax.vmap(f)(hidden, t_hidden), got, 1e-12)
+    assert_close(jax.jit(jax.vmap(f))(hidden, t_hidden), got, 1e-12)
     mesh = jax.make_mesh((1,), ("data",), (jax.sharding.AxisType.Explicit,))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     with jax.set_mesh(mesh):

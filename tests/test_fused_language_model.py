@@ -16,6 +16,7 @@ from scipy import special
 
 import jaxloss
 from jaxloss import _engine as E
+from tests.compiled import jit_call
 from tests.gradcheck import check_grads
 
 N, D, V = 10, 5, 13  # 10 tokens
@@ -51,9 +52,17 @@ def fused(hidden, weight, bias, labels, **options):
 
 
 def value_and_grads(fn, *args):
-    lp, h = fn(*args)
-    grads = jax.grad(lambda *a: jnp.sum(C1 * fn(*a)[0] + C2 * fn(*a)[1]), argnums=(0, 1, 2))(*args)
-    return (lp, h, *grads)
+    """(log p_y, H, and the gradients of Σ C1·log p_y + C2·H), in one compiled function."""
+
+    @jax.jit
+    def both(*args):
+        lp, h = fn(*args)
+        grads = jax.grad(lambda *a: jnp.sum(C1 * fn(*a)[0] + C2 * fn(*a)[1]), argnums=(0, 1, 2))(
+            *args
+        )
+        return (lp, h, *grads)
+
+    return both(*args)
 
 
 def assert_close(actual, expected, rtol):
@@ -88,13 +97,15 @@ def test_values_and_gradients_equal_float64_references(chunk_size):
 
 def test_embedding_layout_no_bias_no_cap_log_probs_only():
     table = ARGS64[1].T
-    got = fused(ARGS64[0], table, None, LABELS, weight_layout="embedding", chunk_size=4)
+    got = jit_call(fused, ARGS64[0], table, None, LABELS, weight_layout="embedding", chunk_size=4)
     assert isinstance(got, jax.Array) and got.shape == (N,)
     want = reference(HIDDEN, WEIGHT, np.zeros(V), LABELS)[0]
     assert_close(got, want, 1e-12)
-    grads = jax.grad(
-        lambda h, w: jnp.sum(C1 * fused(h, w, None, LABELS, weight_layout="embedding")),
-        argnums=(0, 1),
+    grads = jax.jit(
+        jax.grad(
+            lambda h, w: jnp.sum(C1 * fused(h, w, None, LABELS, weight_layout="embedding")),
+            argnums=(0, 1),
+        )
     )(ARGS64[0], table)
     z = HIDDEN @ WEIGHT
     g = C1[:, None] * (np.eye(V)[LABELS] - special.softmax(z, axis=-1))
@@ -163,13 +174,17 @@ def test_masked_tokens_give_zero_and_zero_gradient_even_if_nan():
     hidden[~KEEP] = np.nan
     hidden = jnp.asarray(hidden)
     options = dict(where=KEEP, chunk_size=3, return_entropy=True)
-    lp, h = fused(hidden, ARGS64[1], ARGS64[2], LABELS, **options)
+    lp, h = jit_call(fused, hidden, ARGS64[1], ARGS64[2], LABELS, **options)
     want_lp, want_h = reference(HIDDEN, WEIGHT, BIAS, LABELS)[:2]
     assert_close(lp, np.where(KEEP, want_lp, 0.0), 1e-12)
     assert_close(h, np.where(KEEP, want_h, 0.0), 1e-12)
-    gh, gw, gb = jax.grad(
-        lambda *a: jnp.sum(C1 * fused(*a, LABELS, **options)[0] + fused(*a, LABELS, **options)[1]),
-        argnums=(0, 1, 2),
+    gh, gw, gb = jax.jit(
+        jax.grad(
+            lambda *a: jnp.sum(
+                C1 * fused(*a, LABELS, **options)[0] + fused(*a, LABELS, **options)[1]
+            ),
+            argnums=(0, 1, 2),
+        )
     )(hidden, ARGS64[1], ARGS64[2])
     assert np.all(np.asarray(gh)[~KEEP] == 0.0)
     assert np.all(np.isfinite(gh)) and np.all(np.isfinite(gw)) and np.all(np.isfinite(gb))
@@ -178,7 +193,7 @@ def test_masked_tokens_give_zero_and_zero_gradient_even_if_nan():
 def test_batched_tokens_and_broadcast_labels():
     hidden = jnp.asarray(HIDDEN.reshape(2, 5, D))
     labels = jnp.asarray(LABELS[:5])  # [5], broadcast over the 2 sequences
-    got = fused(hidden, ARGS64[1], ARGS64[2], labels, chunk_size=4)
+    got = jit_call(fused, hidden, ARGS64[1], ARGS64[2], labels, chunk_size=4)
     assert got.shape == (2, 5)
     want = reference(HIDDEN, WEIGHT, BIAS, np.tile(LABELS[:5], 2))[0].reshape(2, 5)
     assert_close(got, want, 1e-12)
@@ -190,7 +205,7 @@ def test_label_on_a_minus_inf_logit_and_out_of_range_labels():
     labels = LABELS.copy()
     labels[0], labels[1] = 3, V  # on the −inf class; outside [0, V)
     args = (ARGS64[0], ARGS64[1], jnp.asarray(bias))
-    lp, h = fused(*args, labels, chunk_size=4, return_entropy=True)
+    lp, h = jit_call(fused, *args, labels, chunk_size=4, return_entropy=True)
     assert lp[0] == np.finfo(np.float64).min and np.isnan(lp[1])
     log_p = special.log_softmax(HIDDEN @ WEIGHT + bias, axis=-1)
     p = np.exp(log_p)
@@ -200,21 +215,29 @@ def test_label_on_a_minus_inf_logit_and_out_of_range_labels():
     lowest = np.finfo(np.float64).min  # for every label on the −inf class, as token_log_probs
     assert_close(np.asarray(lp)[keep], np.maximum(picked, lowest)[keep], 1e-12)
     assert_close(h, want_h, 1e-12)
+
     # Kept, the out-of-range label's row of the gradient is NaN too (never silently
     # finite); dropped with `where`, every gradient is finite.
-    gh = jax.grad(lambda h: jnp.sum(fused(h, *args[1:], labels, return_entropy=True)[1]))
-    assert np.all(np.isfinite(gh(args[0])))
-    gh = jax.grad(lambda h: jnp.sum(fused(h, *args[1:], labels)))(args[0])
+    @jax.jit
+    def gradients(h, w, b, labels):
+        entropy = jax.grad(lambda h: jnp.sum(fused(h, w, b, labels, return_entropy=True)[1]))
+        log_p = jax.grad(lambda h: jnp.sum(fused(h, w, b, labels)))
+        kept = jax.grad(lambda h: jnp.sum(fused(h, w, b, labels, where=keep)))
+        first = jax.grad(lambda h: fused(h, w, b, labels, where=keep)[0])
+        return entropy(h), log_p(h), kept(h), first(h)
+
+    g_entropy, g_log_p, g_kept, g0 = gradients(*args, labels)
+    assert np.all(np.isfinite(g_entropy))
+    gh = g_log_p
     assert np.all(np.isnan(gh[1])) and np.all(np.isfinite(np.delete(np.asarray(gh), 1, 0)))
-    gh = jax.grad(lambda h: jnp.sum(fused(h, *args[1:], labels, where=keep)))(args[0])
+    gh = g_kept
     assert np.all(np.isfinite(gh)) and np.all(gh[1] == 0.0)
-    g0 = jax.grad(lambda h: fused(h, *args[1:], labels, where=keep)[0])(args[0])
     assert np.all(g0 == 0.0)  # the clipped log-probability has zero gradient
 
 
 def test_bf16_inputs_are_computed_in_float32():
     args = tuple(jnp.asarray(x, jnp.bfloat16) for x in (HIDDEN, WEIGHT, BIAS))
-    lp, h = fused(*args, LABELS, temperature=T, return_entropy=True, chunk_size=4)
+    lp, h = jit_call(fused, *args, LABELS, temperature=T, return_entropy=True, chunk_size=4)
     assert lp.dtype == h.dtype == jnp.float32
     rounded = [np.asarray(x, np.float64) for x in args]
     want_lp, want_h = reference(*rounded, LABELS, temperature=T)[:2]
@@ -230,8 +253,10 @@ def test_check_grads_jit_and_vmap():
     check_grads(f, ARGS64, order=1, modes=("rev",))
     assert_close(jax.jit(f)(*ARGS64), f(*ARGS64), 1e-12)
     stacked = jnp.stack([ARGS64[0], 2.0 * ARGS64[0]])
-    per_batch = jax.vmap(lambda h: fused(h, ARGS64[1], ARGS64[2], LABELS, chunk_size=4))(stacked)
-    assert_close(per_batch[1], fused(stacked[1], ARGS64[1], ARGS64[2], LABELS), 1e-12)
+    per_batch = jax.jit(jax.vmap(lambda h: fused(h, ARGS64[1], ARGS64[2], LABELS, chunk_size=4)))(
+        stacked
+    )
+    assert_close(per_batch[1], jit_call(fused, stacked[1], ARGS64[1], ARGS64[2], LABELS), 1e-12)
 
 
 def test_explicitly_sharded_tokens_loop_per_device():
@@ -286,11 +311,13 @@ def test_backward_probabilities_at_most_one_when_logits_round_above_the_saved_ls
     bias = rng.normal(size=7).astype(np.float32)
     labels = rng.integers(0, 7, size=4)
     for fn in (jaxloss.fused_linear_token_log_probs, jaxloss.fused_linear_cross_entropy):
-        grads = jax.grad(
-            lambda h, w, b, fn=fn: jnp.sum(
-                fn(h, w, labels, bias=b, weight_layout="embedding", chunk_size=2)
-            ),
-            argnums=(0, 1, 2),
+        grads = jax.jit(
+            jax.grad(
+                lambda h, w, b, fn=fn: jnp.sum(
+                    fn(h, w, labels, bias=b, weight_layout="embedding", chunk_size=2)
+                ),
+                argnums=(0, 1, 2),
+            )
         )(hidden, weight, bias)
         for g in grads:
             assert np.isfinite(np.asarray(g)).all(), fn.__name__

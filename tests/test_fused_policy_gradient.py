@@ -18,6 +18,7 @@ import pytest
 from scipy import special
 
 import jaxloss
+from tests.compiled import jit_call
 from tests.gradcheck import check_grads
 
 B, T, D, V = 3, 5, 4, 11  # 15 tokens
@@ -82,6 +83,13 @@ def fused(hidden, weight, bias, labels, old, adv, **options):
 
 
 def value_and_grads(fn, hidden, weight, bias, *rest, **options):
+    """The value and the gradients with respect to hidden, weight and bias (when not
+    None), under a jit shared by the calls with the same function and Python-valued
+    options."""
+    return jit_call(_value_and_grads, fn, hidden, weight, bias, *rest, **options)
+
+
+def _value_and_grads(fn, hidden, weight, bias, *rest, **options):
     if bias is None:
         return jax.value_and_grad(lambda h, w: fn(h, w, None, *rest, **options), (0, 1))(
             hidden, weight
@@ -270,18 +278,23 @@ def test_flat_tokens_are_one_sequence_and_broadcast_inputs():
     # [N, D] hidden: one sequence of N tokens; a scalar advantage and old log-prob.
     hidden = f64(HIDDEN.reshape(B * T, D))
     labels = LABELS.reshape(-1)
-    got = fused(hidden, f64(WEIGHT), None, labels, -2.0, 1.5, aggregation="sequence_mean")
-    lp = jaxloss.token_log_probs(hidden @ f64(WEIGHT), labels)
-    want = jaxloss.policy_gradient_loss(lp, -2.0, 1.5, aggregation="sequence_mean")
+    got = jit_call(fused, hidden, f64(WEIGHT), None, labels, -2.0, 1.5, aggregation="sequence_mean")
+
+    @jax.jit
+    def want_of(hidden, weight, labels):
+        lp = jaxloss.token_log_probs(hidden @ weight, labels)
+        return jaxloss.policy_gradient_loss(lp, -2.0, 1.5, aggregation="sequence_mean")
+
+    want = want_of(hidden, f64(WEIGHT), labels)
     assert_close(got, want)
 
 
 def test_bf16_inputs_are_computed_in_float32():
     args = [jnp.asarray(x, jnp.bfloat16) for x in (HIDDEN, WEIGHT, BIAS, OLD)]
-    got = fused(*args[:3], LABELS, args[3], ADV, chunk_size=4, where=KEEP)
+    got = jit_call(fused, *args[:3], LABELS, args[3], ADV, chunk_size=4, where=KEEP)
     assert got.dtype == jnp.float32
     rounded = [jnp.asarray(np.asarray(x, np.float64)) for x in args]
-    want = materialized(*rounded[:3], LABELS, rounded[3], f64(ADV), where=KEEP)
+    want = jit_call(materialized, *rounded[:3], LABELS, rounded[3], f64(ADV), where=KEEP)
     assert_close(got, want, 1e-5)
 
 
@@ -324,7 +337,8 @@ def test_explicitly_sharded_tokens_loop_per_device():
                 **options,
             )
         )(put(f64(HIDDEN)), put(LABELS), put(f64(OLD)), put(f64(ADV)), put(f64(REF)))
-    want = materialized(
+    want = jit_call(
+        materialized,
         f64(HIDDEN),
         f64(WEIGHT),
         f64(BIAS),

@@ -18,6 +18,7 @@ import pytest
 from scipy import special
 
 import jaxloss
+from tests.compiled import jit_call
 from tests.gradcheck import check_grads
 
 B, T, D, D_REF, V = 3, 5, 4, 6, 9  # 3 pairs of 5-token sequences
@@ -292,7 +293,7 @@ def test_no_gradient_to_the_reference_and_none_to_masked_nan_tokens():
         )
 
     for reduction in ("mean", "none"):
-        value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(
+        value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), static_argnums=4)(
             hidden, WEIGHT, ref_hidden, REF_WEIGHT, reduction
         )
         assert np.isfinite(value)
@@ -300,11 +301,13 @@ def test_no_gradient_to_the_reference_and_none_to_masked_nan_tokens():
         assert np.all(g_rh == 0) and np.all(g_rw == 0)
         assert np.all(g_h[~KEEP] == 0) and np.isfinite(g_h).all() and np.isfinite(g_w).all()
         assert np.any(g_h[KEEP] != 0)
-    grads = jax.grad(
-        lambda lc, lr: jaxloss.fused_linear_preference_loss(
-            HIDDEN, WEIGHT, LABELS, reference_logps=(lc, lr)
-        ),
-        argnums=(0, 1),
+    grads = jax.jit(
+        jax.grad(
+            lambda lc, lr: jaxloss.fused_linear_preference_loss(
+                HIDDEN, WEIGHT, LABELS, reference_logps=(lc, lr)
+            ),
+            argnums=(0, 1),
+        )
     )(*REF_LOGPS)
     assert all(np.all(np.asarray(g) == 0) for g in grads)
 
@@ -318,10 +321,12 @@ def test_jit_and_float32():
     # Whole-sequence chunks: jaxlib 0.9.0's CPU compiler (the lowest supported) fails on
     # bf16 dots this small inside a ragged chunk loop ("unsupported operand type BF16 in
     # op dot"); ragged chunks are checked in float64 above, bf16 here.
-    out = jaxloss.fused_linear_preference_loss(*low, LABELS, loss="orpo", chunk_size=5)
+    out = jit_call(jaxloss.fused_linear_preference_loss, *low, LABELS, loss="orpo", chunk_size=5)
     assert out.dtype == jnp.float32
     rounded = [jnp.asarray(x, jnp.float32) for x in low]
-    expected = jnp.mean(materialized(*rounded, None, LABELS, np.ones_like(KEEP), loss="orpo"))
+    expected = jax.jit(
+        lambda h, w: jnp.mean(materialized(h, w, None, LABELS, np.ones_like(KEEP), loss="orpo"))
+    )(*rounded)
     np.testing.assert_allclose(float(out), float(expected), rtol=1e-5)
 
 
@@ -393,8 +398,9 @@ def test_vmap_and_gradient_check_of_the_one_pass_path():
     def loss(h, w, y):
         return jaxloss.fused_linear_preference_loss(h, w, y, loss="orpo", where=KEEP, chunk_size=2)
 
-    batched = jax.vmap(loss, in_axes=(0, None, 0))(hidden, WEIGHT, labels)
-    _close(batched, jnp.stack([loss(hidden[i], WEIGHT, labels[i]) for i in range(2)]))
+    batched = jax.jit(jax.vmap(loss, in_axes=(0, None, 0)))(hidden, WEIGHT, labels)
+    one_by_one = jax.jit(lambda h, w, y: jnp.stack([loss(h[i], w, y[i]) for i in range(2)]))
+    _close(batched, one_by_one(hidden, WEIGHT, labels))
     check_grads(lambda h, w: loss(h, w, LABELS), (HIDDEN, WEIGHT), order=1, modes=("fwd", "rev"))
 
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from scipy import special
 
 import jaxloss
+from tests.compiled import jit_call
 from tests.contract_table import (
     _ref_distillation,
     _ref_group_advantages,
@@ -40,7 +41,9 @@ def f64(x):
 
 
 def _grad(f, *args, argnums=0):
-    return jax.grad(lambda *a: jnp.sum(f(*a)), argnums=argnums)(*args)
+    """The gradient of Σ f, compiled as one function (eagerly, every primitive of the
+    backward pass would compile on its own)."""
+    return jax.jit(jax.grad(lambda *a: jnp.sum(f(*a)), argnums=argnums))(*args)
 
 
 # -- token_log_probs / sequence_log_probs ----------------------------------------------
@@ -252,7 +255,7 @@ def test_policy_gradient_aggregations(aggregation):
 
 def test_policy_gradient_on_policy_is_reinforce():
     """At old = current policy, ∇ℓ = −A/N per kept token (token_mean): the score function."""
-    g = jax.grad(jaxloss.policy_gradient_loss)(f64(LP), f64(LP), f64(ADV), where=KEEP)
+    g = jit_call(jax.grad(jaxloss.policy_gradient_loss), f64(LP), f64(LP), f64(ADV), where=KEEP)
     expected = np.where(KEEP, -ADV[:, None] / KEEP.sum(), 0.0)
     np.testing.assert_allclose(g, expected, 1e-12)
 
@@ -260,9 +263,10 @@ def test_policy_gradient_on_policy_is_reinforce():
 def test_policy_gradient_constants_and_masked_nan():
     lp = np.where(KEEP, LP, np.nan)
     old = np.where(KEEP, OLD, np.inf)
-    g = jax.grad(jaxloss.policy_gradient_loss, argnums=(0, 1, 2))(
-        f64(lp), f64(old), f64(ADV), where=KEEP
-    )
+    g = jit_call(
+        jax.grad(jaxloss.policy_gradient_loss, argnums=(0, 1, 2)),
+        f64(lp), f64(old), f64(ADV), where=KEEP,
+    )  # fmt: skip
     assert np.isfinite(g[0]).all() and np.all(g[0][~KEEP] == 0)
     assert np.all(g[1] == 0) and np.all(g[2] == 0)
     empty = jaxloss.policy_gradient_loss(f64(lp), f64(old), f64(ADV), where=np.zeros_like(KEEP))
@@ -364,7 +368,7 @@ def test_group_relative_advantages_equal_rewards():
     r = f64([1.0, 1.0, 1.0, 0.0, 2.0, 1.0])
     out = jaxloss.group_relative_advantages(r, group_size=3)
     np.testing.assert_array_equal(out[:3], 0.0)
-    g = jax.jacobian(lambda x: jaxloss.group_relative_advantages(x, group_size=3))(r)
+    g = jax.jit(jax.jacobian(lambda x: jaxloss.group_relative_advantages(x, group_size=3)))(r)
     assert np.isfinite(g).all()
 
 

@@ -16,6 +16,7 @@ import pytest
 import jaxloss
 from jaxloss import _engine as E
 from jaxloss import _large_vocab as LV
+from tests.compiled import jit_call
 from tests.gradcheck import check_grads
 from tests.torch_ce_reference import torch_cross_entropy
 
@@ -77,24 +78,25 @@ def assert_close(actual, expected, rel):
 
 
 def value_and_grads(loss, options, reduction, dtype=jnp.float32):
-    """The loss and its gradients with respect to hidden, weight and bias."""
+    """The loss and its gradients with respect to hidden, weight and bias, under a jit
+    shared by the calls with the same loss, reduction and Python-valued options."""
     args = [jnp.asarray(x, dtype) for x in (HIDDEN, WEIGHT, BIAS)]
     labels = jnp.asarray(options.pop("labels", LABELS))
+    # Full float32 products: on GPUs the default is TF32 (10-bit mantissa), which would
+    # make the two computations differ by their summation order at 1e-3, not 1e-7.
+    with jax.default_matmul_precision("highest"):
+        return jit_call(_value_and_grads, loss, reduction, *args, labels, **options)
+
+
+def _value_and_grads(loss, reduction, h, w, b, labels, **options):
     cotangent = jnp.linspace(0.5, 1.5, N) if reduction == "none" else 1.0
 
     def scalar(h, w, b):
         return jnp.sum(loss(h, w, b, labels, reduction=reduction, **options) * cotangent)
 
-    @jax.jit
-    def both(h, w, b):
-        return loss(h, w, b, labels, reduction=reduction, **options), jax.grad(
-            scalar, argnums=(0, 1, 2)
-        )(h, w, b)
-
-    # Full float32 products: on GPUs the default is TF32 (10-bit mantissa), which would
-    # make the two computations differ by their summation order at 1e-3, not 1e-7.
-    with jax.default_matmul_precision("highest"):
-        return both(*args)
+    return loss(h, w, b, labels, reduction=reduction, **options), jax.grad(
+        scalar, argnums=(0, 1, 2)
+    )(h, w, b)
 
 
 OPTIONS = {
@@ -202,19 +204,21 @@ def test_embedding_layout_equals_dense_with_the_transposed_weight(monkeypatch):
     v_dense, g_dense = value_and_grad(table.T, "dense")
     np.testing.assert_allclose(v_table, v_dense, rtol=1e-12)
     np.testing.assert_allclose(g_table, g_dense.T, rtol=1e-12, atol=1e-15)
-    want = jax.grad(lambda w: naive(h, w, b, jnp.asarray(LABELS), z_loss=1e-2))(table.T)
+    want = jax.jit(jax.grad(lambda w: naive(h, w, b, jnp.asarray(LABELS), z_loss=1e-2)))(table.T)
     assert_close(g_dense, want, 1e-12)
 
 
 def test_leading_axes_are_tokens():
     h = jnp.asarray(HIDDEN[:36].reshape(4, 9, D))
     labels, keep = LABELS[:36].reshape(4, 9), KEEP[:36].reshape(4, 9)
-    per_token = jaxloss.fused_linear_cross_entropy(
-        h, WEIGHT, labels, where=keep, chunk_size=CHUNK, reduction="none"
-    )
-    flat = jaxloss.fused_linear_cross_entropy(
-        h.reshape(36, D), WEIGHT, labels.reshape(36), where=keep.reshape(36), reduction="none"
-    )
+    per_token = jit_call(
+        jaxloss.fused_linear_cross_entropy,
+        h, WEIGHT, labels, where=keep, chunk_size=CHUNK, reduction="none",
+    )  # fmt: skip
+    flat = jit_call(
+        jaxloss.fused_linear_cross_entropy,
+        h.reshape(36, D), WEIGHT, labels.reshape(36), where=keep.reshape(36), reduction="none",
+    )  # fmt: skip
     assert per_token.shape == (4, 9)
     np.testing.assert_allclose(per_token.reshape(36), flat, rtol=1e-6)
 
@@ -266,8 +270,10 @@ def test_dropped_tokens_with_nan_hidden_get_zero_gradient():
     h = HIDDEN.astype(np.float64).copy()
     dropped = (IGNORED == -100) | ~KEEP
     h[dropped] = np.nan
-    grads = jax.grad(
-        lambda h, w: fused(h, w, None, IGNORED, ignore_index=-100, where=KEEP), argnums=(0, 1)
+    grads = jax.jit(
+        jax.grad(
+            lambda h, w: fused(h, w, None, IGNORED, ignore_index=-100, where=KEEP), argnums=(0, 1)
+        )
     )(jnp.asarray(h), jnp.asarray(WEIGHT, jnp.float64))
     assert np.all(np.asarray(grads[0])[dropped] == 0)
     assert np.isfinite(np.asarray(grads[0])).all() and np.isfinite(np.asarray(grads[1])).all()
@@ -276,9 +282,9 @@ def test_dropped_tokens_with_nan_hidden_get_zero_gradient():
 def test_label_outside_the_vocabulary_gives_nan_loss_and_gradient():
     labels = LABELS.copy()
     labels[3] = V
-    per_token = fused(HIDDEN, WEIGHT, None, labels, reduction="none")
+    per_token = jit_call(fused, HIDDEN, WEIGHT, None, labels, reduction="none")
     assert np.isnan(per_token[3]) and np.isfinite(np.delete(np.asarray(per_token), 3)).all()
-    assert np.isnan(jax.grad(lambda h: fused(h, WEIGHT, None, labels))(HIDDEN)).any()
+    assert np.isnan(jax.jit(jax.grad(lambda h: fused(h, WEIGHT, None, labels)))(HIDDEN)).any()
 
 
 def test_no_retrace_and_jit_equals_eager():
@@ -436,7 +442,7 @@ def _fused_and_materialized(bias, labels, reduction, **options):
 def _values_and_grads(f, args, n):
     cotangent = jnp.linspace(0.5, 1.5, n)
     scalar = lambda *a: jnp.sum(f(*a) * cotangent)  # noqa: E731
-    return jax.jit(f)(*args), jax.jit(jax.grad(scalar, argnums=(0, 1, 2)))(*args)
+    return jax.jit(lambda *a: (f(*a), jax.grad(scalar, argnums=(0, 1, 2))(*a)))(*args)
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])
@@ -476,7 +482,8 @@ def test_forward_mode_is_finite_at_minus_inf_bias(reduction):
     labels = np.where((Y7 == 1) | (Y7 == 5), 0, Y7)
     h, w, b = (jnp.asarray(x) for x in (H7, W7, bias))
     fused_loss, materialized = _fused_and_materialized(bias, labels, reduction, label_smoothing=0.1)
-    _, tangent = jax.jvp(fused_loss, (h, w, b), tuple(jnp.ones_like(x) for x in (h, w, b)))
+    ones = tuple(jnp.ones_like(x) for x in (h, w, b))
+    _, tangent = jax.jit(lambda p, t: jax.jvp(fused_loss, p, t))((h, w, b), ones)
     assert np.isfinite(np.asarray(tangent)).all()
     forward = jax.jit(jax.jacfwd(fused_loss, argnums=(0, 2)))(h, w, b)
     reverse = jax.jit(jax.jacrev(materialized, argnums=(0, 2)))(h, w, b)
@@ -510,14 +517,16 @@ def test_narrow_label_dtypes(dtype, v, ids):
     int16 and V = 50257) the bound wrapped and valid labels gave NaN. Uniform logits: log V."""
     labels = jnp.asarray(ids, dtype)
     for reduction in ("none", "mean"):
-        got = jaxloss.fused_linear_cross_entropy(
+        got = jit_call(
+            jaxloss.fused_linear_cross_entropy,
             jnp.ones((2, 2), jnp.float32),
             jnp.zeros((2, v), jnp.float32),
             labels,
             reduction=reduction,
         )
         np.testing.assert_allclose(got, np.full(got.shape, np.log(v)), rtol=1e-6)
-    out = jaxloss.fused_linear_cross_entropy(
+    out = jit_call(
+        jaxloss.fused_linear_cross_entropy,
         jnp.ones((2, 2), jnp.float32),
         jnp.zeros((2, v), jnp.float32),
         labels,
@@ -543,13 +552,15 @@ def test_mean_with_a_nan_weight_is_nan():
     """A "mean" returned 0 when a weight was NaN (the
     count turned NaN and the guard for an empty mask mapped it to 0)."""
     weights = jnp.asarray([1.0, np.nan, 1.0, 1.0, 1.0, 1.0, 1.0])
-    out = jaxloss.fused_linear_cross_entropy(
-        jnp.asarray(H7), jnp.asarray(W7), Y7, weights=weights, chunk_size=3
-    )
+    out = jit_call(
+        jaxloss.fused_linear_cross_entropy,
+        jnp.asarray(H7), jnp.asarray(W7), Y7, weights=weights, chunk_size=3,
+    )  # fmt: skip
     assert np.isnan(out)
-    nothing = jaxloss.fused_linear_cross_entropy(
-        jnp.asarray(H7), jnp.asarray(W7), Y7, where=jnp.zeros(7, bool), chunk_size=3
-    )
+    nothing = jit_call(
+        jaxloss.fused_linear_cross_entropy,
+        jnp.asarray(H7), jnp.asarray(W7), Y7, where=jnp.zeros(7, bool), chunk_size=3,
+    )  # fmt: skip
     assert nothing == 0.0
 
 
