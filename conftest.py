@@ -38,15 +38,20 @@ def pytest_configure(config):
     )
 
 
+# The contract's two files, the longest: handed out right after the subprocess files, one
+# to each worker.
+CONTRACT_FILES = {"tests/test_contract.py", "tests/test_contract_gradients.py"}
+
+
 def pytest_collection_modifyitems(items):
     """The order in which pytest-xdist (``--dist loadfile``: a file's tests in one worker,
     so that what one test compiles serves the file's other tests instead of being compiled
     again in the other worker) hands out the files: the files whose tests start
-    subprocesses first, then the contract tests (the longest file), then the rest, so
+    subprocesses first, then the contract tests (the two longest files), then the rest, so
     that no long file is left for the end with one worker idle."""
     items.sort(
         key=lambda item: (
             not _spawns_processes(item),
-            item.nodeid.split("::")[0] != "tests/test_contract.py",
+            item.nodeid.split("::")[0] not in CONTRACT_FILES,
         )
     )

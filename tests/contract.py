@@ -1,10 +1,11 @@
 """The contract every public jaxloss function is held to, and the ``Case`` that describes one.
 
 A ``Case`` says how to make sample inputs and gives an independent float64 reference
-(numpy/scipy). ``tests/test_contract.py`` runs every case in ``tests/contract_table.py``
-through the same checks: value against the reference in float32 and float64, jit ==
-eager, vmap == per-example loop, float64 gradient checks, every reduction with and
-without ``where``/``weights``, NaN under a mask, low-precision inputs and extreme inputs.
+(numpy/scipy). ``tests/test_contract.py`` and ``tests/test_contract_gradients.py`` run
+every case in ``tests/contract_table.py`` through the same checks: value against the
+reference in float32 and float64, jit == eager, vmap == per-example loop, float64
+gradient checks, every reduction with and without ``where``/``weights``, NaN under a
+mask, low-precision inputs and extreme inputs.
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class Case:
 
     def __str__(self) -> str:  # pytest ids
         return self.id or self.name
+
+
+def sample_inputs(case: Case, seed: int = 0) -> Inputs:
+    """The case's sample inputs from ``seed``."""
+    return case.make(np.random.default_rng(seed))
 
 
 def is_float(x: Any) -> bool:

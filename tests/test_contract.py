@@ -1,4 +1,5 @@
-"""The generic contract test: every case in the table, through every check."""
+"""The generic contract test: every case in the table, through every check (the gradient
+checks and the extreme inputs are in ``tests/test_contract_gradients.py``)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,12 @@ import jaxloss
 from tests import contract as K
 from tests.compiled import jit_call, traces
 from tests.contract_table import CASES, NOT_IN_TABLE
-from tests.gradcheck import check_grads
 
 LOSSES = [c for c in CASES if c.conventions]
-EXTREME = [c for c in CASES if c.extreme is not None]
 
 
 def _inputs(case, seed=0):
-    return case.make(np.random.default_rng(seed))
+    return K.sample_inputs(case, seed)
 
 
 def _ref(case, inputs):
@@ -80,14 +79,6 @@ def test_vmap_equals_per_example_loop(case):
     n = len(jax.tree.leaves(inputs[0])[0])
     looped = jnp.stack([_compiled(case, K.example(inputs, i, case.unbatched)) for i in range(n)])
     np.testing.assert_allclose(batched, looped, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_gradients_float64(case):
-    f, primals = K.differentiable(case, K.cast(_inputs(case), jnp.float64))
-    # Under jit: the finite differences step outside the domain at exact zeros (p = 0 −
-    # 1e-4), which the concrete-input checks would reject (a negative probability).
-    check_grads(jax.jit(f), primals, order=case.grad_order, modes=("fwd", "rev"))
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
@@ -163,27 +154,6 @@ def test_low_precision_inputs_computed_in_float32(case, dtype):
     # ... and within the documented tolerance of float32 on the unrounded inputs.
     tol = (case.lowp_tol or K.LOW_PRECISION_TOL)[dtype]
     np.testing.assert_allclose(out, K.call(case, K.cast(inputs, jnp.float32)), rtol=tol, atol=tol)
-
-
-@pytest.mark.parametrize("case", EXTREME, ids=str)
-def test_extreme_inputs_stay_finite(case):
-    """Finite value at the extreme inputs, eagerly and under jit, and finite gradients
-    (under jit, where training computes them: eagerly every backward operation would be
-    compiled on its own; eager gradients are checked by the masking tests)."""
-    inputs = K.cast(case.extreme(), jnp.float32)
-    out = K.call(case, inputs)
-    assert np.isfinite(np.asarray(out)).all(), out
-    f, primals = K.differentiable(case, inputs)
-    argnums = tuple(range(len(primals)))
-
-    @jax.jit
-    def value_and_grads(*v):
-        return f(*v), jax.grad(lambda *w: jnp.sum(f(*w)), argnums=argnums)(*v)
-
-    jitted, grads = value_and_grads(*primals)
-    assert np.isfinite(np.asarray(jitted)).all(), jitted
-    for g in jax.tree.leaves(grads):
-        assert np.isfinite(np.asarray(g)).all(), g
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
