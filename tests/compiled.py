@@ -1,8 +1,9 @@
 """Compiled functions shared across test cases.
 
 On the CPU backend compiling dominates the test suite's time, and an eager call compiles
-every primitive it meets at a new shape on its own (tens of milliseconds each), so one
-eager loss call at a new shape costs more than compiling the whole loss once. Tests that
+every primitive it meets at a new shape on its own (cached by shape for the process), so
+an eager loss call at shapes no earlier test used can cost more than compiling the whole
+loss once (measure: where many cases share shapes, eager can be cheaper). Tests that
 check values, gradients or options (not eager execution itself, which
 ``tests/test_contract.py::test_jit_equals_eager`` checks for every public function) call
 through ``jit_call``: one ``jax.jit`` per function and per set of Python-valued options,

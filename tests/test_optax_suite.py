@@ -207,12 +207,12 @@ def _multiclass_generalized_dice_loss(
 
 
 # optax's tests draw their inputs with jax.random at many shapes; eagerly each shape
-# compiles its own threefry generator (seconds each on the CPU backend), more than the
-# losses under test. With partitionable threefry (JAX's default) element i of a draw
-# depends only on the key and on i, so a draw of shape ``s`` is the first prod(s) elements
-# of a longer flat draw, reshaped: the flat draws below are compiled once per length
-# bucket and shared, and the tests get bit-identical inputs
-# (``test_shared_draws_equal_jax_random`` checks it). Anything else goes to jax.random.
+# compiles its own threefry generator, a larger program than the losses under test.
+# With partitionable threefry (JAX's default) element i of a draw depends only on the
+# key and on i, so a draw of shape ``s`` is the first prod(s) elements of a longer flat
+# draw, reshaped: the flat draws below are compiled once per length bucket and shared,
+# and the tests get bit-identical inputs (``test_shared_draws_equal_jax_random`` checks
+# it). Anything else goes to jax.random.
 _BUCKETS = (1 << 12, 1 << 18)
 
 
