@@ -1,5 +1,6 @@
 """Root test configuration shared by the test suite and the docstring examples."""
 
+import collections
 import os
 from pathlib import Path
 
@@ -104,12 +105,15 @@ CONTRACT_FILES = {"tests/test_contract.py", "tests/test_contract_gradients.py"}
 def pytest_collection_modifyitems(items):
     """The order in which pytest-xdist (``--dist loadfile``: a file's tests in one worker,
     so that what one test compiles serves the file's other tests instead of being compiled
-    again in the other worker) hands out the files: the files whose tests start
-    subprocesses first, then the contract tests (the two longest files), then the rest, so
-    that no long file is left for the end with one worker idle."""
-    items.sort(
-        key=lambda item: (
-            not _spawns_processes(item),
-            item.nodeid.split("::")[0] not in CONTRACT_FILES,
-        )
-    )
+    again in the other worker; ``--no-loadscope-reorder``: in this order) hands out the
+    files: the files whose tests start subprocesses first, then the contract tests (the two
+    longest files), then the rest from the most tests to the fewest, so that no long file
+    is left for the end with one worker idle. A file's tests keep their order."""
+    files = [item.nodeid.split("::")[0] for item in items]
+    count = collections.Counter(files)
+    spawning = {file for file, item in zip(files, items, strict=True) if _spawns_processes(item)}
+    key = {
+        id(item): (file not in spawning, file not in CONTRACT_FILES, -count[file], file, i)
+        for i, (file, item) in enumerate(zip(files, items, strict=True))
+    }
+    items.sort(key=lambda item: key[id(item)])
