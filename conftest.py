@@ -1,6 +1,5 @@
 """Root test configuration shared by the test suite and the docstring examples."""
 
-import collections
 import os
 from pathlib import Path
 
@@ -26,20 +25,8 @@ def _docstring_examples_run_with_jax_defaults(request):
         jax.config.update("jax_enable_x64", True)
 
 
-# Module fixtures that start JAX in subprocesses (several host devices or several
-# processes) and that the module's tests share.
-PROCESS_FIXTURES = {"eight_device_report", "reports"}
-
-
-def _spawns_processes(item) -> bool:
-    uses = PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))
-    return bool(uses) or item.get_closest_marker("spawns_processes") is not None
-
-
 def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "spawns_processes: the test starts JAX in subprocesses (it runs first)"
-    )
+    config.addinivalue_line("markers", "spawns_processes: the test starts JAX in subprocesses")
     _use_persistent_compilation_cache(config.rootpath)
 
 
@@ -95,25 +82,3 @@ def _prune(folder: Path, limit: int) -> None:
         total -= size
         if total <= limit // 2:
             break
-
-
-# The contract's two files, the longest: handed out right after the subprocess files, one
-# to each worker.
-CONTRACT_FILES = {"tests/test_contract.py", "tests/test_contract_gradients.py"}
-
-
-def pytest_collection_modifyitems(items):
-    """The order in which pytest-xdist (``--dist loadfile``: a file's tests in one worker,
-    so that what one test compiles serves the file's other tests instead of being compiled
-    again in the other worker; ``--no-loadscope-reorder``: in this order) hands out the
-    files: the files whose tests start subprocesses first, then the contract tests (the two
-    longest files), then the rest from the most tests to the fewest, so that no long file
-    is left for the end with one worker idle. A file's tests keep their order."""
-    files = [item.nodeid.split("::")[0] for item in items]
-    count = collections.Counter(files)
-    spawning = {file for file, item in zip(files, items, strict=True) if _spawns_processes(item)}
-    key = {
-        id(item): (file not in spawning, file not in CONTRACT_FILES, -count[file], file, i)
-        for i, (file, item) in enumerate(zip(files, items, strict=True))
-    }
-    items.sort(key=lambda item: key[id(item)])
