@@ -397,9 +397,13 @@ def clip_loss(
       x: floating ``[..., B, D]`` (e.g. image embeddings); pairs are rows with the same
         index in ``x`` and ``y``.
       y: floating, same shape as ``x`` (e.g. text embeddings).
-      temperature: τ > 0. Pass exactly one of ``temperature`` and ``logit_scale``.
-      logit_scale: log t, a learnable scalar (CLIP initializes it to log(1/0.07) and
-        clips t at 100 during training, outside the loss).
+      temperature: τ > 0, used as given (no log): s = ⟨x̂, ŷ⟩/τ. Pass exactly one of
+        ``temperature`` and ``logit_scale``.
+      logit_scale: log t, a learnable scalar; the loss takes its exp. This is CLIP's
+        learnable parameter (initialized to log(1/0.07), t clipped at 100 during training,
+        outside the loss). open_clip's ``ClipLoss`` is instead called with
+        ``logit_scale`` already exponentiated (its model returns ``logit_scale.exp()``):
+        pass that value as ``temperature=1/value``, or its log as ``logit_scale``.
       normalize: L2-normalize x and y along D first (default True; a zero vector stays 0).
       batch_axis_name: inside ``shard_map``, the mesh axis (or tuple of axes) the batch
         is split over, in the order of ``lax.axis_index``; None on one device.
@@ -425,6 +429,7 @@ def clip_loss(
       supervision" (CLIP, 2021), Figure 3; van den Oord et al., "Representation learning
       with contrastive predictive coding" (InfoNCE, 2018).
     """
+    C.check_batch_axis_name("clip_loss", batch_axis_name)
     if (temperature is None) == (logit_scale is None):
         raise ValueError(
             "Pass exactly one of `temperature` (τ, logits s/τ) or `logit_scale` (log t, "
@@ -601,6 +606,7 @@ def siglip_loss(
       Zhai et al., "Sigmoid loss for language image pre-training" (SigLIP, 2023),
       Algorithm 1 and §3.3 (the chunked, device-ring implementation).
     """
+    C.check_batch_axis_name("siglip_loss", batch_axis_name)
     scalars = {"logit_scale": logit_scale, "logit_bias": logit_bias}
     for k, v in scalars.items():
         if v is None:

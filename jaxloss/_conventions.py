@@ -289,6 +289,30 @@ def check_exclusive(**named: Any) -> None:
         raise ValueError(f"Pass at most one of {', '.join(f'`{k}`' for k in named)}; got {given}.")
 
 
+def bound_axis_size(axis_name: Any, error: str) -> int:
+    """The number of shards along the mesh axis ``axis_name`` (a name or a tuple of names);
+    ``ValueError(error)`` where no such axis is bound (outside ``jax.shard_map``)."""
+    try:
+        return lax.axis_size(axis_name)
+    except NameError:
+        raise ValueError(error) from None
+
+
+def check_batch_axis_name(function: str, batch_axis_name: Any) -> None:
+    """A ``batch_axis_name`` that names no bound mesh axis (plain ``jit``, say) is an error
+    that says what the argument is for, instead of JAX's unbound-axis error from a
+    collective deep inside the loss."""
+    if batch_axis_name is not None:
+        bound_axis_size(
+            batch_axis_name,
+            f"`{function}` was called with batch_axis_name={batch_axis_name!r}, but no mesh "
+            "axis of that name is bound here: `batch_axis_name` names the mesh axis (or axes) "
+            "that the batch is split over inside `jax.shard_map`, where the loss forms the "
+            "global reduction with collectives. Under plain `jax.jit` with a sharded batch, "
+            "leave it None: XLA forms the global reduction itself.",
+        )
+
+
 def check_reduction(reduction: Any) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}.")

@@ -855,6 +855,7 @@ def fused_linear_distillation_loss(
       "Cut your losses in large-vocabulary language models" (2024), for the chunked
       computation.
     """
+    C.check_batch_axis_name("fused_linear_distillation_loss", batch_axis_name)
     options: dict[str, Any] = dict(
         weight_layout=weight_layout,
         temperature=temperature,

@@ -343,6 +343,7 @@ def fused_linear_cross_entropy(
       the chunked linear cross-entropy; Chowdhery et al., "PaLM" (2022), §5, for the
       z-loss; Gemma Team, "Gemma 2" (2024), for logit soft-capping.
     """
+    C.check_batch_axis_name("fused_linear_cross_entropy", batch_axis_name)
     options: dict[str, Any] = dict(
         weight_layout=weight_layout,
         chunk_size=chunk_size,

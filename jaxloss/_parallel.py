@@ -33,20 +33,18 @@ ArrayLike = C.ArrayLike
 
 def axis_size(axis_name, function: str) -> int:
     """The number of shards along ``axis_name``, or an error saying how to call ``function``."""
-    try:
-        return lax.axis_size(axis_name)
-    except NameError:
-        fallback = (
-            "softmax_cross_entropy"
-            if function == "vocab_parallel_cross_entropy"
-            else "fused_linear_cross_entropy"
-        )
-        raise ValueError(
-            f"`{function}` was called with axis_name={axis_name!r}, but no mesh axis of that "
-            "name is bound here: it must run inside `jax.shard_map` over a mesh with that "
-            "axis, the vocabulary sharded along it (e.g. in_specs=P(None, "
-            f"{axis_name!r}) for [N, V] logits). For unsharded inputs use `jaxloss.{fallback}`."
-        ) from None
+    fallback = (
+        "softmax_cross_entropy"
+        if function == "vocab_parallel_cross_entropy"
+        else "fused_linear_cross_entropy"
+    )
+    return C.bound_axis_size(
+        axis_name,
+        f"`{function}` was called with axis_name={axis_name!r}, but no mesh axis of that "
+        "name is bound here: it must run inside `jax.shard_map` over a mesh with that "
+        "axis, the vocabulary sharded along it (e.g. in_specs=P(None, "
+        f"{axis_name!r}) for [N, V] logits). For unsharded inputs use `jaxloss.{fallback}`.",
+    )
 
 
 def vocab_parallel_cross_entropy(
@@ -136,6 +134,7 @@ def vocab_parallel_cross_entropy(
       Shoeybi et al., "Megatron-LM: training multi-billion parameter language models
       using model parallelism" (2019), §3.
     """
+    C.check_batch_axis_name("vocab_parallel_cross_entropy", batch_axis_name)
     C.check_ignore_index(ignore_index)
     x = C.as_float("logits", logits)
     axis = _class_axis(axis, x, "logits")
@@ -281,6 +280,7 @@ def vocab_parallel_fused_linear_cross_entropy(
       Shoeybi et al., "Megatron-LM" (2019), §3; Wijmans et al., "Cut your losses in
       large-vocabulary language models" (2024).
     """
+    C.check_batch_axis_name("vocab_parallel_fused_linear_cross_entropy", batch_axis_name)
     cfg, h, w, b, xs, keep, weights, batch = LV.prepare(
         hidden,
         weight,

@@ -683,8 +683,8 @@ def _pair_spec(loss, beta, loss_type, label_smoothing, gamma, average_log_prob, 
         )
     if loss_type not in DPO_LOSS_TYPES:
         raise ValueError(f"`loss_type` must be one of {DPO_LOSS_TYPES}, got {loss_type!r}.")
-    if average_log_prob is None:
-        average_log_prob = _AVERAGED[loss]
+    if average_log_prob is None:  # as each loss's reference implementation (TRL's IPO averages)
+        average_log_prob = _AVERAGED[loss] or loss_type == "ipo"
     if not isinstance(average_log_prob, bool):
         raise TypeError(f"`average_log_prob` must be a bool or None, got {average_log_prob!r}.")
     nll_weight = E.python_number("nll_weight", nll_weight)
@@ -846,7 +846,8 @@ def fused_linear_preference_loss(
       label_smoothing: ε for DPO (sigmoid, robust), SimPO and CPO.
       gamma: SimPO's target margin γ.
       average_log_prob: length-average the sequence log-probabilities; default each loss's
-        own definition (True for SimPO and ORPO, False for DPO and CPO; IPO expects True).
+        own definition (True for SimPO, ORPO and DPO's ``loss_type="ipo"``, as TRL averages
+        for IPO; False for DPO's other loss types and CPO).
       nll_weight: λ ≥ 0, the weight of the chosen sequences' token-mean cross-entropy.
       temperature: T > 0 (a Python number); the logits are divided by it (after the cap),
         the policy's and the reference's (from hidden states) alike.
@@ -888,6 +889,7 @@ def fused_linear_preference_loss(
       Preference Optimization", ICML 2024; Wijmans et al., "Cut your losses in
       large-vocabulary language models" (2024), for the chunked computation.
     """
+    C.check_batch_axis_name("fused_linear_preference_loss", batch_axis_name)
     spec = _pair_spec(loss, beta, loss_type, label_smoothing, gamma, average_log_prob, nll_weight)
     C.check_reduction(reduction)
     temperature = E.python_number("temperature", temperature)

@@ -161,6 +161,27 @@ def test_clip_mean_is_the_average_of_both_cross_entropies():
     np.testing.assert_allclose(_clip(X, Y), clip_reference(X, Y, logit_scale=1.3), rtol=1e-12)
 
 
+def test_open_clips_exponentiated_logit_scale_as_the_docstring_says():
+    """open_clip's ``ClipLoss(image, text, logit_scale)`` takes the scale already
+    exponentiated (its model returns ``logit_scale.exp()``): logits = scale · x̂ ŷᵀ, the
+    mean of both cross-entropies. clip_loss's docstring says so and how to pass it
+    (``temperature=1/scale`` or ``logit_scale=log(scale)``); both equal open_clip's formula,
+    written out here in float64."""
+    doc = " ".join(jaxloss.clip_loss.__doc__.split())
+    assert "open_clip" in doc and "already exponentiated" in doc
+    assert "pass that value as ``temperature=1/value``, or its log as ``logit_scale``" in doc
+    scale = 14.3  # exp(logit_scale) as open_clip's model returns it
+    xn = X / np.linalg.norm(X, axis=-1, keepdims=True)
+    yn = Y / np.linalg.norm(Y, axis=-1, keepdims=True)
+    logits = scale * xn @ yn.T
+    ce = lambda z: np.mean(-np.diag(z - np.log(np.exp(z).sum(1, keepdims=True))))  # noqa: E731
+    expected = (ce(logits) + ce(logits.T)) / 2
+    by_temperature = jaxloss.clip_loss(X, Y, temperature=1 / scale, reduction="mean")
+    by_log = jaxloss.clip_loss(X, Y, logit_scale=np.log(scale), reduction="mean")
+    np.testing.assert_allclose(by_temperature, expected, rtol=1e-12)
+    np.testing.assert_allclose(by_log, expected, rtol=1e-12)
+
+
 def test_ntxent_reference_sanity():
     labels = np.repeat(np.arange(3), 2)
     e = RNG.normal(size=(6, 3))

@@ -295,3 +295,62 @@ def test_zero_weight_removes_an_infinite_term(loss):
         np.testing.assert_allclose(value, want, rtol=1e-6)
         assert np.isfinite(g).all(), reduction
         np.testing.assert_allclose(g, g_dropped, rtol=1e-6)
+
+
+def _batch_axis_calls():
+    """Each function that takes ``batch_axis_name``, on small valid inputs."""
+    rng = np.random.default_rng(0)
+    h, w = jnp.asarray(rng.normal(size=(4, 3))), jnp.asarray(rng.normal(size=(3, 5)))
+    x, y = jnp.asarray(rng.normal(size=(4, 3))), jnp.asarray(rng.normal(size=(4, 3)))
+    labels = jnp.asarray([0, 1, 2, 3])
+    pairs = jnp.asarray(rng.normal(size=(4, 2, 3)))
+    return {
+        "clip_loss": lambda **kw: jaxloss.clip_loss(x, y, temperature=0.1, **kw),
+        "siglip_loss": lambda **kw: jaxloss.siglip_loss(
+            x, y, logit_scale=1.0, logit_bias=0.0, **kw
+        ),
+        "fused_linear_cross_entropy": lambda **kw: jaxloss.fused_linear_cross_entropy(
+            h, w, labels, **kw
+        ),
+        "vocab_parallel_cross_entropy": lambda **kw: jaxloss.vocab_parallel_cross_entropy(
+            h @ w, labels, axis_name="model", **kw
+        ),
+        "vocab_parallel_fused_linear_cross_entropy": (
+            lambda **kw: jaxloss.vocab_parallel_fused_linear_cross_entropy(
+                h, w, labels, axis_name="model", **kw
+            )
+        ),
+        "fused_linear_distillation_loss": lambda **kw: jaxloss.fused_linear_distillation_loss(
+            h, w, h, w, **kw
+        ),
+        "fused_linear_preference_loss": lambda **kw: jaxloss.fused_linear_preference_loss(
+            pairs, w, jnp.zeros((4, 2), int), loss="simpo", **kw
+        ),
+    }
+
+
+# Under plain jit, and inside a shard_map whose mesh binds only "model" (the vocabulary
+# axis that the vocab-parallel functions need bound before anything else).
+BATCH_AXIS_CASES = [
+    pytest.param(name, plain_jit, id=f"{name}-{'jit' if plain_jit else 'shard_map'}")
+    for name in sorted(_batch_axis_calls())
+    for plain_jit in (True, False)
+    if not (plain_jit and name.startswith("vocab_parallel"))
+]
+
+
+@pytest.mark.parametrize("name, plain_jit", BATCH_AXIS_CASES)
+def test_batch_axis_name_that_no_mesh_binds_raises_naming_it(name, plain_jit):
+    """``batch_axis_name`` under plain ``jit`` (or inside a ``shard_map`` whose mesh has no
+    such axis) raises a ValueError that names the argument and says to leave it None,
+    instead of JAX's unbound-axis NameError from a collective inside the loss."""
+    call = _batch_axis_calls()[name]
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("model",))
+
+    def run():
+        return call(batch_axis_name="batch")
+
+    if not plain_jit:
+        run = jax.shard_map(run, mesh=mesh, in_specs=(), out_specs=jax.sharding.PartitionSpec())
+    with pytest.raises(ValueError, match=r"batch_axis_name='batch'.*leave it None"):
+        jax.eval_shape(run)

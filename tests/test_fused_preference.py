@@ -45,7 +45,9 @@ PAIR_FUNCTIONS = {
 
 def materialized(hidden, weight, bias, labels, keep, *, loss="dpo", reference=None, **options):
     """Per-pair losses [B] of the materialized logits (the composition being fused)."""
-    average = options.pop("average_log_prob", loss in ("simpo", "orpo"))
+    average = options.pop(
+        "average_log_prob", loss in ("simpo", "orpo") or options.get("loss_type") == "ipo"
+    )
     nll_weight = options.pop("nll_weight", 0.0)
     layout = options.pop("weight_layout", "dense")
     cap = options.pop("logit_soft_cap", None)
@@ -446,3 +448,29 @@ def test_memory_one_buffer_and_one_block_of_logits(reference, monkeypatch):
     # logsumexp (a second block, of every loss on the engine); newer XLA fuses the sum.
     blocks = 1.5 if jax.__version_info__ >= (0, 10) else 2.5
     assert temp < one_buffer + blocks * one_block, temp
+
+
+def test_ipo_averages_the_log_probabilities_by_default_as_trl():
+    """``loss_type="ipo"`` length-averages the sequence log-probabilities (policy and
+    reference) unless told otherwise, as TRL's DPOTrainer does for IPO; summing them would
+    put the target margin 1/(2β) on a different scale. Independent float64 reference of
+    TRL's IPO loss: h = (π̄_c − π̄_r) − (π̄ref_c − π̄ref_r) with π̄ the mean token
+    log-probability of the kept tokens, loss (h − 1/(2β))²."""
+    keep = KEEP.copy()
+    keep[4, 1] = True  # every sequence keeps a token (TRL divides by the length)
+    beta = 0.5
+    ipo = dict(reference="hidden", loss_type="ipo", beta=beta, reduction="none")
+    got = fused(HIDDEN, WEIGHT, BIAS, LABELS, keep, **ipo)
+
+    def mean_log_probs(h, w, b):
+        z = np.asarray(h, np.float64) @ np.asarray(w, np.float64) + np.asarray(b, np.float64)
+        log_p = z - special.logsumexp(z, axis=-1, keepdims=True)
+        token = np.take_along_axis(log_p, LABELS[..., None], axis=-1)[..., 0]
+        return np.where(keep, token, 0.0).sum(-1) / keep.sum(-1)
+
+    policy = mean_log_probs(HIDDEN, WEIGHT, BIAS)
+    ref = mean_log_probs(REF_HIDDEN, REF_WEIGHT, REF_BIAS)
+    h = (policy[:B] - policy[B:]) - (ref[:B] - ref[B:])
+    np.testing.assert_allclose(got, (h - 1 / (2 * beta)) ** 2, rtol=1e-10, atol=1e-12)
+    summed = fused(HIDDEN, WEIGHT, BIAS, LABELS, keep, average_log_prob=False, **ipo)
+    assert not np.allclose(summed, got)

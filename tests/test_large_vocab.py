@@ -344,6 +344,12 @@ BAD_CALLS = [
      r"`weight` of shape \(2, 4\) does not match `hidden` of shape \(3, 3\).*\[D, V\]"),
     (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, weight_layout="embedding"),
      ValueError, r"with weight_layout='embedding' it must be \[V, D\]"),
+    # A weight in the other layout: the message names the option that takes it.
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34.T, y3), ValueError,
+     r"must be \[D, V\] with D = 3\. For a \[V, D\] table \(tied embeddings\), pass "
+     r"weight_layout='embedding'\."),
+    (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, weight_layout="embedding"),
+     ValueError, r"For a \[D, V\] kernel, pass weight_layout='dense'\."),
     (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, y3, weight_layout="kernel"),
      ValueError, r"`weight_layout` must be one of \('dense', 'embedding'\), got 'kernel'"),
     (lambda: jaxloss.fused_linear_cross_entropy(h3, w34, jnp.zeros(4, int)), ValueError,
