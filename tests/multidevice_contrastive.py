@@ -163,6 +163,37 @@ def check_ring_memory(mesh):
     }
 
 
+def check_generic_recipe(mesh):
+    """docs/scaling.md's recipe for a per-example loss inside ``shard_map`` (each device's
+    ``reduction="sum"``, then psum of the sums over psum of the weights) applied to the
+    contrastive losses without ``batch_axis_name``: each device then contrasts its pairs
+    with its own 4 only, so the result is not the global mean. The relative error against
+    the single-device mean (float64), for the test to show the recipe does not apply."""
+    inputs = _inputs(jnp.float64)
+    args = [inputs[k] for k in ("x", "y", "scale", "bias", "where", "weights")]
+    axes = ("data", "model")
+
+    def recipe(name):
+        def local(x, y, scale, bias, where, weights):
+            total = _loss(name, x, y, scale, bias, where, weights, reduction="sum")
+            count = jnp.sum(jnp.where(where, weights, 0.0))
+            return jax.lax.psum(total, axes) / jax.lax.psum(count, axes)
+
+        return jax.shard_map(local, mesh=mesh, in_specs=_specs(axes), out_specs=P())
+
+    @jax.jit
+    def both(args, sharded_args):
+        return [
+            (recipe(name)(*sharded_args), _loss(name, *args, reduction="mean")) for name in NAMES
+        ]
+
+    out = both(args, _put(mesh, axes, args))
+    return {
+        f"generic_recipe_relative_error[{name}]": float(abs(got - want) / abs(want))
+        for name, (got, want) in zip(NAMES, out, strict=True)
+    }
+
+
 def check_plain_jit():
     """The batch sharded over 8 devices by NamedSharding, plain jit: the global mean, on
     a mesh of explicit axes (``jax.make_mesh``'s default) and of automatic ones; also
@@ -209,6 +240,7 @@ def main():
         mesh = jax.make_mesh((2, 4), ("data", "model"), (AxisType.Explicit,) * 2)
         report.update(check_shard_map(mesh))
         report.update(check_ring_memory(mesh))
+        report.update(check_generic_recipe(mesh))
         report.update(check_plain_jit())
     print(json.dumps(report))
 

@@ -286,6 +286,17 @@ def test_shard_map_on_2x4_mesh_equals_one_device(eight_device_report, check):
     assert eight_device_report[check] < (1e-12 if "float64" in check else 2e-6)
 
 
+@pytest.mark.parametrize("name", ["clip_loss", "siglip_loss"])
+def test_the_per_example_shard_map_recipe_is_wrong_for_contrastive_losses(
+    eight_device_report, name
+):
+    """The sum-then-psum recipe of docs/scaling.md for per-example losses gives a
+    different number from the global mean for a loss that couples the batch (each device
+    contrasts only its own pairs), which is why the page sends these losses to
+    ``batch_axis_name``; with it, the tests above hold them to the global mean."""
+    assert eight_device_report[f"generic_recipe_relative_error[{name}]"] > 0.1
+
+
 def test_ring_holds_no_full_y_and_no_b_by_B_block(eight_device_report):
     assert not eight_device_report["ring_holds_full_y_or_b_by_B_block"]
     assert eight_device_report["ring_has_collective_permute"]

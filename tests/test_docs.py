@@ -255,3 +255,26 @@ def test_every_module_that_defines_a_public_function_has_a_family_page():
     }
     unmapped = sorted((defining | public) - set(FAMILY_PAGES))
     assert not unmapped, f"add these modules to FAMILY_PAGES with their docs page: {unmapped}"
+
+
+def test_scaling_table_names_every_function_with_batch_axis_name():
+    """docs/scaling.md's table has a row naming each public function that takes
+    ``batch_axis_name``, so that how its global mean is formed inside ``shard_map`` is
+    stated for every one of them (the generic per-example recipe is wrong for some)."""
+    import inspect
+
+    table = [
+        line
+        for line in (ROOT / "docs" / "scaling.md").read_text().splitlines()
+        if line.startswith("| ")
+    ]
+    takers = sorted(
+        name
+        for name in jaxloss.__all__
+        if callable(fn := getattr(jaxloss, name))
+        and inspect.isfunction(inspect.unwrap(fn))
+        and "batch_axis_name" in inspect.signature(fn).parameters
+    )
+    assert len(takers) >= 7, takers
+    missing = [n for n in takers if not any(f"`{n}`" in row.split("|")[1] for row in table)]
+    assert not missing, f"docs/scaling.md's table has no row for {missing}"
