@@ -730,11 +730,12 @@ def check_linear(hidden, weight, bias, weight_layout: str, prefix: str = ""):
         expected = "[D, V]" if weight_layout == "dense" else "[V, D]"
         hint = ""
         if v == d:  # the other layout fits: the weight is most likely transposed
-            other = "embedding" if weight_layout == "dense" else "dense"
-            table = (
-                "a [V, D] table (tied embeddings)" if other == "embedding" else "a [D, V] kernel"
+            other, what = (
+                ("embedding", "a [V, D] table (tied embeddings)")
+                if weight_layout == "dense"
+                else ("dense", "a [D, V] kernel")
             )
-            hint = f" For {table}, pass weight_layout={other!r}."
+            hint = f" For {what}, pass weight_layout={other!r}."
         raise ValueError(
             f"{w_name} of shape {weight.shape} does not match {h_name} of shape {hidden.shape}: "
             f"with weight_layout={weight_layout!r} it must be {expected} with D = {d}.{hint}"

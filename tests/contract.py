@@ -11,6 +11,7 @@ mask, low-precision inputs and extreme inputs.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -195,3 +196,16 @@ def reduce_reference(
     if reduction == "sum":
         return terms.sum()
     return terms.sum() / w.sum() if w.sum() > 0 else np.float64(0.0)
+
+
+def public_functions_taking(parameter: str) -> list[str]:
+    """The names in ``jaxloss.__all__`` of the functions that have a parameter so named
+    (for checks that must cover every such function, a new one included)."""
+    import jaxloss
+
+    return sorted(
+        name
+        for name in jaxloss.__all__
+        if inspect.isfunction(inspect.unwrap(fn := getattr(jaxloss, name)))
+        and parameter in inspect.signature(fn).parameters
+    )

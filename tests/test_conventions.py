@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 import jaxloss
 from jaxloss import _conventions as C
 from tests.compiled import jit_call
+from tests.contract import public_functions_taking
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=64)
 
@@ -329,11 +330,12 @@ def _batch_axis_calls():
     }
 
 
-# Under plain jit, and inside a shard_map whose mesh binds only "model" (the vocabulary
-# axis that the vocab-parallel functions need bound before anything else).
+# Every public function with a batch_axis_name (one missing from _batch_axis_calls fails
+# with a KeyError), under plain jit and inside a shard_map whose mesh binds only "model"
+# (the vocabulary axis that the vocab-parallel functions need bound before anything else).
 BATCH_AXIS_CASES = [
     pytest.param(name, plain_jit, id=f"{name}-{'jit' if plain_jit else 'shard_map'}")
-    for name in sorted(_batch_axis_calls())
+    for name in public_functions_taking("batch_axis_name")
     for plain_jit in (True, False)
     if not (plain_jit and name.startswith("vocab_parallel"))
 ]

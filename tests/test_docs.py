@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import jaxloss
+from tests.contract import public_functions_taking
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -261,20 +262,12 @@ def test_scaling_table_names_every_function_with_batch_axis_name():
     """docs/scaling.md's table has a row naming each public function that takes
     ``batch_axis_name``, so that how its global mean is formed inside ``shard_map`` is
     stated for every one of them (the generic per-example recipe is wrong for some)."""
-    import inspect
-
     table = [
         line
         for line in (ROOT / "docs" / "scaling.md").read_text().splitlines()
         if line.startswith("| ")
     ]
-    takers = sorted(
-        name
-        for name in jaxloss.__all__
-        if callable(fn := getattr(jaxloss, name))
-        and inspect.isfunction(inspect.unwrap(fn))
-        and "batch_axis_name" in inspect.signature(fn).parameters
-    )
+    takers = public_functions_taking("batch_axis_name")
     assert len(takers) >= 7, takers
     missing = [n for n in takers if not any(f"`{n}`" in row.split("|")[1] for row in table)]
     assert not missing, f"docs/scaling.md's table has no row for {missing}"
